@@ -1,0 +1,67 @@
+"""Argument checks shared by every backend, written once so that all backends refuse bad input alike.
+
+Wrong types raise `TypeError`, negative numbers `ValueError`, ranges past the end of an allocation
+`OutOfBoundsError`. Each check runs before any backend code, so a refused call has touched nothing.
+"""
+
+from __future__ import annotations
+
+import operator
+
+from exo_gpu_plugins.errors import OutOfBoundsError
+
+__all__ = ["check_range", "integer", "non_negative", "readable_view", "writable_view"]
+
+
+def integer(value: object, name: str) -> int:
+    """`value` as an int; bools, floats, None and strings are refused with `TypeError`."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    return operator.index(value)  # type: ignore[arg-type]
+
+
+def non_negative(value: object, name: str) -> int:
+    """An int >= 0 (offsets, copy sizes)."""
+    number = integer(value, name)
+    if number < 0:
+        raise ValueError(f"{name} must be >= 0, got {number}")
+    return number
+
+
+def check_range(offset: int, size: int, limit: int, what: str) -> None:
+    """Refuse `[offset, offset + size)` unless it lies inside `[0, limit)`."""
+    if offset + size > limit:
+        raise OutOfBoundsError(
+            f"{what}: bytes [{offset}, {offset + size}) reach past the end of the "
+            f"{limit}-byte allocation"
+        )
+
+
+def readable_view(obj: object, name: str) -> memoryview:
+    """A flat byte view of any C-contiguous buffer (bytes, bytearray, memoryview, numpy, mmap)."""
+    try:
+        view = memoryview(obj)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"{name} must support the buffer protocol (bytes, bytearray, memoryview, numpy array), "
+            f"not {type(obj).__name__}"
+        ) from None
+    return _flat(view, name)
+
+
+def writable_view(obj: object, name: str) -> memoryview:
+    """Like `readable_view`, and refuses read-only buffers such as `bytes`."""
+    view = readable_view(obj, name)
+    if view.readonly:
+        raise TypeError(f"{name} must be writable (bytearray, numpy array, ...), not read-only")
+    return view
+
+
+def _flat(view: memoryview, name: str) -> memoryview:
+    if not view.c_contiguous:
+        raise TypeError(f"{name} must be C-contiguous; copy it first (e.g. numpy.ascontiguousarray)")
+    if view.ndim == 1 and view.format == "B":
+        return view
+    return view.cast("B")

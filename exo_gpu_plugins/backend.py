@@ -1,0 +1,404 @@
+"""`GPUBackend`: the contract every backend keeps, and the checks that hold it for all of them.
+
+The public methods (names and argument order follow exo's fork, so exo code runs unchanged) are
+final: they check the backend's state, the device id, the handle and every argument, and only then
+call the backend's hooks (`_allocate`, `_write`, ...). A backend author writes the hooks and never
+repeats a check; a bad call is refused before any backend code runs, so it cannot touch memory.
+
+Handles are owned by the core: each instance keeps a table from unguessable handle ids to the
+backend's native allocation object. A freed, forged or foreign handle is simply not in the table.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import ClassVar, Generic, TypeVar
+
+from exo_gpu_plugins import arguments
+from exo_gpu_plugins.errors import (
+    BackendClosedError,
+    DeviceNotFoundError,
+    InvalidHandleError,
+    OutOfMemoryError,
+)
+from exo_gpu_plugins.models import Capabilities, GPUDevice, MemoryHandle, MemoryReport
+
+__all__ = ["GPUBackend"]
+
+log = logging.getLogger(__name__)
+
+NativeT = TypeVar("NativeT")
+
+_MAX_ALLOCATION = (1 << 63) - 1  # no device holds more; larger sizes are refused up front
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class _Live(Generic[NativeT]):
+    handle: MemoryHandle
+    native: NativeT
+    device_index: int
+
+
+class _HandleIds:
+    """128-bit random handle ids, drawn from the OS in batches (one syscall per 256 handles)."""
+
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: list[str] = []
+
+    def next(self) -> str:
+        with self._lock:
+            if not self._pool:
+                raw = os.urandom(16 * self._BATCH).hex()
+                self._pool = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+            return self._pool.pop()
+
+
+_handle_ids = _HandleIds()
+
+
+class GPUBackend(abc.ABC, Generic[NativeT]):
+    """Async GPU memory operations on the devices of one backend.
+
+    Subclasses set `name` (the registry name and device-id prefix) and implement the hooks in the
+    second half of this class. `NativeT` is whatever the backend uses to find an allocation.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._state = _State.NEW
+        self._state_lock = threading.Lock()
+        self._live: dict[str, _Live[NativeT]] = {}
+        self._devices: tuple[GPUDevice, ...] = ()
+        self._index_of: dict[str, int] = {}
+
+    # ----------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    async def initialize(self) -> None:
+        """Open the backend; a second call does nothing. Raises `BackendUnavailableError`."""
+        if self._state is _State.OPEN:
+            return
+        await asyncio.to_thread(self._initialize_blocking)
+
+    async def shutdown(self) -> None:
+        """Free every allocation and release the devices; afterwards every call is refused."""
+        if self._state is _State.CLOSED:
+            return
+        await asyncio.to_thread(self._shutdown_blocking)
+
+    async def __aenter__(self) -> GPUBackend[NativeT]:
+        await self.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    @property
+    def is_open(self) -> bool:
+        """True between a successful `initialize()` and `shutdown()`."""
+        return self._state is _State.OPEN
+
+    def _initialize_blocking(self) -> None:
+        with self._state_lock:
+            if self._state is _State.OPEN:
+                return
+            if self._state is _State.CLOSED:
+                raise BackendClosedError(
+                    f"backend {self.name!r} was shut down; create a new instance to use it again"
+                )
+            self._open()
+            devices = tuple(self._discover_devices())
+            self._devices = devices
+            self._index_of = {device.device_id: i for i, device in enumerate(devices)}
+            self._state = _State.OPEN
+            log.debug("backend %s open with %d device(s)", self.name, len(devices))
+
+    def _shutdown_blocking(self) -> None:
+        with self._state_lock:
+            if self._state is _State.CLOSED:
+                return
+            was_open = self._state is _State.OPEN
+            self._state = _State.CLOSED
+            live = list(self._live.values())
+            self._live.clear()
+            if not was_open:
+                return
+            for entry in live:
+                try:
+                    self._free_blocking(entry.native)
+                except Exception:
+                    log.exception(
+                        "backend %s: freeing %s at shutdown failed",
+                        self.name,
+                        entry.handle.handle_id,
+                    )
+            self._close()
+            log.debug("backend %s closed; freed %d allocation(s)", self.name, len(live))
+
+    # ----------------------------------------------------------------------------------------------
+    # Devices
+
+    def list_devices(self) -> list[GPUDevice]:
+        """The devices found at `initialize()`."""
+        self._require_open()
+        return list(self._devices)
+
+    def get_device(self, device_id: str) -> GPUDevice | None:
+        """The device with this id, or `None` when there is none."""
+        self._require_open()
+        if not isinstance(device_id, str):
+            raise TypeError(f"device_id must be a str, not {type(device_id).__name__}")
+        index = self._index_of.get(device_id)
+        return None if index is None else self._devices[index]
+
+    def capabilities(self, device_id: str) -> Capabilities:
+        """What this backend supports on the device."""
+        return self._capabilities(self._device_index(device_id))
+
+    async def get_device_properties(self, device_id: str) -> GPUDevice:
+        """A fresh description of the device (free memory as of now)."""
+        return await self._describe(self._device_index(device_id))
+
+    async def get_device_memory_info(self, device_id: str) -> MemoryReport:
+        """Total, used, available and reserved bytes, and where the figures came from."""
+        return await self._memory_report(self._device_index(device_id))
+
+    async def get_device_temperature(self, device_id: str) -> float | None:
+        """Degrees Celsius, read now; `None` when this device has no temperature source."""
+        return await self._temperature(self._device_index(device_id))
+
+    async def get_device_power_usage(self, device_id: str) -> float | None:
+        """Watts drawn, read now; `None` when this device has no power source."""
+        return await self._power(self._device_index(device_id))
+
+    async def get_device_clock_rate(self, device_id: str) -> int | None:
+        """Current graphics clock in MHz; `None` when this device has no clock source."""
+        return await self._clock_rate(self._device_index(device_id))
+
+    # ----------------------------------------------------------------------------------------------
+    # Memory
+
+    async def allocate(self, device_id: str, size_bytes: int) -> MemoryHandle:
+        """Allocate `size_bytes` (> 0) on the device; the memory reads back as zeros."""
+        index = self._device_index(device_id)
+        size = arguments.integer(size_bytes, "size_bytes")
+        if size <= 0:
+            raise ValueError(f"size_bytes must be > 0, got {size}")
+        if size > _MAX_ALLOCATION:
+            raise OutOfMemoryError(f"{size} bytes is more than any device can hold")
+        native = await self._allocate(index, size)
+        handle = MemoryHandle.model_construct(
+            handle_id=_handle_ids.next(),
+            device_id=self._devices[index].device_id,
+            size_bytes=size,
+            allocated_at=datetime.now(timezone.utc),
+        )
+        if self._state is not _State.OPEN:  # shut down while we allocated: give it back
+            await self._free(native)
+            self._require_open()
+        self._live[handle.handle_id] = _Live(handle, native, index)
+        return handle
+
+    async def deallocate(self, handle: MemoryHandle) -> None:
+        """Free the allocation. A handle that is not live here raises `InvalidHandleError`."""
+        self._require_open()
+        entry = self._entry(handle, "handle")
+        if self._live.pop(handle.handle_id, None) is None:
+            raise InvalidHandleError(f"handle {handle.handle_id} was freed concurrently")
+        await self._free(entry.native)
+
+    async def copy_to_device(self, src: object, dst_handle: MemoryHandle, offset_bytes: int = 0) -> None:
+        """Write the bytes of `src` (any contiguous buffer) at `offset_bytes` of the allocation."""
+        self._require_open()
+        entry = self._entry(dst_handle, "dst_handle")
+        view = arguments.readable_view(src, "src")
+        offset = arguments.non_negative(offset_bytes, "offset_bytes")
+        arguments.check_range(offset, view.nbytes, entry.handle.size_bytes, "copy_to_device")
+        if view.nbytes:
+            await self._write(entry.native, offset, view)
+
+    async def copy_from_device(
+        self, src_handle: MemoryHandle, offset_bytes: int, size_bytes: int
+    ) -> bytes:
+        """The `size_bytes` bytes at `offset_bytes`, exactly as last written."""
+        self._require_open()
+        entry = self._entry(src_handle, "src_handle")
+        offset = arguments.non_negative(offset_bytes, "offset_bytes")
+        size = arguments.non_negative(size_bytes, "size_bytes")
+        arguments.check_range(offset, size, entry.handle.size_bytes, "copy_from_device")
+        if size == 0:
+            return b""
+        return await self._read(entry.native, offset, size)
+
+    async def copy_from_device_into(
+        self, src_handle: MemoryHandle, offset_bytes: int, dst: object
+    ) -> int:
+        """Fill the writable buffer `dst` from `offset_bytes` on; returns the byte count."""
+        self._require_open()
+        entry = self._entry(src_handle, "src_handle")
+        view = arguments.writable_view(dst, "dst")
+        offset = arguments.non_negative(offset_bytes, "offset_bytes")
+        arguments.check_range(offset, view.nbytes, entry.handle.size_bytes, "copy_from_device_into")
+        if view.nbytes:
+            await self._read_into(entry.native, offset, view)
+        return view.nbytes
+
+    async def copy_device_to_device(
+        self,
+        src_handle: MemoryHandle,
+        dst_handle: MemoryHandle,
+        size_bytes: int,
+        src_offset_bytes: int = 0,
+        dst_offset_bytes: int = 0,
+    ) -> None:
+        """Copy between allocations, on one device or across devices; overlap acts like memmove."""
+        self._require_open()
+        src = self._entry(src_handle, "src_handle")
+        dst = self._entry(dst_handle, "dst_handle")
+        size = arguments.non_negative(size_bytes, "size_bytes")
+        src_offset = arguments.non_negative(src_offset_bytes, "src_offset_bytes")
+        dst_offset = arguments.non_negative(dst_offset_bytes, "dst_offset_bytes")
+        arguments.check_range(src_offset, size, src.handle.size_bytes, "copy_device_to_device src")
+        arguments.check_range(dst_offset, size, dst.handle.size_bytes, "copy_device_to_device dst")
+        if size:
+            await self._copy(src.native, src_offset, dst.native, dst_offset, size)
+
+    async def synchronize(self, device_id: str) -> None:
+        """Return once every operation issued on the device before this call has finished."""
+        await self._synchronize(self._device_index(device_id))
+
+    def live_handles(self) -> list[MemoryHandle]:
+        """The handles allocated through this instance and not yet freed."""
+        return [entry.handle for entry in list(self._live.values())]
+
+    # ----------------------------------------------------------------------------------------------
+    # Checks shared by every call
+
+    def _require_open(self) -> None:
+        if self._state is not _State.OPEN:
+            if self._state is _State.NEW:
+                raise BackendClosedError(
+                    f"backend {self.name!r} is not initialized; await initialize() first"
+                )
+            raise BackendClosedError(f"backend {self.name!r} was shut down")
+
+    def _device_index(self, device_id: object) -> int:
+        self._require_open()
+        index = self._index_of.get(device_id) if isinstance(device_id, str) else None
+        if index is not None:
+            return index
+        if not isinstance(device_id, str):
+            raise TypeError(f"device_id must be a str, not {type(device_id).__name__}")
+        known = ", ".join(self._index_of) or "none"
+        raise DeviceNotFoundError(f"no device {device_id!r} in backend {self.name!r} (devices: {known})")
+
+    def _entry(self, handle: object, name: str) -> _Live[NativeT]:
+        if not isinstance(handle, MemoryHandle):
+            raise TypeError(f"{name} must be a MemoryHandle, not {type(handle).__name__}")
+        entry = self._live.get(handle.handle_id)
+        if entry is None or (entry.handle is not handle and entry.handle != handle):
+            raise InvalidHandleError(
+                f"{name} {handle.handle_id!r} is not a live allocation of this {self.name!r} "
+                "backend (freed, forged, or from another backend instance)"
+            )
+        return entry
+
+    # ----------------------------------------------------------------------------------------------
+    # Hooks a backend implements. Arguments arrive checked: indexes exist, ranges are in bounds,
+    # sizes are > 0, views are flat unsigned-byte memoryviews.
+
+    @abc.abstractmethod
+    def _open(self) -> None:
+        """Acquire the driver (runs in a worker thread). Raise `BackendUnavailableError`."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Release the driver; every allocation has already been freed (runs in a worker thread)."""
+
+    @abc.abstractmethod
+    def _discover_devices(self) -> Sequence[GPUDevice]:
+        """Describe the devices once, at open; their ids are `f'{name}:{index}'`."""
+
+    @abc.abstractmethod
+    def _capabilities(self, index: int) -> Capabilities:
+        """What the device supports."""
+
+    @abc.abstractmethod
+    async def _describe(self, index: int) -> GPUDevice:
+        """A fresh description of the device."""
+
+    @abc.abstractmethod
+    async def _memory_report(self, index: int) -> MemoryReport:
+        """The device's memory now."""
+
+    @abc.abstractmethod
+    async def _allocate(self, index: int, size: int) -> NativeT:
+        """Allocate zero-filled memory; raise `OutOfMemoryError` when it does not fit."""
+
+    @abc.abstractmethod
+    async def _free(self, native: NativeT) -> None:
+        """Free an allocation (already removed from the handle table)."""
+
+    @abc.abstractmethod
+    def _free_blocking(self, native: NativeT) -> None:
+        """Free an allocation synchronously, during shutdown."""
+
+    @abc.abstractmethod
+    async def _write(self, native: NativeT, offset: int, data: memoryview) -> None:
+        """Write `data` at `offset`; done when the bytes are on the device."""
+
+    @abc.abstractmethod
+    async def _read_into(self, native: NativeT, offset: int, out: memoryview) -> None:
+        """Fill `out` with the bytes at `offset`."""
+
+    async def _read(self, native: NativeT, offset: int, size: int) -> bytes:
+        """New `bytes` holding the range; override to fill the object directly."""
+        buffer = bytearray(size)
+        await self._read_into(native, offset, memoryview(buffer))
+        return bytes(buffer)
+
+    @abc.abstractmethod
+    async def _copy(
+        self, src: NativeT, src_offset: int, dst: NativeT, dst_offset: int, size: int
+    ) -> None:
+        """Copy between two allocations (maybe the same one, maybe on two devices): memmove."""
+
+    @abc.abstractmethod
+    async def _synchronize(self, index: int) -> None:
+        """Wait for the device's outstanding work."""
+
+    async def _temperature(self, index: int) -> float | None:
+        """A temperature reading; backends with a sensor override this."""
+        return None
+
+    async def _power(self, index: int) -> float | None:
+        """A power reading; backends with a sensor override this."""
+        return None
+
+    async def _clock_rate(self, index: int) -> int | None:
+        """A clock reading; backends with a sensor override this."""
+        return None

@@ -1,0 +1,89 @@
+"""Which backend the user asked for: explicit name > EXO_GPU_BACKEND > exo's TOML config > automatic.
+
+exo's config file is `EXO_CONFIG_FILE`, else `~/.config/exo/config.toml`; its `[gpu]` table may say
+`backend = "vulkan"` (or "auto"). A missing file means automatic; a broken one is a `ConfigError`,
+since silently ignoring a config the user wrote would pick a backend they did not ask for.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from exo_gpu_plugins.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+__all__ = ["AUTO", "Selection", "config_path", "requested_backend"]
+
+AUTO = "auto"
+ENV_BACKEND = "EXO_GPU_BACKEND"
+ENV_CONFIG_FILE = "EXO_CONFIG_FILE"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A backend name (or AUTO) and where the choice came from, for messages and logs."""
+
+    name: str
+    source: str
+
+    @property
+    def automatic(self) -> bool:
+        return self.name == AUTO
+
+
+def config_path(env: Mapping[str, str] | None = None) -> Path:
+    """exo's config file: `EXO_CONFIG_FILE`, else `~/.config/exo/config.toml`."""
+    env = os.environ if env is None else env
+    explicit = env.get(ENV_CONFIG_FILE)
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path.home() / ".config" / "exo" / "config.toml"
+
+
+def requested_backend(name: str | None = None, env: Mapping[str, str] | None = None) -> Selection:
+    """The backend the caller, the environment or the config file asks for, in that order."""
+    env = os.environ if env is None else env
+    if name is not None:
+        if not isinstance(name, str):
+            raise TypeError(f"backend name must be a str, not {type(name).__name__}")
+        return Selection(name.strip().lower() or AUTO, "argument")
+    from_env = env.get(ENV_BACKEND, "").strip().lower()
+    if from_env:
+        return Selection(from_env, ENV_BACKEND)
+    path = config_path(env)
+    from_file = _backend_from_file(path)
+    if from_file:
+        return Selection(from_file, f"config file {path}")
+    return Selection(AUTO, "automatic")
+
+
+def _backend_from_file(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read exo config {path}: {exc}") from exc
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"exo config {path} is not valid TOML: {exc}") from exc
+    gpu = document.get("gpu")
+    if gpu is None:
+        return None
+    if not isinstance(gpu, dict):
+        raise ConfigError(f"exo config {path}: [gpu] must be a table")
+    backend = gpu.get("backend")
+    if backend is None:
+        return None
+    if not isinstance(backend, str) or not backend.strip():
+        raise ConfigError(f"exo config {path}: gpu.backend must be a non-empty string")
+    return backend.strip().lower()

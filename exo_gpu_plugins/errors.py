@@ -1,0 +1,67 @@
+"""The exception types every backend raises.
+
+They live in the core so that exo can catch one family whatever backend is loaded, and so that
+native plugins (the Vulkan engine maps its Rust errors onto these) need no error types of their own.
+`GPUError` is a `RuntimeError`, which is what exo's fork of the spec documented; `OutOfBoundsError`
+is also a `ValueError`, since an offset past the end is bad input.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendClosedError",
+    "BackendUnavailableError",
+    "ConfigError",
+    "DeviceNotFoundError",
+    "GPUError",
+    "InvalidHandleError",
+    "OutOfBoundsError",
+    "OutOfMemoryError",
+    "PluginError",
+    "TransferError",
+    "UnknownBackendError",
+]
+
+
+class GPUError(RuntimeError):
+    """Base of every error a backend raises for a failed GPU operation."""
+
+
+class DeviceNotFoundError(GPUError):
+    """The device id is malformed or names no device of this backend."""
+
+
+class OutOfMemoryError(GPUError):
+    """The device (or the host, for staging memory) cannot hold the requested allocation."""
+
+
+class InvalidHandleError(GPUError):
+    """The handle was freed, forged, or belongs to another backend instance."""
+
+
+class BackendClosedError(GPUError):
+    """The backend is not initialized yet, or was shut down."""
+
+
+class BackendUnavailableError(GPUError):
+    """The backend cannot run on this machine (no driver, no loader, no device)."""
+
+
+class TransferError(GPUError):
+    """A copy was accepted but the device failed to carry it out."""
+
+
+class OutOfBoundsError(GPUError, ValueError):
+    """An offset/size pair reaches outside the allocation; nothing was written."""
+
+
+class PluginError(GPUError):
+    """A plugin failed to load or register, or two plugins claim one backend name."""
+
+
+class UnknownBackendError(PluginError, LookupError):
+    """No installed plugin provides a backend of that name; the message lists the choices."""
+
+
+class ConfigError(GPUError, ValueError):
+    """exo's config file cannot be read or its `[gpu]` table is malformed."""

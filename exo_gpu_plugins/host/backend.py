@@ -1,0 +1,162 @@
+"""`HostBackend`: one device, `host:0`, whose memory is this process's RAM.
+
+It is the reference semantics of the contract (every other backend must behave like it, byte for
+byte) and the fallback when no GPU backend is available. Each allocation is a `bytearray`; the
+memory report counts what host backends of this process hold, like a driver counts per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import threading
+from collections.abc import Sequence
+from typing import ClassVar
+
+from exo_gpu_plugins.backend import GPUBackend
+from exo_gpu_plugins.errors import OutOfMemoryError
+from exo_gpu_plugins.host.system_memory import cpu_identity, read_ram
+from exo_gpu_plugins.models import Capabilities, DeviceType, GPUDevice, MemoryReport
+
+__all__ = ["HostBackend"]
+
+# Copies at least this large run in a worker thread so a long memcpy does not stall the event loop.
+_THREAD_THRESHOLD = 4 << 20
+
+
+class _ProcessUsage:
+    """Bytes held by every HostBackend of this process: the 'used' of the host device."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.bytes = 0
+
+    def add(self, delta: int) -> None:
+        with self._lock:
+            self.bytes += delta
+
+
+_usage = _ProcessUsage()
+
+
+class HostBackend(GPUBackend[bytearray]):
+    """The contract on plain RAM. Pure Python, always available."""
+
+    name: ClassVar[str] = "host"
+
+    def _open(self) -> None:
+        pass
+
+    def _close(self) -> None:
+        pass
+
+    def _discover_devices(self) -> Sequence[GPUDevice]:
+        return [self._device_now()]
+
+    def _device_now(self) -> GPUDevice:
+        ram = read_ram()
+        cpu_name, vendor = cpu_identity()
+        return GPUDevice(
+            device_id=f"{self.name}:0",
+            name=cpu_name,
+            vendor=vendor,
+            backend=self.name,
+            backend_name=self.name,
+            device_type=DeviceType.HOST,
+            memory_bytes=ram.total_bytes,
+            memory_available=self._available(ram.total_bytes, ram.available_bytes),
+            compute_units=os.cpu_count(),
+            driver_version=f"{platform.python_implementation()} {platform.python_version()}",
+        )
+
+    def _capabilities(self, index: int) -> Capabilities:
+        return Capabilities(
+            device_id=self._devices[index].device_id,
+            max_allocation_bytes=read_ram().total_bytes,
+            allocation_granularity_bytes=1,
+            host_visible_memory=True,
+            unified_memory=True,
+            peer_to_peer=False,
+            cross_device_copy=True,
+            memory_budget=False,
+            transfer_strategy="memcpy",
+            transfer_strategies=("memcpy",),
+        )
+
+    async def _describe(self, index: int) -> GPUDevice:
+        return self._device_now()
+
+    async def _memory_report(self, index: int) -> MemoryReport:
+        ram = read_ram()
+        used = min(_usage.bytes, ram.total_bytes)
+        available = self._available(ram.total_bytes, ram.available_bytes)
+        return MemoryReport(
+            device_id=self._devices[index].device_id,
+            total_bytes=ram.total_bytes,
+            used_bytes=used,
+            available_bytes=available,
+            reserved_bytes=ram.total_bytes - used - available,
+            source=ram.source if ram.available_bytes is not None else "host-accounting",
+        )
+
+    @staticmethod
+    def _available(total: int, os_available: int | None) -> int:
+        used = min(_usage.bytes, total)
+        if os_available is None:
+            return total - used
+        return max(0, min(os_available, total - used))
+
+    async def _allocate(self, index: int, size: int) -> bytearray:
+        ram = read_ram()
+        room = self._available(ram.total_bytes, ram.available_bytes)
+        if size > room:
+            raise OutOfMemoryError(f"host:0 cannot hold {size} bytes: {room} bytes of RAM are available")
+        try:
+            if size >= _THREAD_THRESHOLD:
+                memory = await asyncio.to_thread(bytearray, size)
+            else:
+                memory = bytearray(size)
+        except MemoryError:
+            raise OutOfMemoryError(f"host:0 could not allocate {size} bytes") from None
+        _usage.add(size)
+        return memory
+
+    async def _free(self, native: bytearray) -> None:
+        self._free_blocking(native)
+
+    def _free_blocking(self, native: bytearray) -> None:
+        _usage.add(-len(native))
+
+    async def _write(self, native: bytearray, offset: int, data: memoryview) -> None:
+        if data.nbytes >= _THREAD_THRESHOLD:
+            await asyncio.to_thread(native.__setitem__, slice(offset, offset + data.nbytes), data)
+        else:
+            native[offset : offset + data.nbytes] = data
+
+    async def _read_into(self, native: bytearray, offset: int, out: memoryview) -> None:
+        source = memoryview(native)[offset : offset + out.nbytes]
+        if out.nbytes >= _THREAD_THRESHOLD:
+            await asyncio.to_thread(out.__setitem__, slice(None), source)
+        else:
+            out[:] = source
+
+    async def _read(self, native: bytearray, offset: int, size: int) -> bytes:
+        if size >= _THREAD_THRESHOLD:
+            return await asyncio.to_thread(bytes, memoryview(native)[offset : offset + size])
+        return bytes(memoryview(native)[offset : offset + size])
+
+    async def _copy(
+        self, src: bytearray, src_offset: int, dst: bytearray, dst_offset: int, size: int
+    ) -> None:
+        # Slice assignment copies the source first when both are the same bytearray: memmove.
+        chunk = (
+            src[src_offset : src_offset + size]
+            if src is dst
+            else memoryview(src)[src_offset : src_offset + size]
+        )
+        dst[dst_offset : dst_offset + size] = chunk
+
+    async def _synchronize(self, index: int) -> None:
+        # Every host operation has finished when its await returns; there is nothing pending.
+        return None

@@ -1,0 +1,353 @@
+"""Plugin discovery and backend selection.
+
+Each entry point of the `exo_gpu_plugins` group is loaded on its own, after the built-in host
+plugin: one that fails to import, register or answer its hook is recorded (distribution, version,
+error), logged and skipped, and the others still load. `EXO_GPU_STRICT_PLUGINS=1` re-raises instead,
+for plugin authors. `EXO_GPU_LOAD_PLUGINS` (allow-list) and `EXO_GPU_DISABLED_PLUGINS` (block-list)
+take comma-separated entry-point or distribution names; the built-in host plugin is always loaded.
+
+Discovery imports only each plugin's hook module. A backend's class and probe are imported when that
+backend is selected or probed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, cast
+
+import pluggy
+
+from exo_gpu_plugins import config
+from exo_gpu_plugins.backend import GPUBackend
+from exo_gpu_plugins.errors import (
+    BackendUnavailableError,
+    PluginError,
+    UnknownBackendError,
+)
+from exo_gpu_plugins.hookspecs import PROJECT_NAME, BackendInfo, BackendSpecs
+
+__all__ = [
+    "BackendEntry",
+    "PluginRecord",
+    "Registry",
+    "get_registry",
+    "open_backend",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "exo_gpu_plugins"
+ENV_STRICT = "EXO_GPU_STRICT_PLUGINS"
+ENV_ALLOW = "EXO_GPU_LOAD_PLUGINS"
+ENV_BLOCK = "EXO_GPU_DISABLED_PLUGINS"
+_BUILTIN = "exo_gpu_plugins.host.plugin"
+
+
+@dataclass(frozen=True)
+class PluginRecord:
+    """What happened to one plugin: its backends, or why it was skipped."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    status: str  # "loaded", "failed", "disabled"
+    backends: tuple[str, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """A backend offered by a loaded plugin."""
+
+    info: BackendInfo
+    plugin: PluginRecord
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def load_class(self) -> type[GPUBackend[Any]]:
+        """Import and return the backend class (the first native import happens here)."""
+        target = _resolve(self.info.backend)
+        backend_class = target() if _is_factory(target) else target
+        if not (isinstance(backend_class, type) and issubclass(backend_class, GPUBackend)):
+            raise PluginError(
+                f"plugin {self.plugin.distribution}: backend {self.name!r} is "
+                f"{backend_class!r}, not a GPUBackend subclass"
+            )
+        return backend_class
+
+    def unavailable_reason(self) -> str | None:
+        """`None` when the backend can run here; else why not. A crashing probe counts as 'not'."""
+        if self.info.probe is None:
+            return None
+        try:
+            probe = cast(Callable[[], "str | None"], _resolve(self.info.probe))
+            return probe()
+        except Exception as exc:
+            return f"probe failed: {type(exc).__name__}: {exc}"
+
+
+def _resolve(target: object) -> Any:
+    if isinstance(target, str):
+        module_name, _, attribute = target.partition(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, attribute) if attribute else module
+    return target
+
+
+def _is_factory(target: object) -> bool:
+    return callable(target) and not isinstance(target, type)
+
+
+@dataclass
+class Registry:
+    """The plugins found in this environment and the backends they provide."""
+
+    plugins: list[PluginRecord] = field(default_factory=list)
+    backends: dict[str, BackendEntry] = field(default_factory=dict)
+
+    @classmethod
+    def discover(
+        cls,
+        entry_points: Iterable[metadata.EntryPoint] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Registry:
+        """Load the built-in host plugin and every installed plugin entry point."""
+        env = os.environ if env is None else env
+        strict = env.get(ENV_STRICT, "").strip().lower() in {"1", "true", "yes", "on"}
+        allow = _name_set(env.get(ENV_ALLOW))
+        block = _name_set(env.get(ENV_BLOCK)) or set()
+        registry = cls()
+        manager = pluggy.PluginManager(PROJECT_NAME)
+        manager.add_hookspecs(BackendSpecs)
+        builtin = PluginRecord(
+            "host", "exo-gpu-plugins", _version("exo-gpu-plugins"), _BUILTIN, "loaded"
+        )
+        registry._load(manager, builtin, lambda: importlib.import_module(_BUILTIN), strict=True)
+        found = entry_points if entry_points is not None else _entry_points()
+        for entry_point in sorted(found, key=lambda ep: (_dist_name(ep), ep.name)):
+            record = PluginRecord(
+                entry_point.name,
+                _dist_name(entry_point),
+                _dist_version(entry_point),
+                entry_point.value,
+                "loaded",
+            )
+            names = {record.name.lower(), record.distribution.lower()}
+            if (allow is not None and not names & allow) or names & block:
+                registry.plugins.append(_replace(record, status="disabled"))
+                log.info(
+                    "plugin %s (%s) disabled by %s",
+                    record.name,
+                    record.distribution,
+                    ENV_BLOCK if names & block else ENV_ALLOW,
+                )
+                continue
+            registry._load(manager, record, entry_point.load, strict=strict)
+        return registry
+
+    def _load(
+        self,
+        manager: pluggy.PluginManager,
+        record: PluginRecord,
+        load: Callable[[], object],
+        *,
+        strict: bool,
+    ) -> None:
+        try:
+            module = load()
+            manager.register(module, name=f"{record.distribution}:{record.name}")
+            infos = self._call_hook(manager, module)
+            claimed = self._claim(record, infos)
+        except Exception as exc:
+            failed = _replace(record, status="failed", error=f"{type(exc).__name__}: {exc}")
+            self.plugins.append(failed)
+            log.warning(
+                "plugin %s from %s %s failed to load and is skipped: %s",
+                record.name,
+                record.distribution,
+                record.version,
+                failed.error,
+            )
+            if strict:
+                raise PluginError(
+                    f"plugin {record.name} from {record.distribution} {record.version} "
+                    f"failed: {failed.error}"
+                ) from exc
+            return
+        loaded = _replace(record, backends=tuple(info.name for info in claimed))
+        self.plugins.append(loaded)
+        for info in claimed:
+            self.backends[info.name] = BackendEntry(info, loaded)
+
+    @staticmethod
+    def _call_hook(manager: pluggy.PluginManager, module: object) -> list[BackendInfo]:
+        impls = [i for i in manager.hook.exo_gpu_backends.get_hookimpls() if i.plugin is module]
+        if not impls:
+            raise PluginError("the plugin module implements no exo_gpu_backends hook")
+        infos: list[BackendInfo] = []
+        for impl in impls:
+            result = impl.function()
+            if not isinstance(result, Sequence) or not all(
+                isinstance(info, BackendInfo) for info in result
+            ):
+                raise PluginError("exo_gpu_backends() must return a list of BackendInfo")
+            infos.extend(result)
+        return infos
+
+    def _claim(self, record: PluginRecord, infos: list[BackendInfo]) -> list[BackendInfo]:
+        for info in infos:
+            if not info.name or info.name != info.name.strip().lower() or ":" in info.name:
+                raise PluginError(f"backend name {info.name!r} must be lower-case without ':'")
+            holder = self.backends.get(info.name)
+            if holder is not None:
+                raise PluginError(
+                    f"backend name {info.name!r} is claimed by both {holder.plugin.distribution} "
+                    f"(plugin {holder.plugin.name}) and {record.distribution} (plugin {record.name})"
+                )
+        return infos
+
+    # ----------------------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Backend names, highest automatic-selection priority first."""
+        ordered = sorted(self.backends.values(), key=lambda entry: -entry.info.priority)
+        return [entry.name for entry in ordered]
+
+    def entry(self, name: str) -> BackendEntry:
+        """The backend of that name; `UnknownBackendError` listing the choices otherwise."""
+        found = self.backends.get(name)
+        if found is None:
+            raise UnknownBackendError(
+                f"unknown GPU backend {name!r}; installed backends: {', '.join(self.names())}"
+                + self._failures_hint()
+            )
+        return found
+
+    def _failures_hint(self) -> str:
+        failed = [f"{p.name} ({p.error})" for p in self.plugins if p.status == "failed"]
+        disabled = [p.name for p in self.plugins if p.status == "disabled"]
+        hint = ""
+        if failed:
+            hint += f"; plugins that failed to load: {'; '.join(failed)}"
+        if disabled:
+            hint += f"; disabled plugins: {', '.join(disabled)}"
+        return hint
+
+    def select(self, name: str | None = None, env: Mapping[str, str] | None = None) -> str:
+        """The backend to use: explicit name > EXO_GPU_BACKEND > config file > automatic."""
+        selection = config.requested_backend(name, env)
+        if not selection.automatic:
+            entry = self.entry(selection.name)
+            reason = entry.unavailable_reason()
+            if reason is not None:
+                raise BackendUnavailableError(
+                    f"backend {selection.name!r} (chosen by {selection.source}) cannot run here: "
+                    f"{reason}"
+                )
+            log.info("GPU backend %s chosen by %s", selection.name, selection.source)
+            return selection.name
+        skipped: list[str] = []
+        for candidate in self.names():
+            reason = self.backends[candidate].unavailable_reason()
+            if reason is None:
+                if skipped and candidate == "host":
+                    log.warning(
+                        "no GPU backend is available (%s); falling back to host memory",
+                        "; ".join(skipped),
+                    )
+                else:
+                    log.info("GPU backend %s chosen automatically", candidate)
+                return candidate
+            skipped.append(f"{candidate}: {reason}")
+        raise BackendUnavailableError("no backend can run here: " + "; ".join(skipped))
+
+    def create(self, name: str | None = None, env: Mapping[str, str] | None = None) -> GPUBackend[Any]:
+        """A new, not yet initialized instance of the selected backend."""
+        chosen = self.select(name, env)
+        return self.entry(chosen).load_class()()
+
+
+def _name_set(value: str | None) -> set[str] | None:
+    """Comma-separated names, lower-cased; `None` when unset or empty."""
+    names = {part.strip().lower() for part in (value or "").split(",") if part.strip()}
+    return names or None
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _dist_name(entry_point: metadata.EntryPoint) -> str:
+    dist = getattr(entry_point, "dist", None)
+    return str(dist.metadata["Name"]) if dist is not None else "unknown"
+
+
+def _dist_version(entry_point: metadata.EntryPoint) -> str:
+    dist = getattr(entry_point, "dist", None)
+    return str(dist.version) if dist is not None else "unknown"
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "source"
+
+
+def _replace(record: PluginRecord, **changes: Any) -> PluginRecord:
+    values = {**record.__dict__, **changes}
+    return PluginRecord(**values)
+
+
+@dataclass
+class _Cache:
+    registry: Registry | None = None
+
+
+_cache = _Cache()
+_default_lock = threading.Lock()
+
+
+def get_registry(*, reload: bool = False) -> Registry:
+    """The registry of this process, discovered on first use (pass `reload=True` to rescan)."""
+    with _default_lock:
+        if _cache.registry is None or reload:
+            _cache.registry = Registry.discover()
+        return _cache.registry
+
+
+async def open_backend(name: str | None = None, *, registry: Registry | None = None) -> GPUBackend[Any]:
+    """exo's one call at startup: select a backend (by name, env, config or automatically),
+    create it and initialize it. In automatic mode a backend whose probe passes but whose
+    initialization fails is skipped, with a warning, in favour of the next one."""
+    registry = registry or get_registry()
+    selection = config.requested_backend(name)
+    if not selection.automatic:
+        backend = registry.create(selection.name)
+        await backend.initialize()
+        return backend
+    failures: list[str] = []
+    for candidate in registry.names():
+        entry = registry.backends[candidate]
+        reason = entry.unavailable_reason()
+        if reason is None:
+            try:
+                backend = entry.load_class()()
+                await backend.initialize()
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                if failures:
+                    log.warning("GPU backend %s in use; skipped: %s", candidate, "; ".join(failures))
+                return backend
+        failures.append(f"{candidate}: {reason}")
+    raise BackendUnavailableError("no backend could be opened: " + "; ".join(failures))

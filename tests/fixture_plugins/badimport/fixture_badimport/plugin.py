@@ -1,0 +1,1 @@
+raise ImportError("fixture: this plugin's native library is missing")
