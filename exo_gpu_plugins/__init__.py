@@ -8,7 +8,9 @@ See docs/ for the contract, plugin authoring and the CLI.
 
 from __future__ import annotations
 
-from exo_gpu_plugins.backend import GPUBackend
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from exo_gpu_plugins.errors import (
     BackendClosedError,
     BackendUnavailableError,
@@ -23,17 +25,40 @@ from exo_gpu_plugins.errors import (
     UnknownBackendError,
 )
 from exo_gpu_plugins.hookspecs import BackendInfo, hookimpl
-from exo_gpu_plugins.models import (
-    Capabilities,
-    DeviceType,
-    GPUDevice,
-    HeapReport,
-    MemoryHandle,
-    MemoryReport,
-)
 from exo_gpu_plugins.registry import Registry, get_registry, open_backend
 
+if TYPE_CHECKING:
+    from exo_gpu_plugins.backend import GPUBackend
+    from exo_gpu_plugins.models import (
+        Capabilities,
+        DeviceType,
+        GPUDevice,
+        HeapReport,
+        MemoryHandle,
+        MemoryReport,
+    )
+
 __version__ = "0.1.0"
+
+# The spec and the pydantic models load on first use: exo's startup pays for discovery only.
+_LAZY = {
+    "GPUBackend": "exo_gpu_plugins.backend",
+    "Capabilities": "exo_gpu_plugins.models",
+    "DeviceType": "exo_gpu_plugins.models",
+    "GPUDevice": "exo_gpu_plugins.models",
+    "HeapReport": "exo_gpu_plugins.models",
+    "MemoryHandle": "exo_gpu_plugins.models",
+    "MemoryReport": "exo_gpu_plugins.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'exo_gpu_plugins' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "BackendClosedError",

@@ -19,18 +19,20 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
 from exo_gpu_plugins import config
-from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import (
     BackendUnavailableError,
     PluginError,
     UnknownBackendError,
 )
 from exo_gpu_plugins.hookspecs import PROJECT_NAME, BackendInfo, BackendSpecs
+
+if TYPE_CHECKING:
+    from exo_gpu_plugins.backend import GPUBackend
 
 __all__ = [
     "BackendEntry",
@@ -75,6 +77,8 @@ class BackendEntry:
 
     def load_class(self) -> type[GPUBackend[Any]]:
         """Import and return the backend class (the first native import happens here)."""
+        from exo_gpu_plugins.backend import GPUBackend
+
         target = _resolve(self.info.backend)
         backend_class = target() if _is_factory(target) else target
         if not (isinstance(backend_class, type) and issubclass(backend_class, GPUBackend)):

@@ -1,5 +1,4 @@
-"""The host backend: device memory emulated in this process's RAM, the contract's reference."""
+"""The host backend: device memory emulated in this process's RAM, the contract's reference.
 
-from exo_gpu_plugins.host.backend import HostBackend
-
-__all__ = ["HostBackend"]
+`exo_gpu_plugins.host.backend.HostBackend` is the class; this package imports nothing eagerly so that
+plugin discovery (which imports `host.plugin`) stays cheap."""

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything the project needs, idempotently, into .venv (override with VENV=...):
+#   1. Debian's Vulkan packages (loader, lavapipe = Vulkan on the CPU, validation layer), via
+#      apt-get as root or through sudo; skipped when already present.
+#   2. The core package (editable) with its test and lint tools.
+#   3. The Vulkan plugin, built from rust/ by maturin (needs cargo: https://rustup.rs).
+# Usage: scripts/setup.sh            (what `make demo` and `make test` call)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+need_packages=()
+ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 ' || need_packages+=(libvulkan1)
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_packages+=(mesa-vulkan-drivers)
+ls /usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json >/dev/null 2>&1 \
+  || need_packages+=(vulkan-validationlayers)
+if [ ${#need_packages[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    say "installing ${need_packages[*]} with apt-get"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
+  else
+    say "no apt-get: install the Vulkan loader, a driver and the validation layer yourself (${need_packages[*]})"
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+"$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+say "installing exo-gpu-plugins (editable) with dev tools"
+"$PY" -m pip install -q --disable-pip-version-check -e '.[dev,testing]'
+
+if ! command -v cargo >/dev/null; then
+  say "cargo not found: the Vulkan plugin needs Rust (https://rustup.rs); continuing with the host backend only"
+  exit 0
+fi
+say "building the Vulkan plugin (maturin, release)"
+"$PY" -m pip install -q --disable-pip-version-check 'maturin>=1.5,<2'
+rm -rf dist/vulkan && mkdir -p dist/vulkan
+(cd vulkan_plugin && "../$VENV/bin/maturin" build --release --quiet -o ../dist/vulkan ${MATURIN_FEATURES:+--features "$MATURIN_FEATURES"} >&2)
+"$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps dist/vulkan/exo_gpu_vulkan-*.whl
+say "ready: $VENV/bin/exo-gpu"
