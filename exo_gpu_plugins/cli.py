@@ -262,13 +262,37 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
             f"the conformance kit needs pytest and hypothesis: pip install "
             f"'exo-gpu-plugins[testing]' ({exc})"
         ) from exc
-    return run_check(
+    status: int = run_check(
         args.backend,
         xfail_file=args.xfail,
         examples=args.examples,
         verbose=args.verbose,
         json_output=args.json,
         out=out,
+    )
+    return status
+
+
+async def _bench(args: argparse.Namespace, out: TextIO) -> int:
+    from exo_gpu_plugins.bench import MiB, run_benchmark
+
+    return await run_benchmark(
+        args.backend,
+        args.device,
+        sizes=args.sizes or (64 * MiB, 256 * MiB),
+        d2d_size=args.d2d_size,
+        repeats=args.repeats,
+        peers=not args.no_peers,
+        json_output=args.json,
+        out=out,
+    )
+
+
+async def _monitor(args: argparse.Namespace, out: TextIO) -> int:
+    from exo_gpu_plugins.monitor import monitor
+
+    return await monitor(
+        args.device, interval=args.interval, count=args.count, json_output=args.json, out=out
     )
 
 
@@ -340,6 +364,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--xfail", help="expected-failures file: 'test_id  # reason' per line")
     check.add_argument("--examples", type=int, help="Hypothesis examples for the state machine")
     check.add_argument("-v", "--verbose", action="store_true", help="show every test")
+    bench = add(
+        "bench",
+        "copy speed of a backend beside every peer present (numpy memcpy, wgpu-py, "
+        "CUDA through torch), as one table",
+        _async(_bench),
+    )
+    bench.add_argument("--backend", help="backend name (default: selected as described below)")
+    bench.add_argument("--device", help="device id (default: the backend's first device)")
+    bench.add_argument("--sizes", type=_size, nargs="+", help="bulk copy sizes (default 64M 256M)")
+    bench.add_argument("--d2d-size", type=_size, default=1 << 30, help="device-to-device size (1G)")
+    bench.add_argument("--repeats", type=int, default=5, help="repetitions per figure (median)")
+    bench.add_argument("--no-peers", action="store_true", help="measure this project only")
+    mon = add(
+        "monitor", "memory and telemetry of devices, refreshed in place until Ctrl-C", _async(_monitor)
+    )
+    mon.add_argument(
+        "device", nargs="?", help="one device id (default: every device of the default backend)"
+    )
+    mon.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    mon.add_argument("--count", type=int, help="stop after this many refreshes")
     return parser
 
 

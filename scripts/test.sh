@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-export PATH="$PWD/$VENV/bin:$PATH" XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+export PATH="$PWD/$VENV/bin:$PATH" XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp} EXO_GPU_REQUIRE_VULKAN=1
 step() { printf '\n==> %s\n' "$*"; }
 
 step "ruff and mypy --strict (core and plugin)"

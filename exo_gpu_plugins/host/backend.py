@@ -23,6 +23,9 @@ __all__ = ["HostBackend"]
 
 # Copies at least this large run in a worker thread so a long memcpy does not stall the event loop.
 _THREAD_THRESHOLD = 4 << 20
+# Allocations from this size on are checked against the RAM the OS says is available (reading
+# /proc/meminfo costs tens of microseconds; smaller requests fail with MemoryError if at all).
+_CHECKED_ALLOCATION = 1 << 20
 
 
 class _ProcessUsage:
@@ -108,10 +111,13 @@ class HostBackend(GPUBackend[bytearray]):
         return max(0, min(os_available, total - used))
 
     async def _allocate(self, index: int, size: int) -> bytearray:
-        ram = read_ram()
-        room = self._available(ram.total_bytes, ram.available_bytes)
-        if size > room:
-            raise OutOfMemoryError(f"host:0 cannot hold {size} bytes: {room} bytes of RAM are available")
+        if size >= _CHECKED_ALLOCATION:  # refuse what the OS cannot give rather than swap or die
+            ram = read_ram()
+            room = self._available(ram.total_bytes, ram.available_bytes)
+            if size > room:
+                raise OutOfMemoryError(
+                    f"host:0 cannot hold {size} bytes: {room} bytes of RAM are available"
+                )
         try:
             if size >= _THREAD_THRESHOLD:
                 memory = await asyncio.to_thread(bytearray, size)
@@ -129,10 +135,11 @@ class HostBackend(GPUBackend[bytearray]):
         _usage.add(-len(native))
 
     async def _write(self, native: bytearray, offset: int, data: memoryview) -> None:
+        target = memoryview(native)[offset : offset + data.nbytes]
         if data.nbytes >= _THREAD_THRESHOLD:
-            await asyncio.to_thread(native.__setitem__, slice(offset, offset + data.nbytes), data)
+            await asyncio.to_thread(target.__setitem__, slice(None), data)
         else:
-            native[offset : offset + data.nbytes] = data
+            target[:] = data
 
     async def _read_into(self, native: bytearray, offset: int, out: memoryview) -> None:
         source = memoryview(native)[offset : offset + out.nbytes]

@@ -1,0 +1,440 @@
+"""Copy-speed benchmark: this project's backend beside every peer present, measured in one run.
+
+Peers, each only when importable: the machine's own memcpy (numpy), wgpu-py (Vulkan, the nearest
+Python peer) and CUDA through torch (pageable and pinned host memory). Every figure is the median
+of several repetitions; bandwidths are bytes moved per second (1 GB = 1e9 bytes), one direction.
+`exo-gpu bench` and `benchmarks/copy_speed.py` both run this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any, TextIO
+
+from exo_gpu_plugins.backend import GPUBackend
+from exo_gpu_plugins.registry import open_backend
+
+__all__ = ["Figure", "run_benchmark"]
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+
+
+@dataclass
+class Figure:
+    """One row of the table: a measurement of this project and of each peer."""
+
+    key: str
+    label: str
+    unit: str  # "GB/s" (higher is better) or "us" (lower is better)
+    ours: float | None = None
+    peers: dict[str, float | None] = field(default_factory=dict)
+
+
+class Progress:
+    """One self-overwriting status line on stderr while the benchmark runs."""
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.total, self.done = total, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = self.stream.isatty()
+
+    def step(self, text: str) -> None:
+        self.done += 1
+        line = f"[{self.done}/{self.total}] {text}"
+        if self.live:
+            self.stream.write("\r\033[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.live:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _median_time(run: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+async def _median_time_async(run: Callable[[], Awaitable[object]], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        await run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _gbps(size: int, seconds: float) -> float:
+    return size / seconds / 1e9
+
+
+def _source_buffer(size: int) -> Any:
+    """Random bytes as a numpy array when numpy is present (what callers hold), else a bytearray."""
+    try:
+        import numpy as np
+    except ImportError:
+        return bytearray(os.urandom(size))
+    return np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# This project
+
+
+async def _measure_ours(
+    backend: GPUBackend[Any],
+    device_id: str,
+    sizes: Sequence[int],
+    d2d_size: int,
+    repeats: int,
+    progress: Progress,
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for size in sizes:
+        tag = f"{size // MiB}MiB"
+        src = _source_buffer(size)
+        handle = await backend.allocate(device_id, size)
+        progress.step(f"{backend.name}: host -> device {tag}")
+        out[f"h2d_{tag}"] = _gbps(
+            size, await _median_time_async(partial(backend.copy_to_device, src, handle), repeats)
+        )
+        dst = bytearray(size)
+        progress.step(f"{backend.name}: device -> host {tag} (into buffer)")
+        out[f"d2h_into_{tag}"] = _gbps(
+            size,
+            await _median_time_async(partial(backend.copy_from_device_into, handle, 0, dst), repeats),
+        )
+        progress.step(f"{backend.name}: device -> host {tag} (new bytes)")
+        out[f"d2h_bytes_{tag}"] = _gbps(
+            size, await _median_time_async(partial(backend.copy_from_device, handle, 0, size), repeats)
+        )
+        if bytes(dst[:4096]) != bytes(memoryview(src)[:4096]):
+            raise AssertionError("benchmark read back different bytes")
+        await backend.deallocate(handle)
+        gc.collect()
+
+    progress.step(f"{backend.name}: 4 KiB write + read back")
+    small = await backend.allocate(device_id, 4096)
+    payload, back = os.urandom(4096), bytearray(4096)
+
+    async def round_trip() -> None:
+        await backend.copy_to_device(payload, small)
+        await backend.copy_from_device_into(small, 0, back)
+
+    for _ in range(50):
+        await round_trip()
+    out["rt_4k_us"] = await _median_time_async(round_trip, 2000) * 1e6
+    if bytes(back) != payload:
+        raise AssertionError("4 KiB round trip returned different bytes")
+    await backend.deallocate(small)
+
+    progress.step(f"{backend.name}: allocate + free 4 KiB")
+
+    async def alloc_free() -> None:
+        await backend.deallocate(await backend.allocate(device_id, 4096))
+
+    for _ in range(50):
+        await alloc_free()
+    out["alloc_4k_us"] = await _median_time_async(alloc_free, 2000) * 1e6
+
+    progress.step(f"{backend.name}: device -> device {d2d_size // MiB} MiB")
+    a = await backend.allocate(device_id, d2d_size)
+    b = await backend.allocate(device_id, d2d_size)
+    await backend.copy_device_to_device(a, b, d2d_size)
+    out["d2d"] = _gbps(
+        d2d_size,
+        await _median_time_async(lambda: backend.copy_device_to_device(a, b, d2d_size), repeats),
+    )
+    await backend.deallocate(a)
+    await backend.deallocate(b)
+
+    progress.step(f"{backend.name}: 64 concurrent 64 KiB copies")
+    chunk, count = 64 << 10, 64
+    target = await backend.allocate(device_id, chunk * count)
+    pieces = [os.urandom(chunk) for _ in range(count)]
+
+    async def concurrent() -> None:
+        await asyncio.gather(
+            *(backend.copy_to_device(pieces[i], target, i * chunk) for i in range(count))
+        )
+
+    await concurrent()
+    out["concurrent_64k"] = _gbps(chunk * count, await _median_time_async(concurrent, 20))
+    if await backend.copy_from_device(target, 5 * chunk, chunk) != pieces[5]:
+        raise AssertionError("concurrent copies lost bytes")
+    await backend.deallocate(target)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Peers
+
+
+def _measure_memcpy(sizes: Sequence[int], repeats: int, progress: Progress) -> dict[str, float]:
+    try:
+        import numpy as np
+    except ImportError:
+        return {}
+    out: dict[str, float] = {}
+    for size in sizes:
+        progress.step(f"numpy memcpy {size // MiB} MiB")
+        src = _source_buffer(size)
+        dst = np.empty(size, dtype=np.uint8)
+        np.copyto(dst, src)
+        seconds = _median_time(partial(np.copyto, dst, src), repeats)
+        tag = f"{size // MiB}MiB"
+        for key in (f"h2d_{tag}", f"d2h_into_{tag}", f"d2h_bytes_{tag}"):
+            out[key] = _gbps(size, seconds)
+    return out
+
+
+def _measure_wgpu(sizes: Sequence[int], repeats: int, progress: Progress) -> dict[str, float]:
+    try:
+        import wgpu
+    except ImportError:
+        return {}
+    try:
+        adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+        device = adapter.request_device_sync()
+    except Exception as exc:
+        log.info("wgpu peer unavailable: %s", exc)
+        return {}
+    usage = wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
+    out: dict[str, float] = {}
+    for size in sizes:
+        tag = f"{size // MiB}MiB"
+        src = _source_buffer(size)
+        buffer = device.create_buffer(size=size, usage=usage)
+        progress.step(f"wgpu-py {tag}")
+
+        out[f"h2d_{tag}"] = _gbps(
+            size, _median_time(partial(_wgpu_upload, device, buffer, src), repeats)
+        )
+        seconds = _median_time(partial(device.queue.read_buffer, buffer, 0, size), repeats)
+        out[f"d2h_bytes_{tag}"] = _gbps(size, seconds)
+        out[f"d2h_into_{tag}"] = _gbps(size, seconds)
+        buffer.destroy()
+    small = device.create_buffer(size=4096, usage=usage)
+    payload = os.urandom(4096)
+    progress.step("wgpu-py 4 KiB round trip and allocate + free")
+
+    def round_trip() -> None:
+        device.queue.write_buffer(small, 0, payload)
+        device.queue.read_buffer(small, 0, 4096)
+
+    out["rt_4k_us"] = _median_time(round_trip, 300) * 1e6
+    out["alloc_4k_us"] = (
+        _median_time(lambda: device.create_buffer(size=4096, usage=usage).destroy(), 2000) * 1e6
+    )
+    return out
+
+
+def _wgpu_upload(device: Any, buffer: Any, data: Any) -> None:
+    device.queue.write_buffer(buffer, 0, data)
+    device.queue.read_buffer(buffer, 0, 4)  # returns once the upload has landed
+
+
+def _torch_copy(dst: Any, src: Any) -> None:
+    import torch
+
+    dst.copy_(src)
+    torch.cuda.synchronize()
+
+
+def _to_bytes(gpu: Any) -> bytes:
+    data: bytes = gpu.cpu().numpy().tobytes()
+    return data
+
+
+def _measure_torch(
+    sizes: Sequence[int], d2d_size: int, repeats: int, progress: Progress
+) -> dict[str, dict[str, float]]:
+    try:
+        import torch
+    except ImportError:
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    sync = torch.cuda.synchronize
+    pageable: dict[str, float] = {}
+    pinned: dict[str, float] = {}
+    for size in sizes:
+        tag = f"{size // MiB}MiB"
+        progress.step(f"torch CUDA {tag}")
+        gpu = torch.empty(size, dtype=torch.uint8, device="cuda")
+        host = torch.randint(0, 255, (size,), dtype=torch.uint8)
+        pin = host.pin_memory()
+        for table, cpu in ((pageable, host), (pinned, pin)):
+            _torch_copy(gpu, cpu)
+            table[f"h2d_{tag}"] = _gbps(size, _median_time(partial(_torch_copy, gpu, cpu), repeats))
+            table[f"d2h_into_{tag}"] = _gbps(size, _median_time(partial(_torch_copy, cpu, gpu), repeats))
+        pageable[f"d2h_bytes_{tag}"] = _gbps(size, _median_time(partial(_to_bytes, gpu), repeats))
+    progress.step("torch CUDA small operations and device -> device")
+    small = torch.empty(4096, dtype=torch.uint8, device="cuda")
+    payload = torch.randint(0, 255, (4096,), dtype=torch.uint8)
+    back = torch.empty(4096, dtype=torch.uint8)
+
+    def round_trip(src: Any, dst: Any) -> None:
+        small.copy_(src)
+        dst.copy_(small)
+        sync()
+
+    pageable["rt_4k_us"] = _median_time(lambda: round_trip(payload, back), 2000) * 1e6
+    pinned["rt_4k_us"] = (
+        _median_time(lambda: round_trip(payload.pin_memory(), back.pin_memory()), 200) * 1e6
+    )
+
+    def alloc_free() -> None:
+        block = torch.empty(4096, dtype=torch.uint8, device="cuda")
+        del block
+
+    pageable["alloc_4k_us"] = _median_time(alloc_free, 2000) * 1e6
+    a = torch.empty(d2d_size, dtype=torch.uint8, device="cuda")
+    b = torch.empty(d2d_size, dtype=torch.uint8, device="cuda")
+
+    def d2d() -> None:
+        b.copy_(a)
+        sync()
+
+    d2d()
+    pageable["d2d"] = _gbps(d2d_size, _median_time(d2d, repeats))
+    return {"CUDA pageable (torch)": pageable, "CUDA pinned (torch)": pinned}
+
+
+# --------------------------------------------------------------------------------------------------
+# Table
+
+
+def _figures(sizes: Sequence[int], d2d_size: int) -> list[Figure]:
+    rows: list[Figure] = []
+    for size in sizes:
+        tag = f"{size // MiB}MiB"
+        mib = f"{size // MiB} MiB"
+        rows += [
+            Figure(f"h2d_{tag}", f"host -> device, {mib}", "GB/s"),
+            Figure(f"d2h_into_{tag}", f"device -> host, {mib}, into buffer", "GB/s"),
+            Figure(f"d2h_bytes_{tag}", f"device -> host, {mib}, new bytes", "GB/s"),
+        ]
+    rows += [
+        Figure("rt_4k_us", "4 KiB write + read back", "us"),
+        Figure("alloc_4k_us", "allocate + free 4 KiB", "us"),
+        Figure("d2d", f"device -> device, {d2d_size // MiB} MiB", "GB/s"),
+        Figure("concurrent_64k", "64 concurrent 64 KiB copies", "GB/s"),
+    ]
+    return rows
+
+
+def render(figures: Sequence[Figure], peers: Sequence[str], ours: str, out: TextIO) -> None:
+    """The table: one row per figure, our value, each peer's, and our ratio to each peer."""
+    headers = ["figure", ours, *peers, *(f"x {p}" for p in peers)]
+    rows = []
+    for fig in figures:
+        values = [fig.ours, *(fig.peers.get(p) for p in peers)]
+        cells = [fig.label + f" ({fig.unit})", *(_fmt(v) for v in values)]
+        for peer in peers:
+            theirs = fig.peers.get(peer)
+            if fig.ours is None or theirs is None or theirs == 0 or fig.ours == 0:
+                cells.append("-")
+            else:
+                ratio = fig.ours / theirs if fig.unit == "GB/s" else theirs / fig.ours
+                cells.append(f"{ratio:.2f}x")
+        rows.append(cells)
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    out.write("  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)) + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    for r in rows:
+        out.write("  ".join(str(c).ljust(widths[i]) for i, c in enumerate(r)) + "\n")
+    out.write("ratios: >1x means this project is faster (higher GB/s or lower us)\n")
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+async def run_benchmark(
+    backend_name: str | None = None,
+    device_id: str | None = None,
+    sizes: Sequence[int] = (64 * MiB, 256 * MiB),
+    d2d_size: int = 1024 * MiB,
+    repeats: int = 5,
+    peers: bool = True,
+    json_output: bool = False,
+    out: TextIO | None = None,
+) -> int:
+    """Measure, print the table (or JSON), return 0."""
+    out = out or sys.stdout
+    backend = await open_backend(backend_name)
+    try:
+        device = device_id or backend.list_devices()[0].device_id
+        description = await backend.get_device_properties(device)
+        progress = Progress(total=len(sizes) * 3 + 4 + (len(sizes) * 3 + 2 if peers else 0))
+        ours = await _measure_ours(backend, device, sizes, d2d_size, repeats, progress)
+        strategy = backend.capabilities(device).transfer_strategy
+    finally:
+        await backend.shutdown()
+    peer_values: dict[str, dict[str, float]] = {}
+    if peers:
+        peer_values["memcpy (numpy)"] = _measure_memcpy(sizes, repeats, progress)
+        peer_values["wgpu-py"] = _measure_wgpu(sizes, repeats, progress)
+        peer_values.update(_measure_torch(sizes, d2d_size, repeats, progress))
+    progress.finish()
+    present = [name for name, values in peer_values.items() if values]
+    figures = _figures(sizes, d2d_size)
+    for fig in figures:
+        fig.ours = ours.get(fig.key)
+        fig.peers = {name: peer_values[name].get(fig.key) for name in present}
+    label = f"{backend.name} ({device}, {strategy})"
+    if json_output:
+        out.write(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%d"),
+                    "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+                    "device": description.model_dump(mode="json"),
+                    "backend": label,
+                    "peers": present,
+                    "peer_versions": _peer_versions(),
+                    "figures": [asdict(f) for f in figures],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    else:
+        out.write(
+            f"{description.name} via {label}; {time.strftime('%Y-%m-%d')}; "
+            f"{os.cpu_count()} CPUs; peers: {_peer_versions()}\n\n"
+        )
+        render(figures, present, backend.name, out)
+    return 0
+
+
+def _peer_versions() -> dict[str, str]:
+    versions: dict[str, str] = {}
+    for module in ("numpy", "wgpu", "torch"):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            versions[module] = str(getattr(loaded, "__version__", "?"))
+    return versions

@@ -1,0 +1,424 @@
+//! Device information gathered from a physical device (no logical device needed): identity, PCI
+//! address, limits, memory heaps/types, extension support, queue choice and transfer strategy.
+
+use std::collections::HashSet;
+use std::ffi::{CStr, CString};
+
+use ash::vk;
+
+use crate::error::{vkerr, EngineError, Result};
+use crate::instance::InstanceContext;
+
+/// How host<->device transfers are done on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Allocations live in DEVICE_LOCAL|HOST_VISIBLE memory and are accessed through a persistent
+    /// mapping (memcpy).
+    Mapped,
+    /// Allocations live in GPU-only memory; transfers go through a ring of host staging buffers.
+    Staging,
+}
+
+impl Strategy {
+    /// `"mapped"` / `"staging"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Mapped => "mapped",
+            Strategy::Staging => "staging",
+        }
+    }
+}
+
+/// What the caller asked for in `Engine::new`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrategyRequest {
+    /// Mapped on UMA-like devices (a DEVICE_LOCAL|HOST_VISIBLE|HOST_CACHED type), else staging.
+    Auto,
+    /// Force mapped (error on devices without a DEVICE_LOCAL|HOST_VISIBLE type).
+    Mapped,
+    /// Force staging.
+    Staging,
+}
+
+impl StrategyRequest {
+    /// Parse `"auto"` (or `None`), `"mapped"`, `"staging"`.
+    pub fn parse(s: Option<&str>) -> Result<Self> {
+        match s.map(str::trim) {
+            None | Some("auto") | Some("") => Ok(StrategyRequest::Auto),
+            Some("mapped") => Ok(StrategyRequest::Mapped),
+            Some("staging") => Ok(StrategyRequest::Staging),
+            Some(other) => Err(EngineError::InvalidArgument(format!(
+                "unknown transfer strategy {other:?} (expected \"auto\", \"mapped\" or \"staging\")"
+            ))),
+        }
+    }
+}
+
+/// One memory heap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeapInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// `VK_MEMORY_HEAP_DEVICE_LOCAL_BIT` set.
+    pub device_local: bool,
+}
+
+/// One memory type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryTypeInfo {
+    /// Raw `VkMemoryPropertyFlags`.
+    pub flags: u32,
+    /// Index of the heap it allocates from.
+    pub heap: u32,
+}
+
+/// Device extensions the engine cares about (support, not necessarily enabled).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceExtensions {
+    /// VK_EXT_memory_budget.
+    pub memory_budget: bool,
+    /// VK_EXT_pci_bus_info.
+    pub pci_bus_info: bool,
+    /// VK_EXT_external_memory_host.
+    pub external_memory_host: bool,
+    /// VK_NV_shader_sm_builtins.
+    pub nv_shader_sm_builtins: bool,
+    /// VK_AMD_shader_core_properties.
+    pub amd_shader_core_properties: bool,
+    /// VK_AMD_shader_core_properties2.
+    pub amd_shader_core_properties2: bool,
+    /// VK_KHR_driver_properties (core in 1.2).
+    pub driver_properties: bool,
+    /// VK_KHR_maintenance4 (core in 1.3).
+    pub maintenance4: bool,
+    /// VK_KHR_portability_subset (must be enabled when present: MoltenVK).
+    pub portability_subset: bool,
+}
+
+/// Everything `device_info` reports about one physical device.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    /// Index in the engine's device list.
+    pub index: usize,
+    /// `deviceName`.
+    pub name: String,
+    /// PCI vendor id.
+    pub vendor_id: u32,
+    /// PCI device id.
+    pub device_id: u32,
+    /// "discrete", "integrated", "virtual", "cpu" or "other".
+    pub device_type: &'static str,
+    /// Raw `driverVersion` (vendor-specific encoding).
+    pub driver_version: u32,
+    /// Raw `apiVersion` of the device.
+    pub api_version: u32,
+    /// `VkPhysicalDeviceDriverProperties::driverName`, when available.
+    pub driver_name: Option<String>,
+    /// `VkPhysicalDeviceDriverProperties::driverInfo`, when available.
+    pub driver_info: Option<String>,
+    /// `VkPhysicalDeviceIDProperties::deviceUUID` (zeros if the device is older than 1.1).
+    pub device_uuid: [u8; 16],
+    /// (domain, bus, device, function), when VK_EXT_pci_bus_info is supported.
+    pub pci_address: Option<(u32, u32, u32, u32)>,
+    /// SMs (NVIDIA) or compute units (AMD), when the vendor extension reports them.
+    pub compute_units: Option<u32>,
+    /// `maxComputeWorkGroupInvocations`.
+    pub max_compute_work_group_invocations: u32,
+    /// `VkPhysicalDeviceMaintenance3Properties::maxMemoryAllocationSize`.
+    pub max_memory_allocation_size: u64,
+    /// `VkPhysicalDeviceMaintenance4Properties::maxBufferSize`, when available.
+    pub max_buffer_size: Option<u64>,
+    /// `nonCoherentAtomSize`.
+    pub non_coherent_atom_size: u64,
+    /// Memory heaps.
+    pub heaps: Vec<HeapInfo>,
+    /// Memory types.
+    pub memory_types: Vec<MemoryTypeInfo>,
+    /// Extension support.
+    pub extensions: DeviceExtensions,
+    /// `minImportedHostPointerAlignment`, when VK_EXT_external_memory_host is supported.
+    pub min_imported_host_pointer_alignment: Option<u64>,
+    /// Queue family used for all engine work.
+    pub transfer_queue_family: u32,
+    /// Whether that family is transfer-only (no graphics/compute).
+    pub transfer_only: bool,
+    /// Queue count of that family.
+    pub transfer_queue_count: u32,
+    /// Some memory type is DEVICE_LOCAL|HOST_VISIBLE.
+    pub host_visible_device_local: bool,
+    /// Some memory type is DEVICE_LOCAL|HOST_VISIBLE|HOST_CACHED (UMA-like).
+    pub host_cached_device_local: bool,
+    /// Chosen strategy; `None` when the requested strategy is not supported by this device.
+    pub strategy: Option<Strategy>,
+}
+
+impl DeviceInfo {
+    /// The strategy, or `Unavailable` when the requested one cannot work on this device.
+    pub fn require_strategy(&self) -> Result<Strategy> {
+        self.strategy.ok_or_else(|| {
+            EngineError::Unavailable(format!(
+                "device {} ({}) has no DEVICE_LOCAL|HOST_VISIBLE memory type, so the \"mapped\" \
+                 transfer strategy cannot be used (use \"auto\" or \"staging\")",
+                self.index, self.name
+            ))
+        })
+    }
+}
+
+fn device_type_name(t: vk::PhysicalDeviceType) -> &'static str {
+    match t {
+        vk::PhysicalDeviceType::DISCRETE_GPU => "discrete",
+        vk::PhysicalDeviceType::INTEGRATED_GPU => "integrated",
+        vk::PhysicalDeviceType::VIRTUAL_GPU => "virtual",
+        vk::PhysicalDeviceType::CPU => "cpu",
+        _ => "other",
+    }
+}
+
+fn c_chars_to_string(chars: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = chars
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Names of the device extensions a physical device supports.
+pub(crate) fn supported_extensions(
+    ctx: &InstanceContext,
+    pd: vk::PhysicalDevice,
+) -> Result<HashSet<CString>> {
+    // SAFETY: `pd` was enumerated from this instance, which is alive.
+    let exts = unsafe { ctx.instance.enumerate_device_extension_properties(pd) }
+        .map_err(vkerr("vkEnumerateDeviceExtensionProperties"))?;
+    Ok(exts
+        .iter()
+        .filter_map(|e| e.extension_name_as_c_str().ok().map(CStr::to_owned))
+        .collect())
+}
+
+/// Pick the queue family for all engine work: a transfer-only family when there is one, else the
+/// first family with graphics, compute or transfer. Returns (index, transfer_only, queue_count).
+pub(crate) fn choose_queue_family(
+    families: &[vk::QueueFamilyProperties],
+) -> Option<(u32, bool, u32)> {
+    let gc = vk::QueueFlags::GRAPHICS | vk::QueueFlags::COMPUTE;
+    let transfer_only = families.iter().enumerate().find(|(_, f)| {
+        f.queue_count > 0
+            && f.queue_flags.contains(vk::QueueFlags::TRANSFER)
+            && !f.queue_flags.intersects(gc)
+    });
+    if let Some((i, f)) = transfer_only {
+        return Some((u32::try_from(i).ok()?, true, f.queue_count));
+    }
+    families
+        .iter()
+        .enumerate()
+        .find(|(_, f)| f.queue_count > 0 && f.queue_flags.intersects(gc | vk::QueueFlags::TRANSFER))
+        .and_then(|(i, f)| Some((u32::try_from(i).ok()?, false, f.queue_count)))
+}
+
+/// Gather everything about one physical device.
+pub(crate) fn gather(
+    ctx: &InstanceContext,
+    pd: vk::PhysicalDevice,
+    index: usize,
+    request: StrategyRequest,
+) -> Result<DeviceInfo> {
+    let inst = &ctx.instance;
+    // SAFETY: `pd` was enumerated from this live instance.
+    let base = unsafe { inst.get_physical_device_properties(pd) };
+    let ext_names = supported_extensions(ctx, pd)?;
+    let has = |name: &CStr| ext_names.contains(name);
+    // Core structs may be chained only when both the instance and the device reach that version.
+    let version = base.api_version.min(ctx.api_version);
+    let v11 = version >= vk::API_VERSION_1_1;
+    let extensions = DeviceExtensions {
+        memory_budget: has(ash::ext::memory_budget::NAME),
+        pci_bus_info: has(ash::ext::pci_bus_info::NAME),
+        external_memory_host: has(ash::ext::external_memory_host::NAME),
+        nv_shader_sm_builtins: has(ash::nv::shader_sm_builtins::NAME),
+        amd_shader_core_properties: has(ash::amd::shader_core_properties::NAME),
+        amd_shader_core_properties2: has(ash::amd::shader_core_properties2::NAME),
+        driver_properties: version >= vk::API_VERSION_1_2 || has(ash::khr::driver_properties::NAME),
+        maintenance4: version >= vk::API_VERSION_1_3 || has(ash::khr::maintenance4::NAME),
+        portability_subset: has(ash::khr::portability_subset::NAME),
+    };
+
+    let mut id_props = vk::PhysicalDeviceIDProperties::default();
+    let mut m3 = vk::PhysicalDeviceMaintenance3Properties::default();
+    let mut m4 = vk::PhysicalDeviceMaintenance4Properties::default();
+    let mut driver = vk::PhysicalDeviceDriverProperties::default();
+    let mut pci = vk::PhysicalDevicePCIBusInfoPropertiesEXT::default();
+    let mut sm = vk::PhysicalDeviceShaderSMBuiltinsPropertiesNV::default();
+    let mut amd1 = vk::PhysicalDeviceShaderCorePropertiesAMD::default();
+    let mut amd2 = vk::PhysicalDeviceShaderCoreProperties2AMD::default();
+    let mut emh = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
+    let mut limits = base.limits;
+    if v11 {
+        let mut p2 = vk::PhysicalDeviceProperties2::default()
+            .push_next(&mut id_props)
+            .push_next(&mut m3);
+        if extensions.maintenance4 {
+            p2 = p2.push_next(&mut m4);
+        }
+        if extensions.driver_properties {
+            p2 = p2.push_next(&mut driver);
+        }
+        if extensions.pci_bus_info {
+            p2 = p2.push_next(&mut pci);
+        }
+        if extensions.nv_shader_sm_builtins {
+            p2 = p2.push_next(&mut sm);
+        }
+        if extensions.amd_shader_core_properties {
+            p2 = p2.push_next(&mut amd1);
+        }
+        if extensions.amd_shader_core_properties2 {
+            p2 = p2.push_next(&mut amd2);
+        }
+        if extensions.external_memory_host {
+            p2 = p2.push_next(&mut emh);
+        }
+        // SAFETY: every chained struct belongs to an extension/version the device supports and
+        // outlives the call.
+        unsafe { inst.get_physical_device_properties2(pd, &mut p2) };
+        limits = p2.properties.limits;
+    }
+
+    let compute_units = if extensions.nv_shader_sm_builtins && sm.shader_sm_count > 0 {
+        Some(sm.shader_sm_count)
+    } else if extensions.amd_shader_core_properties2 && amd2.active_compute_unit_count > 0 {
+        Some(amd2.active_compute_unit_count)
+    } else if extensions.amd_shader_core_properties {
+        let n = amd1
+            .shader_engine_count
+            .saturating_mul(amd1.shader_arrays_per_engine_count)
+            .saturating_mul(amd1.compute_units_per_shader_array);
+        (n > 0).then_some(n)
+    } else {
+        None
+    };
+
+    // SAFETY: `pd` belongs to this live instance.
+    let mem = unsafe { inst.get_physical_device_memory_properties(pd) };
+    let heaps: Vec<HeapInfo> = mem
+        .memory_heaps_as_slice()
+        .iter()
+        .map(|h| HeapInfo {
+            size: h.size,
+            device_local: h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL),
+        })
+        .collect();
+    let memory_types: Vec<MemoryTypeInfo> = mem
+        .memory_types_as_slice()
+        .iter()
+        .map(|t| MemoryTypeInfo {
+            flags: t.property_flags.as_raw(),
+            heap: t.heap_index,
+        })
+        .collect();
+    let dl_hv = vk::MemoryPropertyFlags::DEVICE_LOCAL | vk::MemoryPropertyFlags::HOST_VISIBLE;
+    let host_visible_device_local = mem
+        .memory_types_as_slice()
+        .iter()
+        .any(|t| t.property_flags.contains(dl_hv));
+    let host_cached_device_local = mem.memory_types_as_slice().iter().any(|t| {
+        t.property_flags
+            .contains(dl_hv | vk::MemoryPropertyFlags::HOST_CACHED)
+    });
+    let strategy = match request {
+        StrategyRequest::Auto if host_cached_device_local => Some(Strategy::Mapped),
+        StrategyRequest::Auto | StrategyRequest::Staging => Some(Strategy::Staging),
+        StrategyRequest::Mapped => host_visible_device_local.then_some(Strategy::Mapped),
+    };
+
+    // SAFETY: `pd` belongs to this live instance.
+    let families = unsafe { inst.get_physical_device_queue_family_properties(pd) };
+    let (transfer_queue_family, transfer_only, transfer_queue_count) =
+        choose_queue_family(&families).ok_or_else(|| {
+            EngineError::Unavailable(format!("device {index} has no usable queue family"))
+        })?;
+
+    Ok(DeviceInfo {
+        index,
+        name: c_chars_to_string(&base.device_name),
+        vendor_id: base.vendor_id,
+        device_id: base.device_id,
+        device_type: device_type_name(base.device_type),
+        driver_version: base.driver_version,
+        api_version: base.api_version,
+        driver_name: extensions
+            .driver_properties
+            .then(|| c_chars_to_string(&driver.driver_name)),
+        driver_info: extensions
+            .driver_properties
+            .then(|| c_chars_to_string(&driver.driver_info)),
+        device_uuid: id_props.device_uuid,
+        pci_address: extensions.pci_bus_info.then_some((
+            pci.pci_domain,
+            pci.pci_bus,
+            pci.pci_device,
+            pci.pci_function,
+        )),
+        compute_units,
+        max_compute_work_group_invocations: limits.max_compute_work_group_invocations,
+        max_memory_allocation_size: if v11 && m3.max_memory_allocation_size > 0 {
+            m3.max_memory_allocation_size
+        } else {
+            u64::MAX
+        },
+        max_buffer_size: (v11 && extensions.maintenance4 && m4.max_buffer_size > 0)
+            .then_some(m4.max_buffer_size),
+        non_coherent_atom_size: limits.non_coherent_atom_size.max(1),
+        heaps,
+        memory_types,
+        min_imported_host_pointer_alignment: (v11 && extensions.external_memory_host)
+            .then_some(emh.min_imported_host_pointer_alignment),
+        extensions,
+        transfer_queue_family,
+        transfer_only,
+        transfer_queue_count,
+        host_visible_device_local,
+        host_cached_device_local,
+        strategy,
+    })
+}
+
+/// Budget/usage of one heap (from VK_EXT_memory_budget), `None` when unsupported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapBudget {
+    /// Bytes this process may use from the heap.
+    pub budget: u64,
+    /// Bytes this process currently uses from the heap.
+    pub usage: u64,
+}
+
+/// Query per-heap budgets; `None` per heap when VK_EXT_memory_budget is not supported.
+pub(crate) fn query_budgets(
+    ctx: &InstanceContext,
+    pd: vk::PhysicalDevice,
+    info: &DeviceInfo,
+) -> Vec<Option<HeapBudget>> {
+    let n = info.heaps.len();
+    if !info.extensions.memory_budget || info.api_version.min(ctx.api_version) < vk::API_VERSION_1_1
+    {
+        return vec![None; n];
+    }
+    let mut budget = vk::PhysicalDeviceMemoryBudgetPropertiesEXT::default();
+    let mut p2 = vk::PhysicalDeviceMemoryProperties2::default().push_next(&mut budget);
+    // SAFETY: the device supports VK_EXT_memory_budget; the chained struct outlives the call.
+    unsafe {
+        ctx.instance
+            .get_physical_device_memory_properties2(pd, &mut p2)
+    };
+    (0..n)
+        .map(|i| {
+            Some(HeapBudget {
+                budget: budget.heap_budget.get(i).copied().unwrap_or(0),
+                usage: budget.heap_usage.get(i).copied().unwrap_or(0),
+            })
+        })
+        .collect()
+}

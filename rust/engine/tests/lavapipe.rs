@@ -1,0 +1,377 @@
+//! Engine tests against whatever Vulkan device is present (lavapipe in CI). Every test skips
+//! with a note when no Vulkan device is usable.
+
+use exo_vk_engine::{Engine, EngineError};
+
+const MIB: u64 = 1 << 20;
+
+fn validation_layer_present() -> bool {
+    // Cheap check: try an engine with validation; Unavailable about the layer means it is absent.
+    !matches!(Engine::new(true, None), Err(EngineError::Unavailable(m)) if m.contains("validation"))
+}
+
+/// An engine with the given strategy (validation on when the layer is installed), or `None`
+/// (after printing why) when Vulkan is not usable here.
+fn engine(strategy: &str) -> Option<Engine> {
+    if let Some(reason) = Engine::probe() {
+        eprintln!("note: skipping Vulkan test: {reason}");
+        return None;
+    }
+    let validation = validation_layer_present();
+    if !validation {
+        eprintln!("note: VK_LAYER_KHRONOS_validation not installed; testing without validation");
+    }
+    match Engine::new(validation, Some(strategy)) {
+        Ok(e) => Some(e),
+        Err(EngineError::Unavailable(m)) if strategy == "mapped" => {
+            eprintln!("note: skipping mapped-strategy test: {m}");
+            None
+        }
+        Err(e) => panic!("Engine::new failed: {e}"),
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
+        .collect()
+}
+
+fn read(e: &Engine, id: u64, off: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0xAAu8; len];
+    e.read_into(id, off, &mut v).expect("read_into");
+    v
+}
+
+fn finish(e: Engine) {
+    let warnings = e.take_validation_warnings();
+    assert!(warnings.is_empty(), "validation warnings: {warnings:?}");
+    e.close().expect("close");
+    e.close().expect("close is idempotent");
+}
+
+fn roundtrip(strategy: &str) {
+    let Some(e) = engine(strategy) else { return };
+    assert!(e.device_count().unwrap() >= 1);
+    let stats = e.stats(0).unwrap();
+    assert_eq!(stats.strategy, strategy);
+    assert!(!stats.device_created);
+
+    // Odd size: not a multiple of 4 (exercises the fill rounding).
+    let size = 10 * MIB + 3;
+    let id = e.allocate(0, size).unwrap();
+    assert_eq!(e.allocation_size(id).unwrap(), size);
+    assert!(
+        read(&e, id, 0, size as usize).iter().all(|&b| b == 0),
+        "fresh memory is zero"
+    );
+
+    let data = pattern(5 * MIB as usize, 7);
+    e.write(id, 123, &data).unwrap();
+    assert_eq!(read(&e, id, 123, data.len()), data);
+    assert_eq!(read(&e, id, 0, 123), vec![0u8; 123]);
+    let tail = read(
+        &e,
+        id,
+        123 + data.len() as u64,
+        (size - 123) as usize - data.len(),
+    );
+    assert!(tail.iter().all(|&b| b == 0));
+    // The very last byte is addressable.
+    e.write(id, size - 1, &[0x5A]).unwrap();
+    assert_eq!(read(&e, id, size - 1, 1), vec![0x5A]);
+
+    // Copy to a second allocation.
+    let id2 = e.allocate(0, 6 * MIB).unwrap();
+    e.copy(id, 123, id2, 1000, data.len() as u64).unwrap();
+    assert_eq!(read(&e, id2, 1000, data.len()), data);
+    assert_eq!(read(&e, id2, 0, 1000), vec![0u8; 1000]);
+
+    let s = e.stats(0).unwrap();
+    assert!(s.device_created);
+    assert_eq!(s.live_allocations, 2);
+    assert_eq!(s.live_bytes, size + 6 * MIB);
+    assert!(s.block_count >= 1);
+    assert!(s.allocator_capacity_bytes >= size + 6 * MIB);
+
+    let heaps = e.memory_heaps(0).unwrap();
+    assert!(!heaps.is_empty());
+    let own: u64 = heaps.iter().map(|h| h.engine_allocated).sum();
+    assert!(own >= size + 6 * MIB, "engine_allocated {own}");
+
+    e.synchronize(0).unwrap();
+    e.free(id).unwrap();
+    e.free(id2).unwrap();
+    let s = e.stats(0).unwrap();
+    assert_eq!((s.live_allocations, s.live_bytes), (0, 0));
+    finish(e);
+}
+
+#[test]
+fn roundtrip_mapped() {
+    roundtrip("mapped");
+}
+
+#[test]
+fn roundtrip_staging() {
+    roundtrip("staging");
+}
+
+fn large(strategy: &str) {
+    let Some(e) = engine(strategy) else { return };
+    // > 4 ring slots of 16 MiB and >= the dedicated-allocation threshold.
+    let size = 70 * MIB + 5;
+    let id = e.allocate(0, size).unwrap();
+    let data = pattern(size as usize - 9, 3);
+    e.write(id, 9, &data).unwrap();
+    assert_eq!(read(&e, id, 9, data.len()), data);
+    assert_eq!(read(&e, id, 0, 9), vec![0u8; 9]);
+    e.free(id).unwrap();
+    finish(e);
+}
+
+#[test]
+fn large_mapped() {
+    large("mapped");
+}
+
+#[test]
+fn large_staging() {
+    large("staging");
+}
+
+fn memmove(strategy: &str) {
+    let Some(e) = engine(strategy) else { return };
+    // Bigger than the 32 MiB memmove chunk so the staging path needs several chunks.
+    let size = 40 * MIB;
+    let id = e.allocate(0, size).unwrap();
+    let data = pattern(size as usize, 11);
+    for (src, dst) in [(0u64, 1000u64), (1000, 0), (5, 6), (6, 5), (0, 3 * MIB)] {
+        e.write(id, 0, &data).unwrap();
+        let len = size - src.max(dst);
+        e.copy(id, src, id, dst, len).unwrap();
+        let mut expect = data.clone();
+        expect.copy_within(src as usize..(src + len) as usize, dst as usize);
+        let got = read(&e, id, 0, size as usize);
+        assert!(
+            got == expect,
+            "memmove src={src} dst={dst} len={len} ({strategy})"
+        );
+    }
+    // Identical ranges: a no-op.
+    e.copy(id, 64, id, 64, 128).unwrap();
+    // Disjoint ranges of one allocation.
+    e.write(id, 0, &data).unwrap();
+    e.copy(id, 0, id, size / 2, size / 2).unwrap();
+    assert_eq!(
+        read(&e, id, size / 2, (size / 2) as usize),
+        data[..(size / 2) as usize]
+    );
+    finish(e);
+}
+
+#[test]
+fn memmove_mapped() {
+    memmove("mapped");
+}
+
+#[test]
+fn memmove_staging() {
+    memmove("staging");
+}
+
+fn errors(strategy: &str) {
+    let Some(e) = engine(strategy) else { return };
+    let id = e.allocate(0, 4096).unwrap();
+    let other = e.allocate(0, 100).unwrap();
+    e.write(id, 0, &[1u8; 4096]).unwrap();
+
+    // Bounds: nothing written.
+    let r = e.write(id, 4095, &[9, 9]);
+    assert!(matches!(r, Err(EngineError::OutOfBounds(_))), "{r:?}");
+    assert_eq!(read(&e, id, 4095, 1), vec![1]);
+    assert!(matches!(
+        e.write(id, u64::MAX, &[1]),
+        Err(EngineError::OutOfBounds(_))
+    ));
+    let mut buf = [0u8; 2];
+    assert!(matches!(
+        e.read_into(id, 4095, &mut buf),
+        Err(EngineError::OutOfBounds(_))
+    ));
+    assert!(matches!(
+        e.copy(id, 0, other, 1, 100),
+        Err(EngineError::OutOfBounds(_))
+    ));
+    assert!(matches!(
+        e.copy(id, 4000, other, 0, 100),
+        Err(EngineError::OutOfBounds(_))
+    ));
+    assert!(matches!(
+        e.copy(id, u64::MAX, other, 0, 2),
+        Err(EngineError::OutOfBounds(_))
+    ));
+    assert_eq!(read(&e, other, 0, 100), vec![0u8; 100]);
+    // Zero-length operations at the end are fine.
+    e.write(id, 4096, &[]).unwrap();
+    e.read_into(id, 4096, &mut []).unwrap();
+
+    // Size 0, absurd sizes.
+    assert!(matches!(
+        e.allocate(0, 0),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    for absurd in [1u64 << 50, u64::MAX] {
+        let r = e.allocate(0, absurd);
+        assert!(matches!(r, Err(EngineError::OutOfMemory(_))), "{r:?}");
+    }
+    // Still usable.
+    let again = e.allocate(0, 64).unwrap();
+    e.write(again, 0, &[3u8; 64]).unwrap();
+    assert_eq!(read(&e, again, 0, 64), vec![3u8; 64]);
+
+    // Unknown ids, double free, use after free.
+    assert!(matches!(
+        e.free(987_654_321),
+        Err(EngineError::InvalidAllocation(_))
+    ));
+    e.free(again).unwrap();
+    assert!(matches!(
+        e.free(again),
+        Err(EngineError::InvalidAllocation(_))
+    ));
+    assert!(matches!(
+        e.write(again, 0, &[1]),
+        Err(EngineError::InvalidAllocation(_))
+    ));
+    assert!(matches!(
+        e.copy(id, 0, again, 0, 1),
+        Err(EngineError::InvalidAllocation(_))
+    ));
+
+    // Bad device index.
+    assert!(matches!(
+        e.allocate(99, 1),
+        Err(EngineError::NoSuchDevice(99))
+    ));
+    assert!(matches!(
+        e.device_info(99),
+        Err(EngineError::NoSuchDevice(99))
+    ));
+    assert!(matches!(
+        e.synchronize(99),
+        Err(EngineError::NoSuchDevice(99))
+    ));
+    e.synchronize(0).unwrap();
+
+    finish(e);
+}
+
+#[test]
+fn errors_mapped() {
+    errors("mapped");
+}
+
+#[test]
+fn errors_staging() {
+    errors("staging");
+}
+
+#[test]
+fn closed_and_lazy() {
+    let Some(e) = engine("auto") else { return };
+    // Nothing created yet: synchronize is a no-op, stats are zero.
+    e.synchronize(0).unwrap();
+    assert!(!e.stats(0).unwrap().device_created);
+    let id = e.allocate(0, 1000).unwrap();
+    e.close().unwrap();
+    assert!(e.is_closed());
+    assert_eq!(e.allocate(0, 10), Err(EngineError::Closed));
+    assert_eq!(e.write(id, 0, &[1]), Err(EngineError::Closed));
+    assert_eq!(e.device_count(), Err(EngineError::Closed));
+    e.close().unwrap();
+}
+
+#[test]
+fn bad_strategy() {
+    assert!(matches!(
+        Engine::new(false, Some("fast")),
+        Err(EngineError::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn device_info() {
+    let Some(e) = engine("auto") else { return };
+    let info = e.device_info(0).unwrap();
+    eprintln!("{info:#?}");
+    assert!(!info.name.is_empty());
+    assert!(!info.heaps.is_empty());
+    assert!(!info.memory_types.is_empty());
+    assert!(info.api_version >= ash_api_1_1());
+    assert!(info.max_memory_allocation_size > 0);
+    assert!(info.max_compute_work_group_invocations > 0);
+    assert!(info.transfer_queue_count >= 1);
+    assert!(info.strategy.is_some());
+    let heaps = e.memory_heaps(0).unwrap();
+    assert_eq!(heaps.len(), info.heaps.len());
+    for h in &heaps {
+        assert_eq!(h.budget.is_some(), info.extensions.memory_budget);
+        assert_eq!(h.engine_allocated, 0);
+    }
+    // device_info needs no logical device.
+    assert!(!e.stats(0).unwrap().device_created);
+    finish(e);
+}
+
+fn ash_api_1_1() -> u32 {
+    (1 << 22) | (1 << 12)
+}
+
+#[test]
+fn threads() {
+    let Some(e) = engine("staging") else { return };
+    let e = std::sync::Arc::new(e);
+    let handles: Vec<_> = (0..4u8)
+        .map(|t| {
+            let e = std::sync::Arc::clone(&e);
+            std::thread::spawn(move || {
+                for round in 0..5u8 {
+                    let size = 3 * MIB as usize + t as usize;
+                    let id = e.allocate(0, size as u64).unwrap();
+                    let data = pattern(size, t ^ round);
+                    e.write(id, 0, &data).unwrap();
+                    let id2 = e.allocate(0, size as u64).unwrap();
+                    e.copy(id, 0, id2, 0, size as u64).unwrap();
+                    assert_eq!(read(&e, id2, 0, size), data);
+                    e.free(id).unwrap();
+                    e.free(id2).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    e.close().unwrap();
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn fault_injection() {
+    let Some(e) = engine("auto") else { return };
+    let id = e.allocate(0, 64).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.inject_panic()));
+    assert!(r.is_err());
+    // Still usable after a panic.
+    e.write(id, 0, &[1u8; 64]).unwrap();
+    e.inject_device_lost(0).unwrap();
+    assert!(matches!(
+        e.write(id, 0, &[1]),
+        Err(EngineError::DeviceLost(_))
+    ));
+    assert!(matches!(e.allocate(0, 8), Err(EngineError::DeviceLost(_))));
+    assert!(matches!(e.synchronize(0), Err(EngineError::DeviceLost(_))));
+    e.free(id).unwrap();
+    e.close().unwrap();
+}

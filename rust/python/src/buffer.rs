@@ -1,0 +1,151 @@
+//! Minimal buffer-protocol access for the abi3-py310 build (pyo3 exposes `PyBuffer` only for
+//! 3.11+ stable ABI). `Py_buffer`'s layout has been unchanged since Python 3.0 and is part of the
+//! stable ABI since 3.11; `PyObject_GetBuffer`/`PyBuffer_Release` are exported by every CPython.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi::{PyObject, Py_ssize_t};
+use pyo3::prelude::*;
+
+/// `Py_buffer` from `Include/pybuffer.h` (CPython).
+#[repr(C)]
+struct RawBuffer {
+    buf: *mut c_void,
+    obj: *mut PyObject,
+    len: Py_ssize_t,
+    itemsize: Py_ssize_t,
+    readonly: c_int,
+    ndim: c_int,
+    format: *mut c_char,
+    shape: *mut Py_ssize_t,
+    strides: *mut Py_ssize_t,
+    suboffsets: *mut Py_ssize_t,
+    internal: *mut c_void,
+}
+
+const PYBUF_ND: c_int = 0x0008;
+const PYBUF_STRIDES: c_int = 0x0010 | PYBUF_ND;
+const PYBUF_C_CONTIGUOUS: c_int = 0x0020 | PYBUF_STRIDES;
+
+extern "C" {
+    fn PyObject_GetBuffer(obj: *mut PyObject, view: *mut RawBuffer, flags: c_int) -> c_int;
+    fn PyBuffer_Release(view: *mut RawBuffer);
+}
+
+/// A C-contiguous buffer exported by a Python object; released (with the GIL) on drop.
+pub struct BufferGuard {
+    // Boxed: exporters may point `shape` at fields of the view itself, so it must not move.
+    view: Box<RawBuffer>,
+}
+
+/// Pointer + length of a buffer's bytes, to carry into `Python::detach`.
+#[derive(Clone, Copy)]
+pub struct RawBytes {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the exporter keeps the memory alive and in place until `PyBuffer_Release`, which only
+// happens when the `BufferGuard` drops — after the detached closure using these bytes returned.
+// The bytes themselves have no thread affinity.
+unsafe impl Send for RawBytes {}
+
+impl RawBytes {
+    /// The bytes as a shared slice.
+    ///
+    /// # Safety
+    /// The owning `BufferGuard` must be alive for `'a`, and no one may write the buffer
+    /// concurrently (callers accept the same data-race semantics as any Python buffer shared
+    /// between threads).
+    pub unsafe fn as_slice<'a>(self) -> &'a [u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: per the function contract, `ptr` is valid for `len` bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The bytes as a mutable slice.
+    ///
+    /// # Safety
+    /// As `as_slice`, and the buffer must have been acquired writable.
+    pub unsafe fn as_mut_slice<'a>(self) -> &'a mut [u8] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: per the function contract, `ptr` is valid and writable for `len` bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl BufferGuard {
+    /// Acquire a C-contiguous buffer of `obj`; `writable` additionally requires it to be
+    /// writable. Non-buffers, non-contiguous and (for `writable`) read-only buffers raise
+    /// `TypeError`.
+    pub fn acquire(obj: &Bound<'_, PyAny>, writable: bool, what: &str) -> PyResult<Self> {
+        let py = obj.py();
+        let mut view = Box::new(RawBuffer {
+            buf: std::ptr::null_mut(),
+            obj: std::ptr::null_mut(),
+            len: 0,
+            itemsize: 0,
+            readonly: 0,
+            ndim: 0,
+            format: std::ptr::null_mut(),
+            shape: std::ptr::null_mut(),
+            strides: std::ptr::null_mut(),
+            suboffsets: std::ptr::null_mut(),
+            internal: std::ptr::null_mut(),
+        });
+        // Ask for contiguity only; writability is checked below so read-only objects get a
+        // TypeError rather than the exporter's BufferError.
+        // SAFETY: `obj` is a valid object (we hold the GIL through `py`), `view` points to a
+        // writable Py_buffer-sized struct.
+        let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), &mut *view, PYBUF_C_CONTIGUOUS) };
+        if rc != 0 {
+            let cause = PyErr::take(py)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "unknown error".into());
+            let tname = obj
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "?".into());
+            return Err(PyTypeError::new_err(format!(
+                "{what} must be a C-contiguous object supporting the buffer protocol, \
+                 not {tname} ({cause})"
+            )));
+        }
+        let guard = BufferGuard { view };
+        if writable && guard.view.readonly != 0 {
+            return Err(PyTypeError::new_err(format!(
+                "{what} must be a writable buffer (e.g. bytearray, memoryview of one, numpy \
+                 array), got a read-only one"
+            )));
+        }
+        if guard.view.len < 0 || (guard.view.len > 0 && guard.view.buf.is_null()) {
+            return Err(PyTypeError::new_err(format!("{what}: invalid buffer")));
+        }
+        Ok(guard)
+    }
+
+    /// Pointer and length of the bytes.
+    pub fn bytes(&self) -> RawBytes {
+        RawBytes {
+            ptr: self.view.buf.cast::<u8>(),
+            len: usize::try_from(self.view.len).unwrap_or(0),
+        }
+    }
+}
+
+impl Drop for BufferGuard {
+    fn drop(&mut self) {
+        // Dropping happens in the method body that acquired the buffer, i.e. with the GIL held.
+        Python::attach(|_py| {
+            // SAFETY: the view was filled by a successful PyObject_GetBuffer and is released
+            // exactly once, with the GIL held.
+            unsafe { PyBuffer_Release(&mut *self.view) }
+        });
+    }
+}

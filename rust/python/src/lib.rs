@@ -1,0 +1,422 @@
+//! `exo_gpu_vulkan._native`: thin PyO3 bindings over `exo_vk_engine::Engine`.
+//!
+//! Every blocking call releases the GIL; every method body runs under `catch_unwind` so a Rust
+//! panic surfaces as `GPUError("internal error: ...")`; engine errors become the core package's
+//! exception classes (`exo_gpu_plugins.errors`).
+
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod buffer;
+mod errors;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use exo_vk_engine::{DeviceInfo, Engine, EngineError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyTuple};
+
+use buffer::BufferGuard;
+use errors::{internal_error, to_pyerr, Op};
+
+/// Run a method body, turning a Rust panic into `GPUError("internal error: ...")`.
+fn guarded<T>(py: Python<'_>, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            Err(internal_error(py, &msg))
+        }
+    }
+}
+
+/// A non-negative Python int (or `__index__`-able object) as u64: negatives → ValueError,
+/// non-ints → TypeError, too large → ValueError.
+fn uint(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
+    let int = if obj.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be an int, not bool"
+        )));
+    } else if obj.is_instance_of::<PyInt>() {
+        obj.clone()
+    } else if obj.hasattr("__index__")? {
+        obj.call_method0("__index__")?
+    } else {
+        let t = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be an int, not {t}"
+        )));
+    };
+    match int.extract::<u64>() {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            if int.lt(0)? {
+                Err(PyValueError::new_err(format!(
+                    "{name} must be >= 0, got {int}"
+                )))
+            } else {
+                Err(PyValueError::new_err(format!("{name} is too large: {int}")))
+            }
+        }
+    }
+}
+
+fn index(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
+    let v = uint(obj, name)?;
+    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} is too large: {v}")))
+}
+
+fn info_dict<'py>(py: Python<'py>, info: &DeviceInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("index", info.index)?;
+    d.set_item("name", &info.name)?;
+    d.set_item("vendor_id", info.vendor_id)?;
+    d.set_item("device_id", info.device_id)?;
+    d.set_item("device_type", info.device_type)?;
+    d.set_item("driver_version", info.driver_version)?;
+    d.set_item("api_version", info.api_version)?;
+    d.set_item("driver_name", info.driver_name.as_deref())?;
+    d.set_item("driver_info", info.driver_info.as_deref())?;
+    d.set_item("device_uuid", PyBytes::new(py, &info.device_uuid))?;
+    let pci = match info.pci_address {
+        Some((a, b, c, e)) => PyTuple::new(py, [a, b, c, e])?.into_any(),
+        None => py.None().into_bound(py),
+    };
+    d.set_item("pci_address", pci)?;
+    d.set_item("compute_units", info.compute_units)?;
+    d.set_item(
+        "max_compute_work_group_invocations",
+        info.max_compute_work_group_invocations,
+    )?;
+    d.set_item(
+        "max_memory_allocation_size",
+        info.max_memory_allocation_size,
+    )?;
+    d.set_item("max_buffer_size", info.max_buffer_size)?;
+    let heaps = PyList::empty(py);
+    for (i, h) in info.heaps.iter().enumerate() {
+        let hd = PyDict::new(py);
+        hd.set_item("index", i)?;
+        hd.set_item("size", h.size)?;
+        hd.set_item("device_local", h.device_local)?;
+        heaps.append(hd)?;
+    }
+    d.set_item("heaps", heaps)?;
+    let types = PyList::empty(py);
+    for (i, t) in info.memory_types.iter().enumerate() {
+        let td = PyDict::new(py);
+        td.set_item("index", i)?;
+        td.set_item("flags", t.flags)?;
+        td.set_item("heap", t.heap)?;
+        td.set_item("device_local", t.flags & 0x1 != 0)?;
+        td.set_item("host_visible", t.flags & 0x2 != 0)?;
+        td.set_item("host_coherent", t.flags & 0x4 != 0)?;
+        td.set_item("host_cached", t.flags & 0x8 != 0)?;
+        types.append(td)?;
+    }
+    d.set_item("memory_types", types)?;
+    d.set_item("memory_budget", info.extensions.memory_budget)?;
+    d.set_item("pci_bus_info", info.extensions.pci_bus_info)?;
+    d.set_item("external_memory_host", info.extensions.external_memory_host)?;
+    d.set_item(
+        "min_imported_host_pointer_alignment",
+        info.min_imported_host_pointer_alignment,
+    )?;
+    d.set_item("transfer_queue_family", info.transfer_queue_family)?;
+    d.set_item("transfer_only", info.transfer_only)?;
+    d.set_item("transfer_queue_count", info.transfer_queue_count)?;
+    d.set_item("host_visible_device_local", info.host_visible_device_local)?;
+    d.set_item("strategy", info.strategy.map(|s| s.as_str()))?;
+    Ok(d)
+}
+
+/// The Vulkan engine (one per backend instance). Thread-safe.
+#[pyclass(module = "exo_gpu_vulkan._native", name = "Engine", frozen)]
+struct PyEngine {
+    engine: Engine,
+}
+
+impl PyEngine {
+    fn err(&self, py: Python<'_>, op: Op, e: EngineError) -> PyErr {
+        to_pyerr(py, op, e)
+    }
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (validation = false, strategy = "auto"))]
+    fn new(py: Python<'_>, validation: bool, strategy: &str) -> PyResult<Self> {
+        guarded(py, || {
+            let engine = py
+                .detach(|| Engine::new(validation, Some(strategy)))
+                .map_err(|e| to_pyerr(py, Op::Other, e))?;
+            Ok(PyEngine { engine })
+        })
+    }
+
+    /// `None` when a Vulkan device is usable, else a human-readable reason.
+    #[staticmethod]
+    fn probe(py: Python<'_>) -> PyResult<Option<String>> {
+        guarded(py, || Ok(py.detach(Engine::probe)))
+    }
+
+    fn device_count(&self, py: Python<'_>) -> PyResult<usize> {
+        guarded(py, || {
+            self.engine
+                .device_count()
+                .map_err(|e| self.err(py, Op::Other, e))
+        })
+    }
+
+    fn device_info<'py>(
+        &self,
+        py: Python<'py>,
+        index: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        guarded(py, || {
+            let i = self::index(index, "index")?;
+            let info = self
+                .engine
+                .device_info(i)
+                .map_err(|e| self.err(py, Op::Other, e))?;
+            info_dict(py, &info)
+        })
+    }
+
+    fn memory_heaps<'py>(
+        &self,
+        py: Python<'py>,
+        index: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        guarded(py, || {
+            let i = self::index(index, "index")?;
+            let heaps = py
+                .detach(|| self.engine.memory_heaps(i))
+                .map_err(|e| self.err(py, Op::Other, e))?;
+            let list = PyList::empty(py);
+            for h in heaps {
+                let d = PyDict::new(py);
+                d.set_item("index", h.index)?;
+                d.set_item("size", h.size)?;
+                d.set_item("device_local", h.device_local)?;
+                d.set_item("budget", h.budget)?;
+                d.set_item("usage", h.usage)?;
+                d.set_item("engine_allocated", h.engine_allocated)?;
+                list.append(d)?;
+            }
+            Ok(list)
+        })
+    }
+
+    fn allocate(
+        &self,
+        py: Python<'_>,
+        index: &Bound<'_, PyAny>,
+        size: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        guarded(py, || {
+            let i = self::index(index, "index")?;
+            let size = uint(size, "size")?;
+            py.detach(|| self.engine.allocate(i, size))
+                .map_err(|e| self.err(py, Op::Other, e))
+        })
+    }
+
+    fn free(&self, py: Python<'_>, alloc: &Bound<'_, PyAny>) -> PyResult<()> {
+        guarded(py, || {
+            let id = uint(alloc, "alloc")?;
+            py.detach(|| self.engine.free(id))
+                .map_err(|e| self.err(py, Op::Other, e))
+        })
+    }
+
+    fn write(
+        &self,
+        py: Python<'_>,
+        alloc: &Bound<'_, PyAny>,
+        offset: &Bound<'_, PyAny>,
+        src: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        guarded(py, || {
+            let id = uint(alloc, "alloc")?;
+            let offset = uint(offset, "offset")?;
+            let guard = BufferGuard::acquire(src, false, "src")?;
+            let bytes = guard.bytes();
+            let r = py.detach(move || {
+                // SAFETY: `guard` keeps the exported buffer alive until after `detach` returns.
+                let data = unsafe { bytes.as_slice() };
+                self.engine.write(id, offset, data)
+            });
+            drop(guard);
+            r.map_err(|e| self.err(py, Op::Transfer, e))
+        })
+    }
+
+    fn read_into(
+        &self,
+        py: Python<'_>,
+        alloc: &Bound<'_, PyAny>,
+        offset: &Bound<'_, PyAny>,
+        dst: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        guarded(py, || {
+            let id = uint(alloc, "alloc")?;
+            let offset = uint(offset, "offset")?;
+            let guard = BufferGuard::acquire(dst, true, "dst")?;
+            let bytes = guard.bytes();
+            let r = py.detach(move || {
+                // SAFETY: `guard` keeps the exported, writable buffer alive until after `detach`
+                // returns.
+                let out = unsafe { bytes.as_mut_slice() };
+                self.engine.read_into(id, offset, out)
+            });
+            drop(guard);
+            r.map_err(|e| self.err(py, Op::Transfer, e))
+        })
+    }
+
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        alloc: &Bound<'py, PyAny>,
+        offset: &Bound<'py, PyAny>,
+        size: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        guarded(py, || {
+            let id = uint(alloc, "alloc")?;
+            let offset = uint(offset, "offset")?;
+            let size = uint(size, "size")?;
+            // Validate before creating a possibly huge bytes object.
+            let total = self
+                .engine
+                .allocation_size(id)
+                .map_err(|e| self.err(py, Op::Transfer, e))?;
+            if offset.checked_add(size).is_none_or(|end| end > total) {
+                return Err(self.err(
+                    py,
+                    Op::Transfer,
+                    EngineError::OutOfBounds(format!(
+                        "read: offset {offset} + length {size} exceeds allocation size {total}"
+                    )),
+                ));
+            }
+            let len = usize::try_from(size)
+                .map_err(|_| PyValueError::new_err(format!("size is too large: {size}")))?;
+            PyBytes::new_with(py, len, |out: &mut [u8]| {
+                py.detach(|| self.engine.read_into(id, offset, out))
+                    .map_err(|e| self.err(py, Op::Transfer, e))
+            })
+        })
+    }
+
+    fn copy(
+        &self,
+        py: Python<'_>,
+        src: &Bound<'_, PyAny>,
+        src_offset: &Bound<'_, PyAny>,
+        dst: &Bound<'_, PyAny>,
+        dst_offset: &Bound<'_, PyAny>,
+        size: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        guarded(py, || {
+            let s = uint(src, "src")?;
+            let so = uint(src_offset, "src_offset")?;
+            let d = uint(dst, "dst")?;
+            let doff = uint(dst_offset, "dst_offset")?;
+            let n = uint(size, "size")?;
+            py.detach(|| self.engine.copy(s, so, d, doff, n))
+                .map_err(|e| self.err(py, Op::Transfer, e))
+        })
+    }
+
+    fn synchronize(&self, py: Python<'_>, index: &Bound<'_, PyAny>) -> PyResult<()> {
+        guarded(py, || {
+            let i = self::index(index, "index")?;
+            py.detach(|| self.engine.synchronize(i))
+                .map_err(|e| self.err(py, Op::Other, e))
+        })
+    }
+
+    fn stats<'py>(
+        &self,
+        py: Python<'py>,
+        index: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        guarded(py, || {
+            let i = self::index(index, "index")?;
+            let s = py
+                .detach(|| self.engine.stats(i))
+                .map_err(|e| self.err(py, Op::Other, e))?;
+            let d = PyDict::new(py);
+            d.set_item("strategy", s.strategy)?;
+            d.set_item("device_created", u64::from(s.device_created))?;
+            d.set_item("live_allocations", s.live_allocations)?;
+            d.set_item("live_bytes", s.live_bytes)?;
+            d.set_item("block_count", s.block_count)?;
+            d.set_item("allocator_capacity_bytes", s.allocator_capacity_bytes)?;
+            d.set_item("allocator_allocated_bytes", s.allocator_allocated_bytes)?;
+            Ok(d)
+        })
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(py, || {
+            py.detach(|| self.engine.close())
+                .map_err(|e| self.err(py, Op::Other, e))
+        })
+    }
+
+    /// Test hook: `"panic"` panics inside the engine, `"device_lost"` marks device `index` lost.
+    /// Builds without the `fault-injection` feature raise RuntimeError.
+    #[pyo3(signature = (kind, index = 0))]
+    fn _inject_fault(&self, py: Python<'_>, kind: &str, index: i64) -> PyResult<()> {
+        guarded(py, || {
+            let index = usize::try_from(index)
+                .map_err(|_| PyValueError::new_err(format!("index must be >= 0, got {index}")))?;
+            self.inject(py, kind, index)
+        })
+    }
+}
+
+impl PyEngine {
+    #[cfg(feature = "fault-injection")]
+    fn inject(&self, py: Python<'_>, kind: &str, index: usize) -> PyResult<()> {
+        match kind {
+            "panic" => py
+                .detach(|| self.engine.inject_panic())
+                .map_err(|e| self.err(py, Op::Other, e)),
+            "device_lost" => py
+                .detach(|| self.engine.inject_device_lost(index))
+                .map_err(|e| self.err(py, Op::Other, e)),
+            other => Err(PyValueError::new_err(format!(
+                "unknown fault kind {other:?} (expected \"panic\" or \"device_lost\")"
+            ))),
+        }
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn inject(&self, _py: Python<'_>, _kind: &str, _index: usize) -> PyResult<()> {
+        Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "exo_gpu_vulkan._native was built without the fault-injection feature",
+        ))
+    }
+}
+
+/// The extension module.
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyEngine>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("FAULT_INJECTION", cfg!(feature = "fault-injection"))?;
+    Ok(())
+}

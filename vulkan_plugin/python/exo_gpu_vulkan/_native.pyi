@@ -1,0 +1,63 @@
+"""Type stub for the Rust extension `exo_gpu_vulkan._native` (crate rust/python).
+
+Errors are the core package's classes from `exo_gpu_plugins.errors`:
+BackendUnavailableError (no loader/device/validation layer, unsupported strategy),
+OutOfMemoryError, InvalidHandleError (unknown/freed allocation id), OutOfBoundsError,
+DeviceNotFoundError (bad device index), BackendClosedError (after close()),
+TransferError (a Vulkan call failed during write/read/copy), GPUError (device lost,
+"Vulkan validation: ...", "vkXxx failed: VK_ERROR_...", "internal error: ..." for a Rust panic).
+Negative ints / size 0 / unknown strategy raise ValueError; non-int arguments and non-buffer,
+non-contiguous or (for destinations) read-only buffers raise TypeError.
+Every blocking call releases the GIL; an Engine may be used from several threads at once.
+"""
+
+from typing import final
+
+__all__ = ["Engine", "FAULT_INJECTION", "__version__"]
+
+__version__: str
+FAULT_INJECTION: bool
+
+@final
+class Engine:
+    def __new__(cls, validation: bool = False, strategy: str = "auto") -> Engine:
+        """strategy: "auto" (mapped on UMA devices, staging elsewhere), "mapped", "staging"."""
+    @staticmethod
+    def probe() -> str | None:
+        """None when a Vulkan device is usable, else a human reason
+        ("libvulkan.so.1 not found (...)", "no Vulkan physical device")."""
+    def device_count(self) -> int: ...
+    def device_info(self, index: int) -> dict[str, object]:
+        """Keys: index, name, vendor_id, device_id, device_type ("discrete" | "integrated" |
+        "virtual" | "cpu" | "other"), driver_version (raw u32), api_version (raw u32),
+        driver_name (str | None), driver_info (str | None), device_uuid (bytes, 16),
+        pci_address ((domain, bus, device, function) | None), compute_units (int | None),
+        max_compute_work_group_invocations, max_memory_allocation_size,
+        max_buffer_size (int | None), heaps (list of {index, size, device_local}),
+        memory_types (list of {index, flags, heap, device_local, host_visible, host_coherent,
+        host_cached}), memory_budget (bool), pci_bus_info (bool), external_memory_host (bool),
+        min_imported_host_pointer_alignment (int | None), transfer_queue_family (int),
+        transfer_only (bool), transfer_queue_count (int), host_visible_device_local (bool),
+        strategy ("mapped" | "staging" | None when the requested strategy is unsupported)."""
+    def memory_heaps(self, index: int) -> list[dict[str, object]]:
+        """Per heap: index, size, device_local, budget (int | None), usage (int | None),
+        engine_allocated (bytes the engine holds on that heap)."""
+    def allocate(self, index: int, size: int) -> int: ...
+    def free(self, alloc: int) -> None: ...
+    def write(self, alloc: int, offset: int, src: object) -> None:
+        """src: any C-contiguous buffer (bytes, bytearray, memoryview, numpy array, ...)."""
+    def read_into(self, alloc: int, offset: int, dst: object) -> None:
+        """dst: a writable C-contiguous buffer; reads len(dst) bytes (in bytes)."""
+    def read(self, alloc: int, offset: int, size: int) -> bytes: ...
+    def copy(self, src: int, src_offset: int, dst: int, dst_offset: int, size: int) -> None: ...
+    def synchronize(self, index: int) -> None: ...
+    def stats(self, index: int) -> dict[str, int | str]:
+        """Keys: strategy ("mapped" | "staging" | "unavailable"), device_created (0/1),
+        live_allocations, live_bytes, block_count, allocator_capacity_bytes,
+        allocator_allocated_bytes."""
+    def close(self) -> None: ...
+    def _inject_fault(self, kind: str, index: int = 0) -> None:
+        """Test hook, effective only in builds with the `fault-injection` cargo feature
+        (FAULT_INJECTION is True; otherwise it raises RuntimeError):
+        kind "panic" -> GPUError("internal error: ..."), "device_lost" -> later calls on that
+        device raise GPUError("device lost: ...")."""

@@ -1,0 +1,307 @@
+"""`VulkanBackend`: the contract on real Vulkan memory, through the Rust engine in `_native`.
+
+The core has already checked every argument when a hook runs, so the hooks only choose where the
+work runs: small operations call the engine inline (it releases the GIL; a thread hop would cost
+more than the copy), large ones run in the event loop's executor so an `await` never stalls the
+loop for the length of a big memcpy or DMA.
+
+Settings (environment): `EXO_VULKAN_VALIDATION=1` turns on VK_LAYER_KHRONOS_validation and makes
+each validation error an error of the call that caused it; `EXO_VULKAN_TRANSFER=auto|mapped|staging`
+forces a transfer strategy (CI runs the suite under each on lavapipe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from exo_gpu_plugins.backend import GPUBackend
+from exo_gpu_plugins.errors import BackendUnavailableError
+from exo_gpu_plugins.models import Capabilities, DeviceType, GPUDevice, HeapReport, MemoryReport
+from exo_gpu_plugins.telemetry import HwmonSource, NvmlSource, find_source
+
+from exo_gpu_vulkan.properties import (
+    api_version_text,
+    driver_version_text,
+    pci_bus_id_text,
+    uuid_text,
+    vendor_name,
+)
+
+__all__ = ["VulkanBackend", "probe"]
+
+log = logging.getLogger(__name__)
+
+ENV_VALIDATION = "EXO_VULKAN_VALIDATION"
+ENV_TRANSFER = "EXO_VULKAN_TRANSFER"
+STRATEGIES = ("auto", "mapped", "staging")
+
+# Up to this many bytes a copy runs inline; above it, in the executor.
+INLINE_LIMIT = 1 << 20
+# Allocations this large are zero-filled in the executor.
+INLINE_ALLOCATION_LIMIT = 16 << 20
+
+_DEVICE_TYPES = {
+    "discrete": DeviceType.DISCRETE,
+    "integrated": DeviceType.INTEGRATED,
+    "virtual": DeviceType.VIRTUAL,
+    "cpu": DeviceType.CPU,
+}
+
+T = TypeVar("T")
+
+
+def probe() -> str | None:
+    """`None` when a Vulkan device is usable here, else the reason (for automatic selection)."""
+    try:
+        from exo_gpu_vulkan._native import Engine
+    except ImportError as exc:
+        return f"the native engine failed to import: {exc}"
+    reason: str | None = Engine.probe()
+    return reason
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class _ProcessUsage:
+    """Bytes every VulkanBackend of this process holds per device (by UUID or index), for reports
+    on drivers without VK_EXT_memory_budget: the driver's usage figure is per process too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bytes: dict[str, int] = {}
+
+    def add(self, key: str, delta: int) -> None:
+        with self._lock:
+            self._bytes[key] = self._bytes.get(key, 0) + delta
+
+    def get(self, key: str) -> int:
+        with self._lock:
+            return self._bytes.get(key, 0)
+
+
+_usage = _ProcessUsage()
+
+
+class _Allocation:
+    __slots__ = ("engine_id", "index", "size")
+
+    def __init__(self, engine_id: int, index: int, size: int) -> None:
+        self.engine_id = engine_id
+        self.index = index
+        self.size = size
+
+
+class VulkanBackend(GPUBackend[_Allocation]):
+    """Every Vulkan physical device as `vulkan:<index>`."""
+
+    name: ClassVar[str] = "vulkan"
+
+    def __init__(self, *, validation: bool | None = None, strategy: str | None = None) -> None:
+        super().__init__()
+        self.validation = _flag(ENV_VALIDATION) if validation is None else validation
+        chosen = (strategy or os.environ.get(ENV_TRANSFER) or "auto").strip().lower()
+        if chosen not in STRATEGIES:
+            raise ValueError(f"transfer strategy must be one of {', '.join(STRATEGIES)}, not {chosen!r}")
+        self.strategy = chosen
+        self._engine: Any = None
+        self._infos: list[dict[str, Any]] = []
+        self._telemetry: list[NvmlSource | HwmonSource | None] = []
+
+    # ----------------------------------------------------------------------------------------------
+    # Lifecycle and devices
+
+    def _open(self) -> None:
+        try:
+            from exo_gpu_vulkan._native import Engine
+        except ImportError as exc:
+            raise BackendUnavailableError(f"the Vulkan engine failed to import: {exc}") from exc
+        engine = Engine(validation=self.validation, strategy=self.strategy)
+        count = engine.device_count()
+        if count == 0:
+            engine.close()
+            raise BackendUnavailableError("Vulkan loaded, but it lists no physical device")
+        self._engine = engine
+        self._infos = [engine.device_info(i) for i in range(count)]
+        self._telemetry = [self._find_telemetry(info) for info in self._infos]
+
+    def _close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
+
+    @staticmethod
+    def _find_telemetry(info: dict[str, Any]) -> NvmlSource | HwmonSource | None:
+        vendor_id = int(info["vendor_id"])
+        return find_source(
+            uuid_text(bytes(info["device_uuid"]), vendor_id),
+            pci_bus_id_text(info.get("pci_address")),
+            vendor_name(vendor_id),
+        )
+
+    def _discover_devices(self) -> Sequence[GPUDevice]:
+        return [self._device(index, available=None) for index in range(len(self._infos))]
+
+    def _device(self, index: int, available: int | None) -> GPUDevice:
+        info = self._infos[index]
+        vendor_id = int(info["vendor_id"])
+        total, _ = self._main_heap(index)
+        return GPUDevice(
+            device_id=f"{self.name}:{index}",
+            name=str(info["name"]),
+            vendor=vendor_name(vendor_id),
+            backend=self.name,
+            backend_name=self.name,
+            device_type=_DEVICE_TYPES.get(str(info["device_type"]), DeviceType.OTHER),
+            memory_bytes=total,
+            memory_available=available,
+            compute_units=info.get("compute_units"),
+            max_threads_per_block=info.get("max_compute_work_group_invocations"),
+            driver_version=driver_version_text(
+                vendor_id, int(info["driver_version"]), info.get("driver_info")
+            ),
+            uuid=uuid_text(bytes(info["device_uuid"]), vendor_id),
+            pci_bus_id=pci_bus_id_text(info.get("pci_address")),
+            api_version=api_version_text(int(info["api_version"])),
+        )
+
+    def _main_heap(self, index: int) -> tuple[int, int]:
+        """(size, heap index) of the largest device-local heap: where allocations live."""
+        heaps = [h for h in self._infos[index]["heaps"] if h["device_local"]]
+        if not heaps:
+            heaps = list(self._infos[index]["heaps"])
+        best = max(heaps, key=lambda h: int(h["size"]))
+        return int(best["size"]), int(best.get("index", 0))
+
+    def _capabilities(self, index: int) -> Capabilities:
+        info = self._infos[index]
+        telemetry = self._telemetry[index]
+        limits = [v for v in (info.get("max_memory_allocation_size"), info.get("max_buffer_size")) if v]
+        strategy = str(self._engine.stats(index)["strategy"])
+        return Capabilities(
+            device_id=f"{self.name}:{index}",
+            max_allocation_bytes=min(int(v) for v in limits) if limits else None,
+            allocation_granularity_bytes=64 << 20,
+            host_visible_memory=bool(info.get("host_visible_device_local")),
+            unified_memory=str(info["device_type"]) in {"integrated", "cpu"},
+            peer_to_peer=False,
+            cross_device_copy=True,
+            memory_budget=bool(info.get("memory_budget")),
+            temperature=bool(telemetry and telemetry.has_temperature),
+            power=bool(telemetry and telemetry.has_power),
+            clock_rate=bool(telemetry and telemetry.has_clock),
+            transfer_strategy=strategy,
+            transfer_strategies=self._strategies(info),
+        )
+
+    @staticmethod
+    def _strategies(info: dict[str, Any]) -> tuple[str, ...]:
+        return ("mapped", "staging") if info.get("host_visible_device_local") else ("staging",)
+
+    async def _describe(self, index: int) -> GPUDevice:
+        report = await self._memory_report(index)
+        return self._device(index, available=report.available_bytes)
+
+    async def _memory_report(self, index: int) -> MemoryReport:
+        heaps = self._engine.memory_heaps(index)
+        _, main_index = self._main_heap(index)
+        key = self._usage_key(index)
+        budget_known = all(h["budget"] is not None for h in heaps)
+        reports = [self._heap_report(h, _usage.get(key) if h["index"] == main_index else 0) for h in heaps]
+        main = next(r for r in reports if r.index == main_index)
+        return MemoryReport(
+            device_id=f"{self.name}:{index}",
+            total_bytes=main.total_bytes,
+            used_bytes=main.used_bytes,
+            available_bytes=main.available_bytes,
+            reserved_bytes=main.reserved_bytes,
+            source="VK_EXT_memory_budget" if budget_known else "heap-size-minus-own-allocations",
+            heaps=tuple(reports),
+        )
+
+    @staticmethod
+    def _heap_report(heap: dict[str, Any], own_bytes: int) -> HeapReport:
+        total = int(heap["size"])
+        if heap["budget"] is not None and heap["usage"] is not None:
+            used = min(int(heap["usage"]), total)
+            available = max(0, min(int(heap["budget"]) - used, total - used))
+        else:
+            used = min(own_bytes, total)
+            available = total - used
+        return HeapReport(
+            index=int(heap["index"]),
+            device_local=bool(heap["device_local"]),
+            total_bytes=total,
+            used_bytes=used,
+            available_bytes=available,
+            reserved_bytes=total - used - available,
+        )
+
+    def _usage_key(self, index: int) -> str:
+        info = self._infos[index]
+        return bytes(info["device_uuid"]).hex() or f"index-{index}"
+
+    async def _temperature(self, index: int) -> float | None:
+        source = self._telemetry[index]
+        return source.temperature_c() if source else None
+
+    async def _power(self, index: int) -> float | None:
+        source = self._telemetry[index]
+        return source.power_w() if source else None
+
+    async def _clock_rate(self, index: int) -> int | None:
+        source = self._telemetry[index]
+        return source.clock_mhz() if source else None
+
+    # ----------------------------------------------------------------------------------------------
+    # Memory
+
+    async def _run(self, size: int, limit: int, call: Callable[..., T], *args: Any) -> T:
+        if size <= limit:
+            return call(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, call, *args)
+
+    async def _allocate(self, index: int, size: int) -> _Allocation:
+        engine_id = await self._run(size, INLINE_ALLOCATION_LIMIT, self._engine.allocate, index, size)
+        _usage.add(self._usage_key(index), size)
+        return _Allocation(int(engine_id), index, size)
+
+    async def _free(self, native: _Allocation) -> None:
+        self._free_blocking(native)
+
+    def _free_blocking(self, native: _Allocation) -> None:
+        try:
+            self._engine.free(native.engine_id)
+        finally:
+            _usage.add(self._usage_key(native.index), -native.size)
+
+    async def _write(self, native: _Allocation, offset: int, data: memoryview) -> None:
+        await self._run(data.nbytes, INLINE_LIMIT, self._engine.write, native.engine_id, offset, data)
+
+    async def _read_into(self, native: _Allocation, offset: int, out: memoryview) -> None:
+        await self._run(out.nbytes, INLINE_LIMIT, self._engine.read_into, native.engine_id, offset, out)
+
+    async def _read(self, native: _Allocation, offset: int, size: int) -> bytes:
+        data: bytes = await self._run(size, INLINE_LIMIT, self._engine.read, native.engine_id, offset, size)
+        return data
+
+    async def _copy(
+        self, src: _Allocation, src_offset: int, dst: _Allocation, dst_offset: int, size: int
+    ) -> None:
+        await self._run(
+            size, INLINE_LIMIT, self._engine.copy, src.engine_id, src_offset, dst.engine_id, dst_offset, size
+        )
+
+    async def _synchronize(self, index: int) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._engine.synchronize, index)
+
+    def engine_stats(self, device_id: str) -> dict[str, Any]:
+        """The engine's own counters for a device (live allocations, allocator blocks, strategy)."""
+        stats: dict[str, Any] = self._engine.stats(self._device_index(device_id))
+        return stats
