@@ -29,15 +29,21 @@ def smi(uuid: str | None) -> dict[str, Any]:
     """One nvidia-smi reading of the card with this UUID (or the first card)."""
     text = subprocess.run(
         ["nvidia-smi", f"--query-gpu={FIELDS}", "--format=csv,noheader,nounits"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rows = [[c.strip() for c in line.split(",")] for line in text.strip().splitlines()]
     row = next((r for r in rows if uuid and r[0] == uuid), rows[0])
     return {
-        "uuid": row[0], "name": row[1],
-        "total_bytes": int(row[2]) * MiB, "free_bytes": int(row[3]) * MiB,
-        "used_bytes": int(row[4]) * MiB, "temperature_c": float(row[5]),
-        "power_w": float(row[6]), "clock_mhz": int(row[7]),
+        "uuid": row[0],
+        "name": row[1],
+        "total_bytes": int(row[2]) * MiB,
+        "free_bytes": int(row[3]) * MiB,
+        "used_bytes": int(row[4]) * MiB,
+        "temperature_c": float(row[5]),
+        "power_w": float(row[6]),
+        "clock_mhz": int(row[7]),
     }
 
 
@@ -77,16 +83,21 @@ async def measure(device_id: str, gib: int) -> dict[str, Any]:
     drop = before.available_bytes - during.available_bytes
     checks = {
         "total equals nvidia-smi's": device.memory_bytes == before_smi["total_bytes"],
-        "available within 1% of nvidia-smi free": pct(before.available_bytes, before_smi["free_bytes"]) <= 1,
+        "available within 1% of nvidia-smi free": pct(before.available_bytes, before_smi["free_bytes"])
+        <= 1,
         f"available drops by {gib} GiB +-1%": pct(drop, size) <= 1,
-        "available recovers within 1% after free": pct(after.available_bytes, before.available_bytes) <= 1,
+        "available recovers within 1% after free": pct(after.available_bytes, before.available_bytes)
+        <= 1,
         "uuid equals nvidia-smi's": device.uuid == before_smi["uuid"],
-        "temperature within the two readings": within(ours["temperature_c"], first["temperature_c"],
-                                                       second["temperature_c"], slack=1.0),
-        "power within the two readings": within(ours["power_w"], first["power_w"], second["power_w"],
-                                                 slack=max(2.0, 0.05 * first["power_w"])),
-        "clock within the two readings": within(ours["clock_mhz"], first["clock_mhz"],
-                                                 second["clock_mhz"]),
+        "temperature within the two readings": within(
+            ours["temperature_c"], first["temperature_c"], second["temperature_c"], slack=1.0
+        ),
+        "power within the two readings": within(
+            ours["power_w"], first["power_w"], second["power_w"], slack=max(2.0, 0.05 * first["power_w"])
+        ),
+        "clock within the two readings": within(
+            ours["clock_mhz"], first["clock_mhz"], second["clock_mhz"]
+        ),
     }
     return {
         "device": device.model_dump(mode="json"),
@@ -94,13 +105,20 @@ async def measure(device_id: str, gib: int) -> dict[str, Any]:
         "rows": [
             ("total bytes", device.memory_bytes, before_smi["total_bytes"]),
             ("available / free bytes", before.available_bytes, before_smi["free_bytes"]),
-            (f"available / free with {gib} GiB allocated", during.available_bytes, during_smi["free_bytes"]),
+            (
+                f"available / free with {gib} GiB allocated",
+                during.available_bytes,
+                during_smi["free_bytes"],
+            ),
             ("drop in available / free", drop, before_smi["free_bytes"] - during_smi["free_bytes"]),
             ("available / free after freeing", after.available_bytes, after_smi["free_bytes"]),
             ("uuid", device.uuid, before_smi["uuid"]),
             ("compute units (SMs)", device.compute_units, None),
-            ("temperature C (ours between smi readings)", ours["temperature_c"],
-             f"{first['temperature_c']} .. {second['temperature_c']}"),
+            (
+                "temperature C (ours between smi readings)",
+                ours["temperature_c"],
+                f"{first['temperature_c']} .. {second['temperature_c']}",
+            ),
             ("power W", ours["power_w"], f"{first['power_w']} .. {second['power_w']}"),
             ("graphics clock MHz", ours["clock_mhz"], f"{first['clock_mhz']} .. {second['clock_mhz']}"),
         ],

@@ -48,15 +48,25 @@ def main() -> int:
     rows = []
     for label, code in PROBES.items():
         times, plugins = measure(code, args.runs)
-        rows.append({"what": label, "median_ms": statistics.median(times), "min_ms": min(times),
-                     "max_ms": max(times), "plugins": plugins, "runs": args.runs})
+        rows.append(
+            {
+                "what": label,
+                "median_ms": statistics.median(times),
+                "min_ms": min(times),
+                "max_ms": max(times),
+                "plugins": plugins,
+                "runs": args.runs,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'what':<40} {'median ms':>10} {'min':>8} {'max':>8} {'plugins':>8}")
     for row in rows:
-        print(f"{row['what']:<40} {row['median_ms']:>10.1f} {row['min_ms']:>8.1f} "
-              f"{row['max_ms']:>8.1f} {row['plugins']:>8}")
+        print(
+            f"{row['what']:<40} {row['median_ms']:>10.1f} {row['min_ms']:>8.1f} "
+            f"{row['max_ms']:>8.1f} {row['plugins']:>8}"
+        )
     verdict = "meets" if rows[0]["median_ms"] < 150 else "MISSES"
     print(f"\ntarget: median < 150 ms -> {verdict} ({rows[0]['median_ms']:.1f} ms)")
     return 0

@@ -73,6 +73,7 @@ def bad_input_count() -> tuple[int, str]:
         [sys.executable, "-m", "pytest", "-q", "tests/reliability/test_bad_input.py"],
         capture_output=True,
         text=True,
+        check=False,
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr
     from tests.reliability.test_bad_input import CASES
@@ -124,13 +125,15 @@ def main() -> int:
             )
         iso = r["isolation"]
         print(
-            f"- isolation: {iso['cycles']} fill/free/reallocate cycles, {iso['bytes_checked'] / MiB:.1f} MiB "
+            f"- isolation: {iso['cycles']} fill/free/reallocate cycles, "
+            f"{iso['bytes_checked'] / MiB:.1f} MiB "
             f"read back as zeros, {iso['distinct_handle_ids']} distinct handle ids of "
             f"{iso['handle_id_bits']} bits"
         )
         c = r["cancel"]
         print(
-            f"- cancel: a {c['size'] // MiB} MiB upload cancelled (cancelled={c['cancelled']}), backend usable, "
+            f"- cancel: a {c['size'] // MiB} MiB upload cancelled "
+            f"(cancelled={c['cancelled']}), backend usable, "
             f"{c['live_after']} handles leaked, destination afterwards: {c['destination_state']}"
         )
         print()

@@ -62,7 +62,7 @@ class LoadFigures:
     seconds: float
 
 
-def load(
+def load(  # noqa: PLR0915 (one workload, read top to bottom)
     backend: GPUBackend[Any],
     device_id: str,
     *,
