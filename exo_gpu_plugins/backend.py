@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from exo_gpu_plugins import arguments
 from exo_gpu_plugins.errors import (
@@ -74,6 +74,34 @@ class _HandleIds:
 _handle_ids = _HandleIds()
 
 
+class _Gate:
+    """Counts the operations in flight, refusing new ones once the backend is not open, so that
+    `shutdown()` can wait for running copies before it frees their memory."""
+
+    __slots__ = ("_backend", "_count", "_idle")
+
+    def __init__(self, backend: GPUBackend[Any]) -> None:
+        self._backend = backend
+        self._idle = threading.Condition(backend._state_lock)
+        self._count = 0
+
+    def __enter__(self) -> None:
+        with self._idle:
+            self._backend._require_open()
+            self._count += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._idle:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.notify_all()
+
+    def drain(self) -> None:
+        """Wait, holding the state lock's condition, until no operation is in flight."""
+        while self._count:
+            self._idle.wait()
+
+
 class GPUBackend(abc.ABC, Generic[NativeT]):
     """Async GPU memory operations on the devices of one backend.
 
@@ -86,6 +114,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
     def __init__(self) -> None:
         self._state = _State.NEW
         self._state_lock = threading.Lock()
+        self._gate = _Gate(self)
         self._live: dict[str, _Live[NativeT]] = {}
         self._devices: tuple[GPUDevice, ...] = ()
         self._index_of: dict[str, int] = {}
@@ -100,7 +129,8 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         await asyncio.to_thread(self._initialize_blocking)
 
     async def shutdown(self) -> None:
-        """Free every allocation and release the devices; afterwards every call is refused."""
+        """Wait for operations in flight, free every allocation and release the devices;
+        afterwards every call is refused."""
         if self._state is _State.CLOSED:
             return
         await asyncio.to_thread(self._shutdown_blocking)
@@ -142,7 +172,8 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
             if self._state is _State.CLOSED:
                 return
             was_open = self._state is _State.OPEN
-            self._state = _State.CLOSED
+            self._state = _State.CLOSED  # from here on, new operations are refused
+            self._gate.drain()  # and those already running finish first
             live = list(self._live.values())
             self._live.clear()
             if not was_open:
@@ -152,9 +183,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
                     self._free_blocking(entry.native)
                 except Exception:
                     log.exception(
-                        "backend %s: freeing %s at shutdown failed",
-                        self.name,
-                        entry.handle.handle_id,
+                        "backend %s: freeing %s at shutdown failed", self.name, entry.handle.handle_id
                     )
             self._close()
             log.debug("backend %s closed; freed %d allocation(s)", self.name, len(live))
@@ -177,95 +206,99 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
 
     def capabilities(self, device_id: str) -> Capabilities:
         """What this backend supports on the device."""
-        return self._capabilities(self._device_index(device_id))
+        with self._gate:
+            return self._capabilities(self._device_index(device_id))
 
     async def get_device_properties(self, device_id: str) -> GPUDevice:
         """A fresh description of the device (free memory as of now)."""
-        return await self._describe(self._device_index(device_id))
+        with self._gate:
+            return await self._describe(self._device_index(device_id))
 
     async def get_device_memory_info(self, device_id: str) -> MemoryReport:
         """Total, used, available and reserved bytes, and where the figures came from."""
-        return await self._memory_report(self._device_index(device_id))
+        with self._gate:
+            return await self._memory_report(self._device_index(device_id))
 
     async def get_device_temperature(self, device_id: str) -> float | None:
         """Degrees Celsius, read now; `None` when this device has no temperature source."""
-        return await self._temperature(self._device_index(device_id))
+        with self._gate:
+            return await self._temperature(self._device_index(device_id))
 
     async def get_device_power_usage(self, device_id: str) -> float | None:
         """Watts drawn, read now; `None` when this device has no power source."""
-        return await self._power(self._device_index(device_id))
+        with self._gate:
+            return await self._power(self._device_index(device_id))
 
     async def get_device_clock_rate(self, device_id: str) -> int | None:
         """Current graphics clock in MHz; `None` when this device has no clock source."""
-        return await self._clock_rate(self._device_index(device_id))
+        with self._gate:
+            return await self._clock_rate(self._device_index(device_id))
 
     # ----------------------------------------------------------------------------------------------
     # Memory
 
     async def allocate(self, device_id: str, size_bytes: int) -> MemoryHandle:
         """Allocate `size_bytes` (> 0) on the device; the memory reads back as zeros."""
-        index = self._device_index(device_id)
-        size = arguments.integer(size_bytes, "size_bytes")
-        if size <= 0:
-            raise ValueError(f"size_bytes must be > 0, got {size}")
-        if size > _MAX_ALLOCATION:
-            raise OutOfMemoryError(f"{size} bytes is more than any device can hold")
-        native = await self._allocate(index, size)
-        handle = MemoryHandle.model_construct(
-            handle_id=_handle_ids.next(),
-            device_id=self._devices[index].device_id,
-            size_bytes=size,
-            allocated_at=datetime.now(timezone.utc),
-        )
-        if self._state is not _State.OPEN:  # shut down while we allocated: give it back
-            await self._free(native)
-            self._require_open()
-        self._live[handle.handle_id] = _Live(handle, native, index)
-        return handle
+        with self._gate:
+            index = self._device_index(device_id)
+            size = arguments.integer(size_bytes, "size_bytes")
+            if size <= 0:
+                raise ValueError(f"size_bytes must be > 0, got {size}")
+            if size > _MAX_ALLOCATION:
+                raise OutOfMemoryError(f"{size} bytes is more than any device can hold")
+            native = await self._allocate(index, size)
+            handle = MemoryHandle.model_construct(
+                handle_id=_handle_ids.next(),
+                device_id=self._devices[index].device_id,
+                size_bytes=size,
+                allocated_at=datetime.now(timezone.utc),
+            )
+            self._live[handle.handle_id] = _Live(handle, native, index)
+            return handle
 
     async def deallocate(self, handle: MemoryHandle) -> None:
         """Free the allocation. A handle that is not live here raises `InvalidHandleError`."""
-        self._require_open()
-        entry = self._entry(handle, "handle")
-        if self._live.pop(handle.handle_id, None) is None:
-            raise InvalidHandleError(f"handle {handle.handle_id} was freed concurrently")
-        await self._free(entry.native)
+        with self._gate:
+            entry = self._entry(handle, "handle")
+            if self._live.pop(handle.handle_id, None) is None:
+                raise InvalidHandleError(f"handle {handle.handle_id} was freed concurrently")
+            await self._free(entry.native)
 
     async def copy_to_device(self, src: object, dst_handle: MemoryHandle, offset_bytes: int = 0) -> None:
         """Write the bytes of `src` (any contiguous buffer) at `offset_bytes` of the allocation."""
-        self._require_open()
-        entry = self._entry(dst_handle, "dst_handle")
-        view = arguments.readable_view(src, "src")
-        offset = arguments.non_negative(offset_bytes, "offset_bytes")
-        arguments.check_range(offset, view.nbytes, entry.handle.size_bytes, "copy_to_device")
-        if view.nbytes:
-            await self._write(entry.native, offset, view)
+        with self._gate:
+            entry = self._entry(dst_handle, "dst_handle")
+            view = arguments.readable_view(src, "src")
+            offset = arguments.non_negative(offset_bytes, "offset_bytes")
+            arguments.check_range(offset, view.nbytes, entry.handle.size_bytes, "copy_to_device")
+            if view.nbytes:
+                await self._write(entry.native, offset, view)
 
     async def copy_from_device(
         self, src_handle: MemoryHandle, offset_bytes: int, size_bytes: int
     ) -> bytes:
         """The `size_bytes` bytes at `offset_bytes`, exactly as last written."""
-        self._require_open()
-        entry = self._entry(src_handle, "src_handle")
-        offset = arguments.non_negative(offset_bytes, "offset_bytes")
-        size = arguments.non_negative(size_bytes, "size_bytes")
-        arguments.check_range(offset, size, entry.handle.size_bytes, "copy_from_device")
-        if size == 0:
-            return b""
-        return await self._read(entry.native, offset, size)
+        with self._gate:
+            entry = self._entry(src_handle, "src_handle")
+            offset = arguments.non_negative(offset_bytes, "offset_bytes")
+            size = arguments.non_negative(size_bytes, "size_bytes")
+            arguments.check_range(offset, size, entry.handle.size_bytes, "copy_from_device")
+            if size == 0:
+                return b""
+            return await self._read(entry.native, offset, size)
 
     async def copy_from_device_into(
         self, src_handle: MemoryHandle, offset_bytes: int, dst: object
     ) -> int:
         """Fill the writable buffer `dst` from `offset_bytes` on; returns the byte count."""
-        self._require_open()
-        entry = self._entry(src_handle, "src_handle")
-        view = arguments.writable_view(dst, "dst")
-        offset = arguments.non_negative(offset_bytes, "offset_bytes")
-        arguments.check_range(offset, view.nbytes, entry.handle.size_bytes, "copy_from_device_into")
-        if view.nbytes:
-            await self._read_into(entry.native, offset, view)
-        return view.nbytes
+        with self._gate:
+            entry = self._entry(src_handle, "src_handle")
+            view = arguments.writable_view(dst, "dst")
+            offset = arguments.non_negative(offset_bytes, "offset_bytes")
+            arguments.check_range(offset, view.nbytes, entry.handle.size_bytes, "copy_from_device_into")
+            if view.nbytes:
+                await self._read_into(entry.native, offset, view)
+            return view.nbytes
 
     async def copy_device_to_device(
         self,
@@ -276,20 +309,21 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         dst_offset_bytes: int = 0,
     ) -> None:
         """Copy between allocations, on one device or across devices; overlap acts like memmove."""
-        self._require_open()
-        src = self._entry(src_handle, "src_handle")
-        dst = self._entry(dst_handle, "dst_handle")
-        size = arguments.non_negative(size_bytes, "size_bytes")
-        src_offset = arguments.non_negative(src_offset_bytes, "src_offset_bytes")
-        dst_offset = arguments.non_negative(dst_offset_bytes, "dst_offset_bytes")
-        arguments.check_range(src_offset, size, src.handle.size_bytes, "copy_device_to_device src")
-        arguments.check_range(dst_offset, size, dst.handle.size_bytes, "copy_device_to_device dst")
-        if size:
-            await self._copy(src.native, src_offset, dst.native, dst_offset, size)
+        with self._gate:
+            src = self._entry(src_handle, "src_handle")
+            dst = self._entry(dst_handle, "dst_handle")
+            size = arguments.non_negative(size_bytes, "size_bytes")
+            src_offset = arguments.non_negative(src_offset_bytes, "src_offset_bytes")
+            dst_offset = arguments.non_negative(dst_offset_bytes, "dst_offset_bytes")
+            arguments.check_range(src_offset, size, src.handle.size_bytes, "copy_device_to_device src")
+            arguments.check_range(dst_offset, size, dst.handle.size_bytes, "copy_device_to_device dst")
+            if size:
+                await self._copy(src.native, src_offset, dst.native, dst_offset, size)
 
     async def synchronize(self, device_id: str) -> None:
         """Return once every operation issued on the device before this call has finished."""
-        await self._synchronize(self._device_index(device_id))
+        with self._gate:
+            await self._synchronize(self._device_index(device_id))
 
     def live_handles(self) -> list[MemoryHandle]:
         """The handles allocated through this instance and not yet freed."""
@@ -307,7 +341,6 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
             raise BackendClosedError(f"backend {self.name!r} was shut down")
 
     def _device_index(self, device_id: object) -> int:
-        self._require_open()
         index = self._index_of.get(device_id) if isinstance(device_id, str) else None
         if index is not None:
             return index

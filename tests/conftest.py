@@ -19,26 +19,42 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A site directory holding the fixture plugins, built and installed by pip."""
     target = tmp_path_factory.mktemp("plugin-site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--target", str(target),
-         *(str(p) for p in sorted(FIXTURE_PLUGINS.iterdir()) if p.is_dir())],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            *(str(p) for p in sorted(FIXTURE_PLUGINS.iterdir()) if p.is_dir()),
+        ],
         check=True,
     )
     return target
 
 
-def run_fresh(code: str, *, site: Path | None = None, env: dict[str, str] | None = None,
-              check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_fresh(
+    code: str, *, site: Path | None = None, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run `code` in a new interpreter with `site` on its path; the last stdout line is JSON."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EXO_")}
     environ["EXO_CONFIG_FILE"] = os.devnull + "-missing"
+    # Only the fixture plugins: other installed plugins (vulkan, the example) must not change results.
+    environ["EXO_GPU_LOAD_PLUGINS"] = "good,badimport,badhook,duplicate"
     if site is not None:
         environ["PYTHONPATH"] = os.pathsep.join([str(site), environ.get("PYTHONPATH", "")])
     environ.update(env or {})
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=environ, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        raise AssertionError(
+            f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
     return result
 
 

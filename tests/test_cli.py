@@ -45,15 +45,19 @@ def test_roundtrip_verifies_bytes() -> None:
     assert status == 0 and json.loads(text)["exact"] is True
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["info", "nope:0"], "unknown GPU backend 'nope'"),
-    (["info", "host"], "not of the form"),
-    (["info", "host:7"], "no device 'host:7'"),
-    (["devices", "--backend", "cuda"], "unknown GPU backend 'cuda'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["info", "nope:0"], "unknown GPU backend 'nope'"),
+        (["info", "host"], "not of the form"),
+        (["info", "host:7"], "no device 'host:7'"),
+        (["devices", "--backend", "cuda"], "unknown GPU backend 'cuda'"),
+    ],
+)
 def test_errors_are_one_line_without_traceback(argv: list[str], message: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "exo_gpu_plugins.cli", *argv],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "exo_gpu_plugins.cli", *argv], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

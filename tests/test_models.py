@@ -12,8 +12,14 @@ from exo_gpu_plugins.models import DeviceType
 
 
 def report(**changes: object) -> MemoryReport:
-    values: dict[str, object] = dict(device_id="x:0", total_bytes=100, used_bytes=10,
-                                     available_bytes=80, reserved_bytes=10, source="test")
+    values: dict[str, object] = dict(
+        device_id="x:0",
+        total_bytes=100,
+        used_bytes=10,
+        available_bytes=80,
+        reserved_bytes=10,
+        source="test",
+    )
     values.update(changes)
     return MemoryReport(**values)  # type: ignore[arg-type]
 
@@ -26,20 +32,24 @@ def test_report_answers_like_the_forks_dict() -> None:
         r["nope"]
 
 
-@pytest.mark.parametrize("changes", [
-    {"available_bytes": 120, "reserved_bytes": 0, "used_bytes": 0},
-    {"used_bytes": 101},
-    {"used_bytes": -1, "reserved_bytes": 21},
-    {"reserved_bytes": 11},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"available_bytes": 120, "reserved_bytes": 0, "used_bytes": 0},
+        {"used_bytes": 101},
+        {"used_bytes": -1, "reserved_bytes": 21},
+        {"reserved_bytes": 11},
+    ],
+)
 def test_impossible_reports_are_refused(changes: dict[str, int]) -> None:
     with pytest.raises(ValidationError):
         report(**changes)
 
 
 def test_models_are_frozen_and_hashable() -> None:
-    handle = MemoryHandle(handle_id="a" * 32, device_id="host:0", size_bytes=1,
-                          allocated_at=datetime.now(timezone.utc))
+    handle = MemoryHandle(
+        handle_id="a" * 32, device_id="host:0", size_bytes=1, allocated_at=datetime.now(timezone.utc)
+    )
     with pytest.raises(ValidationError):
         handle.size_bytes = 2  # type: ignore[misc]
     assert {handle: 1}[handle] == 1
@@ -48,13 +58,21 @@ def test_models_are_frozen_and_hashable() -> None:
 @pytest.mark.parametrize("size", [0, -5])
 def test_handle_size_must_be_positive(size: int) -> None:
     with pytest.raises(ValidationError):
-        MemoryHandle(handle_id="a", device_id="host:0", size_bytes=size,
-                     allocated_at=datetime.now(timezone.utc))
+        MemoryHandle(
+            handle_id="a", device_id="host:0", size_bytes=size, allocated_at=datetime.now(timezone.utc)
+        )
 
 
 def test_unknown_device_fields_are_none_not_invented() -> None:
-    device = GPUDevice(device_id="x:0", name="n", vendor="v", backend="x", backend_name="x",
-                       device_type=DeviceType.OTHER, memory_bytes=1)
+    device = GPUDevice(
+        device_id="x:0",
+        name="n",
+        vendor="v",
+        backend="x",
+        backend_name="x",
+        device_type=DeviceType.OTHER,
+        memory_bytes=1,
+    )
     assert device.compute_units is None and device.clock_rate_mhz is None
     assert device.bandwidth_gbps is None and device.uuid is None
 

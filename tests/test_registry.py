@@ -23,11 +23,18 @@ print(json.dumps({
 
 
 def test_separately_built_plugin_is_discovered(plugin_site: Path) -> None:
-    data = last_json(run_fresh(DISCOVER, site=plugin_site, env={"EXO_GPU_DISABLED_PLUGINS": "duplicate"}))
+    data = last_json(
+        run_fresh(DISCOVER, site=plugin_site, env={"EXO_GPU_DISABLED_PLUGINS": "duplicate"})
+    )
     assert isinstance(data, dict)
     good = data["plugins"]["good"]
-    assert good == {"status": "loaded", "dist": "exo-gpu-fixture-good", "version": "1.2.3",
-                    "backends": ["fixture"], "error": None}
+    assert good == {
+        "status": "loaded",
+        "dist": "exo-gpu-fixture-good",
+        "version": "1.2.3",
+        "backends": ["fixture"],
+        "error": None,
+    }
     assert data["backends"] == ["fixture", "host"]  # priority order, host last
     assert data["imported_backend_module"] is False  # discovery imports no backend code
 
@@ -63,9 +70,13 @@ def test_allow_list_and_block_list(plugin_site: Path) -> None:
     assert allowed["plugins"]["good"]["status"] == "loaded"
     for other in ("badimport", "badhook", "duplicate"):
         assert allowed["plugins"][other]["status"] == "disabled"
-    blocked = last_json(run_fresh(
-        DISCOVER, site=plugin_site,
-        env={"EXO_GPU_DISABLED_PLUGINS": "exo-gpu-fixture-good, badimport,badhook,duplicate"}))
+    blocked = last_json(
+        run_fresh(
+            DISCOVER,
+            site=plugin_site,
+            env={"EXO_GPU_DISABLED_PLUGINS": "exo-gpu-fixture-good, badimport,badhook,duplicate"},
+        )
+    )
     assert isinstance(blocked, dict)
     assert blocked["backends"] == ["host"]
     assert blocked["plugins"]["host"]["status"] == "loaded"  # the built-in cannot be blocked
@@ -105,7 +116,9 @@ def test_exo_startup_with_config_file(plugin_site: Path, tmp_path: Path) -> None
     assert isinstance(data, dict) and data == {**data, "backend": "host", "open": True}
 
 
-def test_environment_beats_config_and_argument_beats_environment(plugin_site: Path, tmp_path: Path) -> None:
+def test_environment_beats_config_and_argument_beats_environment(
+    plugin_site: Path, tmp_path: Path
+) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[gpu]\nbackend = "fixture"\n')
     code = """
@@ -114,8 +127,13 @@ from exo_gpu_plugins.config import requested_backend
 r = exo_gpu_plugins.get_registry()
 print(json.dumps([r.select(), r.select("fixture"), requested_backend().source]))
 """
-    data = last_json(run_fresh(code, site=plugin_site,
-                               env={**QUIET, "EXO_CONFIG_FILE": str(config), "EXO_GPU_BACKEND": "host"}))
+    data = last_json(
+        run_fresh(
+            code,
+            site=plugin_site,
+            env={**QUIET, "EXO_CONFIG_FILE": str(config), "EXO_GPU_BACKEND": "host"},
+        )
+    )
     assert data == ["host", "fixture", "EXO_GPU_BACKEND"]
 
 
@@ -124,9 +142,15 @@ def test_configured_backend_blocked_is_an_error_not_a_silent_fallback(
 ) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[gpu]\nbackend = "fixture"\n')
-    result = run_fresh(SELECT, site=plugin_site, check=False,
-                       env={"EXO_GPU_DISABLED_PLUGINS": "good,badimport,badhook,duplicate",
-                            "EXO_CONFIG_FILE": str(config)})
+    result = run_fresh(
+        SELECT,
+        site=plugin_site,
+        check=False,
+        env={
+            "EXO_GPU_DISABLED_PLUGINS": "good,badimport,badhook,duplicate",
+            "EXO_CONFIG_FILE": str(config),
+        },
+    )
     assert result.returncode != 0
     assert "UnknownBackendError" in result.stderr
     assert "unknown GPU backend 'fixture'" in result.stderr and "host" in result.stderr
@@ -147,8 +171,12 @@ def test_unknown_name_lists_choices(plugin_site: Path) -> None:
 
 
 def test_unavailable_explicit_backend_says_why(plugin_site: Path) -> None:
-    result = run_fresh(SELECT, site=plugin_site, check=False,
-                       env={**QUIET, "EXO_GPU_BACKEND": "fixture", "FIXTURE_UNAVAILABLE": "no card"})
+    result = run_fresh(
+        SELECT,
+        site=plugin_site,
+        check=False,
+        env={**QUIET, "EXO_GPU_BACKEND": "fixture", "FIXTURE_UNAVAILABLE": "no card"},
+    )
     assert result.returncode != 0
     assert "BackendUnavailableError" in result.stderr and "no card" in result.stderr
 

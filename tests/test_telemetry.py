@@ -15,7 +15,11 @@ def make_card(root: Path, card: str, pci: str, files: dict[str, str]) -> None:
     """/sys/class/drm/<card>/device -> /sys/devices/pci0000:00/<pci>, as the kernel lays it out."""
     device = root / "devices" / "pci0000:00" / pci
     for relative, text in files.items():
-        path = device / relative if not relative.startswith("@card/") else root / "class" / "drm" / card / relative[6:]
+        path = (
+            device / relative
+            if not relative.startswith("@card/")
+            else root / "class" / "drm" / card / relative[6:]
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     (root / "class" / "drm" / card).mkdir(parents=True, exist_ok=True)
@@ -24,11 +28,16 @@ def make_card(root: Path, card: str, pci: str, files: dict[str, str]) -> None:
 
 
 def test_amdgpu_card(tmp_path: Path) -> None:
-    make_card(tmp_path, "card1", "0000:03:00.0", {
-        "hwmon/hwmon4/temp1_input": "52000\n",
-        "hwmon/hwmon4/power1_average": "187000000\n",
-        "hwmon/hwmon4/freq1_input": "2105000000\n",
-    })
+    make_card(
+        tmp_path,
+        "card1",
+        "0000:03:00.0",
+        {
+            "hwmon/hwmon4/temp1_input": "52000\n",
+            "hwmon/hwmon4/power1_average": "187000000\n",
+            "hwmon/hwmon4/freq1_input": "2105000000\n",
+        },
+    )
     source = HwmonSource.for_pci("0000:03:00.0", tmp_path)
     assert source is not None
     assert (source.has_temperature, source.has_power, source.has_clock) == (True, True, True)
@@ -38,19 +47,29 @@ def test_amdgpu_card(tmp_path: Path) -> None:
 
 
 def test_amdgpu_clock_from_dpm_table(tmp_path: Path) -> None:
-    make_card(tmp_path, "card0", "0000:0c:00.0", {
-        "hwmon/hwmon1/temp1_input": "40000",
-        "pp_dpm_sclk": "0: 500Mhz\n1: 1200Mhz *\n2: 2400Mhz\n",
-    })
+    make_card(
+        tmp_path,
+        "card0",
+        "0000:0c:00.0",
+        {
+            "hwmon/hwmon1/temp1_input": "40000",
+            "pp_dpm_sclk": "0: 500Mhz\n1: 1200Mhz *\n2: 2400Mhz\n",
+        },
+    )
     source = HwmonSource.for_pci("0000:0c:00.0", tmp_path)
     assert source is not None and source.clock_mhz() == 1200 and not source.has_power
 
 
 def test_i915_card(tmp_path: Path) -> None:
-    make_card(tmp_path, "card0", "0000:00:02.0", {
-        "hwmon/hwmon3/power1_input": "9500000",
-        "@card/gt_act_freq_mhz": "1300\n",
-    })
+    make_card(
+        tmp_path,
+        "card0",
+        "0000:00:02.0",
+        {
+            "hwmon/hwmon3/power1_input": "9500000",
+            "@card/gt_act_freq_mhz": "1300\n",
+        },
+    )
     source = HwmonSource.for_pci("0000:00:02.0", tmp_path)
     assert source is not None
     assert source.temperature_c() is None and not source.has_temperature
@@ -58,10 +77,15 @@ def test_i915_card(tmp_path: Path) -> None:
 
 
 def test_xe_card(tmp_path: Path) -> None:
-    make_card(tmp_path, "card0", "0000:03:00.0", {
-        "hwmon/hwmon2/temp2_input": "61000",
-        "tile0/gt0/freq0/act_freq": "2050",
-    })
+    make_card(
+        tmp_path,
+        "card0",
+        "0000:03:00.0",
+        {
+            "hwmon/hwmon2/temp2_input": "61000",
+            "tile0/gt0/freq0/act_freq": "2050",
+        },
+    )
     source = HwmonSource.for_pci("0000:03:00.0", tmp_path)
     assert source is not None and source.temperature_c() == 61.0 and source.clock_mhz() == 2050
 

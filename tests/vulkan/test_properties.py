@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("exo_gpu_vulkan")
 
-from exo_gpu_vulkan.properties import (  # noqa: E402
+from exo_gpu_vulkan.properties import (
     api_version_text,
     driver_version_text,
     pci_bus_id_text,

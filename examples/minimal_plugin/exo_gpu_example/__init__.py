@@ -1,0 +1,1 @@
+"""exo-gpu-example: the smallest complete exo-gpu-plugins backend, device memory as bytearrays."""

@@ -1,0 +1,345 @@
+"""A Hypothesis state machine that drives a backend and checks every byte against a model.
+
+The example-based tests of the kit check each call on hand-picked cases. Bugs that only show after a
+particular sequence (a reused block that is not cleared, a copy that clobbers a neighbour, a stale
+read cache, a handle table that loses an entry) need random sequences; Hypothesis generates them,
+and when one diverges it shrinks the sequence to a short program that reproduces the bug.
+
+The model is a `bytearray` per live allocation. Rules: allocate, free, write, read, read into a
+buffer, copy between allocations, copy inside one allocation (overlapping, memmove), synchronize.
+Every rule compares the backend with the model; teardown compares every allocation in full.
+
+    class TestMyBackendMachine(make_state_machine(MyBackend)): ...   # a unittest TestCase
+    run_state_machine(MyBackend)                                       # or run it directly
+
+Sizes: `max_examples` defaults to 200, steps per example to 25; `EXO_GPU_KIT_EXAMPLES` and
+`EXO_GPU_KIT_STEPS` override them for long fuzzing runs (e.g. `EXO_GPU_KIT_STEPS=10000`).
+Allocations are at most 64 KiB so that 200 examples run in seconds even on a software GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import unittest
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar, TypeVar
+
+from hypothesis import HealthCheck, Phase
+from hypothesis import settings as HypothesisSettings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from exo_gpu_plugins.backend import GPUBackend
+from exo_gpu_plugins.errors import InvalidHandleError
+from exo_gpu_plugins.models import MemoryHandle
+
+__all__ = [
+    "DEFAULT_EXAMPLES",
+    "DEFAULT_STEPS",
+    "ENV_EXAMPLES",
+    "ENV_STEPS",
+    "MAX_ALLOCATION_BYTES",
+    "BackendStateMachine",
+    "kit_settings",
+    "make_state_machine",
+    "run_state_machine",
+]
+
+T = TypeVar("T")
+BackendFactory = Callable[[], GPUBackend[Any]]
+
+ENV_EXAMPLES = "EXO_GPU_KIT_EXAMPLES"
+ENV_STEPS = "EXO_GPU_KIT_STEPS"
+DEFAULT_EXAMPLES = 200
+DEFAULT_STEPS = 25
+MAX_ALLOCATION_BYTES = 64 * 1024
+MAX_LIVE_ALLOCATIONS = 8
+_OPERATION_TIMEOUT_S = 120.0
+_GUARD = 0xEE
+# Every phase but `explain`: explaining a failing program re-runs it hundreds of times to mark which
+# steps matter, which costs more than finding and shrinking the failure, on a software GPU minutes.
+_PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
+
+
+def kit_settings(
+    examples: int | None = None, steps: int | None = None, *, database: bool = True
+) -> HypothesisSettings:
+    """The state machine's Hypothesis settings: arguments > environment > defaults.
+
+    `deadline=None` because a GPU call's latency varies with the driver, not with the input; the
+    `explain` phase is left out (see `_PHASES`).
+    `database=False` keeps a CLI check from writing `.hypothesis/` into the user's directory.
+    """
+    examples = examples if examples is not None else _env_int(ENV_EXAMPLES, DEFAULT_EXAMPLES)
+    steps = steps if steps is not None else _env_int(ENV_STEPS, DEFAULT_STEPS)
+    extra: dict[str, Any] = {} if database else {"database": None}
+    return HypothesisSettings(
+        max_examples=max(1, examples),
+        stateful_step_count=max(1, steps),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        phases=_PHASES,
+        **extra,
+    )
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def pattern(seed: int, size: int) -> bytes:
+    """`size` pseudo-random bytes, none of them zero (so a missing write never reads as 'right')."""
+    data = random.Random(seed).randbytes(size)
+    return data.translate(_NO_ZERO)
+
+
+_NO_ZERO = bytes([1, *range(1, 256)])
+
+
+class BackendStateMachine(RuleBasedStateMachine):
+    """Random programs of memory calls, checked against a `bytearray` model per allocation.
+
+    Bind it to a backend with `bind(factory)` (or subclass it and set `backend_factory`). Each example
+    opens a new backend from the factory, with its own event loop, and shuts it down at teardown, so
+    a failing program replays alone when Hypothesis shrinks it.
+    """
+
+    backend_factory: ClassVar[BackendFactory | None] = None
+    device_id: ClassVar[str | None] = None
+
+    allocations = Bundle("allocations")
+
+    def __init__(self) -> None:
+        super().__init__()
+        factory = type(self).backend_factory
+        if factory is None:
+            raise TypeError(
+                "BackendStateMachine has no backend: use BackendStateMachine.bind(factory) "
+                "or set backend_factory on a subclass"
+            )
+        self._loop = asyncio.new_event_loop()
+        self.backend = factory()
+        self._model: dict[str, bytearray] = {}
+        try:
+            self._run(self.backend.initialize())
+            self.device = type(self).device_id or self.backend.list_devices()[0].device_id
+        except BaseException:
+            self._close_loop()
+            raise
+
+    @classmethod
+    def bind(cls, factory: BackendFactory, *, device_id: str | None = None) -> type[BackendStateMachine]:
+        """A subclass driving backends made by `factory` (a backend class or a function)."""
+        name = getattr(factory, "__name__", type(factory).__name__)
+        namespace = {
+            "backend_factory": staticmethod(factory),
+            "device_id": device_id,
+            "__module__": cls.__module__,
+        }
+        return type(f"{cls.__name__}[{name}]", (cls,), namespace)
+
+    # ----------------------------------------------------------------------------------------------
+    # Helpers
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(asyncio.wait_for(coro, _OPERATION_TIMEOUT_S))
+
+    def _close_loop(self) -> None:
+        loop = self._loop
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+    def _expect(self, got: bytes, handle: MemoryHandle, offset: int, what: str) -> None:
+        want = bytes(self._model[handle.handle_id][offset : offset + len(got)])
+        if got == want:
+            return
+        first = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+        raise AssertionError(
+            f"{what}: backend diverges from the model at byte {offset + first} of the "
+            f"{handle.size_bytes}-byte allocation: read {got[first]:#04x}, expected "
+            f"{want[first]:#04x} ({sum(a != b for a, b in zip(got, want, strict=True))} of "
+            f"{len(got)} bytes differ)"
+        )
+
+    @staticmethod
+    def _range(data: st.DataObject, size: int) -> tuple[int, int]:
+        offset = data.draw(st.integers(0, size), label="offset")
+        length = data.draw(st.integers(0, size - offset), label="length")
+        return offset, length
+
+    # ----------------------------------------------------------------------------------------------
+    # Rules
+
+    @precondition(lambda self: len(self._model) < MAX_LIVE_ALLOCATIONS)
+    @rule(
+        target=allocations,
+        size=st.one_of(st.integers(1, 64), st.integers(1, 4096), st.integers(1, MAX_ALLOCATION_BYTES)),
+    )
+    def allocate(self, size: int) -> MemoryHandle:
+        """New memory must read back as zeros, whatever this backend held there before."""
+        handle = self._run(self.backend.allocate(self.device, size))
+        assert handle.size_bytes == size, f"allocate({size}) returned size {handle.size_bytes}"
+        assert handle.handle_id not in self._model, "allocate returned a live handle id twice"
+        self._model[handle.handle_id] = bytearray(size)
+        self._expect(
+            self._run(self.backend.copy_from_device(handle, 0, size)), handle, 0, "fresh allocation"
+        )
+        return handle
+
+    @rule(handle=consumes(allocations))
+    def free(self, handle: MemoryHandle) -> None:
+        """Free, then check that the handle is dead."""
+        self._run(self.backend.deallocate(handle))
+        del self._model[handle.handle_id]
+        try:
+            self._run(self.backend.copy_from_device(handle, 0, 1))
+        except InvalidHandleError:
+            pass
+        else:
+            raise AssertionError("a freed handle was still accepted by copy_from_device")
+
+    @rule(handle=allocations, data=st.data())
+    def write(self, handle: MemoryHandle, data: st.DataObject) -> None:
+        """copy_to_device of a random range."""
+        offset, length = self._range(data, handle.size_bytes)
+        payload = pattern(data.draw(st.integers(0, 1 << 16), label="seed"), length)
+        self._run(self.backend.copy_to_device(payload, handle, offset))
+        self._model[handle.handle_id][offset : offset + length] = payload
+
+    @rule(handle=allocations, data=st.data())
+    def read(self, handle: MemoryHandle, data: st.DataObject) -> None:
+        """copy_from_device of a random range."""
+        offset, length = self._range(data, handle.size_bytes)
+        got = self._run(self.backend.copy_from_device(handle, offset, length))
+        assert type(got) is bytes, f"copy_from_device returned {type(got).__name__}, not bytes"
+        assert len(got) == length, f"copy_from_device returned {len(got)} bytes, not {length}"
+        self._expect(got, handle, offset, f"copy_from_device(offset={offset}, size={length})")
+
+    @rule(handle=allocations, data=st.data())
+    def read_into(self, handle: MemoryHandle, data: st.DataObject) -> None:
+        """copy_from_device_into a slice of a larger buffer: the bytes around it stay untouched."""
+        offset, length = self._range(data, handle.size_bytes)
+        buffer = bytearray([_GUARD]) * (length + 16)
+        count = self._run(
+            self.backend.copy_from_device_into(handle, offset, memoryview(buffer)[8 : 8 + length])
+        )
+        assert count == length, f"copy_from_device_into returned {count}, not {length}"
+        guard = bytes([_GUARD]) * 8
+        assert buffer[:8] == guard and buffer[8 + length :] == guard, (
+            "copy_from_device_into wrote outside the destination slice"
+        )
+        self._expect(
+            bytes(buffer[8 : 8 + length]),
+            handle,
+            offset,
+            f"copy_from_device_into(offset={offset}, {length} bytes)",
+        )
+
+    @rule(src=allocations, dst=allocations, data=st.data())
+    def copy(self, src: MemoryHandle, dst: MemoryHandle, data: st.DataObject) -> None:
+        """copy_device_to_device between two allocations (sometimes the same one)."""
+        size = data.draw(st.integers(0, min(src.size_bytes, dst.size_bytes)), label="size")
+        src_offset = data.draw(st.integers(0, src.size_bytes - size), label="src_offset")
+        dst_offset = data.draw(st.integers(0, dst.size_bytes - size), label="dst_offset")
+        self._copy(src, dst, size, src_offset, dst_offset)
+
+    @rule(handle=allocations, data=st.data())
+    def copy_within(self, handle: MemoryHandle, data: st.DataObject) -> None:
+        """Overlapping copy inside one allocation: must behave like memmove."""
+        size = data.draw(st.integers(1, handle.size_bytes), label="size")
+        room = handle.size_bytes - size
+        src_offset = data.draw(st.integers(0, room), label="src_offset")
+        shift = data.draw(
+            st.integers(-min(size, src_offset), min(size, room - src_offset)), label="shift"
+        )
+        self._copy(handle, handle, size, src_offset, src_offset + shift)
+
+    def _copy(
+        self, src: MemoryHandle, dst: MemoryHandle, size: int, src_offset: int, dst_offset: int
+    ) -> None:
+        self._run(self.backend.copy_device_to_device(src, dst, size, src_offset, dst_offset))
+        chunk = bytes(self._model[src.handle_id][src_offset : src_offset + size])
+        self._model[dst.handle_id][dst_offset : dst_offset + size] = chunk
+        got = self._run(self.backend.copy_from_device(dst, dst_offset, size))
+        self._expect(
+            got,
+            dst,
+            dst_offset,
+            f"copy_device_to_device(size={size}, src_offset={src_offset}, "
+            f"dst_offset={dst_offset}{', same allocation' if src.handle_id == dst.handle_id else ''})",
+        )
+
+    @rule()
+    def synchronize(self) -> None:
+        """Synchronize between other calls: it must neither fail nor change memory."""
+        self._run(self.backend.synchronize(self.device))
+
+    @rule(handle=allocations)
+    def check_all(self, handle: MemoryHandle) -> None:
+        """Read a whole allocation: catches writes that landed outside their range."""
+        got = self._run(self.backend.copy_from_device(handle, 0, handle.size_bytes))
+        self._expect(got, handle, 0, "full read")
+
+    @invariant()
+    def handle_table_matches(self) -> None:
+        """The backend's live handles are exactly the model's allocations."""
+        live = {handle.handle_id for handle in self.backend.live_handles()}
+        assert live == set(self._model), (
+            f"live_handles() lists {len(live)} allocations, the model has {len(self._model)}"
+        )
+
+    def teardown(self) -> None:
+        """Compare every allocation in full, then free everything and shut the backend down."""
+        try:
+            for handle in self.backend.live_handles():
+                if handle.handle_id in self._model:
+                    got = self._run(self.backend.copy_from_device(handle, 0, handle.size_bytes))
+                    self._expect(got, handle, 0, "final full read")
+        finally:
+            try:
+                self._run(self.backend.shutdown())
+            finally:
+                self._close_loop()
+
+
+def run_state_machine(
+    factory: BackendFactory,
+    *,
+    device_id: str | None = None,
+    settings: HypothesisSettings | None = None,
+) -> None:
+    """Run the state machine against backends made by `factory`; raises on a divergence."""
+    machine = BackendStateMachine.bind(factory, device_id=device_id)
+    run_state_machine_as_test(machine, settings=settings or kit_settings())
+
+
+def make_state_machine(
+    factory: BackendFactory,
+    *,
+    device_id: str | None = None,
+    settings: HypothesisSettings | None = None,
+) -> type[unittest.TestCase]:
+    """A `unittest.TestCase` class running the state machine (pytest collects it as it is)."""
+    machine = BackendStateMachine.bind(factory, device_id=device_id)
+    case = machine.TestCase
+    case.settings = settings or kit_settings()
+    return case
