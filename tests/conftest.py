@@ -49,7 +49,12 @@ def run_fresh(
         environ["PYTHONPATH"] = os.pathsep.join([str(site), environ.get("PYTHONPATH", "")])
     environ.update(env or {})
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
+        check=False,
     )
     if check and result.returncode != 0:
         raise AssertionError(

@@ -56,7 +56,11 @@ def test_roundtrip_verifies_bytes() -> None:
 )
 def test_errors_are_one_line_without_traceback(argv: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "exo_gpu_plugins.cli", *argv], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "exo_gpu_plugins.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
