@@ -30,5 +30,5 @@ for strategy in mapped staging; do
 done
 
 step "the example plugin passes the kit"
-python -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps ./examples/minimal_plugin
+python -m pip install -q --disable-pip-version-check --no-deps ./examples/minimal_plugin
 python -m pytest examples/minimal_plugin/tests -q
