@@ -24,7 +24,7 @@ fi
 step "pytest: the whole suite, Vulkan validation on"
 EXO_VULKAN_VALIDATION=1 python -m pytest tests -q "$@"
 
-for strategy in mapped staging; do
+for strategy in mapped staging import; do
   step "pytest: Vulkan contract with EXO_VULKAN_TRANSFER=$strategy, validation on"
   EXO_VULKAN_TRANSFER=$strategy EXO_VULKAN_VALIDATION=1 python -m pytest tests/vulkan -q "$@"
 done

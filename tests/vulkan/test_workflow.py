@@ -63,8 +63,8 @@ def test_device_description_is_real(loop: asyncio.AbstractEventLoop) -> None:
         fresh = await backend.get_device_properties(device.device_id)
         assert fresh.memory_available is not None and fresh.memory_available <= fresh.memory_bytes
         caps = backend.capabilities(device.device_id)
-        assert caps.transfer_strategy in {"mapped", "staging"}
-        if os.environ.get("EXO_VULKAN_TRANSFER") in {"mapped", "staging"}:
+        assert caps.transfer_strategy in {"mapped", "staging", "import"}
+        if os.environ.get("EXO_VULKAN_TRANSFER") in {"mapped", "staging", "import"}:
             assert caps.transfer_strategy == os.environ["EXO_VULKAN_TRANSFER"]
         await backend.shutdown()
 

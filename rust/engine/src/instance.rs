@@ -1,5 +1,6 @@
 //! Vulkan loader entry, instance, validation layer + debug messenger, physical-device enumeration.
 
+use std::cell::Cell;
 use std::ffi::{c_void, CStr};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -14,7 +15,8 @@ pub const VALIDATION_LAYER: &CStr = c"VK_LAYER_KHRONOS_validation";
 /// Highest API version the engine asks for (it uses nothing newer).
 const MAX_API_VERSION: u32 = vk::API_VERSION_1_3;
 
-/// Messages the debug messenger collected; shared between the callback and the engine.
+/// Messages the debug messenger collected outside any engine call (or, for a call, the messages
+/// it caused). All state is behind mutexes: the callback may run on any thread.
 #[derive(Debug, Default)]
 pub struct ValidationLog {
     /// ERROR-severity messages not yet reported to a caller.
@@ -37,7 +39,7 @@ impl ValidationLog {
         std::mem::take(&mut *lock(&self.warnings))
     }
 
-    fn push(&self, error: bool, message: String) {
+    pub(crate) fn push(&self, error: bool, message: String) {
         if error {
             lock(&self.errors).push(message);
         } else {
@@ -50,7 +52,47 @@ impl ValidationLog {
     }
 }
 
-/// Debug-utils callback: appends ERROR and WARNING messages to the `ValidationLog` in user data.
+/// The collector of the engine call running on a thread (see `CallLogScope`).
+pub(crate) type CallLog = ValidationLog;
+
+thread_local! {
+    /// Collector of the engine call in progress on this thread; null outside calls or without
+    /// validation. The validation layer invokes the messenger on the thread that made the
+    /// offending Vulkan call, so each message lands in the collector of the call that caused it,
+    /// even with several engines at work in several threads.
+    static CURRENT_LOG: Cell<*const CallLog> = const { Cell::new(std::ptr::null()) };
+}
+
+/// The collector of the call running on this thread (null when none).
+pub(crate) fn current_call_log() -> *const CallLog {
+    CURRENT_LOG.try_with(Cell::get).unwrap_or(std::ptr::null())
+}
+
+/// While alive, validation messages raised on this thread go to `log` (restored on drop, also
+/// when unwinding).
+pub(crate) struct CallLogScope {
+    previous: *const CallLog,
+}
+
+impl CallLogScope {
+    /// Route this thread's messages to `log` (null: to the instance's unattributed log). The
+    /// caller keeps `log` alive until the scope is dropped.
+    pub(crate) fn enter(log: *const CallLog) -> CallLogScope {
+        let previous = CURRENT_LOG
+            .try_with(|c| c.replace(log))
+            .unwrap_or(std::ptr::null());
+        CallLogScope { previous }
+    }
+}
+
+impl Drop for CallLogScope {
+    fn drop(&mut self) {
+        let _ = CURRENT_LOG.try_with(|c| c.set(self.previous));
+    }
+}
+
+/// Debug-utils callback: appends ERROR and WARNING messages to the collector of the engine call
+/// running on this thread, or else to the instance's `ValidationLog` in user data.
 unsafe extern "system" fn debug_callback(
     severity: vk::DebugUtilsMessageSeverityFlagsEXT,
     _types: vk::DebugUtilsMessageTypeFlagsEXT,
@@ -62,9 +104,6 @@ unsafe extern "system" fn debug_callback(
         if user.is_null() || data.is_null() {
             return;
         }
-        // SAFETY: `user` is the pointer we produced with `Arc::into_raw` when creating the
-        // messenger; that Arc reference is only released after the messenger is destroyed.
-        let log = unsafe { &*(user as *const ValidationLog) };
         // SAFETY: the layer passes a valid callback-data struct for the duration of the call.
         let data = unsafe { &*data };
         // SAFETY: `p_message` is null or a NUL-terminated string valid during the call.
@@ -72,6 +111,16 @@ unsafe extern "system" fn debug_callback(
             .map(|m| m.to_string_lossy().into_owned())
             .unwrap_or_default();
         let error = severity.contains(vk::DebugUtilsMessageSeverityFlagsEXT::ERROR);
+        let current = current_call_log();
+        let log = if current.is_null() {
+            // SAFETY: `user` is the pointer we produced with `Arc::into_raw` when creating the
+            // messenger; that Arc reference is only released after the messenger is destroyed.
+            unsafe { &*(user as *const ValidationLog) }
+        } else {
+            // SAFETY: a `CallLogScope` is alive on this thread, whose creator keeps the log
+            // alive until the scope ends.
+            unsafe { &*current }
+        };
         log.push(error, msg);
     });
     vk::FALSE
@@ -84,8 +133,8 @@ struct DebugMessenger {
     user_data: *const ValidationLog,
 }
 
-/// Loader entry + instance (+ messenger). Destroyed when the last `Arc` drops, after every
-/// logical device (each holds an `Arc` to it).
+/// Loader entry + instance (+ messenger). Engines use the process-wide one (`shared`); a context
+/// is destroyed only when the last `Arc` drops, after every logical device (each holds an `Arc`).
 pub struct InstanceContext {
     pub(crate) entry: ash::Entry,
     pub(crate) instance: ash::Instance,
@@ -129,8 +178,8 @@ fn load_entry() -> Result<ash::Entry> {
 }
 
 impl InstanceContext {
-    /// Load libvulkan and create an instance; with `validation`, enable the Khronos layer and a
-    /// debug messenger collecting ERROR/WARNING messages.
+    /// Load libvulkan and create a new instance; with `validation`, enable the Khronos layer and
+    /// a debug messenger collecting ERROR/WARNING messages. Engines use `shared` instead.
     pub fn new(validation: bool) -> Result<Arc<Self>> {
         let entry = load_entry()?;
 
@@ -294,9 +343,35 @@ impl Drop for InstanceContext {
     }
 }
 
+/// The process-wide instances, one per validation setting (`[without, with]`).
+static INSTANCES: [Mutex<Option<Arc<InstanceContext>>>; 2] = [Mutex::new(None), Mutex::new(None)];
+
+impl InstanceContext {
+    /// The process-wide instance for this validation setting, created on first use and kept for
+    /// the life of the process: never destroyed, so engines (and `probe`) come and go without
+    /// instance create/destroy cycles, which some drivers survive only a few dozen times per
+    /// process (NVIDIA's fails `vkCreateInstance` with VK_ERROR_INCOMPATIBLE_DRIVER after ~30).
+    /// A failed creation is not cached: the next call tries again.
+    pub fn shared(validation: bool) -> Result<Arc<Self>> {
+        let mut slot = lock(&INSTANCES[usize::from(validation)]);
+        if let Some(ctx) = slot.as_ref() {
+            return Ok(Arc::clone(ctx));
+        }
+        let ctx = InstanceContext::new(validation)?;
+        *slot = Some(Arc::clone(&ctx));
+        Ok(ctx)
+    }
+
+    /// Whether this instance has the validation layer and messenger.
+    pub fn has_validation(&self) -> bool {
+        self.validation.is_some()
+    }
+}
+
 /// Why Vulkan is not usable on this machine, or `None` when at least one physical device exists.
+/// Uses (and, on first use, creates) the process-wide instance without validation.
 pub fn probe() -> Option<String> {
-    let ctx = match InstanceContext::new(false) {
+    let ctx = match InstanceContext::shared(false) {
         Ok(ctx) => ctx,
         Err(EngineError::Unavailable(m)) => return Some(m),
         Err(e) => return Some(e.to_string()),

@@ -7,14 +7,19 @@
 //! - [`error`]: the error enum;
 //! - [`instance`]: loader entry, instance, validation layer + debug messenger, enumeration;
 //! - [`properties`]: device information, queue-family and strategy choice, memory budgets;
-//! - [`device`]: logical device, queue, command pool/buffers/fences, waits, device-lost state;
-//! - [`memory`]: gpu-allocator backed buffers and user allocations;
-//! - [`transfer`]: mapped memcpy, staging ring, device copies, memmove, zero fill;
+//! - [`device`]: logical devices (shared process-wide), queues, command slots, waits,
+//!   device-lost state, per-engine plans;
+//! - [`memory`]: memory types per use, gpu-allocator backed buffers, pools of small buffers,
+//!   user allocations;
+//! - [`transfer`]: mapped memcpy, staging ring, host-pointer import, device copies, memmove,
+//!   zero fill; `compute`: the compute-shader device copy;
+//! - `workers`: the memcpy thread pool; `tuning`: sizes and thresholds (`EXO_VULKAN_TUNE`);
 //! - [`engine`]: the public facade.
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod compute;
 pub mod device;
 pub mod engine;
 pub mod error;
@@ -23,6 +28,8 @@ pub mod memory;
 pub mod properties;
 mod sync;
 pub mod transfer;
+mod tuning;
+mod workers;
 
 pub use engine::{Engine, HeapReport, Stats};
 pub use error::{EngineError, Result};
@@ -34,4 +41,5 @@ fn assert_send_sync() {
     is::<Engine>();
     is::<memory::Allocation>();
     is::<device::DeviceContext>();
+    is::<device::EngineDevice>();
 }

@@ -15,8 +15,12 @@ pub enum Strategy {
     /// Allocations live in DEVICE_LOCAL|HOST_VISIBLE memory and are accessed through a persistent
     /// mapping (memcpy).
     Mapped,
-    /// Allocations live in GPU-only memory; transfers go through a ring of host staging buffers.
+    /// Allocations live in GPU-only memory; transfers go through a ring of host staging buffers
+    /// (on a discrete "auto" device, small ones may use a host-visible mapping, see `tuning`).
     Staging,
+    /// As `Staging`, but the page-aligned interior of the caller's buffer is imported
+    /// (VK_EXT_external_memory_host) and DMAed to/from directly; head and tail go through staging.
+    Import,
 }
 
 impl Strategy {
@@ -25,6 +29,7 @@ impl Strategy {
         match self {
             Strategy::Mapped => "mapped",
             Strategy::Staging => "staging",
+            Strategy::Import => "import",
         }
     }
 }
@@ -38,17 +43,21 @@ pub enum StrategyRequest {
     Mapped,
     /// Force staging.
     Staging,
+    /// Force import (error on devices without VK_EXT_external_memory_host).
+    Import,
 }
 
 impl StrategyRequest {
-    /// Parse `"auto"` (or `None`), `"mapped"`, `"staging"`.
+    /// Parse `"auto"` (or `None`), `"mapped"`, `"staging"`, `"import"`.
     pub fn parse(s: Option<&str>) -> Result<Self> {
         match s.map(str::trim) {
             None | Some("auto") | Some("") => Ok(StrategyRequest::Auto),
             Some("mapped") => Ok(StrategyRequest::Mapped),
             Some("staging") => Ok(StrategyRequest::Staging),
+            Some("import") => Ok(StrategyRequest::Import),
             Some(other) => Err(EngineError::InvalidArgument(format!(
-                "unknown transfer strategy {other:?} (expected \"auto\", \"mapped\" or \"staging\")"
+                "unknown transfer strategy {other:?} (expected \"auto\", \"mapped\", \"staging\" \
+                 or \"import\")"
             ))),
         }
     }
@@ -93,6 +102,8 @@ pub struct DeviceExtensions {
     pub maintenance4: bool,
     /// VK_KHR_portability_subset (must be enabled when present: MoltenVK).
     pub portability_subset: bool,
+    /// VK_KHR_push_descriptor (the compute copy binds its buffers with it).
+    pub push_descriptor: bool,
 }
 
 /// Everything `device_info` reports about one physical device.
@@ -130,6 +141,12 @@ pub struct DeviceInfo {
     pub max_buffer_size: Option<u64>,
     /// `nonCoherentAtomSize`.
     pub non_coherent_atom_size: u64,
+    /// `minStorageBufferOffsetAlignment`.
+    pub min_storage_buffer_offset_alignment: u64,
+    /// `maxStorageBufferRange`.
+    pub max_storage_buffer_range: u64,
+    /// `maxComputeWorkGroupCount[0]`.
+    pub max_compute_work_group_count_x: u32,
     /// Memory heaps.
     pub heaps: Vec<HeapInfo>,
     /// Memory types.
@@ -138,8 +155,11 @@ pub struct DeviceInfo {
     pub extensions: DeviceExtensions,
     /// `minImportedHostPointerAlignment`, when VK_EXT_external_memory_host is supported.
     pub min_imported_host_pointer_alignment: Option<u64>,
-    /// Queue family used for all engine work.
+    /// Queue family used for host<->device DMA (transfer-only when the device has one).
     pub transfer_queue_family: u32,
+    /// Queue family (graphics/compute) used for device-side copies and fills: on discrete GPUs
+    /// the copy engines behind a transfer-only family are far slower for VRAM-to-VRAM copies.
+    pub universal_queue_family: u32,
     /// Whether that family is transfer-only (no graphics/compute).
     pub transfer_only: bool,
     /// Queue count of that family.
@@ -150,15 +170,22 @@ pub struct DeviceInfo {
     pub host_cached_device_local: bool,
     /// Chosen strategy; `None` when the requested strategy is not supported by this device.
     pub strategy: Option<Strategy>,
+    /// The request the strategy was chosen from.
+    pub requested: StrategyRequest,
 }
 
 impl DeviceInfo {
     /// The strategy, or `Unavailable` when the requested one cannot work on this device.
     pub fn require_strategy(&self) -> Result<Strategy> {
         self.strategy.ok_or_else(|| {
+            let missing = if self.requested == StrategyRequest::Import {
+                "VK_EXT_external_memory_host, so the \"import\""
+            } else {
+                "DEVICE_LOCAL|HOST_VISIBLE memory type, so the \"mapped\""
+            };
             EngineError::Unavailable(format!(
-                "device {} ({}) has no DEVICE_LOCAL|HOST_VISIBLE memory type, so the \"mapped\" \
-                 transfer strategy cannot be used (use \"auto\" or \"staging\")",
+                "device {} ({}) has no {missing} transfer strategy cannot be used (use \"auto\" \
+                 or \"staging\")",
                 self.index, self.name
             ))
         })
@@ -198,8 +225,8 @@ pub(crate) fn supported_extensions(
         .collect())
 }
 
-/// Pick the queue family for all engine work: a transfer-only family when there is one, else the
-/// first family with graphics, compute or transfer. Returns (index, transfer_only, queue_count).
+/// Pick the queue family for host<->device DMA: a transfer-only family when there is one, else
+/// the first family with graphics, compute or transfer. Returns (index, transfer_only, queue_count).
 pub(crate) fn choose_queue_family(
     families: &[vk::QueueFamilyProperties],
 ) -> Option<(u32, bool, u32)> {
@@ -217,6 +244,21 @@ pub(crate) fn choose_queue_family(
         .enumerate()
         .find(|(_, f)| f.queue_count > 0 && f.queue_flags.intersects(gc | vk::QueueFlags::TRANSFER))
         .and_then(|(i, f)| Some((u32::try_from(i).ok()?, false, f.queue_count)))
+}
+
+/// Pick the family for device-side copies: graphics+compute, else compute, else graphics, else
+/// whatever `choose_queue_family` picked.
+pub(crate) fn choose_universal_family(families: &[vk::QueueFamilyProperties]) -> Option<u32> {
+    let find = |want: vk::QueueFlags| {
+        families
+            .iter()
+            .position(|f| f.queue_count > 0 && f.queue_flags.contains(want))
+            .and_then(|i| u32::try_from(i).ok())
+    };
+    find(vk::QueueFlags::GRAPHICS | vk::QueueFlags::COMPUTE)
+        .or_else(|| find(vk::QueueFlags::COMPUTE))
+        .or_else(|| find(vk::QueueFlags::GRAPHICS))
+        .or_else(|| choose_queue_family(families).map(|(i, _, _)| i))
 }
 
 /// Gather everything about one physical device.
@@ -244,6 +286,7 @@ pub(crate) fn gather(
         driver_properties: version >= vk::API_VERSION_1_2 || has(ash::khr::driver_properties::NAME),
         maintenance4: version >= vk::API_VERSION_1_3 || has(ash::khr::maintenance4::NAME),
         portability_subset: has(ash::khr::portability_subset::NAME),
+        push_descriptor: has(ash::khr::push_descriptor::NAME),
     };
 
     let mut id_props = vk::PhysicalDeviceIDProperties::default();
@@ -328,10 +371,12 @@ pub(crate) fn gather(
         t.property_flags
             .contains(dl_hv | vk::MemoryPropertyFlags::HOST_CACHED)
     });
+    let can_import = v11 && extensions.external_memory_host;
     let strategy = match request {
         StrategyRequest::Auto if host_cached_device_local => Some(Strategy::Mapped),
         StrategyRequest::Auto | StrategyRequest::Staging => Some(Strategy::Staging),
         StrategyRequest::Mapped => host_visible_device_local.then_some(Strategy::Mapped),
+        StrategyRequest::Import => can_import.then_some(Strategy::Import),
     };
 
     // SAFETY: `pd` belongs to this live instance.
@@ -340,6 +385,8 @@ pub(crate) fn gather(
         choose_queue_family(&families).ok_or_else(|| {
             EngineError::Unavailable(format!("device {index} has no usable queue family"))
         })?;
+    let universal_queue_family =
+        choose_universal_family(&families).unwrap_or(transfer_queue_family);
 
     Ok(DeviceInfo {
         index,
@@ -372,6 +419,9 @@ pub(crate) fn gather(
         max_buffer_size: (v11 && extensions.maintenance4 && m4.max_buffer_size > 0)
             .then_some(m4.max_buffer_size),
         non_coherent_atom_size: limits.non_coherent_atom_size.max(1),
+        min_storage_buffer_offset_alignment: limits.min_storage_buffer_offset_alignment.max(1),
+        max_storage_buffer_range: u64::from(limits.max_storage_buffer_range),
+        max_compute_work_group_count_x: limits.max_compute_work_group_count[0],
         heaps,
         memory_types,
         min_imported_host_pointer_alignment: (v11 && extensions.external_memory_host)
@@ -380,9 +430,11 @@ pub(crate) fn gather(
         transfer_queue_family,
         transfer_only,
         transfer_queue_count,
+        universal_queue_family,
         host_visible_device_local,
         host_cached_device_local,
         strategy,
+        requested: request,
     })
 }
 

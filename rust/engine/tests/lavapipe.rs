@@ -1,9 +1,24 @@
 //! Engine tests against whatever Vulkan device is present (lavapipe in CI). Every test skips
 //! with a note when no Vulkan device is usable.
 
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
 use exo_vk_engine::{Engine, EngineError};
 
 const MIB: u64 = 1 << 20;
+
+/// Engines of one process share the logical device; the fault-injection test really marks it
+/// lost, so it runs alone (write lock) while the others share (read lock).
+static SERIAL: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    SERIAL.read().unwrap_or_else(|e| e.into_inner())
+}
+
+#[allow(dead_code)]
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    SERIAL.write().unwrap_or_else(|e| e.into_inner())
+}
 
 fn validation_layer_present() -> bool {
     // Cheap check: try an engine with validation; Unavailable about the layer means it is absent.
@@ -109,12 +124,20 @@ fn roundtrip(strategy: &str) {
 
 #[test]
 fn roundtrip_mapped() {
+    let _serial = shared();
     roundtrip("mapped");
 }
 
 #[test]
 fn roundtrip_staging() {
+    let _serial = shared();
     roundtrip("staging");
+}
+
+#[test]
+fn roundtrip_import() {
+    let _serial = shared();
+    roundtrip("import");
 }
 
 fn large(strategy: &str) {
@@ -126,18 +149,36 @@ fn large(strategy: &str) {
     e.write(id, 9, &data).unwrap();
     assert_eq!(read(&e, id, 9, data.len()), data);
     assert_eq!(read(&e, id, 0, 9), vec![0u8; 9]);
+    // The strategy's own path carried the bytes.
+    let s = e.stats(0).unwrap();
+    match strategy {
+        "mapped" => assert!(s.mapped_bytes >= 2 * data.len() as u64 && s.staged_bytes == 0),
+        "staging" => assert!(s.staged_bytes >= 2 * data.len() as u64 && s.mapped_bytes == 0),
+        _ => assert!(
+            s.imported_bytes >= 2 * data.len() as u64 && s.import_refused == 0,
+            "{s:?}"
+        ),
+    }
     e.free(id).unwrap();
     finish(e);
 }
 
 #[test]
 fn large_mapped() {
+    let _serial = shared();
     large("mapped");
 }
 
 #[test]
 fn large_staging() {
+    let _serial = shared();
     large("staging");
+}
+
+#[test]
+fn large_import() {
+    let _serial = shared();
+    large("import");
 }
 
 fn memmove(strategy: &str) {
@@ -172,12 +213,20 @@ fn memmove(strategy: &str) {
 
 #[test]
 fn memmove_mapped() {
+    let _serial = shared();
     memmove("mapped");
 }
 
 #[test]
 fn memmove_staging() {
+    let _serial = shared();
     memmove("staging");
+}
+
+#[test]
+fn memmove_import() {
+    let _serial = shared();
+    memmove("import");
 }
 
 fn errors(strategy: &str) {
@@ -269,16 +318,186 @@ fn errors(strategy: &str) {
 
 #[test]
 fn errors_mapped() {
+    let _serial = shared();
     errors("mapped");
 }
 
 #[test]
 fn errors_staging() {
+    let _serial = shared();
     errors("staging");
 }
 
 #[test]
+fn errors_import() {
+    let _serial = shared();
+    errors("import");
+}
+
+/// Unaligned host buffers of every size class through every strategy: heads, tails and
+/// interiors (imported or staged) land exactly.
+fn unaligned(strategy: &str) {
+    let Some(e) = engine(strategy) else { return };
+    let size = 12 * MIB + 4096 * 3 + 5;
+    let id = e.allocate(0, size).unwrap();
+    let backing = pattern(size as usize + 8192, 5);
+    for (skew, len, off) in [
+        (1usize, 9 * MIB as usize + 17, 3u64),
+        (4095, 5 * MIB as usize, 4096),
+        (0, 8 * MIB as usize, 0),
+        (17, 100, 77),
+        (3, 4096 * 2 + 1, 1),
+    ] {
+        let src = &backing[skew..skew + len];
+        e.write(id, off, src).unwrap();
+        let mut out = vec![0u8; len + 8192];
+        let dst = &mut out[skew..skew + len];
+        e.read_into(id, off, dst).unwrap();
+        assert!(dst == src, "{strategy}: skew {skew} len {len} off {off}");
+        assert!(
+            out[..skew].iter().all(|&b| b == 0),
+            "no write before the destination"
+        );
+        assert!(
+            out[skew + len..].iter().all(|&b| b == 0),
+            "no write after it"
+        );
+    }
+    e.free(id).unwrap();
+    finish(e);
+}
+
+#[test]
+fn unaligned_mapped() {
+    let _serial = shared();
+    unaligned("mapped");
+}
+
+#[test]
+fn unaligned_staging() {
+    let _serial = shared();
+    unaligned("staging");
+}
+
+#[test]
+fn unaligned_import() {
+    let _serial = shared();
+    unaligned("import");
+}
+
+/// Small allocations come from pools and are reused: a reused slot reads as zeros again.
+fn pooled(strategy: &str) {
+    let Some(e) = engine(strategy) else { return };
+    for round in 0..3u8 {
+        let ids: Vec<u64> = (0..300u64)
+            .map(|i| e.allocate(0, 1 + (i * 37) % 20000).unwrap())
+            .collect();
+        for &id in &ids {
+            let n = e.allocation_size(id).unwrap() as usize;
+            assert!(
+                read(&e, id, 0, n).iter().all(|&b| b == 0),
+                "fresh pooled memory is zero"
+            );
+            e.write(id, 0, &pattern(n, round ^ id as u8)).unwrap();
+        }
+        for &id in &ids {
+            let n = e.allocation_size(id).unwrap() as usize;
+            assert_eq!(read(&e, id, 0, n), pattern(n, round ^ id as u8));
+        }
+        // Copies between pooled allocations (often in one buffer).
+        e.copy(ids[1], 0, ids[2], 0, 38).unwrap();
+        assert_eq!(read(&e, ids[2], 0, 38), pattern(38, round ^ ids[1] as u8));
+        for id in ids {
+            e.free(id).unwrap();
+        }
+        assert_eq!(e.stats(0).unwrap().live_allocations, 0);
+    }
+    finish(e);
+}
+
+#[test]
+fn pooled_mapped() {
+    let _serial = shared();
+    pooled("mapped");
+}
+
+#[test]
+fn pooled_staging() {
+    let _serial = shared();
+    pooled("staging");
+}
+
+/// Device copies at every alignment (the compute-shader copy takes 16-byte-congruent ones, with
+/// head and tail by vkCmdCopyBuffer; the rest use vkCmdCopyBuffer): every byte lands, none
+/// outside the range changes.
+fn d2d_alignments(strategy: &str) {
+    let Some(e) = engine(strategy) else { return };
+    let size = 6 * MIB + 100;
+    let a = e.allocate(0, size).unwrap();
+    let b = e.allocate(0, size).unwrap();
+    let src = pattern(size as usize, 9);
+    e.write(a, 0, &src).unwrap();
+    for (so, doff, len) in [
+        (0u64, 0u64, 5 * MIB + 3),
+        (16, 48, 2 * MIB),
+        (5, 21, 3 * MIB + 7),
+        (3, 8, 2 * MIB + 1),
+        (7, 7, 64),
+        (1, 2, 100),
+    ] {
+        let before = pattern(size as usize, 1);
+        e.write(b, 0, &before).unwrap();
+        e.copy(a, so, b, doff, len).unwrap();
+        let mut expect = before.clone();
+        expect[doff as usize..(doff + len) as usize]
+            .copy_from_slice(&src[so as usize..(so + len) as usize]);
+        assert!(
+            read(&e, b, 0, size as usize) == expect,
+            "{strategy}: copy {so} -> {doff} ({len} bytes)"
+        );
+    }
+    if strategy == "staging" {
+        // lavapipe has VK_KHR_push_descriptor: the large congruent copies took the shader.
+        assert!(e.stats(0).unwrap().compute_copied_bytes >= 7 * MIB);
+    }
+    finish(e);
+}
+
+#[test]
+fn d2d_alignments_mapped() {
+    let _serial = shared();
+    d2d_alignments("mapped");
+}
+
+#[test]
+fn d2d_alignments_staging() {
+    let _serial = shared();
+    d2d_alignments("staging");
+}
+
+/// Hundreds of engines in one process reuse one instance and one device (drivers limit
+/// instance create/destroy cycles per process).
+#[test]
+fn many_engines() {
+    let _serial = shared();
+    if engine("auto").is_none() {
+        return;
+    }
+    for k in 0..300u32 {
+        let e = Engine::new(false, None).unwrap();
+        if k % 10 == 0 {
+            let id = e.allocate(0, 4096).unwrap();
+            e.write(id, 0, &k.to_le_bytes()).unwrap();
+            assert_eq!(read(&e, id, 0, 4), k.to_le_bytes().to_vec());
+        }
+        e.close().unwrap();
+        assert!(Engine::probe().is_none());
+    }
+}
+
+#[test]
 fn closed_and_lazy() {
+    let _serial = shared();
     let Some(e) = engine("auto") else { return };
     // Nothing created yet: synchronize is a no-op, stats are zero.
     e.synchronize(0).unwrap();
@@ -294,6 +513,7 @@ fn closed_and_lazy() {
 
 #[test]
 fn bad_strategy() {
+    let _serial = shared();
     assert!(matches!(
         Engine::new(false, Some("fast")),
         Err(EngineError::InvalidArgument(_))
@@ -302,6 +522,7 @@ fn bad_strategy() {
 
 #[test]
 fn device_info() {
+    let _serial = shared();
     let Some(e) = engine("auto") else { return };
     let info = e.device_info(0).unwrap();
     eprintln!("{info:#?}");
@@ -330,6 +551,7 @@ fn ash_api_1_1() -> u32 {
 
 #[test]
 fn threads() {
+    let _serial = shared();
     let Some(e) = engine("staging") else { return };
     let e = std::sync::Arc::new(e);
     let handles: Vec<_> = (0..4u8)
@@ -359,6 +581,7 @@ fn threads() {
 #[cfg(feature = "fault-injection")]
 #[test]
 fn fault_injection() {
+    let _serial = exclusive();
     let Some(e) = engine("auto") else { return };
     let id = e.allocate(0, 64).unwrap();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.inject_panic()));
@@ -374,4 +597,10 @@ fn fault_injection() {
     assert!(matches!(e.synchronize(0), Err(EngineError::DeviceLost(_))));
     e.free(id).unwrap();
     e.close().unwrap();
+    // The lost device left the cache: a new engine gets a fresh, working device.
+    let Some(e2) = engine("auto") else { return };
+    let id = e2.allocate(0, 64).unwrap();
+    e2.write(id, 0, &[7u8; 64]).unwrap();
+    assert_eq!(read(&e2, id, 0, 64), vec![7u8; 64]);
+    finish(e2);
 }

@@ -33,10 +33,33 @@ extern "C" {
     fn PyBuffer_Release(view: *mut RawBuffer);
 }
 
+/// Storage for one `Py_buffer`, on the caller's stack: exporters may point `shape` at fields of
+/// the view itself, so it must not move while exported (the guard borrows it mutably).
+pub struct BufferSlot(RawBuffer);
+
+impl BufferSlot {
+    /// An empty slot.
+    pub fn new() -> Self {
+        BufferSlot(RawBuffer {
+            buf: std::ptr::null_mut(),
+            obj: std::ptr::null_mut(),
+            len: 0,
+            itemsize: 0,
+            readonly: 0,
+            ndim: 0,
+            format: std::ptr::null_mut(),
+            shape: std::ptr::null_mut(),
+            strides: std::ptr::null_mut(),
+            suboffsets: std::ptr::null_mut(),
+            internal: std::ptr::null_mut(),
+        })
+    }
+}
+
 /// A C-contiguous buffer exported by a Python object; released (with the GIL) on drop.
-pub struct BufferGuard {
-    // Boxed: exporters may point `shape` at fields of the view itself, so it must not move.
-    view: Box<RawBuffer>,
+pub struct BufferGuard<'a, 'py> {
+    view: &'a mut RawBuffer,
+    _py: Python<'py>,
 }
 
 /// Pointer + length of a buffer's bytes, to carry into `Python::detach`.
@@ -47,11 +70,30 @@ pub struct RawBytes {
 }
 
 // SAFETY: the exporter keeps the memory alive and in place until `PyBuffer_Release`, which only
-// happens when the `BufferGuard` drops — after the detached closure using these bytes returned.
+// happens when the `BufferGuard` drops, after the detached closure using these bytes returned.
 // The bytes themselves have no thread affinity.
 unsafe impl Send for RawBytes {}
 
 impl RawBytes {
+    /// Pointer and length of `s` (the caller keeps the storage alive while the value is used).
+    pub fn from_slice(s: &mut [u8]) -> RawBytes {
+        RawBytes {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes.
+    #[allow(dead_code)]
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
+
     /// The bytes as a shared slice.
     ///
     /// # Safety
@@ -79,30 +121,23 @@ impl RawBytes {
     }
 }
 
-impl BufferGuard {
-    /// Acquire a C-contiguous buffer of `obj`; `writable` additionally requires it to be
-    /// writable. Non-buffers, non-contiguous and (for `writable`) read-only buffers raise
+impl<'a, 'py> BufferGuard<'a, 'py> {
+    /// Acquire a C-contiguous buffer of `obj` into `slot`; `writable` additionally requires it
+    /// to be writable. Non-buffers, non-contiguous and (for `writable`) read-only buffers raise
     /// `TypeError`.
-    pub fn acquire(obj: &Bound<'_, PyAny>, writable: bool, what: &str) -> PyResult<Self> {
+    pub fn acquire(
+        slot: &'a mut BufferSlot,
+        obj: &Bound<'py, PyAny>,
+        writable: bool,
+        what: &str,
+    ) -> PyResult<Self> {
         let py = obj.py();
-        let mut view = Box::new(RawBuffer {
-            buf: std::ptr::null_mut(),
-            obj: std::ptr::null_mut(),
-            len: 0,
-            itemsize: 0,
-            readonly: 0,
-            ndim: 0,
-            format: std::ptr::null_mut(),
-            shape: std::ptr::null_mut(),
-            strides: std::ptr::null_mut(),
-            suboffsets: std::ptr::null_mut(),
-            internal: std::ptr::null_mut(),
-        });
+        let view = &mut slot.0;
         // Ask for contiguity only; writability is checked below so read-only objects get a
         // TypeError rather than the exporter's BufferError.
         // SAFETY: `obj` is a valid object (we hold the GIL through `py`), `view` points to a
-        // writable Py_buffer-sized struct.
-        let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), &mut *view, PYBUF_C_CONTIGUOUS) };
+        // writable Py_buffer-sized struct that stays in place while borrowed.
+        let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), view, PYBUF_C_CONTIGUOUS) };
         if rc != 0 {
             let cause = PyErr::take(py)
                 .map(|e| e.to_string())
@@ -117,7 +152,7 @@ impl BufferGuard {
                  not {tname} ({cause})"
             )));
         }
-        let guard = BufferGuard { view };
+        let guard = BufferGuard { view, _py: py };
         if writable && guard.view.readonly != 0 {
             return Err(PyTypeError::new_err(format!(
                 "{what} must be a writable buffer (e.g. bytearray, memoryview of one, numpy \
@@ -139,13 +174,11 @@ impl BufferGuard {
     }
 }
 
-impl Drop for BufferGuard {
+impl Drop for BufferGuard<'_, '_> {
     fn drop(&mut self) {
-        // Dropping happens in the method body that acquired the buffer, i.e. with the GIL held.
-        Python::attach(|_py| {
-            // SAFETY: the view was filled by a successful PyObject_GetBuffer and is released
-            // exactly once, with the GIL held.
-            unsafe { PyBuffer_Release(&mut *self.view) }
-        });
+        // SAFETY: the view was filled by a successful PyObject_GetBuffer and is released exactly
+        // once; the GIL is held (the guard carries the `Python<'py>` token of the method that
+        // acquired it and is dropped there, outside any `detach`).
+        unsafe { PyBuffer_Release(self.view) }
     }
 }

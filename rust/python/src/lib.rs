@@ -16,7 +16,21 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyTuple};
 
-use buffer::BufferGuard;
+use buffer::{BufferGuard, BufferSlot};
+
+/// Transfers up to this many bytes keep the GIL: they take a few microseconds, less than
+/// releasing and re-acquiring it can cost when another thread wants it.
+const KEEP_GIL_MAX: usize = 64 << 10;
+
+/// Run `f` without the GIL when `len` is large enough to be worth it.
+#[inline]
+fn maybe_detach<T: Send>(py: Python<'_>, len: usize, f: impl FnOnce() -> T + Send) -> T {
+    if len <= KEEP_GIL_MAX {
+        f()
+    } else {
+        py.detach(f)
+    }
+}
 use errors::{internal_error, to_pyerr, Op};
 
 /// Run a method body, turning a Rust panic into `GPUError("internal error: ...")`.
@@ -36,7 +50,19 @@ fn guarded<T>(py: Python<'_>, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
 
 /// A non-negative Python int (or `__index__`-able object) as u64: negatives → ValueError,
 /// non-ints → TypeError, too large → ValueError.
+#[inline]
 fn uint(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
+    // Fast path: an exact int that fits (the common case; no attribute lookups).
+    if obj.is_exact_instance_of::<PyInt>() {
+        if let Ok(v) = obj.extract::<u64>() {
+            return Ok(v);
+        }
+    }
+    uint_slow(obj, name)
+}
+
+#[cold]
+fn uint_slow(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
     let int = if obj.is_instance_of::<PyBool>() {
         return Err(PyTypeError::new_err(format!(
             "{name} must be an int, not bool"
@@ -226,16 +252,22 @@ impl PyEngine {
         guarded(py, || {
             let i = self::index(index, "index")?;
             let size = uint(size, "size")?;
-            py.detach(|| self.engine.allocate(i, size))
-                .map_err(|e| self.err(py, Op::Other, e))
+            maybe_detach(py, usize::try_from(size).unwrap_or(usize::MAX), || {
+                self.engine.allocate(i, size)
+            })
+            .map_err(|e| self.err(py, Op::Other, e))
         })
     }
 
     fn free(&self, py: Python<'_>, alloc: &Bound<'_, PyAny>) -> PyResult<()> {
         guarded(py, || {
             let id = uint(alloc, "alloc")?;
-            py.detach(|| self.engine.free(id))
-                .map_err(|e| self.err(py, Op::Other, e))
+            // Freeing a large dedicated allocation can take a while (driver unmapping).
+            let big = self.engine.allocation_size(id).unwrap_or(0);
+            maybe_detach(py, usize::try_from(big).unwrap_or(usize::MAX), || {
+                self.engine.free(id)
+            })
+            .map_err(|e| self.err(py, Op::Other, e))
         })
     }
 
@@ -249,10 +281,11 @@ impl PyEngine {
         guarded(py, || {
             let id = uint(alloc, "alloc")?;
             let offset = uint(offset, "offset")?;
-            let guard = BufferGuard::acquire(src, false, "src")?;
+            let mut slot = BufferSlot::new();
+            let guard = BufferGuard::acquire(&mut slot, src, false, "src")?;
             let bytes = guard.bytes();
-            let r = py.detach(move || {
-                // SAFETY: `guard` keeps the exported buffer alive until after `detach` returns.
+            let r = maybe_detach(py, bytes.len(), move || {
+                // SAFETY: `guard` keeps the exported buffer alive until after this returns.
                 let data = unsafe { bytes.as_slice() };
                 self.engine.write(id, offset, data)
             });
@@ -271,10 +304,11 @@ impl PyEngine {
         guarded(py, || {
             let id = uint(alloc, "alloc")?;
             let offset = uint(offset, "offset")?;
-            let guard = BufferGuard::acquire(dst, true, "dst")?;
+            let mut slot = BufferSlot::new();
+            let guard = BufferGuard::acquire(&mut slot, dst, true, "dst")?;
             let bytes = guard.bytes();
-            let r = py.detach(move || {
-                // SAFETY: `guard` keeps the exported, writable buffer alive until after `detach`
+            let r = maybe_detach(py, bytes.len(), move || {
+                // SAFETY: `guard` keeps the exported, writable buffer alive until after this
                 // returns.
                 let out = unsafe { bytes.as_mut_slice() };
                 self.engine.read_into(id, offset, out)
@@ -311,10 +345,32 @@ impl PyEngine {
             }
             let len = usize::try_from(size)
                 .map_err(|_| PyValueError::new_err(format!("size is too large: {size}")))?;
-            PyBytes::new_with(py, len, |out: &mut [u8]| {
-                py.detach(|| self.engine.read_into(id, offset, out))
-                    .map_err(|e| self.err(py, Op::Transfer, e))
+            let ssize = pyo3::ffi::Py_ssize_t::try_from(len)
+                .map_err(|_| PyValueError::new_err(format!("size is too large: {size}")))?;
+            // An uninitialised bytes object, filled once by the engine (`PyBytes::new_with`
+            // would zero it first: a second pass over fresh memory).
+            // SAFETY: a null source asks CPython for an uninitialised object of `ssize` bytes;
+            // a null result means a Python exception (MemoryError) is set.
+            let raw = unsafe { pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), ssize) };
+            if raw.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            // SAFETY: `raw` is a new, owned reference to a bytes object.
+            let obj = unsafe { Bound::from_owned_ptr(py, raw) };
+            // SAFETY: the object's buffer holds `len` bytes; nobody else has seen the object, so
+            // writing it before returning it is the documented way to build a bytes object.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(raw).cast::<u8>(), len)
+            };
+            let bytes = buffer::RawBytes::from_slice(out);
+            maybe_detach(py, len, move || {
+                // SAFETY: `obj` (held below) keeps the storage alive; nobody else accesses it.
+                let out = unsafe { bytes.as_mut_slice() };
+                self.engine.read_into_fresh(id, offset, out)
             })
+            .map_err(|e| self.err(py, Op::Transfer, e))?;
+            // SAFETY: the object is a bytes object (created above).
+            Ok(unsafe { obj.cast_into_unchecked::<PyBytes>() })
         })
     }
 
@@ -333,8 +389,10 @@ impl PyEngine {
             let d = uint(dst, "dst")?;
             let doff = uint(dst_offset, "dst_offset")?;
             let n = uint(size, "size")?;
-            py.detach(|| self.engine.copy(s, so, d, doff, n))
-                .map_err(|e| self.err(py, Op::Transfer, e))
+            maybe_detach(py, usize::try_from(n).unwrap_or(usize::MAX), || {
+                self.engine.copy(s, so, d, doff, n)
+            })
+            .map_err(|e| self.err(py, Op::Transfer, e))
         })
     }
 
@@ -364,6 +422,11 @@ impl PyEngine {
             d.set_item("block_count", s.block_count)?;
             d.set_item("allocator_capacity_bytes", s.allocator_capacity_bytes)?;
             d.set_item("allocator_allocated_bytes", s.allocator_allocated_bytes)?;
+            d.set_item("mapped_bytes", s.mapped_bytes)?;
+            d.set_item("staged_bytes", s.staged_bytes)?;
+            d.set_item("imported_bytes", s.imported_bytes)?;
+            d.set_item("import_refused", s.import_refused)?;
+            d.set_item("compute_copied_bytes", s.compute_copied_bytes)?;
             Ok(d)
         })
     }

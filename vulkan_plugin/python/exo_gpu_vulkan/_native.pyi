@@ -8,12 +8,17 @@ TransferError (a Vulkan call failed during write/read/copy), GPUError (device lo
 "Vulkan validation: ...", "vkXxx failed: VK_ERROR_...", "internal error: ..." for a Rust panic).
 Negative ints / size 0 / unknown strategy raise ValueError; non-int arguments and non-buffer,
 non-contiguous or (for destinations) read-only buffers raise TypeError.
-Every blocking call releases the GIL; an Engine may be used from several threads at once.
+Every call longer than a few microseconds releases the GIL; an Engine may be used from several
+threads at once. Engines share the process-wide Vulkan instance (one per validation setting, never
+destroyed) and logical devices; each engine owns its allocations and close() frees all of them.
+With validation, each call fails on the validation errors it caused (attributed by thread).
+Tunables for measuring other machines: the EXO_VULKAN_TUNE environment variable (read once per
+process; see rust/engine/src/tuning.rs).
 """
 
 from typing import final
 
-__all__ = ["Engine", "FAULT_INJECTION", "__version__"]
+__all__ = ["FAULT_INJECTION", "Engine", "__version__"]
 
 __version__: str
 FAULT_INJECTION: bool
@@ -21,7 +26,10 @@ FAULT_INJECTION: bool
 @final
 class Engine:
     def __new__(cls, validation: bool = False, strategy: str = "auto") -> Engine:
-        """strategy: "auto" (mapped on UMA devices, staging elsewhere), "mapped", "staging"."""
+        """strategy: "auto" (mapped on UMA/CPU devices; on discrete GPUs staging, with small
+        copies through a host-visible mapping of VRAM when there is one), "mapped", "staging",
+        "import" (DMA straight from/to the caller's page-aligned memory, imported with
+        VK_EXT_external_memory_host; the rest through staging)."""
     @staticmethod
     def probe() -> str | None:
         """None when a Vulkan device is usable, else a human reason
@@ -38,24 +46,30 @@ class Engine:
         host_cached}), memory_budget (bool), pci_bus_info (bool), external_memory_host (bool),
         min_imported_host_pointer_alignment (int | None), transfer_queue_family (int),
         transfer_only (bool), transfer_queue_count (int), host_visible_device_local (bool),
-        strategy ("mapped" | "staging" | None when the requested strategy is unsupported)."""
+        strategy ("mapped" | "staging" | "import" | None when the requested strategy is
+        unsupported)."""
     def memory_heaps(self, index: int) -> list[dict[str, object]]:
         """Per heap: index, size, device_local, budget (int | None), usage (int | None),
-        engine_allocated (bytes the engine holds on that heap)."""
+        engine_allocated (bytes this engine's allocations hold on that heap)."""
     def allocate(self, index: int, size: int) -> int: ...
     def free(self, alloc: int) -> None: ...
     def write(self, alloc: int, offset: int, src: object) -> None:
         """src: any C-contiguous buffer (bytes, bytearray, memoryview, numpy array, ...)."""
     def read_into(self, alloc: int, offset: int, dst: object) -> None:
         """dst: a writable C-contiguous buffer; reads len(dst) bytes (in bytes)."""
-    def read(self, alloc: int, offset: int, size: int) -> bytes: ...
+    def read(self, alloc: int, offset: int, size: int) -> bytes:
+        """A new bytes object, filled once (never zeroed first)."""
     def copy(self, src: int, src_offset: int, dst: int, dst_offset: int, size: int) -> None: ...
     def synchronize(self, index: int) -> None: ...
     def stats(self, index: int) -> dict[str, int | str]:
-        """Keys: strategy ("mapped" | "staging" | "unavailable"), device_created (0/1),
-        live_allocations, live_bytes, block_count, allocator_capacity_bytes,
-        allocator_allocated_bytes."""
-    def close(self) -> None: ...
+        """Keys: strategy ("mapped" | "staging" | "import" | "unavailable"), device_created (0/1:
+        this engine opened the device), live_allocations, live_bytes (this engine's),
+        block_count, allocator_capacity_bytes, allocator_allocated_bytes (the shared device's),
+        mapped_bytes, staged_bytes, imported_bytes (bytes this engine moved by each path),
+        import_refused (imports the driver refused), compute_copied_bytes (device-to-device bytes
+        copied by the compute shader)."""
+    def close(self) -> None:
+        """Wait for this engine's work and free all its allocations; idempotent."""
     def _inject_fault(self, kind: str, index: int = 0) -> None:
         """Test hook, effective only in builds with the `fault-injection` cargo feature
         (FAULT_INJECTION is True; otherwise it raises RuntimeError):

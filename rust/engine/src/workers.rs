@@ -1,0 +1,583 @@
+//! A small process-wide pool of memcpy threads, and the parallel copy/fill helpers built on it.
+//!
+//! One large memcpy is bounded by what one core can move (about 10 GB/s); several cores together
+//! reach the memory system's (or the PCIe link's) bandwidth, and fault fresh pages in parallel.
+//! `Workers::run(n, f)` calls `f(0..n)` spread over the pool and the calling thread and returns
+//! when every call has finished, so `f` may borrow from the caller's stack. The calling thread
+//! always works too: a busy pool (several engines copying at once) only makes a call slower,
+//! never stuck.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::instance::{current_call_log, CallLog, CallLogScope};
+use crate::sync::lock;
+use crate::tuning::tuning;
+
+type Task = dyn Fn(usize) + Sync;
+
+struct Job {
+    /// The caller's closure with its lifetime erased. Only dereferenced for a claimed part
+    /// `< parts`, and the caller does not return before every such call has finished.
+    task: *const Task,
+    parts: usize,
+    next: AtomicUsize,
+    /// Parts not yet finished; the caller sleeps on `finished` (under `done`) until zero.
+    remaining: AtomicUsize,
+    done: Mutex<()>,
+    finished: Condvar,
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+    /// The caller's validation-message collector (null without validation).
+    log: *const CallLog,
+}
+
+// SAFETY: `task` points to a `Sync` closure (callable from any thread) and `log` to a `CallLog`
+// (all state behind mutexes); both outlive every use (see `Job::task`).
+unsafe impl Send for Job {}
+// SAFETY: as above.
+unsafe impl Sync for Job {}
+
+impl Job {
+    /// Claim and run parts until none is left. Returns whether this thread ran any.
+    fn work(&self) -> bool {
+        let mut ran = false;
+        loop {
+            let i = self.next.fetch_add(1, Ordering::AcqRel);
+            if i >= self.parts {
+                return ran;
+            }
+            ran = true;
+            let _scope = CallLogScope::enter(self.log);
+            // SAFETY: part `i < parts` was claimed by this thread alone; the caller waits for
+            // `remaining` to reach zero before its closure goes out of scope.
+            let task = unsafe { &*self.task };
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| task(i))) {
+                lock(&self.panic).get_or_insert(p);
+            }
+            if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                let _g = lock(&self.done);
+                self.finished.notify_all();
+            }
+        }
+    }
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Arc<Job>>>,
+    wake: Condvar,
+    /// Jobs in `queue` (read without the lock by spinning workers).
+    jobs: AtomicUsize,
+    /// How long an idle worker (or a waiting caller) spins before sleeping.
+    spin: Duration,
+}
+
+/// Spin until `ready()` or `limit` elapsed; returns `ready()`.
+fn spin_until(limit: Duration, ready: impl Fn() -> bool) -> bool {
+    if limit.is_zero() {
+        return ready();
+    }
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        for _ in 0..32 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// The pool.
+pub(crate) struct Workers {
+    shared: Arc<Shared>,
+    /// Threads that may work on one call, the caller included.
+    threads: usize,
+}
+
+static WORKERS: OnceLock<Workers> = OnceLock::new();
+
+/// The process-wide pool (`threads - 1` worker threads, started on first use).
+pub(crate) fn workers() -> &'static Workers {
+    WORKERS.get_or_init(|| {
+        let t = tuning();
+        Workers::start(t.threads, Duration::from_micros(t.spin_us))
+    })
+}
+
+impl Workers {
+    fn start(threads: usize, spin: Duration) -> Workers {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            jobs: AtomicUsize::new(0),
+            spin,
+        });
+        let mut started = 1;
+        for i in 1..threads.max(1) {
+            let s = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("exo-vk-copy-{i}"))
+                .spawn(move || worker_loop(&s));
+            if spawned.is_ok() {
+                started += 1;
+            }
+        }
+        Workers {
+            shared,
+            threads: started,
+        }
+    }
+
+    /// Threads available to one call (the caller included).
+    pub(crate) fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Call `f(i)` for every `i < parts`, spread over the pool and this thread; returns once all
+    /// calls have finished. A panic in any call is re-raised here afterwards.
+    pub(crate) fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        if parts <= 1 || self.threads <= 1 {
+            for i in 0..parts {
+                f(i);
+            }
+            return;
+        }
+        self.run_beside(parts, f, || ());
+    }
+
+    /// Like `run`, but this thread first runs `main` while the pool works on `f`, then helps
+    /// with what is left of `f`. Returns `main`'s result once every part of `f` has finished.
+    pub(crate) fn run_beside<R>(
+        &self,
+        parts: usize,
+        f: &(dyn Fn(usize) + Sync),
+        main: impl FnOnce() -> R,
+    ) -> R {
+        if parts == 0 || self.threads <= 1 {
+            let r = main();
+            for i in 0..parts {
+                f(i);
+            }
+            return r;
+        }
+        // SAFETY: only the lifetime is erased; see `Job::task`.
+        let task: *const Task =
+            unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Task>(f) };
+        let job = Arc::new(Job {
+            task,
+            parts,
+            next: AtomicUsize::new(0),
+            remaining: AtomicUsize::new(parts),
+            done: Mutex::new(()),
+            finished: Condvar::new(),
+            panic: Mutex::new(None),
+            log: current_call_log(),
+        });
+        {
+            let mut q = lock(&self.shared.queue);
+            q.push_back(Arc::clone(&job));
+            self.shared.jobs.fetch_add(1, Ordering::AcqRel);
+        }
+        let helpers = parts.min(self.threads - 1);
+        for _ in 0..helpers {
+            self.shared.wake.notify_one();
+        }
+        // If `main` panics, the parts still running borrow from the caller: wait for them.
+        let guard = WaitOnUnwind(&job);
+        let r = main();
+        std::mem::forget(guard);
+        job.work();
+        let finished = || job.remaining.load(Ordering::Acquire) == 0;
+        if !spin_until(self.shared.spin, finished) {
+            let mut g = lock(&job.done);
+            while !finished() {
+                g = job.finished.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        {
+            let mut q = lock(&self.shared.queue);
+            let before = q.len();
+            q.retain(|j| !Arc::ptr_eq(j, &job));
+            self.shared
+                .jobs
+                .fetch_sub(before - q.len(), Ordering::AcqRel);
+        }
+        let panic = lock(&job.panic).take();
+        if let Some(p) = panic {
+            resume_unwind(p);
+        }
+        r
+    }
+}
+
+/// Finishes a job's parts (on this thread if need be) when dropped during unwinding.
+struct WaitOnUnwind<'a>(&'a Arc<Job>);
+
+impl Drop for WaitOnUnwind<'_> {
+    fn drop(&mut self) {
+        let job = self.0;
+        job.work();
+        let mut g = lock(&job.done);
+        while job.remaining.load(Ordering::Acquire) > 0 {
+            g = job.finished.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+fn worker_loop(shared: &Shared) {
+    loop {
+        spin_until(shared.spin, || shared.jobs.load(Ordering::Acquire) > 0);
+        let job = {
+            let mut q = lock(&shared.queue);
+            loop {
+                if let Some(j) = q.front() {
+                    break Arc::clone(j);
+                }
+                q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        if !job.work() {
+            // Every part was claimed: drop the job from the queue so we don't spin on it.
+            let mut q = lock(&shared.queue);
+            if q.front().is_some_and(|j| Arc::ptr_eq(j, &job)) {
+                q.pop_front();
+                shared.jobs.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// How many parts to split `len` bytes into.
+fn parts_for(len: usize) -> usize {
+    let t = tuning();
+    let w = workers().threads();
+    (len / t.min_part.max(1)).clamp(1, w)
+}
+
+/// Part `i` of `parts` over `len` bytes: boundaries on 4 KiB multiples (whole pages per thread).
+fn part_range(len: usize, parts: usize, i: usize) -> (usize, usize) {
+    let per = len.div_ceil(parts).next_multiple_of(4096);
+    let start = (per * i).min(len);
+    let end = (per * (i + 1)).min(len);
+    (start, end)
+}
+
+thread_local! {
+    /// Set while this thread fills a fresh (never touched) destination: its pages are faulted in
+    /// by the copy itself, and the kernel has just zeroed each page into the cache, so plain
+    /// stores beat non-temporal ones there.
+    static FRESH: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While alive, copies made by this thread treat their destination as fresh memory.
+pub(crate) struct FreshDestination(bool);
+
+impl FreshDestination {
+    pub(crate) fn enter() -> FreshDestination {
+        FreshDestination(FRESH.with(|f| f.replace(true)))
+    }
+}
+
+impl Drop for FreshDestination {
+    fn drop(&mut self) {
+        FRESH.with(|f| f.set(self.0));
+    }
+}
+
+/// A raw pointer handed to pool threads (which work on disjoint ranges the caller keeps alive).
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut u8);
+// SAFETY: used only to hand disjoint byte ranges of buffers the caller keeps alive to the pool.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer plus `n` (a method, so closures capture the whole `SendPtr`).
+    ///
+    /// # Safety
+    /// As `pointer::add`.
+    pub(crate) unsafe fn add(self, n: usize) -> *mut u8 {
+        // SAFETY: per the function contract.
+        unsafe { self.0.add(n) }
+    }
+}
+
+/// Copy `len` bytes from `src` to `dst` (non-overlapping), on several threads when large.
+///
+/// # Safety
+/// `src` must be valid for reading and `dst` for writing `len` bytes, the ranges must not
+/// overlap, and nobody else may write them during the call.
+pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
+    let t = tuning();
+    let streaming = t.nt_min > 0 && len as u64 >= t.nt_min && !FRESH.with(Cell::get);
+    let parts = parts_for(len);
+    if parts <= 1 {
+        // SAFETY: per the function contract.
+        unsafe { copy_part(dst, src, len, streaming) };
+        drain_write_combining();
+        return;
+    }
+    let (d, s) = (SendPtr(dst), SendPtr(src.cast_mut()));
+    workers().run(parts, &move |i| {
+        let (a, b) = part_range(len, parts, i);
+        // SAFETY: `[a, b)` lies within both ranges (contract) and parts are disjoint.
+        unsafe { copy_part(d.add(a), s.add(a), b - a, streaming) };
+        drain_write_combining();
+    });
+}
+
+/// One thread's share of a copy: with `streaming`, non-temporal stores, which write whole lines
+/// without first reading them into the cache (a plain store to a line not in cache reads it
+/// first: a third of a large memcpy's memory traffic), and do not evict the cache for data that
+/// is not read again soon.
+///
+/// # Safety
+/// As `copy`.
+unsafe fn copy_part(dst: *mut u8, src: *const u8, len: usize, streaming: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if streaming {
+        // SAFETY: SSE2 is part of x86_64; ranges per the function contract.
+        unsafe { copy_nt_sse2(dst, src, len) };
+        return;
+    }
+    let _ = streaming;
+    // SAFETY: per the function contract.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn copy_nt_sse2(dst: *mut u8, src: *const u8, len: usize) {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+    // Head up to 16-byte alignment of the destination.
+    let head = ((dst as usize).next_multiple_of(16) - dst as usize).min(len);
+    // SAFETY: in-bounds per the function contract.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, head) };
+    let mut i = head;
+    while i + 64 <= len {
+        // SAFETY: 64 in-bounds bytes; `dst + i` is 16-byte aligned, loads are unaligned.
+        unsafe {
+            let s = src.add(i) as *const __m128i;
+            let a = _mm_loadu_si128(s);
+            let b = _mm_loadu_si128(s.add(1));
+            let c = _mm_loadu_si128(s.add(2));
+            let e = _mm_loadu_si128(s.add(3));
+            let o = dst.add(i) as *mut __m128i;
+            _mm_stream_si128(o, a);
+            _mm_stream_si128(o.add(1), b);
+            _mm_stream_si128(o.add(2), c);
+            _mm_stream_si128(o.add(3), e);
+        }
+        i += 64;
+    }
+    // SAFETY: the remaining tail is in bounds; the fence orders the streaming stores before
+    // any later store (and the caller's completion signal).
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), len - i);
+        _mm_sfence();
+    }
+}
+
+/// Make this thread's stores globally visible, including those still sitting in write-combining
+/// buffers (stores to a GPU's BAR): a full fence drains them on x86, so the caller (and, after
+/// its queue submission, the device) sees every byte a worker wrote.
+#[inline]
+fn drain_write_combining() {
+    std::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// Copy `len` bytes out of uncached (write-combined) memory, e.g. a GPU's BAR: ordinary loads
+/// from such memory are serialised one small PCIe read at a time; streaming loads (SSE4.1
+/// MOVNTDQA) fetch whole 64-byte lines. Falls back to `copy` where unsupported.
+///
+/// # Safety
+/// As `copy`.
+pub(crate) unsafe fn copy_from_uncached(dst: *mut u8, src: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("sse4.1") {
+            // SAFETY: the CPU supports SSE4.1; ranges per the function contract.
+            unsafe { stream_copy_sse41(dst, src, len) };
+            return;
+        }
+    }
+    // SAFETY: per the function contract.
+    unsafe { copy(dst, src, len) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.1")]
+unsafe fn stream_copy_sse41(dst: *mut u8, src: *const u8, len: usize) {
+    use std::arch::x86_64::{__m128i, _mm_storeu_si128, _mm_stream_load_si128};
+    // Head up to 16-byte alignment of the source.
+    let head = (src as usize).next_multiple_of(16) - src as usize;
+    let head = head.min(len);
+    // SAFETY: in-bounds per the function contract.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, head) };
+    let mut i = head;
+    while i + 64 <= len {
+        // SAFETY: `src + i` is 16-byte aligned and 64 bytes are in bounds; stores are unaligned.
+        unsafe {
+            let s = src.add(i) as *mut __m128i;
+            let a = _mm_stream_load_si128(s);
+            let b = _mm_stream_load_si128(s.add(1));
+            let c = _mm_stream_load_si128(s.add(2));
+            let d = _mm_stream_load_si128(s.add(3));
+            let o = dst.add(i) as *mut __m128i;
+            _mm_storeu_si128(o, a);
+            _mm_storeu_si128(o.add(1), b);
+            _mm_storeu_si128(o.add(2), c);
+            _mm_storeu_si128(o.add(3), d);
+        }
+        i += 64;
+    }
+    // SAFETY: the remaining tail is in bounds.
+    unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), len - i) };
+}
+
+/// Fill `len` bytes at `dst` with zeros, on several threads when large.
+///
+/// # Safety
+/// `dst` must be valid for writing `len` bytes that nobody else accesses during the call.
+pub(crate) unsafe fn zero(dst: *mut u8, len: usize) {
+    let parts = parts_for(len);
+    if parts <= 1 {
+        // SAFETY: per the function contract.
+        unsafe { std::ptr::write_bytes(dst, 0, len) };
+        drain_write_combining();
+        return;
+    }
+    let d = SendPtr(dst);
+    workers().run(parts, &move |i| {
+        let (a, b) = part_range(len, parts, i);
+        // SAFETY: disjoint in-bounds part.
+        unsafe { std::ptr::write_bytes(d.add(a), 0, b - a) };
+        drain_write_combining();
+    });
+}
+
+/// Ask the kernel for transparent huge pages under `[ptr, ptr+len)` before it is first touched:
+/// filling fresh memory then takes one page fault per 2 MiB instead of one per 4 KiB (several
+/// times faster). Only whole 2 MiB pages inside the range are affected; failure is ignored.
+pub(crate) fn advise_huge_pages(ptr: *mut u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        if !tuning().hugepages || len < 4 * HUGE {
+            return;
+        }
+        let start = (ptr as usize).next_multiple_of(HUGE);
+        let end = (ptr as usize + len) & !(HUGE - 1);
+        if end > start {
+            // SAFETY: madvise only changes how the kernel backs pages of this range, which lies
+            // within memory the caller owns; it never changes contents of resident pages.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_every_part_once() {
+        let w = Workers::start(4, Duration::ZERO);
+        let hits: Vec<AtomicUsize> = (0..37).map(|_| AtomicUsize::new(0)).collect();
+        for _ in 0..50 {
+            w.run(hits.len(), &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50));
+    }
+
+    #[test]
+    fn run_beside_overlaps_main_and_parts() {
+        let w = Workers::start(4, Duration::ZERO);
+        let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        let r = w.run_beside(
+            hits.len(),
+            &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            },
+            || 42,
+        );
+        assert_eq!(r, 42);
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            w.run_beside(2, &|_| std::thread::sleep(Duration::from_millis(5)), || {
+                panic!("main")
+            })
+        }));
+        assert!(r.is_err());
+        w.run(4, &|_| {});
+    }
+
+    #[test]
+    fn panics_surface_after_all_parts() {
+        let w = Workers::start(3, Duration::from_micros(20));
+        let done = AtomicUsize::new(0);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            w.run(8, &|i| {
+                if i == 3 {
+                    panic!("part 3");
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(done.load(Ordering::Relaxed), 7);
+        // Still usable.
+        w.run(4, &|_| {
+            done.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(done.load(Ordering::Relaxed), 11);
+    }
+
+    #[test]
+    fn parallel_copy_and_zero_are_exact() {
+        let len = (9 << 20) + 12345;
+        let src: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let mut dst = vec![0xEEu8; len];
+        // SAFETY: both vectors hold `len` bytes and do not overlap.
+        unsafe { copy(dst.as_mut_ptr(), src.as_ptr(), len) };
+        assert!(dst == src);
+        // SAFETY: `dst` holds `len - 7` bytes after offset 7.
+        unsafe { zero(dst.as_mut_ptr().add(7), len - 7) };
+        assert!(dst[..7] == src[..7] && dst[7..].iter().all(|&b| b == 0));
+        for skew in [0usize, 3, 17] {
+            let n = (3 << 20) + 5;
+            let mut out = vec![0u8; n + 64];
+            // SAFETY: `src[skew..]` holds `n` bytes; `out[1..]` holds `n`.
+            unsafe { copy_part(out.as_mut_ptr().add(1), src.as_ptr().add(skew), n, true) };
+            assert!(out[1..n + 1] == src[skew..skew + n] && out[0] == 0 && out[n + 1] == 0);
+        }
+        for skew in [0usize, 1, 15, 16, 63] {
+            let n = 4096 + 77;
+            let mut out = vec![0u8; n];
+            // SAFETY: `src[skew..]` holds at least `n` bytes; `out` holds `n`.
+            unsafe { copy_from_uncached(out.as_mut_ptr(), src.as_ptr().add(skew), n) };
+            assert!(out[..] == src[skew..skew + n]);
+        }
+        for parts in 1..9 {
+            let mut covered = 0;
+            for i in 0..parts {
+                let (a, b) = part_range(len, parts, i);
+                assert_eq!(a, covered.min(len));
+                covered = b;
+            }
+            assert_eq!(covered, len);
+        }
+    }
+}
