@@ -162,6 +162,11 @@ class Capabilities(BaseModel):
         default=True, description="copy_device_to_device works across devices of this backend"
     )
     memory_budget: bool = Field(description="memory figures come from the driver, live")
+    available_tracks_allocations: bool = Field(
+        default=False,
+        description="available_bytes falls by what this process allocates (driver budget or the "
+        "backend's own accounting), rather than being an OS estimate that lags",
+    )
     temperature: bool = False
     power: bool = False
     clock_rate: bool = False
