@@ -21,7 +21,7 @@ bench: setup
 	$(BIN)/python benchmarks/run_all.py
 
 fuzz: setup
-	EXO_GPU_KIT_STEPS=10000 EXO_VULKAN_VALIDATION=1 $(BIN)/python -m pytest tests/kit tests/vulkan -q -k state_machine
+	EXO_VULKAN_VALIDATION=1 $(BIN)/python benchmarks/fuzz.py --steps 10000
 
 check: setup
 	$(BIN)/exo-gpu check host
