@@ -27,13 +27,19 @@ log() { printf '\n==> %s\n' "$*"; }
 } 2>&1 | tee "$OUT/truth.txt"
 {
   log "pytest: whole suite, validation on"
-  EXO_VULKAN_VALIDATION=1 EXO_GPU_REQUIRE_VULKAN=1 timeout 300 python3 -m pytest tests -q -x -p no:cacheprovider 2>&1 | tail -40
+  EXO_VULKAN_VALIDATION=1 EXO_GPU_REQUIRE_VULKAN=1 timeout 200 python3 -m pytest tests -q -p no:cacheprovider 2>&1 | tail -25
   log "exo-gpu check vulkan (validation on)"
-  EXO_VULKAN_VALIDATION=1 timeout 200 python3 -m exo_gpu_plugins.cli check vulkan
+  EXO_VULKAN_VALIDATION=1 timeout 120 python3 -m exo_gpu_plugins.cli check vulkan
 } 2>&1 | tee "$OUT/tests.txt"
 [ "${1:-}" = quick ] && exit 0
 {
   log "copy speed, this project beside the peers"
-  timeout 400 python3 -m exo_gpu_plugins.cli bench --json > "$OUT/bench.json"
-  python3 -c 'import json,sys; from exo_gpu_plugins.bench import Figure, render; d=json.load(open(sys.argv[1])); render([Figure(**f) for f in d["figures"]], d["peers"], "vulkan", sys.stdout); print(d["peer_versions"])' "$OUT/bench.json"
+  timeout 180 python3 -m exo_gpu_plugins.cli bench --json > "$OUT/bench.json"
+  python3 -c 'import json,sys; from exo_gpu_plugins.bench import Figure, render; d=json.load(open(sys.argv[1])); render([Figure(**f) for f in d["figures"]], d["peers"], "vulkan", sys.stdout); print(d["peer_versions"], d["device"]["name"], d["backend"])' "$OUT/bench.json"
+  log "peak RSS during a 256 MiB upload"
+  timeout 40 python3 benchmarks/upload_memory.py --backends vulkan
 } 2>&1 | tee "$OUT/bench.txt"
+{
+  log "reliability, full size"
+  timeout 150 python3 benchmarks/reliability.py --backends vulkan
+} 2>&1 | tee "$OUT/reliability.txt"
