@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from dataclasses import asdict
 from typing import Any
 
@@ -76,6 +77,7 @@ def bad_input_count() -> tuple[int, str]:
         check=False,
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for tests/
     from tests.reliability.test_bad_input import CASES
 
     return len(CASES), summary
