@@ -14,8 +14,8 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from exo_gpu_plugins import get_registry
