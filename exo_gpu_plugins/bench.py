@@ -1,8 +1,11 @@
 """Copy-speed benchmark: this project's backend beside every peer present, measured in one run.
 
 Peers, each only when importable: the machine's own memcpy (numpy), wgpu-py (Vulkan, the nearest
-Python peer) and CUDA through torch (pageable and pinned host memory). Every figure is the median
-of several repetitions; bandwidths are bytes moved per second (1 GB = 1e9 bytes), one direction.
+Python peer) and CUDA through torch (pageable and pinned host memory). When the backend lists two
+or more devices, a copy from the measured device to another one is timed as well, beside CUDA's
+copy between the first two CUDA devices (`b.copy_(a)`, a on cuda:0, b on cuda:1). Every figure is
+the median of several repetitions; bandwidths are bytes moved per second (1 GB = 1e9 bytes), one
+direction.
 `exo-gpu bench` and `benchmarks/copy_speed.py` both run this.
 """
 
@@ -186,6 +189,39 @@ async def _measure_ours(
     return out
 
 
+async def _measure_cross(
+    backend: GPUBackend[Any], first: str, second: str, size: int, repeats: int, progress: Progress
+) -> dict[str, float]:
+    """`copy_device_to_device` of `size` bytes from `first` to `second` (another device)."""
+    progress.step(f"{backend.name}: {first} -> {second} {size // MiB} MiB")
+    a = await backend.allocate(first, size)
+    b = await backend.allocate(second, size)
+    try:
+        head = os.urandom(4096)
+        await backend.copy_to_device(head, a)
+        await backend.copy_device_to_device(a, b, size)
+        seconds = await _median_time_async(lambda: backend.copy_device_to_device(a, b, size), repeats)
+        if await backend.copy_from_device(b, 0, 4096) != head:
+            raise AssertionError("cross-device copy moved different bytes")
+    finally:
+        await backend.deallocate(a)
+        await backend.deallocate(b)
+    return {"x2d": _gbps(size, seconds)}
+
+
+def _cross_path(backend: GPUBackend[Any], device: str) -> str | None:
+    """How the backend copied between devices, when it says (the Vulkan backend's
+    `engine_stats()["cross_device_path"]`: "p2p", "host-import" or "host-staging")."""
+    stats = getattr(backend, "engine_stats", None)
+    if stats is None:
+        return None
+    try:
+        value = stats(device).get("cross_device_path")
+    except Exception:  # a backend's own diagnostics must never fail the benchmark
+        return None
+    return str(value) if value else None
+
+
 # --------------------------------------------------------------------------------------------------
 # Peers
 
@@ -267,7 +303,7 @@ def _to_bytes(gpu: Any) -> bytes:
 
 
 def _measure_torch(
-    sizes: Sequence[int], d2d_size: int, repeats: int, progress: Progress
+    sizes: Sequence[int], d2d_size: int, repeats: int, progress: Progress, cross: bool = False
 ) -> dict[str, dict[str, float]]:
     try:
         import torch
@@ -318,6 +354,18 @@ def _measure_torch(
 
     d2d()
     pageable["d2d"] = _gbps(d2d_size, _median_time(d2d, repeats))
+    if cross and torch.cuda.device_count() >= 2:
+        progress.step("torch CUDA cuda:0 -> cuda:1")
+        x = torch.empty(d2d_size, dtype=torch.uint8, device="cuda:0")
+        y = torch.empty(d2d_size, dtype=torch.uint8, device="cuda:1")
+
+        def x2d() -> None:
+            y.copy_(x)
+            torch.cuda.synchronize(0)
+            torch.cuda.synchronize(1)
+
+        x2d()
+        pageable["x2d"] = _gbps(d2d_size, _median_time(x2d, repeats))
     return {"CUDA pageable (torch)": pageable, "CUDA pinned (torch)": pinned}
 
 
@@ -325,7 +373,7 @@ def _measure_torch(
 # Table
 
 
-def _figures(sizes: Sequence[int], d2d_size: int) -> list[Figure]:
+def _figures(sizes: Sequence[int], d2d_size: int, cross: str | None = None) -> list[Figure]:
     rows: list[Figure] = []
     for size in sizes:
         tag = f"{size // MiB}MiB"
@@ -341,6 +389,8 @@ def _figures(sizes: Sequence[int], d2d_size: int) -> list[Figure]:
         Figure("d2d", f"device -> device, {d2d_size // MiB} MiB", "GB/s"),
         Figure("concurrent_64k", "64 concurrent 64 KiB copies", "GB/s"),
     ]
+    if cross:
+        rows.append(Figure("x2d", f"device -> other device, {d2d_size // MiB} MiB ({cross})", "GB/s"))
     return rows
 
 
@@ -387,10 +437,18 @@ async def run_benchmark(
     out = out or sys.stdout
     backend = await open_backend(backend_name)
     try:
-        device = device_id or backend.list_devices()[0].device_id
+        listed = [d.device_id for d in backend.list_devices()]
+        device = device_id or listed[0]
+        other = next((d for d in listed if d != device), None)
         description = await backend.get_device_properties(device)
-        progress = Progress(total=len(sizes) * 3 + 4 + (len(sizes) * 3 + 2 if peers else 0))
+        steps = len(sizes) * 3 + 4 + (len(sizes) * 3 + 2 if peers else 0)
+        progress = Progress(total=steps + (2 if other else 0))
         ours = await _measure_ours(backend, device, sizes, d2d_size, repeats, progress)
+        cross = None
+        if other is not None:
+            ours.update(await _measure_cross(backend, device, other, d2d_size, repeats, progress))
+            path = _cross_path(backend, device)
+            cross = f"{device} -> {other}" + (f", {path}" if path else "")
         strategy = backend.capabilities(device).transfer_strategy
     finally:
         await backend.shutdown()
@@ -398,10 +456,10 @@ async def run_benchmark(
     if peers:
         peer_values["memcpy (numpy)"] = _measure_memcpy(sizes, repeats, progress)
         peer_values["wgpu-py"] = _measure_wgpu(sizes, repeats, progress)
-        peer_values.update(_measure_torch(sizes, d2d_size, repeats, progress))
+        peer_values.update(_measure_torch(sizes, d2d_size, repeats, progress, cross=other is not None))
     progress.finish()
     present = [name for name, values in peer_values.items() if values]
-    figures = _figures(sizes, d2d_size)
+    figures = _figures(sizes, d2d_size, cross)
     for fig in figures:
         fig.ours = ours.get(fig.key)
         fig.peers = {name: peer_values[name].get(fig.key) for name in present}

@@ -34,7 +34,7 @@ pub(crate) struct Slot {
 pub(crate) struct QueueState {
     pub(crate) queue: vk::Queue,
     /// The family supports compute (barriers then cover compute-shader copies too).
-    compute: bool,
+    pub(crate) compute: bool,
     pool: vk::CommandPool,
     pub(crate) slots: Vec<Slot>,
     /// Host staging buffers (created on first use; only on the DMA queue).
@@ -327,6 +327,14 @@ impl DeviceContext {
         if !s.pending {
             return Ok(());
         }
+        self.wait_fence(s.fence)?;
+        s.pending = false;
+        Ok(())
+    }
+
+    /// Wait for a submitted fence of this device. A timeout marks the device lost (and hung:
+    /// nothing the work may use is ever freed).
+    pub(crate) fn wait_fence(&self, fence: vk::Fence) -> Result<()> {
         // Poll first: a blocking wait sleeps until the driver's interrupt wakes it (tens of
         // microseconds on NVIDIA), a poll sees the fence as soon as it signals.
         if !self.fence_spin.is_zero() {
@@ -334,11 +342,8 @@ impl DeviceContext {
             let limit = self.fence_spin;
             loop {
                 // SAFETY: the fence belongs to this device.
-                match unsafe { self.device.get_fence_status(s.fence) } {
-                    Ok(true) => {
-                        s.pending = false;
-                        return Ok(());
-                    }
+                match unsafe { self.device.get_fence_status(fence) } {
+                    Ok(true) => return Ok(()),
                     Ok(false) => {}
                     Err(r) => return Err(self.fail("vkGetFenceStatus", r)),
                 }
@@ -350,11 +355,8 @@ impl DeviceContext {
         }
         let timeout = u64::try_from(FENCE_TIMEOUT.as_nanos()).unwrap_or(u64::MAX);
         // SAFETY: the fence belongs to this device and was submitted with a batch.
-        match unsafe { self.device.wait_for_fences(&[s.fence], true, timeout) } {
-            Ok(()) => {
-                s.pending = false;
-                Ok(())
-            }
+        match unsafe { self.device.wait_for_fences(&[fence], true, timeout) } {
+            Ok(()) => Ok(()),
             Err(vk::Result::TIMEOUT) => {
                 // The command buffer may still run: never reuse or free anything, fail every
                 // later call.
@@ -401,16 +403,64 @@ impl DeviceContext {
             .slots
             .get_mut(slot)
             .ok_or_else(|| EngineError::Internal(format!("no command slot {slot}")))?;
+        // The fence and command buffer are idle (waited above, access serialised by the queue
+        // mutex held by the caller through `st`).
+        self.record_framed(s.cmd, s.fence, compute, record)?;
+        let cmds = [s.cmd];
+        let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
+        // SAFETY: the command buffer was recorded above; the queue is externally synchronised by
+        // its mutex; everything referenced by the commands is kept alive by the caller until the
+        // fence wait.
+        unsafe { self.device.queue_submit(queue, &submit, s.fence) }
+            .map_err(|r| self.fail("vkQueueSubmit", r))?;
+        s.pending = true;
+        Ok(())
+    }
+
+    /// Submit `cmd` (recorded with `record_framed`) to `queue` with `fence`, holding the queue's
+    /// mutex only for the submission itself.
+    pub(crate) fn submit_to(
+        &self,
+        queue: &Queue,
+        cmd: vk::CommandBuffer,
+        fence: vk::Fence,
+    ) -> Result<()> {
+        let cmds = [cmd];
+        let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
+        let st = lock(&queue.state);
+        self.check_alive()?;
+        // SAFETY: the command buffer is recorded and idle; the queue is externally synchronised
+        // by its mutex (held); the caller keeps everything the commands use alive until it has
+        // waited for `fence`.
+        unsafe { self.device.queue_submit(st.queue, &submit, fence) }
+            .map_err(|r| self.fail("vkQueueSubmit", r))
+    }
+
+    /// Whether `queue`'s family supports compute.
+    pub(crate) fn queue_compute(&self, queue: &Queue) -> bool {
+        lock(&queue.state).compute
+    }
+
+    /// Reset `fence` and (re-)record `cmd`: `record`'s commands, framed by barriers making
+    /// earlier transfer/host writes visible to them, and their writes visible to the host after
+    /// the fence wait. `compute`: the queue family supports compute (the barriers then cover
+    /// compute-shader copies too). The caller guarantees that neither object is in use.
+    pub(crate) fn record_framed(
+        &self,
+        cmd: vk::CommandBuffer,
+        fence: vk::Fence,
+        compute: bool,
+        record: impl FnOnce(&ash::Device, vk::CommandBuffer),
+    ) -> Result<()> {
         let d = &self.device;
-        // SAFETY: the fence and command buffer belong to this device and are idle (waited above,
-        // access serialised by the queue mutex held by the caller through `st`).
+        // SAFETY: the fence and command buffer belong to this device and are idle (caller).
         unsafe {
-            d.reset_fences(&[s.fence])
+            d.reset_fences(&[fence])
                 .map_err(|r| self.fail("vkResetFences", r))?;
-            d.reset_command_buffer(s.cmd, vk::CommandBufferResetFlags::empty())
+            d.reset_command_buffer(cmd, vk::CommandBufferResetFlags::empty())
                 .map_err(|r| self.fail("vkResetCommandBuffer", r))?;
             d.begin_command_buffer(
-                s.cmd,
+                cmd,
                 &vk::CommandBufferBeginInfo::default()
                     .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT),
             )
@@ -437,7 +487,7 @@ impl DeviceContext {
         // SAFETY: the command buffer is in the recording state.
         unsafe {
             d.cmd_pipeline_barrier(
-                s.cmd,
+                cmd,
                 stages | vk::PipelineStageFlags::HOST,
                 stages,
                 vk::DependencyFlags::empty(),
@@ -446,18 +496,14 @@ impl DeviceContext {
                 &[],
             )
         };
-        record(d, s.cmd);
+        record(d, cmd);
         let after = [vk::MemoryBarrier::default()
             .src_access_mask(writes)
             .dst_access_mask(vk::AccessFlags::HOST_READ | vk::AccessFlags::HOST_WRITE)];
-        let cmds = [s.cmd];
-        let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
-        // SAFETY: recording state; the queue is externally synchronised by its mutex;
-        // everything referenced by the commands is kept alive by the caller until the fence
-        // wait.
+        // SAFETY: recording state.
         unsafe {
             d.cmd_pipeline_barrier(
-                s.cmd,
+                cmd,
                 stages,
                 vk::PipelineStageFlags::HOST,
                 vk::DependencyFlags::empty(),
@@ -465,12 +511,9 @@ impl DeviceContext {
                 &[],
                 &[],
             );
-            d.end_command_buffer(s.cmd)
+            d.end_command_buffer(cmd)
                 .map_err(|r| self.fail("vkEndCommandBuffer", r))?;
-            d.queue_submit(queue, &submit, s.fence)
-                .map_err(|r| self.fail("vkQueueSubmit", r))?;
         }
-        s.pending = true;
         Ok(())
     }
 
@@ -679,9 +722,10 @@ pub(crate) struct EngineDevice {
     pub(crate) live_bytes: AtomicU64,
     /// Bytes of device memory they hold, per heap.
     pub(crate) heap_bytes: Vec<AtomicU64>,
-    /// Bytes moved between host and device by each path (mapping, staging ring, import), and
-    /// device-to-device bytes copied by the compute shader.
-    pub(crate) moved: [AtomicU64; 4],
+    /// Bytes moved between host and device by each path (mapping, staging ring, import),
+    /// device-to-device bytes copied by the compute shader, and bytes copied to or from the
+    /// device by cross-device copies.
+    pub(crate) moved: [AtomicU64; 5],
     /// Imports the driver refused (the copy then went through staging).
     pub(crate) import_refused: AtomicU64,
 }

@@ -8,13 +8,16 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use ash::vk;
 
+use crate::cross::{plan_path, CrossRequest, CrossSettings, Link};
 use crate::device::{shared_device, EngineDevice, Plan};
 use crate::error::{EngineError, Result};
 use crate::instance::{CallLog, CallLogScope, InstanceContext};
 use crate::memory::{new_allocation, Allocation};
-use crate::properties::{gather, query_budgets, DeviceInfo, Strategy, StrategyRequest};
+use crate::properties::{
+    fill_device_groups, gather, query_budgets, DeviceInfo, Strategy, StrategyRequest,
+};
 use crate::sync::{lock, read, write};
-use crate::transfer::{PATH_COMPUTE, PATH_IMPORT, PATH_MAPPED, PATH_STAGED};
+use crate::transfer::{PATH_COMPUTE, PATH_CROSS, PATH_IMPORT, PATH_MAPPED, PATH_STAGED};
 use crate::tuning::tuning;
 
 /// One memory heap as reported by `Engine::memory_heaps`.
@@ -62,15 +65,25 @@ pub struct Stats {
     pub import_refused: u64,
     /// Device-to-device bytes this engine copied with the compute shader.
     pub compute_copied_bytes: u64,
+    /// How this engine copies between this device and the others ("p2p", "host-import",
+    /// "host-staging"; see `cross`): the path of a link already made, else the planned one
+    /// (with one device: what a forced same-device pipeline would take).
+    pub cross_device_path: &'static str,
+    /// Bytes this engine copied to or from this device across devices.
+    pub cross_device_bytes: u64,
 }
 
 struct Inner {
     // Field order is drop order: allocations, then device views, then the instance.
     allocations: RwLock<HashMap<u64, Arc<Allocation>>>,
+    /// Cross-device links by (source index, destination index), made on first use.
+    links: Mutex<HashMap<(usize, usize), Arc<Link>>>,
     devices: Vec<Mutex<Option<Arc<EngineDevice>>>>,
     physical: Vec<vk::PhysicalDevice>,
     infos: Vec<DeviceInfo>,
     next_id: AtomicU64,
+    /// Cross-device path request and the same-device test switch.
+    cross: Mutex<CrossSettings>,
     /// Validation warnings raised by this engine's calls (bounded, oldest dropped first).
     warnings: Mutex<Vec<String>>,
     instance: Arc<InstanceContext>,
@@ -110,11 +123,12 @@ impl Engine {
         if physical.is_empty() {
             return Err(EngineError::Unavailable("no Vulkan physical device".into()));
         }
-        let infos = physical
+        let mut infos = physical
             .iter()
             .enumerate()
             .map(|(i, pd)| gather(&instance, *pd, i, request))
             .collect::<Result<Vec<_>>>()?;
+        fill_device_groups(&instance, &physical, &mut infos);
         drop(scope);
         if matches!(request, StrategyRequest::Mapped | StrategyRequest::Import)
             && infos.iter().all(|i| i.strategy.is_none())
@@ -123,10 +137,12 @@ impl Engine {
         }
         let inner = Inner {
             allocations: RwLock::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             devices: physical.iter().map(|_| Mutex::new(None)).collect(),
             physical,
             infos,
             next_id: AtomicU64::new(1),
+            cross: Mutex::new(CrossSettings::from_tuning(tuning())),
             warnings: Mutex::new(Vec::new()),
             instance,
         };
@@ -290,28 +306,46 @@ impl Engine {
             if size == 0 {
                 return Ok(());
             }
-            if Arc::ptr_eq(&s.dev.ctx, &d.dev.ctx) {
-                let same = Arc::ptr_eq(&s, &d);
+            let same = Arc::ptr_eq(&s, &d);
+            let settings = *lock(&i.cross);
+            if Arc::ptr_eq(&s.dev.ctx, &d.dev.ctx) && (same || !settings.same_device) {
                 return s
                     .dev
                     .copy(&s.view, src_offset, &d.view, dst_offset, size, same);
             }
-            // Across devices: bounce through host memory, chunk by chunk.
-            let chunk = tuning().slot_size.min(size);
-            let mut host = vec![
-                0u8;
-                usize::try_from(chunk).map_err(|_| {
-                    EngineError::OutOfMemory("copy chunk exceeds address space".into())
-                })?
-            ];
-            let mut done = 0u64;
-            while done < size {
-                let len = chunk.min(size - done);
-                let buf = &mut host[..len as usize];
-                s.dev.read_into(&s.view, src_offset + done, buf)?;
-                d.dev.write(&d.view, dst_offset + done, buf)?;
-                done += len;
+            // Across devices (or, for tests, between two allocations of one device): pipelined
+            // through host memory by the pair's link.
+            let link = i.link(&s.dev, &d.dev, settings.request)?;
+            link.copy(&s.view, src_offset, &d.view, dst_offset, size)?;
+            s.dev.moved[PATH_CROSS].fetch_add(size, Ordering::Relaxed);
+            if !Arc::ptr_eq(&s.dev, &d.dev) {
+                d.dev.moved[PATH_CROSS].fetch_add(size, Ordering::Relaxed);
             }
+            Ok(())
+        })
+    }
+
+    /// The path a copy from device `src` to device `dst` takes (`"p2p"`, `"host-import"` or
+    /// `"host-staging"`): that of the pair's link once made (a refused import falls back to
+    /// staging), else the planned one.
+    pub fn cross_device_path(&self, src: usize, dst: usize) -> Result<&'static str> {
+        self.call(|i| i.cross_path(src, dst))
+    }
+
+    /// Test and measurement hook: take `path` (`"auto"`, `"host-import"`, `"host-staging"`) for
+    /// cross-device copies from now on and, with `same_device`, send copies between two
+    /// allocations of one device through the cross-device pipeline as well (so one device
+    /// exercises it). Links made so far are dropped. `EXO_VULKAN_TUNE` keys `xpath`/`xsame` set
+    /// the defaults.
+    pub fn force_cross_device(&self, path: &str, same_device: bool) -> Result<()> {
+        let request = CrossRequest::parse(path)?;
+        self.call(|i| {
+            *lock(&i.cross) = CrossSettings {
+                request,
+                same_device,
+            };
+            let old = std::mem::take(&mut *lock(&i.links));
+            drop(old);
             Ok(())
         })
     }
@@ -344,6 +378,8 @@ impl Engine {
                     imported_bytes: 0,
                     import_refused: 0,
                     compute_copied_bytes: 0,
+                    cross_device_path: i.device_cross_path(index)?,
+                    cross_device_bytes: 0,
                 });
             };
             let report = lock(&d.ctx.allocator).as_ref().map(|a| a.generate_report());
@@ -360,6 +396,8 @@ impl Engine {
                 imported_bytes: d.moved[PATH_IMPORT].load(Ordering::Relaxed),
                 import_refused: d.import_refused.load(Ordering::Relaxed),
                 compute_copied_bytes: d.moved[PATH_COMPUTE].load(Ordering::Relaxed),
+                cross_device_path: i.device_cross_path(index)?,
+                cross_device_bytes: d.moved[PATH_CROSS].load(Ordering::Relaxed),
             })
         })
     }
@@ -404,6 +442,8 @@ impl Engine {
             }
         }
         write(&inner.allocations).clear();
+        let links = std::mem::take(&mut *lock(&inner.links));
+        drop(links);
         for slot in &inner.devices {
             lock(slot).take();
         }
@@ -472,6 +512,54 @@ impl Inner {
             }
             None => Ok(None),
         }
+    }
+
+    /// The link from `s` to `d`, made on first use (a link whose device was lost is replaced).
+    fn link(
+        &self,
+        s: &Arc<EngineDevice>,
+        d: &Arc<EngineDevice>,
+        request: CrossRequest,
+    ) -> Result<Arc<Link>> {
+        let key = (s.ctx.info.index, d.ctx.info.index);
+        let mut links = lock(&self.links);
+        if let Some(l) = links.get(&key) {
+            if l.is_alive() {
+                return Ok(Arc::clone(l));
+            }
+        }
+        let path = plan_path(request, &s.ctx.info, &d.ctx.info);
+        let link = Arc::new(Link::new(&s.ctx, &d.ctx, path, tuning())?);
+        if link.import_refused {
+            s.import_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        links.insert(key, Arc::clone(&link));
+        Ok(link)
+    }
+
+    fn cross_path(&self, src: usize, dst: usize) -> Result<&'static str> {
+        let (a, b) = (self.info(src)?, self.info(dst)?);
+        if let Some(l) = lock(&self.links).get(&(src, dst)) {
+            return Ok(l.path.as_str());
+        }
+        let request = lock(&self.cross).request;
+        Ok(plan_path(request, a, b).as_str())
+    }
+
+    /// The cross-device path of device `index`: of a link it is part of, else the one planned
+    /// to the first other device (or to itself when it is the only one).
+    fn device_cross_path(&self, index: usize) -> Result<&'static str> {
+        self.info(index)?;
+        let made = lock(&self.links)
+            .iter()
+            .filter(|((a, b), _)| *a == index || *b == index)
+            .map(|(_, l)| l.path)
+            .max_by_key(|p| *p as u8);
+        if let Some(p) = made {
+            return Ok(p.as_str());
+        }
+        let other = (0..self.infos.len()).find(|&j| j != index).unwrap_or(index);
+        self.cross_path(index, other)
     }
 
     fn allocation(&self, id: u64) -> Result<Arc<Allocation>> {

@@ -13,6 +13,8 @@
 //!   user allocations;
 //! - [`transfer`]: mapped memcpy, staging ring, host-pointer import, device copies, memmove,
 //!   zero fill; `compute`: the compute-shader device copy;
+//! - [`cross`]: copies between two devices, pipelined through one host ring imported into both
+//!   (or two staging rings);
 //! - `workers`: the memcpy thread pool; `tuning`: sizes and thresholds (`EXO_VULKAN_TUNE`);
 //! - [`engine`]: the public facade.
 
@@ -20,6 +22,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod compute;
+pub mod cross;
 pub mod device;
 pub mod engine;
 pub mod error;
@@ -31,6 +34,7 @@ pub mod transfer;
 mod tuning;
 mod workers;
 
+pub use cross::CrossPath;
 pub use engine::{Engine, HeapReport, Stats};
 pub use error::{EngineError, Result};
 pub use properties::{DeviceExtensions, DeviceInfo, HeapInfo, MemoryTypeInfo, Strategy};

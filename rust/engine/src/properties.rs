@@ -172,6 +172,12 @@ pub struct DeviceInfo {
     pub strategy: Option<Strategy>,
     /// The request the strategy was chosen from.
     pub requested: StrategyRequest,
+    /// Engine indices of the physical devices in this device's group
+    /// (vkEnumeratePhysicalDeviceGroups), itself included: more than one means the driver offers
+    /// a device-group logical device spanning them (peer memory access).
+    pub device_group: Vec<usize>,
+    /// `subsetAllocation` of that group.
+    pub device_group_subset_allocation: bool,
 }
 
 impl DeviceInfo {
@@ -435,7 +441,40 @@ pub(crate) fn gather(
         host_cached_device_local,
         strategy,
         requested: request,
+        device_group: vec![index],
+        device_group_subset_allocation: false,
     })
+}
+
+/// Fill `device_group` of every device from vkEnumeratePhysicalDeviceGroups (left as the device
+/// alone when the query fails).
+pub(crate) fn fill_device_groups(
+    ctx: &InstanceContext,
+    physical: &[vk::PhysicalDevice],
+    infos: &mut [DeviceInfo],
+) {
+    // SAFETY: the instance is alive and created with API >= 1.1 (checked at creation).
+    let Ok(count) = (unsafe { ctx.instance.enumerate_physical_device_groups_len() }) else {
+        return;
+    };
+    let mut groups = vec![vk::PhysicalDeviceGroupProperties::default(); count];
+    // SAFETY: `groups` holds exactly `count` default-initialised structs.
+    if unsafe { ctx.instance.enumerate_physical_device_groups(&mut groups) }.is_err() {
+        return;
+    }
+    for g in &groups {
+        let n = (g.physical_device_count as usize).min(g.physical_devices.len());
+        let members: Vec<usize> = g.physical_devices[..n]
+            .iter()
+            .filter_map(|pd| physical.iter().position(|p| p == pd))
+            .collect();
+        for &m in &members {
+            if let Some(info) = infos.get_mut(m) {
+                info.device_group = members.clone();
+                info.device_group_subset_allocation = g.subset_allocation == vk::TRUE;
+            }
+        }
+    }
 }
 
 /// Budget/usage of one heap (from VK_EXT_memory_budget), `None` when unsupported.

@@ -65,7 +65,7 @@ fn at(base: std::ptr::NonNull<u8>, offset: u64) -> Result<*mut u8> {
     Ok(unsafe { base.as_ptr().add(off) })
 }
 
-fn mapped_of(v: &BufView) -> Result<std::ptr::NonNull<u8>> {
+pub(crate) fn mapped_of(v: &BufView) -> Result<std::ptr::NonNull<u8>> {
     v.mapped
         .ok_or_else(|| EngineError::Internal("buffer is not host-visible".into()))
 }
@@ -76,6 +76,8 @@ pub(crate) const PATH_STAGED: usize = 1;
 pub(crate) const PATH_IMPORT: usize = 2;
 /// Device-to-device bytes copied by the compute shader.
 pub(crate) const PATH_COMPUTE: usize = 3;
+/// Bytes copied to or from the device by cross-device copies.
+pub(crate) const PATH_CROSS: usize = 4;
 
 /// Outcome of an import attempt.
 pub(crate) enum Imported {
@@ -92,9 +94,9 @@ pub(crate) enum Imported {
 type Interior = (usize, usize, Vec<(HostImport, usize, usize)>);
 
 /// A buffer bound to imported host memory (VK_EXT_external_memory_host).
-struct HostImport {
-    buffer: vk::Buffer,
-    memory: vk::DeviceMemory,
+pub(crate) struct HostImport {
+    pub(crate) buffer: vk::Buffer,
+    pub(crate) memory: vk::DeviceMemory,
 }
 
 impl DeviceContext {
@@ -144,7 +146,7 @@ impl DeviceContext {
     }
 
     /// Make host writes to `[offset, offset+len)` of a mapped range visible to the device.
-    fn flush(&self, v: &BufView, offset: u64, len: u64) -> Result<()> {
+    pub(crate) fn flush(&self, v: &BufView, offset: u64, len: u64) -> Result<()> {
         if v.coherent || len == 0 {
             return Ok(());
         }
@@ -155,7 +157,7 @@ impl DeviceContext {
     }
 
     /// Make device writes to a mapped range visible to the host.
-    fn invalidate(&self, v: &BufView, offset: u64, len: u64) -> Result<()> {
+    pub(crate) fn invalidate(&self, v: &BufView, offset: u64, len: u64) -> Result<()> {
         if v.coherent || len == 0 {
             return Ok(());
         }
@@ -308,7 +310,7 @@ impl DeviceContext {
 
     /// Import `len` bytes of host memory at `ptr` (both aligned to
     /// minImportedHostPointerAlignment) as a transfer buffer.
-    fn import_host(&self, ptr: *mut u8, len: u64) -> Result<HostImport> {
+    pub(crate) fn import_host(&self, ptr: *mut u8, len: u64) -> Result<HostImport> {
         let ext = self
             .ext_host
             .as_ref()
@@ -382,7 +384,7 @@ impl DeviceContext {
         Ok(HostImport { buffer, memory })
     }
 
-    fn release_imports(&self, imports: Vec<HostImport>) {
+    pub(crate) fn release_imports(&self, imports: Vec<HostImport>) {
         if self.is_hung() {
             return;
         }

@@ -39,6 +39,10 @@
 //! | `spin` | microseconds an idle memcpy thread spins for new work before sleeping |
 //! | `stream_reads` | reads through a mapping use streaming loads: 0 never, 1 when uncached, 2 always |
 //! | `plan` | `discrete`: use the discrete-GPU "auto" plan on any device (to test its paths on lavapipe) |
+//! | `xpath` | cross-device copies: `auto` (the best path the two devices allow), `import` (one host ring imported into both devices; falls back to staging where refused), `staging` (each device's own staging ring, memcpy between them) |
+//! | `xsame` | `1`: copies between two allocations of one device also take the cross-device pipeline (to test it with one device) |
+//! | `xslot` | bytes per cross-device ring slot (one DMA per device per slot) |
+//! | `xslots` | cross-device ring slots (chunks in flight) |
 
 use std::sync::OnceLock;
 
@@ -72,6 +76,10 @@ pub(crate) struct Tuning {
     pub(crate) diag_no_memcpy: bool,
     pub(crate) diag_no_dma: bool,
     pub(crate) nt_min: u64,
+    pub(crate) cross_path: String,
+    pub(crate) cross_same_device: bool,
+    pub(crate) cross_slot_size: u64,
+    pub(crate) cross_slots: usize,
 }
 
 impl Default for Tuning {
@@ -102,6 +110,10 @@ impl Default for Tuning {
             diag_no_memcpy: false,
             diag_no_dma: false,
             nt_min: 4 * MIB,
+            cross_path: "auto".into(),
+            cross_same_device: false,
+            cross_slot_size: 16 * MIB,
+            cross_slots: 6,
         }
     }
 }
@@ -154,6 +166,15 @@ impl Tuning {
                 "d2d_compute" => t.d2d_compute = flag.unwrap_or(t.d2d_compute),
                 "compute_min" => t.compute_min = size.unwrap_or(t.compute_min),
                 "nt_min" => t.nt_min = size.unwrap_or(t.nt_min),
+                "xpath" => t.cross_path = v.trim().to_ascii_lowercase(),
+                "xsame" => t.cross_same_device = flag.unwrap_or(t.cross_same_device),
+                "xslot" => {
+                    t.cross_slot_size = size
+                        .unwrap_or(t.cross_slot_size)
+                        .clamp(64 * KIB, 1 << 30)
+                        .next_multiple_of(64 * KIB)
+                }
+                "xslots" => t.cross_slots = size.map_or(t.cross_slots, |s| s.clamp(2, 64) as usize),
                 "hybrid" => t.hybrid_percent = size.map_or(t.hybrid_percent, |s| s.min(100)),
                 "diag" => match v.trim() {
                     "nomemcpy" => t.diag_no_memcpy = true,
@@ -190,5 +211,10 @@ mod tests {
         assert_eq!(t.small_max, Tuning::default().small_max);
         assert_eq!(parse_size("max"), Some(u64::MAX));
         assert_eq!(parse_size("4k"), Some(4096));
+        let x = Tuning::parse("xpath=Staging,xsame=1,xslot=100k,xslots=1");
+        assert_eq!(x.cross_path, "staging");
+        assert!(x.cross_same_device);
+        assert_eq!(x.cross_slot_size, 128 * KIB);
+        assert_eq!(x.cross_slots, 2);
     }
 }

@@ -161,6 +161,11 @@ fn info_dict<'py>(py: Python<'py>, info: &DeviceInfo) -> PyResult<Bound<'py, PyD
     d.set_item("transfer_queue_count", info.transfer_queue_count)?;
     d.set_item("host_visible_device_local", info.host_visible_device_local)?;
     d.set_item("strategy", info.strategy.map(|s| s.as_str()))?;
+    d.set_item("device_group", PyList::new(py, &info.device_group)?)?;
+    d.set_item(
+        "device_group_subset_allocation",
+        info.device_group_subset_allocation,
+    )?;
     Ok(d)
 }
 
@@ -427,6 +432,8 @@ impl PyEngine {
             d.set_item("imported_bytes", s.imported_bytes)?;
             d.set_item("import_refused", s.import_refused)?;
             d.set_item("compute_copied_bytes", s.compute_copied_bytes)?;
+            d.set_item("cross_device_path", s.cross_device_path)?;
+            d.set_item("cross_device_bytes", s.cross_device_bytes)?;
             Ok(d)
         })
     }
@@ -434,6 +441,33 @@ impl PyEngine {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         guarded(py, || {
             py.detach(|| self.engine.close())
+                .map_err(|e| self.err(py, Op::Other, e))
+        })
+    }
+
+    /// The path a copy from device `src` to device `dst` takes: "p2p", "host-import" or
+    /// "host-staging" (private: the backend reports it through `stats`).
+    fn _cross_device_path(
+        &self,
+        py: Python<'_>,
+        src: &Bound<'_, PyAny>,
+        dst: &Bound<'_, PyAny>,
+    ) -> PyResult<&'static str> {
+        guarded(py, || {
+            let (s, d) = (self::index(src, "src")?, self::index(dst, "dst")?);
+            self.engine
+                .cross_device_path(s, d)
+                .map_err(|e| self.err(py, Op::Other, e))
+        })
+    }
+
+    /// Test hook: take `path` ("auto", "host-import", "host-staging") for cross-device copies
+    /// and, with `same_device`, send copies between two allocations of one device through the
+    /// cross-device pipeline too (so one device exercises it).
+    #[pyo3(signature = (path, same_device = true))]
+    fn _force_cross_device(&self, py: Python<'_>, path: &str, same_device: bool) -> PyResult<()> {
+        guarded(py, || {
+            py.detach(|| self.engine.force_cross_device(path, same_device))
                 .map_err(|e| self.err(py, Op::Other, e))
         })
     }

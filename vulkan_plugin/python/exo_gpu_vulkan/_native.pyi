@@ -1,4 +1,4 @@
-"""Type stub for the Rust extension `exo_gpu_vulkan._native` (crate rust/python).
+"""Type declarations (.pyi) for the Rust extension `exo_gpu_vulkan._native` (crate rust/python).
 
 Errors are the core package's classes from `exo_gpu_plugins.errors`:
 BackendUnavailableError (no loader/device/validation layer, unsupported strategy),
@@ -47,7 +47,8 @@ class Engine:
         min_imported_host_pointer_alignment (int | None), transfer_queue_family (int),
         transfer_only (bool), transfer_queue_count (int), host_visible_device_local (bool),
         strategy ("mapped" | "staging" | "import" | None when the requested strategy is
-        unsupported)."""
+        unsupported), device_group (indexes of the physical devices in this device's Vulkan
+        device group), device_group_subset_allocation (bool)."""
     def memory_heaps(self, index: int) -> list[dict[str, object]]:
         """Per heap: index, size, device_local, budget (int | None), usage (int | None),
         engine_allocated (bytes this engine's allocations hold on that heap)."""
@@ -67,7 +68,9 @@ class Engine:
         block_count, allocator_capacity_bytes, allocator_allocated_bytes (the shared device's),
         mapped_bytes, staged_bytes, imported_bytes (bytes this engine moved by each path),
         import_refused (imports the driver refused), compute_copied_bytes (device-to-device bytes
-        copied by the compute shader)."""
+        copied by the compute shader), cross_device_path ("p2p" | "host-import" | "host-staging":
+        the path of a link already made, else the planned one), cross_device_bytes (bytes this
+        engine copied to or from this device across devices)."""
     def close(self) -> None:
         """Wait for this engine's work and free all its allocations; idempotent."""
     def _inject_fault(self, kind: str, index: int = 0) -> None:

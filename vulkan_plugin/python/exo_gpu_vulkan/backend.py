@@ -193,16 +193,20 @@ class VulkanBackend(GPUBackend[_Allocation]):
         info = self._infos[index]
         telemetry = self._telemetry[index]
         limits = [v for v in (info.get("max_memory_allocation_size"), info.get("max_buffer_size")) if v]
-        strategy = str(self._engine.stats(index)["strategy"])
+        stats = self._engine.stats(index)
+        strategy = str(stats["strategy"])
         return Capabilities(
             device_id=f"{self.name}:{index}",
             max_allocation_bytes=min(int(v) for v in limits) if limits else None,
             allocation_granularity_bytes=64 << 20,
             host_visible_memory=bool(info.get("host_visible_device_local")),
             unified_memory=str(info["device_type"]) in {"integrated", "cpu"},
-            peer_to_peer=False,
+            # Copies between devices go "p2p" (device groups; not taken yet), "host-import" (one
+            # host ring imported into both devices) or "host-staging": engine_stats() says which.
+            peer_to_peer=stats.get("cross_device_path") == "p2p",
             cross_device_copy=True,
             memory_budget=bool(info.get("memory_budget")),
+            available_tracks_allocations=True,  # the driver's budget, or our own accounting
             temperature=bool(telemetry and telemetry.has_temperature),
             power=bool(telemetry and telemetry.has_power),
             clock_rate=bool(telemetry and telemetry.has_clock),
