@@ -46,12 +46,18 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256 << 20)
     parser.add_argument("--backends", nargs="+", default=["vulkan", "host"])
     args = parser.parse_args()
-    print(f"{'backend':<8} {'input MiB':>9} {'RSS before':>11} {'peak during':>12} {'growth':>8} "
-          f"{'limit':>8}  verdict")
+    print(
+        f"{'backend':<8} {'input MiB':>9} {'RSS before':>11} {'peak during':>12} {'growth':>8} "
+        f"{'limit':>8}  verdict"
+    )
     status = 0
     for name in args.backends:
-        out = subprocess.run([sys.executable, "-c", CHILD, name, str(args.size)],
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, name, str(args.size)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if out.returncode != 0:
             print(f"{name:<8} could not run: {out.stderr.strip().splitlines()[-1:]}")
             continue
@@ -63,9 +69,11 @@ def main() -> int:
         ok = growth < limit and r["exact"]
         status |= 0 if ok else 1
         mib = 1 << 20
-        print(f"{name:<8} {r['size'] / mib:>9.0f} {r['rss_before'] / mib:>10.1f}M "
-              f"{r['peak_after'] / mib:>11.1f}M {growth / mib:>7.1f}M {limit / mib:>7.0f}M  "
-              f"{'meets' if ok else 'MISSES'}")
+        print(
+            f"{name:<8} {r['size'] / mib:>9.0f} {r['rss_before'] / mib:>10.1f}M "
+            f"{r['peak_after'] / mib:>11.1f}M {growth / mib:>7.1f}M {limit / mib:>7.0f}M  "
+            f"{'meets' if ok else 'MISSES'}"
+        )
     return status
 
 
