@@ -555,12 +555,9 @@ pub(crate) fn new_allocation(dev: &Arc<EngineDevice>, id: u64, size: u64) -> Res
         .ok_or_else(|| EngineError::OutOfMemory(format!("{size} bytes is too large")))?;
     let ctx = &dev.ctx;
     let info = &ctx.info;
-    if buffer_size > info.max_memory_allocation_size {
-        return Err(EngineError::OutOfMemory(format!(
-            "{size} bytes exceeds maxMemoryAllocationSize ({}) of device {}",
-            info.max_memory_allocation_size, info.index
-        )));
-    }
+    // maxMemoryAllocationSize is advice, not a limit: the spec lets larger allocations fail with
+    // VK_ERROR_OUT_OF_DEVICE_MEMORY (mapped to OutOfMemory), and some drivers report a smaller
+    // figure than they grant. So only maxBufferSize and the heap sizes refuse up front.
     if let Some(max) = info.max_buffer_size {
         if buffer_size > max {
             return Err(EngineError::OutOfMemory(format!(

@@ -192,12 +192,14 @@ class VulkanBackend(GPUBackend[_Allocation]):
     def _capabilities(self, index: int) -> Capabilities:
         info = self._infos[index]
         telemetry = self._telemetry[index]
-        limits = [v for v in (info.get("max_memory_allocation_size"), info.get("max_buffer_size")) if v]
+        # maxBufferSize when the driver states it: maxMemoryAllocationSize is advice (the engine
+        # attempts larger allocations and lets the driver refuse them).
+        limit = info.get("max_buffer_size") or info.get("max_memory_allocation_size")
         stats = self._engine.stats(index)
         strategy = str(stats["strategy"])
         return Capabilities(
             device_id=f"{self.name}:{index}",
-            max_allocation_bytes=min(int(v) for v in limits) if limits else None,
+            max_allocation_bytes=min(int(limit), self._main_heap(index)[0]) if limit else None,
             allocation_granularity_bytes=64 << 20,
             host_visible_memory=bool(info.get("host_visible_device_local")),
             unified_memory=str(info["device_type"]) in {"integrated", "cpu"},
