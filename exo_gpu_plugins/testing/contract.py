@@ -47,7 +47,12 @@ from exo_gpu_plugins.testing.pytest_plugin import (
     NO_DATABASE_KEY,
     xfail_applied_at_collection,
 )
-from exo_gpu_plugins.testing.state_machine import kit_settings, pattern, run_state_machine
+from exo_gpu_plugins.testing.state_machine import (
+    close_loop,
+    kit_settings,
+    pattern,
+    run_state_machine,
+)
 
 __all__ = [
     "CLAUSES",
@@ -222,12 +227,7 @@ class KitBase:
                     errors.append(exc)
             self._made.clear()
             self._main = None
-            loop = self._loop
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
-            finally:
-                loop.close()
+            close_loop(self._loop)
             if errors:
                 raise AssertionError(
                     f"shutdown() failed: {type(errors[0]).__name__}: {errors[0]}"

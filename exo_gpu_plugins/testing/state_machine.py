@@ -103,6 +103,15 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
 
 
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a kit-owned event loop after its async generators and executor threads finished."""
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+
+
 def pattern(seed: int, size: int) -> bytes:
     """`size` pseudo-random bytes, none of them zero (so a missing write never reads as 'right')."""
     data = random.Random(seed).randbytes(size)
@@ -163,12 +172,7 @@ class BackendStateMachine(RuleBasedStateMachine):
         return self._loop.run_until_complete(asyncio.wait_for(coro, _OPERATION_TIMEOUT_S))
 
     def _close_loop(self) -> None:
-        loop = self._loop
-        try:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            loop.close()
+        close_loop(self._loop)
 
     def _expect(self, got: bytes, handle: MemoryHandle, offset: int, what: str) -> None:
         want = bytes(self._model[handle.handle_id][offset : offset + len(got)])
