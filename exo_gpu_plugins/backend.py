@@ -61,15 +61,18 @@ class _HandleIds:
     _BATCH = 256
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._pool: list[str] = []
 
     def next(self) -> str:
-        with self._lock:
-            if not self._pool:
-                raw = os.urandom(16 * self._BATCH).hex()
-                self._pool = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+        # list.pop is atomic; two threads refilling at once only draw more random bits.
+        try:
             return self._pool.pop()
+        except IndexError:
+            raw = os.urandom(16 * self._BATCH).hex()
+            fresh = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+            handle_id = fresh.pop()
+            self._pool.extend(fresh)
+            return handle_id
 
 
 _handle_ids = _HandleIds()

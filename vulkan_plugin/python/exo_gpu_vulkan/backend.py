@@ -14,14 +14,15 @@ each on lavapipe).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.errors import BackendUnavailableError
+from exo_gpu_plugins.errors import BackendUnavailableError, GPUError
 from exo_gpu_plugins.models import Capabilities, DeviceType, GPUDevice, HeapReport, MemoryReport
 from exo_gpu_plugins.telemetry import HwmonSource, NvmlSource, find_source
 from exo_gpu_vulkan.properties import (
@@ -72,24 +73,22 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-class _ProcessUsage:
-    """Bytes every VulkanBackend of this process holds per device (by UUID or index), for reports
-    on drivers without VK_EXT_memory_budget: the driver's usage figure is per process too."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._bytes: dict[str, int] = {}
-
-    def add(self, key: str, delta: int) -> None:
-        with self._lock:
-            self._bytes[key] = self._bytes.get(key, 0) + delta
-
-    def get(self, key: str) -> int:
-        with self._lock:
-            return self._bytes.get(key, 0)
+# Every open VulkanBackend of this process: on drivers without VK_EXT_memory_budget the report's
+# "used" is what all of them hold on a device (the driver's usage figure is per process too). It is
+# summed when a report is asked for, so allocate and free pay nothing for it.
+_open_backends: weakref.WeakSet[VulkanBackend] = weakref.WeakSet()
 
 
-_usage = _ProcessUsage()
+def _process_usage(device_key: str) -> int:
+    total = 0
+    for backend in list(_open_backends):
+        engine = backend._engine
+        for index, key in enumerate(backend._usage_keys):
+            # A backend closed by another thread meanwhile holds nothing: skip its error.
+            with contextlib.suppress(GPUError):
+                if key == device_key and engine is not None:
+                    total += int(engine.stats(index)["live_bytes"])
+    return total
 
 
 class _Allocation:
@@ -140,8 +139,10 @@ class VulkanBackend(GPUBackend[_Allocation]):
             for info in self._infos
         ]
         self._telemetry = [self._find_telemetry(info) for info in self._infos]
+        _open_backends.add(self)
 
     def _close(self) -> None:
+        _open_backends.discard(self)
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.close()
@@ -231,7 +232,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
         key = self._usage_key(index)
         budget_known = all(h["budget"] is not None for h in heaps)
         reports = [
-            self._heap_report(h, _usage.get(key) if h["index"] == main_index else 0) for h in heaps
+            self._heap_report(h, _process_usage(key) if h["index"] == main_index else 0) for h in heaps
         ]
         main = next(r for r in reports if r.index == main_index)
         return MemoryReport(
@@ -296,17 +297,13 @@ class VulkanBackend(GPUBackend[_Allocation]):
             engine_id = await self._run(
                 size, INLINE_ALLOCATION_LIMIT, self._engine.allocate, index, size
             )
-        _usage.add(self._usage_keys[index], size)
         return _Allocation(int(engine_id), index, size)
 
     async def _free(self, native: _Allocation) -> None:
         self._free_blocking(native)
 
     def _free_blocking(self, native: _Allocation) -> None:
-        try:
-            self._engine.free(native.engine_id)
-        finally:
-            _usage.add(self._usage_keys[native.index], -native.size)
+        self._engine.free(native.engine_id)
 
     async def _write(self, native: _Allocation, offset: int, data: memoryview) -> None:
         if data.nbytes <= INLINE_LIMIT:
