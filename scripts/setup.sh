@@ -28,7 +28,17 @@ fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV"
-  python3 -m venv "$VENV"
+  if ! python3 -m venv "$VENV" 2>/dev/null; then
+    # Debian's own python3 ships venv separately.
+    rm -rf "$VENV"
+    if command -v apt-get >/dev/null; then
+      sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+      say "installing python3-venv with apt-get"
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+    fi
+    python3 -m venv "$VENV"
+  fi
 fi
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
