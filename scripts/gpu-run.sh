@@ -38,6 +38,8 @@ log() { printf '\n==> %s\n' "$*"; }
   python3 -c 'import json,sys; from exo_gpu_plugins.bench import Figure, render; d=json.load(open(sys.argv[1])); render([Figure(**f) for f in d["figures"]], d["peers"], "vulkan", sys.stdout); print(d["peer_versions"], d["device"]["name"], d["backend"])' "$OUT/bench.json"
   log "peak RSS during a 256 MiB upload"
   timeout 40 python3 benchmarks/upload_memory.py --backends vulkan
+  log "small operations: engine alone versus the async API"
+  timeout 60 python3 benchmarks/small_ops_profile.py --backend vulkan
 } 2>&1 | tee "$OUT/bench.txt"
 {
   log "reliability, full size"
