@@ -64,7 +64,7 @@ async def main(backend_name: str) -> None:
     print(f"  the same 64 copies awaited in turn     {await timed(50, one_by_one):9.1f} us")
     print(f"  allocate + free 4 KiB, async API       {await timed(2000, alloc_free):9.2f} us")
     if engine is not None:
-        native = backend._live[target.handle_id].native.engine_id  # type: ignore[attr-defined]
+        native = backend._live[target.handle_id].native[0]
 
         async def engine_writes() -> None:
             for i in range(count):

@@ -92,13 +92,9 @@ def _process_usage(device_key: str) -> int:
     return total
 
 
-class _Allocation:
-    __slots__ = ("engine_id", "index", "size")
-
-    def __init__(self, engine_id: int, index: int, size: int) -> None:
-        self.engine_id = engine_id
-        self.index = index
-        self.size = size
+# The native side of an allocation: (engine allocation id, device index). A plain tuple, since
+# one is built per allocate and read on every copy.
+_Allocation = tuple[int, int]
 
 
 class VulkanBackend(GPUBackend[_Allocation]):
@@ -298,47 +294,39 @@ class VulkanBackend(GPUBackend[_Allocation]):
             engine_id = await self._run(
                 size, INLINE_ALLOCATION_LIMIT, self._engine.allocate, index, size
             )
-        return _Allocation(int(engine_id), index, size)
+        return (engine_id, index)
 
     async def _free(self, native: _Allocation) -> None:
-        self._free_blocking(native)
+        self._engine.free(native[0])
 
     def _free_blocking(self, native: _Allocation) -> None:
-        self._engine.free(native.engine_id)
+        self._engine.free(native[0])
 
     async def _write(self, native: _Allocation, offset: int, data: memoryview) -> None:
         if data.nbytes <= INLINE_LIMIT:
-            self._engine.write(native.engine_id, offset, data)
+            self._engine.write(native[0], offset, data)
         else:
-            await self._run(
-                data.nbytes, INLINE_LIMIT, self._engine.write, native.engine_id, offset, data
-            )
+            await self._run(data.nbytes, INLINE_LIMIT, self._engine.write, native[0], offset, data)
 
     async def _read_into(self, native: _Allocation, offset: int, out: memoryview) -> None:
         if out.nbytes <= INLINE_LIMIT:
-            self._engine.read_into(native.engine_id, offset, out)
+            self._engine.read_into(native[0], offset, out)
         else:
-            await self._run(
-                out.nbytes, INLINE_LIMIT, self._engine.read_into, native.engine_id, offset, out
-            )
+            await self._run(out.nbytes, INLINE_LIMIT, self._engine.read_into, native[0], offset, out)
 
     async def _read(self, native: _Allocation, offset: int, size: int) -> bytes:
         if size <= INLINE_LIMIT:
-            small: bytes = self._engine.read(native.engine_id, offset, size)
+            small: bytes = self._engine.read(native[0], offset, size)
             return small
-        data: bytes = await self._run(
-            size, INLINE_LIMIT, self._engine.read, native.engine_id, offset, size
-        )
+        data: bytes = await self._run(size, INLINE_LIMIT, self._engine.read, native[0], offset, size)
         return data
 
     async def _copy(
         self, src: _Allocation, src_offset: int, dst: _Allocation, dst_offset: int, size: int
     ) -> None:
         # Inline only when both live on one device: a cross-device copy bounces through the host.
-        limit = self._copy_limits[src.index] if src.index == dst.index else INLINE_LIMIT
-        await self._run(
-            size, limit, self._engine.copy, src.engine_id, src_offset, dst.engine_id, dst_offset, size
-        )
+        limit = self._copy_limits[src[1]] if src[1] == dst[1] else INLINE_LIMIT
+        await self._run(size, limit, self._engine.copy, src[0], src_offset, dst[0], dst_offset, size)
 
     async def _synchronize(self, index: int) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._engine.synchronize, index)
