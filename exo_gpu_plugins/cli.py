@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         "allocate on the default (or given) backend, copy random bytes up and back, and verify them",
         _async(_roundtrip),
     )
-    trip.add_argument("--backend", help="backend name (default: the one exo would select; see exo-gpu --help)")
+    trip.add_argument("--backend", help="backend name (default: as exo selects; see exo-gpu --help)")
     trip.add_argument("--device", help="device id (default: the backend's first device)")
     trip.add_argument("--size", type=_size, default=16 << 20, help="bytes, e.g. 64M (default 16M)")
     check = add(
@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         "CUDA through torch), as one table",
         _async(_bench),
     )
-    bench.add_argument("--backend", help="backend name (default: the one exo would select; see exo-gpu --help)")
+    bench.add_argument("--backend", help="backend name (default: as exo selects; see exo-gpu --help)")
     bench.add_argument("--device", help="device id (default: the backend's first device)")
     bench.add_argument("--sizes", type=_size, nargs="+", help="bulk copy sizes (default 64M 256M)")
     bench.add_argument("--d2d-size", type=_size, default=1 << 30, help="device-to-device size (1G)")
