@@ -410,6 +410,12 @@ struct Ends {
 }
 
 impl Ends {
+    /// How many slot-sized chunks the copy takes.
+    fn chunks(&self) -> Result<usize> {
+        usize::try_from(self.size.div_ceil(self.slot))
+            .map_err(|_| EngineError::OutOfBounds("copy exceeds address space".into()))
+    }
+
     /// Offset and length of chunk `k`.
     fn piece(&self, k: usize) -> (u64, u64) {
         let off = k as u64 * self.slot;
@@ -557,8 +563,7 @@ impl LinkState {
     /// may enter a slot once the destination has drained the chunk before it there.
     fn run_shared(&mut self, e: &Ends) -> Result<()> {
         let slots = self.src.slots.len();
-        let n = usize::try_from(e.size.div_ceil(e.slot))
-            .map_err(|_| EngineError::OutOfBounds("copy exceeds address space".into()))?;
+        let n = e.chunks()?;
         for k in 0..n.min(slots) {
             e.pull(&mut self.src, k)?;
         }
@@ -580,8 +585,7 @@ impl LinkState {
     /// run.
     fn run_staged(&mut self, e: &Ends) -> Result<()> {
         let slots = self.src.slots.len();
-        let n = usize::try_from(e.size.div_ceil(e.slot))
-            .map_err(|_| EngineError::OutOfBounds("copy exceeds address space".into()))?;
+        let n = e.chunks()?;
         for k in 0..n.min(slots) {
             e.pull(&mut self.src, k)?;
         }

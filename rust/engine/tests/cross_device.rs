@@ -7,6 +7,9 @@
 
 use std::sync::Once;
 
+mod common;
+
+use common::{finish, pattern};
 use exo_vk_engine::{Engine, EngineError};
 
 const KIB: u64 = 1 << 10;
@@ -21,43 +24,10 @@ fn setup() {
     });
 }
 
-/// An engine with validation when the layer is installed, or `None` without Vulkan.
+/// A shared-helper engine, after the small ring slots of this binary are set.
 fn engine(strategy: &str) -> Option<Engine> {
     setup();
-    if let Some(reason) = Engine::probe() {
-        eprintln!("note: skipping Vulkan test: {reason}");
-        return None;
-    }
-    match Engine::new(true, Some(strategy)) {
-        Ok(e) => Some(e),
-        Err(EngineError::Unavailable(m)) if m.contains("validation") => {
-            eprintln!("note: VK_LAYER_KHRONOS_validation not installed; testing without it");
-            Some(Engine::new(false, Some(strategy)).expect("engine"))
-        }
-        Err(EngineError::Unavailable(m)) => {
-            eprintln!("note: skipping {strategy} test: {m}");
-            None
-        }
-        Err(e) => panic!("Engine::new failed: {e}"),
-    }
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
-        .collect()
-}
-
-fn read(e: &Engine, id: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0xAAu8; len];
-    e.read_into(id, 0, &mut v).expect("read_into");
-    v
-}
-
-fn finish(e: Engine) {
-    let warnings = e.take_validation_warnings();
-    assert!(warnings.is_empty(), "validation warnings: {warnings:?}");
-    e.close().expect("close");
+    common::engine(strategy)
 }
 
 /// (source offset, destination offset, length) for allocations of `size` bytes.
@@ -93,10 +63,13 @@ fn exact_between(e: &Engine, a_dev: usize, b_dev: usize, what: &str) {
             expect[doff as usize..(doff + len) as usize]
                 .copy_from_slice(&src_data[so as usize..(so + len) as usize]);
             assert!(
-                read(e, dst, n) == expect,
+                common::read(e, dst, 0, n) == expect,
                 "{what}: copy {so} -> {doff} ({len} bytes), {src} -> {dst}"
             );
-            assert!(read(e, src, n) == *src_data, "{what}: source changed");
+            assert!(
+                common::read(e, src, 0, n) == *src_data,
+                "{what}: source changed"
+            );
         }
     }
     e.free(a).unwrap();
@@ -145,7 +118,7 @@ fn forced_pipeline_keeps_memmove_and_switches_back() {
     e.copy(a, 0, a, 1000, size - 1000).unwrap();
     let mut expect = data.clone();
     expect.copy_within(0..n - 1000, 1000);
-    assert!(read(&e, a, n) == expect);
+    assert!(common::read(&e, a, 0, n) == expect);
     assert_eq!(e.stats(0).unwrap().cross_device_bytes, 0);
     let b = e.allocate(0, size).unwrap();
     e.copy(a, 0, b, 0, size).unwrap();
@@ -175,7 +148,7 @@ fn pipeline_errors_write_nothing() {
         e.copy(a, 0, b, 1, 1000),
         Err(EngineError::OutOfBounds(_))
     ));
-    assert!(read(&e, b, 1000) == pattern(1000, 4));
+    assert!(common::read(&e, b, 0, 1000) == pattern(1000, 4));
     e.free(a).unwrap();
     assert_eq!(
         e.copy(a, 0, b, 0, 10),
@@ -199,7 +172,7 @@ fn concurrent(e: &Engine, x: usize, y: usize) {
                     let data = pattern(n, round ^ (t as u8 * 16));
                     e.write(a, 0, &data).unwrap();
                     e.copy(a, 0, b, 0, size).unwrap();
-                    assert!(read(e, b, n) == data, "thread {t} round {round}");
+                    assert!(common::read(e, b, 0, n) == data, "thread {t} round {round}");
                 }
                 e.free(a).unwrap();
                 e.free(b).unwrap();
@@ -210,7 +183,7 @@ fn concurrent(e: &Engine, x: usize, y: usize) {
             for round in 0..20u8 {
                 let data = pattern(3 * SLOT as usize, round);
                 e.write(h, 0, &data).unwrap();
-                assert!(read(e, h, data.len()) == data);
+                assert!(common::read(e, h, 0, data.len()) == data);
             }
             e.free(h).unwrap();
         });

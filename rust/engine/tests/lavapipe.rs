@@ -3,6 +3,9 @@
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+mod common;
+
+use common::{engine, finish, pattern, read};
 use exo_vk_engine::{Engine, EngineError};
 
 const MIB: u64 = 1 << 20;
@@ -18,51 +21,6 @@ fn shared() -> RwLockReadGuard<'static, ()> {
 #[allow(dead_code)]
 fn exclusive() -> RwLockWriteGuard<'static, ()> {
     SERIAL.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn validation_layer_present() -> bool {
-    // Cheap check: try an engine with validation; Unavailable about the layer means it is absent.
-    !matches!(Engine::new(true, None), Err(EngineError::Unavailable(m)) if m.contains("validation"))
-}
-
-/// An engine with the given strategy (validation on when the layer is installed), or `None`
-/// (after printing why) when Vulkan is not usable here.
-fn engine(strategy: &str) -> Option<Engine> {
-    if let Some(reason) = Engine::probe() {
-        eprintln!("note: skipping Vulkan test: {reason}");
-        return None;
-    }
-    let validation = validation_layer_present();
-    if !validation {
-        eprintln!("note: VK_LAYER_KHRONOS_validation not installed; testing without validation");
-    }
-    match Engine::new(validation, Some(strategy)) {
-        Ok(e) => Some(e),
-        Err(EngineError::Unavailable(m)) if strategy == "mapped" => {
-            eprintln!("note: skipping mapped-strategy test: {m}");
-            None
-        }
-        Err(e) => panic!("Engine::new failed: {e}"),
-    }
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
-        .collect()
-}
-
-fn read(e: &Engine, id: u64, off: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0xAAu8; len];
-    e.read_into(id, off, &mut v).expect("read_into");
-    v
-}
-
-fn finish(e: Engine) {
-    let warnings = e.take_validation_warnings();
-    assert!(warnings.is_empty(), "validation warnings: {warnings:?}");
-    e.close().expect("close");
-    e.close().expect("close is idempotent");
 }
 
 fn roundtrip(strategy: &str) {
