@@ -16,7 +16,7 @@ import importlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, cast
@@ -260,19 +260,25 @@ class Registry:
             log.info("GPU backend %s chosen by %s", selection.name, selection.source)
             return selection.name
         skipped: list[str] = []
-        for candidate in self.names():
-            reason = self.backends[candidate].unavailable_reason()
+        for entry, reason in self.by_priority():
             if reason is None:
-                if skipped and candidate == "host":
+                if skipped and entry.name == "host":
                     log.warning(
                         "no GPU backend is available (%s); falling back to host memory",
                         "; ".join(skipped),
                     )
                 else:
-                    log.info("GPU backend %s chosen automatically", candidate)
-                return candidate
-            skipped.append(f"{candidate}: {reason}")
+                    log.info("GPU backend %s chosen automatically", entry.name)
+                return entry.name
+            skipped.append(f"{entry.name}: {reason}")
         raise BackendUnavailableError("no backend can run here: " + "; ".join(skipped))
+
+    def by_priority(self) -> Iterator[tuple[BackendEntry, str | None]]:
+        """Each backend, highest priority first, with why it cannot run here (`None`: it can).
+        Probes run lazily, so a caller that stops at the first usable backend probes no further."""
+        for name in self.names():
+            entry = self.backends[name]
+            yield entry, entry.unavailable_reason()
 
     def create(self, name: str | None = None, env: Mapping[str, str] | None = None) -> GPUBackend[Any]:
         """A new, not yet initialized instance of the selected backend."""
@@ -340,18 +346,17 @@ async def open_backend(name: str | None = None, *, registry: Registry | None = N
         await backend.initialize()
         return backend
     failures: list[str] = []
-    for candidate in registry.names():
-        entry = registry.backends[candidate]
-        reason = entry.unavailable_reason()
-        if reason is None:
-            try:
-                backend = entry.load_class()()
-                await backend.initialize()
-            except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            else:
-                if failures:
-                    log.warning("GPU backend %s in use; skipped: %s", candidate, "; ".join(failures))
-                return backend
-        failures.append(f"{candidate}: {reason}")
+    for entry, unavailable in registry.by_priority():
+        if unavailable is not None:
+            failures.append(f"{entry.name}: {unavailable}")
+            continue
+        try:
+            backend = entry.load_class()()
+            await backend.initialize()
+        except Exception as exc:
+            failures.append(f"{entry.name}: {type(exc).__name__}: {exc}")
+            continue
+        if failures:
+            log.warning("GPU backend %s in use; skipped: %s", entry.name, "; ".join(failures))
+        return backend
     raise BackendUnavailableError("no backend could be opened: " + "; ".join(failures))

@@ -279,22 +279,18 @@ class VulkanBackend(GPUBackend[_Allocation]):
     # ----------------------------------------------------------------------------------------------
     # Memory
 
-    async def _run(self, size: int, limit: int, call: Callable[..., T], *args: Any) -> T:
-        if size <= limit:
-            return call(*args)
+    @staticmethod
+    async def _offload(call: Callable[..., T], *args: Any) -> T:
+        """Run a large engine call in the loop's executor (the engine releases the GIL)."""
         return await asyncio.get_running_loop().run_in_executor(None, call, *args)
 
-    # The hooks below call the engine directly when the operation is small (no extra coroutine),
-    # and go through `_run` (the executor) when it is large.
+    # Each hook calls the engine directly when the operation is small (no thread hop, no extra
+    # coroutine) and offloads it when it is large.
 
     async def _allocate(self, index: int, size: int) -> _Allocation:
         if size <= INLINE_ALLOCATION_LIMIT:
-            engine_id = self._engine.allocate(index, size)
-        else:
-            engine_id = await self._run(
-                size, INLINE_ALLOCATION_LIMIT, self._engine.allocate, index, size
-            )
-        return (engine_id, index)
+            return (self._engine.allocate(index, size), index)
+        return (await self._offload(self._engine.allocate, index, size), index)
 
     async def _free(self, native: _Allocation) -> None:
         self._engine.free(native[0])
@@ -306,19 +302,20 @@ class VulkanBackend(GPUBackend[_Allocation]):
         if data.nbytes <= INLINE_LIMIT:
             self._engine.write(native[0], offset, data)
         else:
-            await self._run(data.nbytes, INLINE_LIMIT, self._engine.write, native[0], offset, data)
+            await self._offload(self._engine.write, native[0], offset, data)
 
     async def _read_into(self, native: _Allocation, offset: int, out: memoryview) -> None:
         if out.nbytes <= INLINE_LIMIT:
             self._engine.read_into(native[0], offset, out)
         else:
-            await self._run(out.nbytes, INLINE_LIMIT, self._engine.read_into, native[0], offset, out)
+            await self._offload(self._engine.read_into, native[0], offset, out)
 
     async def _read(self, native: _Allocation, offset: int, size: int) -> bytes:
+        data: bytes
         if size <= INLINE_LIMIT:
-            small: bytes = self._engine.read(native[0], offset, size)
-            return small
-        data: bytes = await self._run(size, INLINE_LIMIT, self._engine.read, native[0], offset, size)
+            data = self._engine.read(native[0], offset, size)
+        else:
+            data = await self._offload(self._engine.read, native[0], offset, size)
         return data
 
     async def _copy(
@@ -326,10 +323,13 @@ class VulkanBackend(GPUBackend[_Allocation]):
     ) -> None:
         # Inline only when both live on one device: a cross-device copy bounces through the host.
         limit = self._copy_limits[src[1]] if src[1] == dst[1] else INLINE_LIMIT
-        await self._run(size, limit, self._engine.copy, src[0], src_offset, dst[0], dst_offset, size)
+        if size <= limit:
+            self._engine.copy(src[0], src_offset, dst[0], dst_offset, size)
+        else:
+            await self._offload(self._engine.copy, src[0], src_offset, dst[0], dst_offset, size)
 
     async def _synchronize(self, index: int) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._engine.synchronize, index)
+        await self._offload(self._engine.synchronize, index)
 
     def engine_stats(self, device_id: str) -> dict[str, Any]:
         """The engine's own counters for a device (live allocations, allocator blocks, strategy)."""
