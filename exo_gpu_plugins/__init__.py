@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 from exo_gpu_plugins.errors import (
     BackendClosedError,
     BackendUnavailableError,
+    CheckpointError,
     ConfigError,
     DeviceNotFoundError,
+    FileReadError,
     GPUError,
     InvalidHandleError,
     OutOfBoundsError,
@@ -29,8 +31,10 @@ from exo_gpu_plugins.registry import Registry, get_registry, open_backend
 
 if TYPE_CHECKING:
     from exo_gpu_plugins.backend import GPUBackend
+    from exo_gpu_plugins.host_buffer import HostBuffer
     from exo_gpu_plugins.models import (
         Capabilities,
+        DeviceDescription,
         DeviceType,
         GPUDevice,
         HeapReport,
@@ -44,6 +48,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "GPUBackend": "exo_gpu_plugins.backend",
     "Capabilities": "exo_gpu_plugins.models",
+    "DeviceDescription": "exo_gpu_plugins.models",
+    "HostBuffer": "exo_gpu_plugins.host_buffer",
     "DeviceType": "exo_gpu_plugins.models",
     "GPUDevice": "exo_gpu_plugins.models",
     "HeapReport": "exo_gpu_plugins.models",
@@ -66,13 +72,17 @@ __all__ = [
     "BackendInfo",
     "BackendUnavailableError",
     "Capabilities",
+    "CheckpointError",
     "ConfigError",
+    "DeviceDescription",
     "DeviceNotFoundError",
     "DeviceType",
+    "FileReadError",
     "GPUBackend",
     "GPUDevice",
     "GPUError",
     "HeapReport",
+    "HostBuffer",
     "InvalidHandleError",
     "MemoryHandle",
     "MemoryReport",

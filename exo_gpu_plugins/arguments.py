@@ -9,6 +9,7 @@ from __future__ import annotations
 import operator
 
 from exo_gpu_plugins.errors import OutOfBoundsError
+from exo_gpu_plugins.host_buffer import HostBuffer
 
 __all__ = ["check_range", "integer", "non_negative", "readable_view", "writable_view"]
 
@@ -30,17 +31,20 @@ def non_negative(value: object, name: str) -> int:
     return number
 
 
-def check_range(offset: int, size: int, limit: int, what: str) -> None:
-    """Refuse `[offset, offset + size)` unless it lies inside `[0, limit)`."""
-    if offset + size > limit:
+def check_range(offset: int, size: int, limit: int, what: str, noun: str = "allocation") -> None:
+    """Refuse `[offset, offset + size)` unless it lies inside `[0, limit)` (of an allocation, or
+    whatever `noun` names)."""
+    if offset + size > limit or size < 0:
         raise OutOfBoundsError(
-            f"{what}: bytes [{offset}, {offset + size}) reach past the end of the "
-            f"{limit}-byte allocation"
+            f"{what}: bytes [{offset}, {offset + size}) reach past the end of the {limit}-byte {noun}"
         )
 
 
 def readable_view(obj: object, name: str) -> memoryview:
-    """A flat byte view of any C-contiguous buffer (bytes, bytearray, memoryview, numpy, mmap)."""
+    """A flat byte view of any C-contiguous buffer (bytes, bytearray, memoryview, numpy, mmap) or
+    of a `HostBuffer`."""
+    if isinstance(obj, HostBuffer):
+        return obj.view
     try:
         view = memoryview(obj)  # type: ignore[arg-type]
     except TypeError:

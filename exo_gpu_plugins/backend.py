@@ -7,6 +7,11 @@ repeats a check; a bad call is refused before any backend code runs, so it canno
 
 Handles are owned by the core: each instance keeps a table from unguessable handle ids to the
 backend's native allocation object. A freed, forged or foreign handle is simply not in the table.
+
+Hooks come in two kinds, fixed per hook and checked when a subclass is defined: quick, plain `def`
+hooks (describe, report, free, telemetry) and `async def` hooks for work that may wait on the
+device (allocate, copies, synchronize). `HOOK_KINDS` lists them; docs/writing-a-backend.md says
+what each one does.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import abc
 import asyncio
 import collections
 import enum
+import inspect
 import logging
 import os
 import threading
@@ -22,16 +28,24 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, final
 
-from exo_gpu_plugins import arguments
+from exo_gpu_plugins import arguments, file_copy
 from exo_gpu_plugins.errors import (
     BackendClosedError,
     DeviceNotFoundError,
+    GPUError,
     InvalidHandleError,
     OutOfMemoryError,
 )
-from exo_gpu_plugins.models import Capabilities, GPUDevice, MemoryHandle, MemoryReport
+from exo_gpu_plugins.host_buffer import HostBuffer
+from exo_gpu_plugins.models import (
+    Capabilities,
+    DeviceDescription,
+    GPUDevice,
+    MemoryHandle,
+    MemoryReport,
+)
 
 __all__ = ["GPUBackend"]
 
@@ -137,6 +151,48 @@ def _new_handle(device_id: str, size: int) -> MemoryHandle:
 _HANDLE_FIELDS = frozenset(MemoryHandle.model_fields)
 
 
+class _HostEntry:
+    """A live host buffer: the object given out and the backend's native object behind it."""
+
+    __slots__ = ("buffer", "native")
+
+    def __init__(self, buffer: HostBuffer, native: object) -> None:
+        self.buffer = buffer
+        self.native = native
+
+
+# Every hook of the spec and whether it is a coroutine function. A backend written the obvious way
+# is right: what only looks something up is sync; what may wait on the device is async.
+HOOK_KINDS: dict[str, bool] = {
+    "_open": False,
+    "_close": False,
+    "_discover_devices": False,
+    "_capabilities": False,
+    "_memory_report": False,
+    "_free": False,
+    "_temperature": False,
+    "_power": False,
+    "_clock_rate": False,
+    "_utilization": False,
+    "_release_host": False,
+    "_allocate": True,
+    "_write": True,
+    "_read_into": True,
+    "_read": True,
+    "_copy": True,
+    "_synchronize": True,
+    "_write_from_file": True,
+    "_allocate_host": True,
+    "_register_host": True,
+}
+
+# Hooks of version 0.1 that no longer exist, and what replaced them (docs/writing-a-backend.md).
+_REMOVED_HOOKS = {
+    "_describe": "remove it: the core builds GPUDevice from _discover_devices() and _memory_report()",
+    "_free_blocking": "merge it into `def _free(self, native)`, the one free hook (sync)",
+}
+
+
 class GPUBackend(abc.ABC, Generic[NativeT]):
     """Async GPU memory operations on the devices of one backend.
 
@@ -146,26 +202,54 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
 
     name: ClassVar[str]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for hook, advice in _REMOVED_HOOKS.items():
+            if hook in cls.__dict__:
+                raise TypeError(f"{cls.__qualname__}.{hook} is a hook of exo-gpu-plugins 0.1: {advice}")
+        for hook, is_async in HOOK_KINDS.items():
+            if hook not in cls.__dict__:
+                continue
+            function = inspect.unwrap(cls.__dict__[hook])
+            if isinstance(function, (staticmethod, classmethod)):
+                function = function.__func__
+            if not callable(function):
+                raise TypeError(
+                    f"{cls.__qualname__}.{hook} must be a method, not {type(function).__name__}"
+                )
+            if inspect.iscoroutinefunction(function) != is_async:
+                kind = "an `async def` method" if is_async else "a plain `def` method (not async)"
+                why = (
+                    "the core awaits it"
+                    if is_async
+                    else "the core calls it without await; it must return quickly"
+                )
+                raise TypeError(f"{cls.__qualname__}.{hook} must be {kind}: {why}")
+
     def __init__(self) -> None:
         self._state = _State.NEW
         self._state_lock = threading.Lock()
         self._gate = _Gate(self)
         self._live: dict[str, _Live[NativeT]] = {}
-        self._devices: tuple[GPUDevice, ...] = ()
+        self._host: dict[int, _HostEntry] = {}
+        self._descriptions: tuple[DeviceDescription, ...] = ()
+        self._device_ids: tuple[str, ...] = ()
         self._index_of: dict[str, int] = {}
 
     # ----------------------------------------------------------------------------------------------
     # Lifecycle
 
+    @final
     async def initialize(self) -> None:
         """Open the backend; a second call does nothing. Raises `BackendUnavailableError`."""
         if self._state is _State.OPEN:
             return
         await asyncio.to_thread(self._initialize_blocking)
 
+    @final
     async def shutdown(self) -> None:
-        """Wait for operations in flight, free every allocation and release the devices;
-        afterwards every call is refused."""
+        """Wait for operations in flight, free every allocation and host buffer and release the
+        devices; afterwards every call is refused."""
         if self._state is _State.CLOSED:
             return
         await asyncio.to_thread(self._shutdown_blocking)
@@ -196,11 +280,39 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
                     f"backend {self.name!r} was shut down; create a new instance to use it again"
                 )
             self._open()
-            devices = tuple(self._discover_devices())
-            self._devices = devices
-            self._index_of = {device.device_id: i for i, device in enumerate(devices)}
+            try:
+                self._descriptions = self._checked_descriptions(self._discover_devices())
+            except BaseException:
+                self._descriptions = self._device_ids = ()
+                self._close()
+                raise
+            self._index_of = {device_id: i for i, device_id in enumerate(self._device_ids)}
             self._state = _State.OPEN
-            log.debug("backend %s open with %d device(s)", self.name, len(devices))
+            log.debug("backend %s open with %d device(s)", self.name, len(self._descriptions))
+
+    def _checked_descriptions(self, found: object) -> tuple[DeviceDescription, ...]:
+        """The hook's devices, refused with a message naming the fault when they are malformed."""
+        owner = f"{type(self).__qualname__}._discover_devices()"
+        if not isinstance(found, Sequence):
+            raise TypeError(
+                f"{owner} must return a sequence of DeviceDescription, not {type(found).__name__}"
+            )
+        descriptions = tuple(found)
+        self._device_ids = tuple(f"{self.name}:{i}" for i in range(len(descriptions)))
+        for index, description in enumerate(descriptions):
+            if isinstance(description, GPUDevice) or not isinstance(description, DeviceDescription):
+                raise TypeError(
+                    f"{owner} returned a {type(description).__name__} for device {index}: return a "
+                    "DeviceDescription; the core fills device_id, backend, backend_name and "
+                    "memory_available itself"
+                )
+            total = self._memory_report(index).total_bytes
+            if total != description.memory_bytes:
+                raise GPUError(
+                    f"{owner}: device {self.name}:{index} says memory_bytes={description.memory_bytes} "
+                    f"but _memory_report() says total_bytes={total}; the two must agree"
+                )
+        return descriptions
 
     def _shutdown_blocking(self) -> None:
         with self._state_lock:
@@ -211,67 +323,114 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
             self._gate.drain()  # and those already running finish first
             live = list(self._live.values())
             self._live.clear()
+            hosts = list(self._host.values())
+            self._host.clear()
             if not was_open:
                 return
             for entry in live:
                 try:
-                    self._free_blocking(entry.native)
+                    self._free(entry.native)
                 except Exception:
                     log.exception(
                         "backend %s: freeing %s at shutdown failed", self.name, entry.handle.handle_id
                     )
+            for host in hosts:
+                host.buffer._mark_released()
+                try:
+                    self._release_host(host.native)
+                except Exception:
+                    log.exception("backend %s: releasing a host buffer at shutdown failed", self.name)
             self._close()
-            log.debug("backend %s closed; freed %d allocation(s)", self.name, len(live))
+            log.debug(
+                "backend %s closed; freed %d allocation(s), %d host buffer(s)",
+                self.name,
+                len(live),
+                len(hosts),
+            )
 
     # ----------------------------------------------------------------------------------------------
     # Devices
 
+    @final
     def list_devices(self) -> list[GPUDevice]:
-        """The devices found at `initialize()`."""
+        """The devices found at `initialize()`, each with its free memory as of this call."""
         self._require_open()
-        return list(self._devices)
+        return [self._device(index) for index in range(len(self._descriptions))]
 
+    @final
     def get_device(self, device_id: str) -> GPUDevice | None:
-        """The device with this id, or `None` when there is none."""
+        """The device with this id (free memory as of this call), or `None` when there is none."""
         self._require_open()
         if not isinstance(device_id, str):
             raise TypeError(f"device_id must be a str, not {type(device_id).__name__}")
         index = self._index_of.get(device_id)
-        return None if index is None else self._devices[index]
+        return None if index is None else self._device(index)
 
+    @final
     def capabilities(self, device_id: str) -> Capabilities:
         """What this backend supports on the device."""
         with self._gate:
             return self._capabilities(self._device_index(device_id))
 
+    @final
     async def get_device_properties(self, device_id: str) -> GPUDevice:
         """A fresh description of the device (free memory as of now)."""
         with self._gate:
-            return await self._describe(self._device_index(device_id))
+            return self._device(self._device_index(device_id), strict=True)
 
+    @final
     async def get_device_memory_info(self, device_id: str) -> MemoryReport:
-        """Total, used, available and reserved bytes, and where the figures came from."""
+        """Total, used, available and reserved bytes, and where the figures came from. The report
+        is also a read-only mapping of the four figures, like the dict of exo's fork."""
         with self._gate:
-            return await self._memory_report(self._device_index(device_id))
+            return self._memory_report(self._device_index(device_id))
 
+    @final
     async def get_device_temperature(self, device_id: str) -> float | None:
         """Degrees Celsius, read now; `None` when this device has no temperature source."""
         with self._gate:
-            return await self._temperature(self._device_index(device_id))
+            return self._temperature(self._device_index(device_id))
 
+    @final
     async def get_device_power_usage(self, device_id: str) -> float | None:
         """Watts drawn, read now; `None` when this device has no power source."""
         with self._gate:
-            return await self._power(self._device_index(device_id))
+            return self._power(self._device_index(device_id))
 
+    @final
     async def get_device_clock_rate(self, device_id: str) -> int | None:
         """Current graphics clock in MHz; `None` when this device has no clock source."""
         with self._gate:
-            return await self._clock_rate(self._device_index(device_id))
+            return self._clock_rate(self._device_index(device_id))
+
+    @final
+    async def get_device_utilization(self, device_id: str) -> float | None:
+        """Percent of time the device was busy over the driver's last sample period, read now;
+        `None` when this device has no utilization source."""
+        with self._gate:
+            return self._utilization(self._device_index(device_id))
+
+    def _device(self, index: int, *, strict: bool = False) -> GPUDevice:
+        """The description plus the core's figures. The free memory is one memory report (a driver
+        budget query at most); where it fails, `list_devices()` still answers, with `None`."""
+        try:
+            available: int | None = self._memory_report(index).available_bytes
+        except GPUError:
+            if strict:
+                raise
+            log.warning("backend %s: memory report of device %d failed", self.name, index, exc_info=True)
+            available = None
+        return GPUDevice.from_description(
+            self._descriptions[index],
+            device_id=self._device_ids[index],
+            backend=self.name,
+            memory_available=available,
+        )
 
     # ----------------------------------------------------------------------------------------------
     # Memory
 
+    @final
     async def allocate(self, device_id: str, size_bytes: int) -> MemoryHandle:
         """Allocate `size_bytes` (> 0) on the device; the memory reads back as zeros."""
         with self._gate:
@@ -282,20 +441,22 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
             if size > _MAX_ALLOCATION:
                 raise OutOfMemoryError(f"{size} bytes is more than any device can hold")
             native = await self._allocate(index, size)
-            handle = _new_handle(self._devices[index].device_id, size)
+            handle = _new_handle(self._device_ids[index], size)
             self._live[handle.handle_id] = _Live(handle, native, index)
             return handle
 
+    @final
     async def deallocate(self, handle: MemoryHandle) -> None:
         """Free the allocation. A handle that is not live here raises `InvalidHandleError`."""
         with self._gate:
             entry = self._entry(handle, "handle")
             if self._live.pop(handle.handle_id, None) is None:
                 raise InvalidHandleError(f"handle {handle.handle_id} was freed concurrently")
-            await self._free(entry.native)
+            self._free(entry.native)
 
+    @final
     async def copy_to_device(self, src: object, dst_handle: MemoryHandle, offset_bytes: int = 0) -> None:
-        """Write the bytes of `src` (any contiguous buffer) at `offset_bytes` of the allocation."""
+        """Write the bytes of `src` (any contiguous buffer, or a HostBuffer) at `offset_bytes`."""
         with self._gate:
             entry = self._entry(dst_handle, "dst_handle")
             view = arguments.readable_view(src, "src")
@@ -304,6 +465,37 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
             if view.nbytes:
                 await self._write(entry.native, offset, view)
 
+    @final
+    async def copy_file_to_device(
+        self,
+        src: object,
+        dst_handle: MemoryHandle,
+        offset_bytes: int = 0,
+        *,
+        file_offset: int = 0,
+        size_bytes: int | None = None,
+    ) -> int:
+        """Copy `size_bytes` of a file from `file_offset` (default: to its end) into the allocation
+        at `offset_bytes`; returns the byte count. `src` is a path, an open file or a descriptor.
+
+        A range outside the file or the allocation raises `OutOfBoundsError` before anything is
+        written; an unreadable file, an I/O error or a file that shrinks raises `FileReadError`."""
+        with self._gate:
+            entry = self._entry(dst_handle, "dst_handle")
+            offset = arguments.non_negative(offset_bytes, "offset_bytes")
+            start = arguments.non_negative(file_offset, "file_offset")
+            wanted = None if size_bytes is None else arguments.non_negative(size_bytes, "size_bytes")
+            with file_copy.open_source(src) as (fd, file_size, label):
+                size = file_size - start if wanted is None else wanted
+                arguments.check_range(
+                    start, max(size, 0), file_size, f"copy_file_to_device {label}", "file"
+                )
+                arguments.check_range(offset, size, entry.handle.size_bytes, "copy_file_to_device")
+                if size:
+                    await self._write_from_file(entry.native, offset, fd, start, size)
+            return size
+
+    @final
     async def copy_from_device(
         self, src_handle: MemoryHandle, offset_bytes: int, size_bytes: int
     ) -> bytes:
@@ -317,10 +509,11 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
                 return b""
             return await self._read(entry.native, offset, size)
 
+    @final
     async def copy_from_device_into(
         self, src_handle: MemoryHandle, offset_bytes: int, dst: object
     ) -> int:
-        """Fill the writable buffer `dst` from `offset_bytes` on; returns the byte count."""
+        """Fill the writable buffer `dst` (or HostBuffer) from `offset_bytes` on; returns the count."""
         with self._gate:
             entry = self._entry(src_handle, "src_handle")
             view = arguments.writable_view(dst, "dst")
@@ -330,6 +523,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
                 await self._read_into(entry.native, offset, view)
             return view.nbytes
 
+    @final
     async def copy_device_to_device(
         self,
         src_handle: MemoryHandle,
@@ -350,6 +544,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
             if size:
                 await self._copy(src.native, src_offset, dst.native, dst_offset, size)
 
+    @final
     async def synchronize(self, device_id: str) -> None:
         """Return once every operation issued on the device before this call has finished."""
         with self._gate:
@@ -358,6 +553,66 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
     def live_handles(self) -> list[MemoryHandle]:
         """The handles allocated through this instance and not yet freed."""
         return [entry.handle for entry in list(self._live.values())]
+
+    # ----------------------------------------------------------------------------------------------
+    # Host buffers: host memory that copies to and from the device use directly
+
+    @final
+    async def allocate_host_buffer(self, device_id: str, size_bytes: int) -> HostBuffer:
+        """Zero-filled host memory for copies with the device (the equivalent of `cudaHostAlloc`).
+
+        Where the backend can (`capabilities().pinned_host_memory`), the device reads and writes it
+        directly, so a copy from or into it is pure DMA; elsewhere it is ordinary memory."""
+        with self._gate:
+            index = self._device_index(device_id)
+            size = arguments.integer(size_bytes, "size_bytes")
+            if size <= 0:
+                raise ValueError(f"size_bytes must be > 0, got {size}")
+            if size > _MAX_ALLOCATION:
+                raise OutOfMemoryError(f"{size} bytes is more than any host can hold")
+            view, native = await self._allocate_host(index, size)
+            flat = arguments.writable_view(view, "_allocate_host() view")
+            buffer = HostBuffer(
+                self._device_ids[index], flat, pinned=native is not None, registered=False
+            )
+            self._host[id(buffer)] = _HostEntry(buffer, native)
+            return buffer
+
+    @final
+    async def register_host_buffer(self, device_id: str, buffer: object) -> HostBuffer:
+        """Register a caller's buffer once so that later copies from or into it need no staging
+        copy (the equivalent of `cudaHostRegister`). The caller keeps the memory; release the
+        registration with `release_host_buffer()` (shutdown releases those left)."""
+        with self._gate:
+            index = self._device_index(device_id)
+            view = arguments.readable_view(buffer, "buffer")
+            if view.nbytes == 0:
+                raise ValueError("buffer must hold at least one byte")
+            native = await self._register_host(index, view)
+            host = HostBuffer(self._device_ids[index], view, pinned=native is not None, registered=True)
+            self._host[id(host)] = _HostEntry(host, native)
+            return host
+
+    @final
+    async def release_host_buffer(self, host_buffer: HostBuffer) -> None:
+        """Release a host buffer or registration. Memoryviews taken from an allocated buffer stay
+        valid memory; the device just stops using it directly."""
+        with self._gate:
+            if not isinstance(host_buffer, HostBuffer):
+                raise TypeError(f"host_buffer must be a HostBuffer, not {type(host_buffer).__name__}")
+            entry = self._host.get(id(host_buffer))
+            if entry is None or entry.buffer is not host_buffer:
+                raise InvalidHandleError(
+                    "host_buffer is not a live host buffer of this backend instance "
+                    "(released already, or from another instance)"
+                )
+            del self._host[id(host_buffer)]
+            host_buffer._mark_released()
+            self._release_host(entry.native)
+
+    def live_host_buffers(self) -> list[HostBuffer]:
+        """The host buffers allocated or registered through this instance and not yet released."""
+        return [entry.buffer for entry in list(self._host.values())]
 
     # ----------------------------------------------------------------------------------------------
     # Checks shared by every call
@@ -392,8 +647,8 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         return entry
 
     # ----------------------------------------------------------------------------------------------
-    # Hooks a backend implements. Arguments arrive checked: indexes exist, ranges are in bounds,
-    # sizes are > 0, views are flat unsigned-byte memoryviews.
+    # Hooks a backend implements (HOOK_KINDS says which are async). Arguments arrive checked:
+    # indexes exist, ranges are in bounds, sizes are > 0, views are flat unsigned-byte memoryviews.
 
     @abc.abstractmethod
     def _open(self) -> None:
@@ -404,32 +659,26 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         """Release the driver; every allocation has already been freed (runs in a worker thread)."""
 
     @abc.abstractmethod
-    def _discover_devices(self) -> Sequence[GPUDevice]:
-        """Describe the devices once, at open; their ids are `f'{name}:{index}'`."""
+    def _discover_devices(self) -> Sequence[DeviceDescription]:
+        """Describe each device once, at open (runs in a worker thread); device `i` becomes
+        `f'{name}:{i}'`. Only what the backend alone knows: the core adds id and free memory."""
 
     @abc.abstractmethod
     def _capabilities(self, index: int) -> Capabilities:
         """What the device supports."""
 
     @abc.abstractmethod
-    async def _describe(self, index: int) -> GPUDevice:
-        """A fresh description of the device."""
-
-    @abc.abstractmethod
-    async def _memory_report(self, index: int) -> MemoryReport:
-        """The device's memory now."""
+    def _memory_report(self, index: int) -> MemoryReport:
+        """The device's memory now (a driver query at most: `list_devices()` calls it per device)."""
 
     @abc.abstractmethod
     async def _allocate(self, index: int, size: int) -> NativeT:
         """Allocate zero-filled memory; raise `OutOfMemoryError` when it does not fit."""
 
     @abc.abstractmethod
-    async def _free(self, native: NativeT) -> None:
-        """Free an allocation (already removed from the handle table)."""
-
-    @abc.abstractmethod
-    def _free_blocking(self, native: NativeT) -> None:
-        """Free an allocation synchronously, during shutdown."""
+    def _free(self, native: NativeT) -> None:
+        """Free an allocation (already removed from the handle table). Called by `deallocate()`
+        and, for allocations left over, by `shutdown()` from a worker thread."""
 
     @abc.abstractmethod
     async def _write(self, native: NativeT, offset: int, data: memoryview) -> None:
@@ -455,14 +704,41 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
     async def _synchronize(self, index: int) -> None:
         """Wait for the device's outstanding work."""
 
-    async def _temperature(self, index: int) -> float | None:
-        """A temperature reading; backends with a sensor override this."""
+    async def _write_from_file(
+        self, native: NativeT, offset: int, fd: int, file_offset: int, size: int
+    ) -> None:
+        """Copy `size` bytes of the open file `fd` from `file_offset` to `offset`. The default reads
+        chunks in worker threads, several at once, into host buffers from `_allocate_host` and
+        writes each with `_write`; backends with a faster path override it."""
+        await file_copy.pipelined_copy(self, native, offset, fd, file_offset, size)
+
+    async def _allocate_host(self, index: int, size: int) -> tuple[memoryview, object | None]:
+        """Host memory for copies with device `index`: (a writable view of zeroed memory, the
+        native object to release it, or `None` when it is ordinary memory)."""
+        return memoryview(bytearray(size)), None
+
+    async def _register_host(self, index: int, view: memoryview) -> object | None:
+        """Make the caller's memory directly accessible to the device; `None` when nothing was
+        done (the default: copies from it go the ordinary way)."""
         return None
 
-    async def _power(self, index: int) -> float | None:
-        """A power reading; backends with a sensor override this."""
+    def _release_host(self, native: object | None) -> None:
+        """Release what `_allocate_host` or `_register_host` returned (never called with memory
+        the device may still touch: every operation on it has finished)."""
         return None
 
-    async def _clock_rate(self, index: int) -> int | None:
-        """A clock reading; backends with a sensor override this."""
+    def _temperature(self, index: int) -> float | None:
+        """A temperature reading in degrees Celsius; backends with a sensor override this."""
+        return None
+
+    def _power(self, index: int) -> float | None:
+        """A power reading in watts; backends with a sensor override this."""
+        return None
+
+    def _clock_rate(self, index: int) -> int | None:
+        """A graphics clock reading in MHz; backends with a sensor override this."""
+        return None
+
+    def _utilization(self, index: int) -> float | None:
+        """Percent busy, 0-100; backends with a source override this."""
         return None

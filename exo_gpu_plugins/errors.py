@@ -11,8 +11,10 @@ from __future__ import annotations
 __all__ = [
     "BackendClosedError",
     "BackendUnavailableError",
+    "CheckpointError",
     "ConfigError",
     "DeviceNotFoundError",
+    "FileReadError",
     "GPUError",
     "InvalidHandleError",
     "OutOfBoundsError",
@@ -51,8 +53,18 @@ class TransferError(GPUError):
     """A copy was accepted but the device failed to carry it out."""
 
 
+class FileReadError(TransferError):
+    """A file could not be read into device memory: an I/O error, a short read, or a file that
+    shrank during the copy. What was written before the failure is not rolled back."""
+
+
 class OutOfBoundsError(GPUError, ValueError):
     """An offset/size pair reaches outside the allocation; nothing was written."""
+
+
+class CheckpointError(GPUError, ValueError):
+    """A weights file or checkpoint is malformed (bad header, offsets, dtype, missing shard). The
+    message names the file and, where there is one, the tensor. Raised before anything is allocated."""
 
 
 class PluginError(GPUError):

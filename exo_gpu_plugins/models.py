@@ -6,7 +6,9 @@ A field a backend cannot know is `None`; no model carries an invented number.
 
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
@@ -14,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "Capabilities",
+    "DeviceDescription",
     "DeviceType",
     "GPUDevice",
     "HeapReport",
@@ -35,43 +38,121 @@ class DeviceType(str, Enum):
     OTHER = "other"
 
 
-class GPUDevice(BaseModel):
-    """One device of one backend. Field names follow exo's fork of the spec, plus identity fields."""
+class DeviceDescription(BaseModel):
+    """What only a backend knows about one of its devices, returned by `_discover_devices()`.
+
+    The core adds what it knows itself (the id, the backend's name, the live free memory) to make
+    the `GPUDevice` that callers see. `field_sources` says where a figure came from, as pairs
+    (field name, source) such as ("compute_capability", "nvml"); `exo-gpu info` shows them.
+    """
 
     model_config = _FROZEN
 
-    device_id: str = Field(description="'<backend>:<index>', e.g. 'vulkan:0'")
     name: str
     vendor: str = Field(description="lower-case vendor name: nvidia, amd, intel, apple, mesa, ...")
-    backend: str
-    device_type: DeviceType
+    device_type: DeviceType = DeviceType.OTHER
     memory_bytes: int = Field(ge=0, description="total device memory")
-    memory_available: int | None = Field(
-        default=None, ge=0, description="free memory when the device was described"
-    )
     compute_units: int | None = Field(default=None, ge=0)
     compute_capability: str | None = None
     tensor_core_count: int | None = Field(default=None, ge=0)
     max_threads_per_block: int | None = Field(default=None, ge=0)
-    clock_rate_mhz: int | None = Field(default=None, ge=0)
-    bandwidth_gbps: float | None = Field(default=None, ge=0)
+    clock_rate_mhz: int | None = Field(default=None, ge=0, description="maximum graphics/SM clock")
+    memory_clock_mhz: int | None = Field(default=None, ge=0, description="maximum memory clock")
+    memory_bus_width_bits: int | None = Field(default=None, ge=0)
+    bandwidth_gbps: float | None = Field(default=None, ge=0, description="peak memory bandwidth")
     support_level: str = "full"
     driver_version: str | None = None
-    backend_name: str
     uuid: str | None = Field(default=None, description="stable device UUID (NVML format on NVIDIA)")
     pci_bus_id: str | None = Field(default=None, description="'dddd:bb:dd.f'")
     api_version: str | None = None
+    field_sources: tuple[tuple[str, str], ...] = ()
 
 
-class MemoryHandle(BaseModel):
-    """An allocation on a device. `handle_id` holds 128 random bits, so it cannot be guessed."""
+# The order of the fields of exo's fork's `GPUDevice` dataclass, so its positional calls work too.
+_FORK_DEVICE_FIELDS = (
+    "device_id",
+    "name",
+    "vendor",
+    "backend",
+    "compute_capability",
+    "memory_bytes",
+    "memory_available",
+    "compute_units",
+    "tensor_core_count",
+    "max_threads_per_block",
+    "clock_rate_mhz",
+    "bandwidth_gbps",
+    "support_level",
+    "driver_version",
+    "backend_name",
+)
+
+
+class _DeviceIdentity(BaseModel):
+    """What the core knows of a device: its id, its backend, its free memory."""
 
     model_config = _FROZEN
 
-    handle_id: str = Field(min_length=1)
+    device_id: str = Field(description="'<backend>:<index>', e.g. 'vulkan:0'")
+    backend: str
+    backend_name: str
+    memory_available: int | None = Field(
+        default=None, ge=0, description="free memory when this description was made"
+    )
+
+
+class GPUDevice(DeviceDescription, _DeviceIdentity):
+    """One device of one backend: its description plus what the core knows (id, backend, free memory).
+
+    Every constructor call of exo's fork works unchanged, keyword or positional (in the fork's field
+    order); fields the fork did not have take defaults.
+    """
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        if args:
+            if len(args) > len(_FORK_DEVICE_FIELDS):
+                raise TypeError(
+                    f"GPUDevice takes at most {len(_FORK_DEVICE_FIELDS)} positional arguments"
+                )
+            for name, value in zip(_FORK_DEVICE_FIELDS, args, strict=False):
+                if name in data:
+                    raise TypeError(f"GPUDevice got multiple values for argument {name!r}")
+                data[name] = value
+        super().__init__(**data)
+
+    @classmethod
+    def from_description(
+        cls,
+        description: DeviceDescription,
+        *,
+        device_id: str,
+        backend: str,
+        memory_available: int | None,
+    ) -> GPUDevice:
+        """The device as callers see it: the backend's description plus the core's own figures."""
+        fields = dict(description.__dict__)
+        fields.update(
+            device_id=device_id,
+            backend=backend,
+            backend_name=backend,
+            memory_available=memory_available,
+        )
+        return cls.model_construct(**fields)
+
+
+class MemoryHandle(BaseModel):
+    """An allocation on a device. `handle_id` holds 128 random bits, so it cannot be guessed.
+
+    `MemoryHandle(device_id=..., size_bytes=...)` works as in exo's fork (a fresh id and the current
+    time), but only handles a backend gave out are accepted by it: a hand-made one is refused.
+    """
+
+    model_config = _FROZEN
+
+    handle_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1)
     device_id: str
     size_bytes: int = Field(gt=0)
-    allocated_at: datetime
+    allocated_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
 
 class HeapReport(BaseModel):
@@ -101,7 +182,7 @@ class MemoryReport(BaseModel):
     - `reserved_bytes`: the rest, held by other processes, the driver and the OS.
     The four always add up: total = used + available + reserved. `source` names where the figures
     came from (e.g. `VK_EXT_memory_budget`, `heap-size-minus-own`, `os`).
-    It also answers `report["total_bytes"]`, as the dict of exo's fork did.
+    It is also a read-only mapping of those four figures, as the dict of exo's fork was.
     """
 
     model_config = _FROZEN
@@ -119,14 +200,43 @@ class MemoryReport(BaseModel):
         _check_parts(self.total_bytes, self.used_bytes, self.available_bytes, self.reserved_bytes)
         return self
 
-    def __getitem__(self, key: str) -> Any:
-        if key not in type(self).model_fields:
-            raise KeyError(key)
-        return getattr(self, key)
+    # A read-only mapping of the four figures, as the dict of exo's fork was: `in`, `get`, `keys`,
+    # `items`, iteration, `len`, `dict(report)` and `json.dumps(dict(report))` all work.
 
-    def keys(self) -> list[str]:
-        """The field names, so `dict(report)`-style code written for the fork's dict keeps working."""
-        return list(type(self).model_fields)
+    def __getitem__(self, key: str) -> int:
+        if key not in MEMORY_FIGURES:
+            raise KeyError(key)
+        value: int = getattr(self, key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
+        return iter(MEMORY_FIGURES)
+
+    def __len__(self) -> int:
+        return len(MEMORY_FIGURES)
+
+    def __contains__(self, key: object) -> bool:
+        return key in MEMORY_FIGURES
+
+    def keys(self) -> KeysView[str]:
+        """The four figure names."""
+        return KeysView(self)
+
+    def values(self) -> ValuesView[int]:
+        """The four figures, in `keys()` order."""
+        return ValuesView(self)
+
+    def items(self) -> ItemsView[str, int]:
+        """(name, figure) pairs."""
+        return ItemsView(self)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The figure, or `default` for any other key."""
+        return self[key] if key in MEMORY_FIGURES else default
+
+
+MEMORY_FIGURES = ("total_bytes", "used_bytes", "available_bytes", "reserved_bytes")
+Mapping.register(MemoryReport)
 
 
 def _check_parts(total: int, used: int, available: int, reserved: int) -> None:
@@ -170,6 +280,19 @@ class Capabilities(BaseModel):
     temperature: bool = False
     power: bool = False
     clock_rate: bool = False
+    utilization: bool = Field(default=False, description="get_device_utilization gives readings")
+    pinned_host_memory: bool = Field(
+        default=False,
+        description="allocate_host_buffer gives memory the device reads and writes directly",
+    )
+    host_registration: bool = Field(
+        default=False,
+        description="register_host_buffer makes a caller's buffer directly accessible to the device",
+    )
+    native_file_copy: bool = Field(
+        default=False,
+        description="copy_file_to_device is carried out by the backend itself, not the core's loop",
+    )
     transfer_strategy: str | None = Field(
         default=None, description="how host<->device copies are carried out on this device"
     )

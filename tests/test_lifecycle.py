@@ -26,9 +26,9 @@ class SlowHost(HostBackend):
         await asyncio.to_thread(self.release.wait, 10)
         await super()._write(native, offset, data)
 
-    def _free_blocking(self, native: bytearray) -> None:
+    def _free(self, native: bytearray) -> None:
         self.freed.append(id(native))
-        super()._free_blocking(native)
+        super()._free(native)
 
 
 def test_shutdown_waits_for_operations_in_flight() -> None:

@@ -14,10 +14,11 @@ import threading
 from collections.abc import Sequence
 from typing import ClassVar
 
+from exo_gpu_plugins import file_copy
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import OutOfMemoryError
 from exo_gpu_plugins.host.system_memory import cpu_identity, read_ram
-from exo_gpu_plugins.models import Capabilities, DeviceType, GPUDevice, MemoryReport
+from exo_gpu_plugins.models import Capabilities, DeviceDescription, DeviceType, MemoryReport
 
 __all__ = ["HostBackend"]
 
@@ -54,28 +55,24 @@ class HostBackend(GPUBackend[bytearray]):
     def _close(self) -> None:
         pass
 
-    def _discover_devices(self) -> Sequence[GPUDevice]:
-        return [self._device_now()]
-
-    def _device_now(self) -> GPUDevice:
+    def _discover_devices(self) -> Sequence[DeviceDescription]:
         ram = read_ram()
         cpu_name, vendor = cpu_identity()
-        return GPUDevice(
-            device_id=f"{self.name}:0",
-            name=cpu_name,
-            vendor=vendor,
-            backend=self.name,
-            backend_name=self.name,
-            device_type=DeviceType.HOST,
-            memory_bytes=ram.total_bytes,
-            memory_available=self._available(ram.total_bytes, ram.available_bytes),
-            compute_units=os.cpu_count(),
-            driver_version=f"{platform.python_implementation()} {platform.python_version()}",
-        )
+        return [
+            DeviceDescription(
+                name=cpu_name,
+                vendor=vendor,
+                device_type=DeviceType.HOST,
+                memory_bytes=ram.total_bytes,
+                compute_units=os.cpu_count(),
+                driver_version=f"{platform.python_implementation()} {platform.python_version()}",
+                field_sources=(("memory_bytes", ram.source), ("compute_units", "os")),
+            )
+        ]
 
     def _capabilities(self, index: int) -> Capabilities:
         return Capabilities(
-            device_id=self._devices[index].device_id,
+            device_id=self._device_ids[index],
             max_allocation_bytes=read_ram().total_bytes,
             allocation_granularity_bytes=1,
             host_visible_memory=True,
@@ -83,19 +80,17 @@ class HostBackend(GPUBackend[bytearray]):
             peer_to_peer=False,
             cross_device_copy=True,
             memory_budget=False,
+            native_file_copy=True,
             transfer_strategy="memcpy",
             transfer_strategies=("memcpy",),
         )
 
-    async def _describe(self, index: int) -> GPUDevice:
-        return self._device_now()
-
-    async def _memory_report(self, index: int) -> MemoryReport:
+    def _memory_report(self, index: int) -> MemoryReport:
         ram = read_ram()
         used = min(_usage.bytes, ram.total_bytes)
         available = self._available(ram.total_bytes, ram.available_bytes)
         return MemoryReport(
-            device_id=self._devices[index].device_id,
+            device_id=self._device_ids[index],
             total_bytes=ram.total_bytes,
             used_bytes=used,
             available_bytes=available,
@@ -128,10 +123,7 @@ class HostBackend(GPUBackend[bytearray]):
         _usage.add(size)
         return memory
 
-    async def _free(self, native: bytearray) -> None:
-        self._free_blocking(native)
-
-    def _free_blocking(self, native: bytearray) -> None:
+    def _free(self, native: bytearray) -> None:
         _usage.add(-len(native))
 
     async def _write(self, native: bytearray, offset: int, data: memoryview) -> None:
@@ -147,6 +139,12 @@ class HostBackend(GPUBackend[bytearray]):
             await asyncio.to_thread(out.__setitem__, slice(None), source)
         else:
             out[:] = source
+
+    async def _write_from_file(
+        self, native: bytearray, offset: int, fd: int, file_offset: int, size: int
+    ) -> None:
+        # Straight from the page cache into the allocation: one copy, several chunks at once.
+        await file_copy.parallel_read_into(fd, memoryview(native)[offset : offset + size], file_offset)
 
     async def _read(self, native: bytearray, offset: int, size: int) -> bytes:
         if size >= _THREAD_THRESHOLD:

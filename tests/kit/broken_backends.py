@@ -36,9 +36,9 @@ class NoZeroFill(HostBackend):
             memory[:] = recycled.pop()
         return memory
 
-    def _free_blocking(self, native: bytearray) -> None:
+    def _free(self, native: bytearray) -> None:
         self._pool.setdefault(len(native), []).append(bytes(native))
-        super()._free_blocking(native)
+        super()._free(native)
 
 
 class DoubleFreeAccepted(HostBackend):
@@ -72,8 +72,8 @@ class BoundsAsIndexError(HostBackend):
 class ImpossibleReport(HostBackend):
     """The memory report claims more available memory than the device has (validator bypassed)."""
 
-    async def _memory_report(self, index: int) -> MemoryReport:
-        report = await super()._memory_report(index)
+    def _memory_report(self, index: int) -> MemoryReport:
+        report = super()._memory_report(index)
         return MemoryReport.model_construct(
             **{**report.model_dump(), "available_bytes": report.total_bytes + 1}
         )

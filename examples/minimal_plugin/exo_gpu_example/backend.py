@@ -1,9 +1,10 @@
 """`ExampleBackend`: two emulated devices, each allocation a `bytearray` in a dict.
 
-It implements only the hooks of `GPUBackend`; the core's public methods check the state, the device
-id, the handle and every argument before calling them, so no hook repeats a check. Memory figures
-are this process's own accounting, kept at module level because `used_bytes` is per process, not
-per backend instance (a new instance must see what an old one left behind).
+It implements only the hooks of `GPUBackend`; the core's public methods check the state, the
+device id, the handle and every argument before calling them, so no hook repeats a check. Quick
+hooks (describe, report, free) are plain functions; those that would wait on a device are async.
+Memory figures are this process's own accounting, kept at module level because `used_bytes` is
+per process, not per backend instance (a new instance must see what an old one left behind).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import ClassVar
 
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import OutOfMemoryError
-from exo_gpu_plugins.models import Capabilities, DeviceType, GPUDevice, MemoryReport
+from exo_gpu_plugins.models import Capabilities, DeviceDescription, DeviceType, MemoryReport
 
 DEVICES = 2
 DEVICE_BYTES = 1 << 30  # each emulated device "has" 1 GiB
@@ -41,22 +42,20 @@ class ExampleBackend(GPUBackend[int]):
         pass  # a real backend loads its driver here and raises BackendUnavailableError without one
 
     def _close(self) -> None:
-        pass  # every allocation has been freed through _free_blocking by now
+        pass  # every allocation has been freed through _free by now
 
-    def _discover_devices(self) -> Sequence[GPUDevice]:
-        return [self._device(index) for index in range(DEVICES)]
-
-    def _device(self, index: int) -> GPUDevice:
-        return GPUDevice(
-            device_id=f"{self.name}:{index}",
-            name=f"Example device {index}",
-            vendor="example",
-            backend=self.name,
-            backend_name=self.name,
-            device_type=DeviceType.VIRTUAL,
-            memory_bytes=DEVICE_BYTES,
-            memory_available=DEVICE_BYTES - _used[index],
-        )
+    def _discover_devices(self) -> Sequence[DeviceDescription]:
+        # Only what the backend alone knows: the core adds the id, the backend name and the free
+        # memory (from _memory_report) to make the GPUDevice that callers see.
+        return [
+            DeviceDescription(
+                name=f"Example device {index}",
+                vendor="example",
+                device_type=DeviceType.VIRTUAL,
+                memory_bytes=DEVICE_BYTES,
+            )
+            for index in range(DEVICES)
+        ]
 
     def _capabilities(self, index: int) -> Capabilities:
         return Capabilities(
@@ -66,13 +65,11 @@ class ExampleBackend(GPUBackend[int]):
             host_visible_memory=True,
             unified_memory=True,
             cross_device_copy=True,
-            memory_budget=False,  # no driver: figures are our own bookkeeping
+            memory_budget=False,  # no driver: figures are our own bookkeeping,
+            available_tracks_allocations=True,  # which fall by exactly what we allocate
         )  # temperature/power/clock default to False: the telemetry calls return None
 
-    async def _describe(self, index: int) -> GPUDevice:
-        return self._device(index)
-
-    async def _memory_report(self, index: int) -> MemoryReport:
+    def _memory_report(self, index: int) -> MemoryReport:
         used = _used[index]
         return MemoryReport(
             device_id=f"{self.name}:{index}",
@@ -97,10 +94,7 @@ class ExampleBackend(GPUBackend[int]):
         self._device_of[key] = index
         return key
 
-    async def _free(self, native: int) -> None:
-        self._free_blocking(native)
-
-    def _free_blocking(self, native: int) -> None:
+    def _free(self, native: int) -> None:
         memory = self._memory.pop(native)
         with _lock:
             _used[self._device_of.pop(native)] -= len(memory)

@@ -23,7 +23,13 @@ from typing import Any, ClassVar, TypeVar
 
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import BackendUnavailableError, GPUError
-from exo_gpu_plugins.models import Capabilities, DeviceType, GPUDevice, HeapReport, MemoryReport
+from exo_gpu_plugins.models import (
+    Capabilities,
+    DeviceDescription,
+    DeviceType,
+    HeapReport,
+    MemoryReport,
+)
 from exo_gpu_plugins.telemetry import HwmonSource, NvmlSource, find_source
 from exo_gpu_vulkan.properties import (
     api_version_text,
@@ -153,31 +159,29 @@ class VulkanBackend(GPUBackend[_Allocation]):
             vendor_name(vendor_id),
         )
 
-    def _discover_devices(self) -> Sequence[GPUDevice]:
-        return [self._device(index, available=None) for index in range(len(self._infos))]
+    def _discover_devices(self) -> Sequence[DeviceDescription]:
+        return [self._description(index) for index in range(len(self._infos))]
 
-    def _device(self, index: int, available: int | None) -> GPUDevice:
+    def _description(self, index: int) -> DeviceDescription:
         info = self._infos[index]
         vendor_id = int(info["vendor_id"])
         total, _ = self._main_heap(index)
-        return GPUDevice(
-            device_id=f"{self.name}:{index}",
-            name=str(info["name"]),
-            vendor=vendor_name(vendor_id),
-            backend=self.name,
-            backend_name=self.name,
-            device_type=_DEVICE_TYPES.get(str(info["device_type"]), DeviceType.OTHER),
-            memory_bytes=total,
-            memory_available=available,
-            compute_units=info.get("compute_units"),
-            max_threads_per_block=info.get("max_compute_work_group_invocations"),
-            driver_version=driver_version_text(
+        fields: dict[str, Any] = {
+            "name": str(info["name"]),
+            "vendor": vendor_name(vendor_id),
+            "device_type": _DEVICE_TYPES.get(str(info["device_type"]), DeviceType.OTHER),
+            "memory_bytes": total,
+            "compute_units": info.get("compute_units"),
+            "max_threads_per_block": info.get("max_compute_work_group_invocations"),
+            "driver_version": driver_version_text(
                 vendor_id, int(info["driver_version"]), info.get("driver_info")
             ),
-            uuid=uuid_text(bytes(info["device_uuid"]), vendor_id),
-            pci_bus_id=pci_bus_id_text(info.get("pci_address")),
-            api_version=api_version_text(int(info["api_version"])),
-        )
+            "uuid": uuid_text(bytes(info["device_uuid"]), vendor_id),
+            "pci_bus_id": pci_bus_id_text(info.get("pci_address")),
+            "api_version": api_version_text(int(info["api_version"])),
+        }
+        sources = {name: "vulkan" for name, value in fields.items() if value is not None}
+        return DeviceDescription(**fields, field_sources=tuple(sorted(sources.items())))
 
     def _main_heap(self, index: int) -> tuple[int, int]:
         """(size, heap index) of the largest device-local heap: where allocations live."""
@@ -219,11 +223,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
         found = ("mapped", "staging") if info.get("host_visible_device_local") else ("staging",)
         return (*found, "import") if info.get("external_memory_host") else found
 
-    async def _describe(self, index: int) -> GPUDevice:
-        report = await self._memory_report(index)
-        return self._device(index, available=report.available_bytes)
-
-    async def _memory_report(self, index: int) -> MemoryReport:
+    def _memory_report(self, index: int) -> MemoryReport:
         heaps = self._engine.memory_heaps(index)
         _, main_index = self._main_heap(index)
         key = self._usage_key(index)
@@ -264,15 +264,15 @@ class VulkanBackend(GPUBackend[_Allocation]):
         info = self._infos[index]
         return bytes(info["device_uuid"]).hex() or f"index-{index}"
 
-    async def _temperature(self, index: int) -> float | None:
+    def _temperature(self, index: int) -> float | None:
         source = self._telemetry[index]
         return source.temperature_c() if source else None
 
-    async def _power(self, index: int) -> float | None:
+    def _power(self, index: int) -> float | None:
         source = self._telemetry[index]
         return source.power_w() if source else None
 
-    async def _clock_rate(self, index: int) -> int | None:
+    def _clock_rate(self, index: int) -> int | None:
         source = self._telemetry[index]
         return source.clock_mhz() if source else None
 
@@ -292,10 +292,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
             return (self._engine.allocate(index, size), index)
         return (await self._offload(self._engine.allocate, index, size), index)
 
-    async def _free(self, native: _Allocation) -> None:
-        self._engine.free(native[0])
-
-    def _free_blocking(self, native: _Allocation) -> None:
+    def _free(self, native: _Allocation) -> None:
         self._engine.free(native[0])
 
     async def _write(self, native: _Allocation, offset: int, data: memoryview) -> None:

@@ -1,0 +1,146 @@
+"""Files into device memory: opening what the caller passed, reading exactly, and the default
+pipeline that every backend gets for `copy_file_to_device`.
+
+The default reads fixed-size chunks with `os.preadv` in worker threads (the GIL is released while
+the kernel copies from the page cache), several chunks at once, and hands each to the backend's
+`_write` in order, so reading chunk k+1 overlaps writing chunk k. Memory stays bounded: a few
+chunks, reused. Backends with a faster path (reading straight into staging or mapped memory)
+override `_write_from_file`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from exo_gpu_plugins.errors import FileReadError
+
+if TYPE_CHECKING:
+    from exo_gpu_plugins.backend import GPUBackend
+
+__all__ = ["CHUNK_BYTES", "open_source", "parallel_read_into", "pipelined_copy", "read_exact"]
+
+# Large enough that a syscall and a thread hop per chunk cost nothing; small enough that a few
+# in flight keep memory bounded (READERS + 1 chunks).
+CHUNK_BYTES = 16 << 20
+READERS = 4
+
+
+@contextlib.contextmanager
+def open_source(src: object) -> Iterator[tuple[int, int, str]]:
+    """(descriptor, file size, label for messages) of a path, an open file or a descriptor.
+
+    A path is opened read-only and closed afterwards; a descriptor or file object stays the
+    caller's (its position is not moved: reads use `pread`)."""
+    owned = False
+    if isinstance(src, (str, os.PathLike)):
+        label = os.fsdecode(os.fspath(src))
+        try:
+            fd = os.open(src, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise FileReadError(f"cannot open {label}: {exc.strerror or exc}") from exc
+        owned = True
+    elif isinstance(src, int) and not isinstance(src, bool):
+        fd, label = src, f"file descriptor {src}"
+    elif callable(getattr(src, "fileno", None)):
+        try:
+            fd = int(src.fileno())  # type: ignore[attr-defined]
+        except (OSError, ValueError) as exc:
+            raise FileReadError(f"{type(src).__name__} has no usable file descriptor: {exc}") from exc
+        label = str(getattr(src, "name", f"file descriptor {fd}"))
+    else:
+        raise TypeError(
+            f"src must be a path, an open file or a file descriptor, not {type(src).__name__}"
+        )
+    try:
+        try:
+            info = os.fstat(fd)
+        except OSError as exc:
+            raise FileReadError(f"cannot read {label}: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise FileReadError(f"{label} is not a regular file")
+        yield fd, info.st_size, label
+    finally:
+        if owned:
+            os.close(fd)
+
+
+def read_exact(fd: int, view: memoryview, position: int) -> None:
+    """Fill `view` from `position` of the file, or raise `FileReadError` (I/O error, or the file
+    ended early: it shrank after its size was checked)."""
+    done = 0
+    total = view.nbytes
+    while done < total:
+        try:
+            got = os.preadv(fd, [view[done:]], position + done)
+        except OSError as exc:
+            raise FileReadError(
+                f"reading {total} bytes at file offset {position} failed after {done}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        if got == 0:
+            raise FileReadError(
+                f"the file ended at offset {position + done}, {total - done} bytes short of the "
+                "range asked for (did it shrink during the copy?)"
+            )
+        done += got
+
+
+async def parallel_read_into(fd: int, view: memoryview, position: int) -> None:
+    """Fill `view` from the file with up to `READERS` chunk reads in flight at once (for memory the
+    process can write directly, e.g. the host backend's)."""
+    loop = asyncio.get_running_loop()
+    chunk, readers = CHUNK_BYTES, READERS
+    pending: collections.deque[asyncio.Future[None]] = collections.deque()
+    try:
+        for start in range(0, view.nbytes, chunk):
+            if len(pending) >= readers:
+                await pending.popleft()
+            part = view[start : start + chunk]
+            pending.append(loop.run_in_executor(None, read_exact, fd, part, position + start))
+        while pending:
+            await pending.popleft()
+    finally:
+        await _settle(pending)
+
+
+async def pipelined_copy(
+    backend: GPUBackend[Any], native: Any, offset: int, fd: int, file_offset: int, size: int
+) -> None:
+    """The default `_write_from_file`: chunk reads in worker threads, written in order by the
+    backend's `_write`, reads of later chunks overlapping the write of the current one."""
+    loop = asyncio.get_running_loop()
+    chunk = min(CHUNK_BYTES, size)
+    depth = min(READERS + 1, -(-size // chunk))
+    buffers = [memoryview(bytearray(chunk)) for _ in range(depth)]
+    pending: collections.deque[tuple[asyncio.Future[None], memoryview, int]] = collections.deque()
+
+    async def write_oldest() -> None:
+        read, part, at = pending.popleft()
+        await read
+        await backend._write(native, offset + at, part)
+
+    try:
+        for number, start in enumerate(range(0, size, chunk)):
+            if len(pending) >= depth:
+                await write_oldest()
+            part = buffers[number % depth][: min(chunk, size - start)]
+            read = loop.run_in_executor(None, read_exact, fd, part, file_offset + start)
+            pending.append((read, part, start))
+        while pending:
+            await write_oldest()
+    finally:
+        await _settle(read for read, _, _ in pending)
+
+
+async def _settle(futures: Any) -> None:
+    """Wait for reads still running after a failure or cancellation, so that no thread writes into
+    a buffer after the copy returned; their own errors are secondary to the first one."""
+    for future in list(futures):
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(future)
