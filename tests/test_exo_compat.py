@@ -11,11 +11,13 @@ import json
 import os
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from exo_gpu_plugins import GPUBackend, GPUDevice, MemoryHandle, get_registry
 from exo_gpu_plugins.errors import InvalidHandleError
+from exo_gpu_plugins.profile import read_gpu_profiles
 
 
 def _backend_names() -> list[str]:
@@ -157,3 +159,15 @@ async def test_device_fields_the_fork_reads(backend: GPUBackend) -> None:
     for field, value in device.model_dump().items():
         if field in sources:
             assert value is not None, f"{field} has a source but no value"
+
+
+async def test_node_profile_function_from_the_docs(backend: GPUBackend) -> None:
+    text = (Path(__file__).parents[1] / "docs" / "exo-integration.md").read_text()
+    code = text.split("## Filling exo's node profile", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(code, namespace)
+    fields = await namespace["gpu_system_profile"](backend)  # type: ignore[operator]
+    assert set(fields) == {"gpu_usage", "temp", "sys_power"}
+    assert all(isinstance(v, float) for v in fields.values())
+    (first, *_) = await read_gpu_profiles(backend)
+    assert first.memory_available_bytes <= first.memory_total_bytes
