@@ -468,6 +468,7 @@ def test_tensor_core_count(capability: str | None, sms: int | None, tensor_cores
     ("memory_clock", "bus_width", "gbps"),
     [
         (2619, 5120, 3352.3),  # H100 SXM: 3.35 TB/s published
+        (3201, 6016, 4814.3),  # H200 (NVML's figures on the test machine): 4.8 TB/s published
         (10501, 384, 1008.1),  # RTX 4090 (GDDR6X): 1008 GB/s published
         (7000, 256, 448.0),  # RTX 2080 (GDDR6): 448 GB/s published
         (None, 5120, None),

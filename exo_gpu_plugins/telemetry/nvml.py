@@ -50,8 +50,9 @@ def peak_bandwidth_gbps(memory_clock_mhz: int | None, bus_width_bits: int | None
     """Peak memory bandwidth in GB/s from NVML's maximum memory clock and bus width.
 
     Two transfers per clock as NVML states the clock: the H100 SXM's 2619 MHz on 5120 bits gives
-    2 * 2619e6 * 5120 / 8 / 1e9 = 3352 GB/s, its published 3.35 TB/s; an RTX 4090's 10501 MHz
-    (GDDR6X) on 384 bits gives 1008 GB/s, its published 1008 GB/s.
+    2 * 2619e6 * 5120 / 8 / 1e9 = 3352 GB/s, its published 3.35 TB/s; the H200's 3201 MHz on 6016
+    bits (NVML's figures on the test machine) 4814 GB/s, its published 4.8 TB/s; an RTX 4090's
+    10501 MHz (GDDR6X) on 384 bits 1008 GB/s, its published 1008 GB/s.
     """
     if not memory_clock_mhz or not bus_width_bits:
         return None
