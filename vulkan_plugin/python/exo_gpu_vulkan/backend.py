@@ -181,6 +181,22 @@ class VulkanBackend(GPUBackend[_Allocation]):
             "api_version": api_version_text(int(info["api_version"])),
         }
         sources = {name: "vulkan" for name, value in fields.items() if value is not None}
+        telemetry = self._telemetry[index]
+        if telemetry is not None:
+            # What the vendor's own source knows and Vulkan does not (NVML: compute capability,
+            # maximum clocks, memory bus width and so peak bandwidth; sysfs: maximum clocks).
+            facts = telemetry.device_facts(fields["compute_units"])
+            for field, value in (
+                ("compute_capability", facts.compute_capability),
+                ("clock_rate_mhz", facts.max_graphics_clock_mhz),
+                ("memory_clock_mhz", facts.max_memory_clock_mhz),
+                ("memory_bus_width_bits", facts.memory_bus_width_bits),
+                ("bandwidth_gbps", facts.bandwidth_gbps),
+                ("tensor_core_count", facts.tensor_core_count),
+            ):
+                if value is not None:
+                    fields[field] = value
+                    sources[field] = facts.source
         return DeviceDescription(**fields, field_sources=tuple(sorted(sources.items())))
 
     def _main_heap(self, index: int) -> tuple[int, int]:
@@ -214,6 +230,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
             temperature=bool(telemetry and telemetry.has_temperature),
             power=bool(telemetry and telemetry.has_power),
             clock_rate=bool(telemetry and telemetry.has_clock),
+            utilization=bool(telemetry and telemetry.has_utilization),
             transfer_strategy=strategy,
             transfer_strategies=self._strategies(info),
         )
@@ -275,6 +292,10 @@ class VulkanBackend(GPUBackend[_Allocation]):
     def _clock_rate(self, index: int) -> int | None:
         source = self._telemetry[index]
         return source.clock_mhz() if source else None
+
+    def _utilization(self, index: int) -> float | None:
+        source = self._telemetry[index]
+        return source.utilization_percent() if source else None
 
     # ----------------------------------------------------------------------------------------------
     # Memory
