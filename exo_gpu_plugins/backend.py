@@ -570,7 +570,10 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
                 raise ValueError(f"size_bytes must be > 0, got {size}")
             if size > _MAX_ALLOCATION:
                 raise OutOfMemoryError(f"{size} bytes is more than any host can hold")
-            view, native = await self._allocate_host(index, size)
+            try:
+                view, native = await self._allocate_host(index, size)
+            except MemoryError:
+                raise OutOfMemoryError(f"the host cannot hold a {size}-byte buffer") from None
             flat = arguments.writable_view(view, "_allocate_host() view")
             buffer = HostBuffer(
                 self._device_ids[index], flat, pinned=native is not None, registered=False
