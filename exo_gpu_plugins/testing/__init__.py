@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         MemoryReportContract,
         StateMachineContract,
         assert_bytes_equal,
+        assert_zero_filled,
     )
     from exo_gpu_plugins.testing.expected_failures import load_expected_failures
     from exo_gpu_plugins.testing.state_machine import (
@@ -58,6 +59,7 @@ __all__ = [
     "MemoryReportContract",
     "StateMachineContract",
     "assert_bytes_equal",
+    "assert_zero_filled",
     "kit_settings",
     "load_expected_failures",
     "make_state_machine",

@@ -96,6 +96,19 @@ def assert_bytes_equal(actual: bytes, expected: bytes, what: str) -> None:
     )
 
 
+def assert_zero_filled(data: bytes, what: str) -> None:
+    """New memory reads as zeros. Checked before a test relies on it, so that a later comparison
+    does not blame a copy or a neighbouring range for what the allocator left behind."""
+    if not any(data):
+        return
+    first = next(i for i, byte in enumerate(data) if byte)
+    raise AssertionError(
+        f"{what}: fresh memory is not zero-filled: byte {first} of the {len(data)}-byte allocation "
+        f"reads {data[first]:#04x} (new allocations must read as zeros, reused memory too; the "
+        "'allocation zero-fill' clause checks this alone)"
+    )
+
+
 class KitBase:
     """Fixtures and helpers shared by every group of contract tests.
 

@@ -7,7 +7,12 @@ import threading
 from typing import ClassVar
 
 from exo_gpu_plugins.models import MemoryHandle
-from exo_gpu_plugins.testing.contract._base import KitBase, assert_bytes_equal, clause
+from exo_gpu_plugins.testing.contract._base import (
+    KitBase,
+    assert_bytes_equal,
+    assert_zero_filled,
+    clause,
+)
 from exo_gpu_plugins.testing.contract._helpers import KiB
 from exo_gpu_plugins.testing.state_machine import pattern
 
@@ -64,13 +69,18 @@ class ConcurrencyContract(KitBase):
 
     @clause("concurrency")
     def test_mixed_tasks(self) -> None:
-        """Writes, reads, copies and frees interleaved on distinct allocations."""
+        """Writes, reads, copies and frees interleaved on distinct allocations.
+
+        Each destination is read once before use: if the allocator hands out memory that is not
+        zero-filled, that is the failure reported, not "bytes before the copied range changed"."""
         b, device = self.backend, self.device
 
         async def chain(i: int) -> None:
             data = pattern(3000 + i, 2 * KiB)
             src = await b.allocate(device, 2 * KiB)
             dst = await b.allocate(device, 4 * KiB)
+            # The range before the copy must still read as zeros below: check that it did at first.
+            assert_zero_filled(await b.copy_from_device(dst, 0, 4 * KiB), f"chain {i}")
             await b.copy_to_device(data, src)
             await b.copy_device_to_device(src, dst, 2 * KiB, 0, 1 * KiB + i)
             out = bytearray(2 * KiB)
