@@ -37,7 +37,9 @@ from exo_gpu_plugins.testing.contract.concurrency import ConcurrencyContract
 from exo_gpu_plugins.testing.contract.copies import CopyContract
 from exo_gpu_plugins.testing.contract.device_to_device import DeviceToDeviceContract
 from exo_gpu_plugins.testing.contract.devices import DeviceContract
+from exo_gpu_plugins.testing.contract.file_copy import FileCopyContract
 from exo_gpu_plugins.testing.contract.handles import HandleContract
+from exo_gpu_plugins.testing.contract.host_buffers import HostBufferContract
 from exo_gpu_plugins.testing.contract.lifecycle import LifecycleContract
 from exo_gpu_plugins.testing.contract.memory_report import MemoryReportContract
 from exo_gpu_plugins.testing.contract.state_machine import StateMachineContract
@@ -52,7 +54,9 @@ __all__ = [
     "CopyContract",
     "DeviceContract",
     "DeviceToDeviceContract",
+    "FileCopyContract",
     "HandleContract",
+    "HostBufferContract",
     "KiB",
     "KitBase",
     "LifecycleContract",
@@ -75,6 +79,8 @@ class BackendContract(
     MemoryReportContract,
     HandleContract,
     DeviceToDeviceContract,
+    FileCopyContract,
+    HostBufferContract,
     CopyContract,
     AllocationContract,
     DeviceContract,

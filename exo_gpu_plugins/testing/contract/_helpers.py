@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from exo_gpu_plugins.backend import GPUBackend
+from exo_gpu_plugins.models import GPUDevice
 
 BackendFactory = Callable[[], GPUBackend[Any]]
 
@@ -54,3 +55,8 @@ def check_figures(what: str, total: object, used: object, available: object, res
     assert u <= t, f"{what}: used_bytes {u} > total_bytes {t}"
     assert a <= t, f"{what}: available_bytes {a} > total_bytes {t}"
     assert u + a + r == t, f"{what}: used {u} + available {a} + reserved {r} != total {t}"
+
+
+def described(device: GPUDevice) -> dict[str, Any]:
+    """A device's fields except its free memory, which is live (read anew on every call)."""
+    return device.model_dump(exclude={"memory_available"})

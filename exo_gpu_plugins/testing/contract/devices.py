@@ -9,13 +9,14 @@ import pytest
 from exo_gpu_plugins.errors import DeviceNotFoundError
 from exo_gpu_plugins.models import Capabilities, GPUDevice
 from exo_gpu_plugins.testing.contract._base import KitBase, clause
-from exo_gpu_plugins.testing.contract._helpers import deferred, plain_int, unknown_device_ids
+from exo_gpu_plugins.testing.contract._helpers import deferred, described, plain_int, unknown_device_ids
 
 _TELEMETRY = {
     # capability: (method, plausible range, unit)
     "temperature": ("get_device_temperature", (0.0, 150.0), "degrees C"),
     "power": ("get_device_power_usage", (0.0, 2000.0), "W"),
     "clock_rate": ("get_device_clock_rate", (1.0, 10000.0), "MHz"),
+    "utilization": ("get_device_utilization", (0.0, 100.0), "%"),
 }
 
 
@@ -41,7 +42,8 @@ class DeviceContract(KitBase):
     @clause("devices")
     def test_get_device_finds_listed_devices(self) -> None:
         for device in self.backend.list_devices():
-            assert self.backend.get_device(device.device_id) == device, (
+            found = self.backend.get_device(device.device_id)
+            assert isinstance(found, GPUDevice) and described(found) == described(device), (
                 f"get_device({device.device_id!r}) differs from list_devices()"
             )
 
@@ -96,6 +98,7 @@ class DeviceContract(KitBase):
                 (f"get_device_temperature({unknown!r})", deferred(b.get_device_temperature, unknown)),
                 (f"get_device_power_usage({unknown!r})", deferred(b.get_device_power_usage, unknown)),
                 (f"get_device_clock_rate({unknown!r})", deferred(b.get_device_clock_rate, unknown)),
+                (f"get_device_utilization({unknown!r})", deferred(b.get_device_utilization, unknown)),
             ]
         self.expect_errors(DeviceNotFoundError, cases)
         self.expect_errors(

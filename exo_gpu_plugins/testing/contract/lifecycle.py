@@ -12,7 +12,7 @@ from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import BackendClosedError
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.testing.contract._base import KitBase, clause
-from exo_gpu_plugins.testing.contract._helpers import KiB
+from exo_gpu_plugins.testing.contract._helpers import KiB, described
 
 
 class LifecycleContract(KitBase):
@@ -23,10 +23,11 @@ class LifecycleContract(KitBase):
         backend = self.new_backend()
         self.run(backend.initialize())
         assert backend.is_open, "is_open is False after initialize()"
-        devices = backend.list_devices()
+        devices = [described(device) for device in backend.list_devices()]
         self.run(backend.initialize())
         assert backend.is_open, "is_open is False after a second initialize()"
-        assert backend.list_devices() == devices, "a second initialize() changed the devices"
+        again = [described(device) for device in backend.list_devices()]
+        assert again == devices, "a second initialize() changed the devices"
 
     @clause("lifecycle")
     def test_shutdown_twice(self) -> None:
@@ -75,8 +76,10 @@ class LifecycleContract(KitBase):
         backend = self.open_backend()
         device = self.device_of(backend)
         handle = self.alloc(64, b"\x07" * 64, backend=backend)
+        host = self.run(backend.allocate_host_buffer(device, 16))
         self.run(backend.shutdown())
         cases = _every_call(backend, device, handle)
+        cases.append(("release_host_buffer()", lambda: backend.release_host_buffer(host)))
         cases.append(("initialize() after shutdown", backend.initialize))
         self.expect_errors(BackendClosedError, cases)
         assert backend.live_handles() == [], "live_handles() not empty after shutdown"
@@ -94,11 +97,15 @@ def _every_call(
         ("get_device_temperature()", lambda: b.get_device_temperature(device)),
         ("get_device_power_usage()", lambda: b.get_device_power_usage(device)),
         ("get_device_clock_rate()", lambda: b.get_device_clock_rate(device)),
+        ("get_device_utilization()", lambda: b.get_device_utilization(device)),
         ("allocate()", lambda: b.allocate(device, 16)),
         ("deallocate()", lambda: b.deallocate(handle)),
         ("copy_to_device()", lambda: b.copy_to_device(b"x", handle, 0)),
         ("copy_from_device()", lambda: b.copy_from_device(handle, 0, 1)),
         ("copy_from_device_into()", lambda: b.copy_from_device_into(handle, 0, bytearray(1))),
         ("copy_device_to_device()", lambda: b.copy_device_to_device(handle, handle, 1)),
+        ("copy_file_to_device()", lambda: b.copy_file_to_device(__file__, handle, size_bytes=1)),
+        ("allocate_host_buffer()", lambda: b.allocate_host_buffer(device, 16)),
+        ("register_host_buffer()", lambda: b.register_host_buffer(device, bytearray(16))),
         ("synchronize()", lambda: b.synchronize(device)),
     ]

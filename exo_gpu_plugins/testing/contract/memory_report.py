@@ -7,7 +7,7 @@ import pytest
 from exo_gpu_plugins.errors import DeviceNotFoundError
 from exo_gpu_plugins.models import Capabilities
 from exo_gpu_plugins.testing.contract._base import KitBase, clause
-from exo_gpu_plugins.testing.contract._helpers import MiB, deferred, unknown_device_ids
+from exo_gpu_plugins.testing.contract._helpers import MiB, deferred, plain_int, unknown_device_ids
 from exo_gpu_plugins.testing.state_machine import pattern
 
 
@@ -91,6 +91,57 @@ class MemoryReportContract(KitBase):
             f"(falls of {', '.join(map(str, drops))} bytes in three tries, each allocation written "
             f"in full, slack {slack} bytes; {_promise(caps)}, which says available_bytes falls when "
             "this process allocates)"
+        )
+
+    def free_memory_figures(self) -> dict[str, object]:
+        """memory_available as the three calls that describe a device give it, now."""
+        b, device = self.backend, self.device
+        listed = next(d for d in b.list_devices() if d.device_id == device)
+        found = b.get_device(device)
+        fresh = self.run(b.get_device_properties(device))
+        return {
+            "list_devices()": listed.memory_available,
+            "get_device()": None if found is None else found.memory_available,
+            "get_device_properties()": fresh.memory_available,
+        }
+
+    @clause("live free memory")
+    def test_memory_available_is_live(self) -> None:
+        """A device's memory_available is read anew on every call (the core asks _memory_report),
+        so it falls while this process holds memory; with live figures it must be an int."""
+        total = self.checked_report().total_bytes
+        live = available_follows_allocations(self.caps)
+        for call, value in self.free_memory_figures().items():
+            if value is None and not live:
+                continue
+            assert plain_int(value) and 0 <= value <= total, (  # type: ignore[operator]
+                f"{call}.memory_available is {value!r}: expected an int in [0, {total}]"
+                + (" (the backend says its free memory follows allocations)" if live else "")
+            )
+        if not live:
+            return  # an estimate from outside the process: range-checked above, nothing more
+        size, granularity = self.probe_size()
+        slack = max(granularity, 16 * MiB)
+        data = pattern(42, 1 * MiB) * (size // MiB)
+        falls: dict[str, list[int]] = {}
+        for _attempt in range(3):
+            before = self.free_memory_figures()
+            handle = self.alloc(len(data), data)
+            held = self.free_memory_figures()
+            self.run(self.backend.deallocate(handle))
+            short = {
+                call: int(before[call]) - int(held[call])  # type: ignore[call-overload]
+                for call in before
+                if int(before[call]) - int(held[call]) < len(data) - slack  # type: ignore[call-overload]
+            }
+            if not short:
+                return
+            for call, fell in short.items():
+                falls.setdefault(call, []).append(fell)
+        worst = ", ".join(f"{call} by {max(fell)}" for call, fell in falls.items())
+        raise AssertionError(
+            f"memory_available fell only ({worst} bytes) as {len(data)} were allocated: the core "
+            f"fills it from _memory_report(), whose available_bytes must follow allocations"
         )
 
 
