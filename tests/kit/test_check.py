@@ -99,4 +99,4 @@ def test_missing_dependencies_are_status_2(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "hypothesis", None)
     err = io.StringIO()
     assert run_check("host", err=err) == 2
-    assert "pip install 'exo-gpu-plugins[testing]'" in err.getvalue()
+    assert "pip install -e '.[testing]' in an exo-gpu-plugins checkout" in err.getvalue()
