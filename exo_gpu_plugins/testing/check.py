@@ -351,6 +351,11 @@ def run_check(
         examples=examples,
         verbose=verbose and not json_output,
     )
+    from exo_gpu_plugins.testing.pytest_plugin import name_mismatch
+
+    mismatch = name_mismatch(backend, factory)
+    if mismatch is not None:
+        result.warnings.insert(0, mismatch)
     status = 0 if result.ok else 1
     if json_output:
         _write_json(_as_json(result, factory, status), out)
