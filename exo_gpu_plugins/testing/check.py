@@ -5,8 +5,9 @@ The kit is plain pytest, so the check runs `pytest.main` on the kit's own module
 and collects every report. It isolates that run from the caller's project: an empty ini file, no
 plugin autoloading, no cache, no Hypothesis database in the working directory.
 
-pytest and Hypothesis are optional dependencies (the `testing` extra), so they are imported only
-when a check runs, and their absence is a one-line message with exit status 2.
+pytest and Hypothesis are optional dependencies (the `testing` extra, installed from a checkout
+with `pip install -e '.[testing]'`), so they are imported only when a check runs, and their
+absence is a one-line message with exit status 2.
 
 Exit status: 0 when nothing failed (skips and expected failures are fine), 1 when a test failed, 2
 when the backend (or the kit) cannot be loaded.
@@ -36,7 +37,10 @@ __all__ = ["ClauseSummary", "KitResult", "TestOutcome", "format_table", "run_che
 
 BackendFactory = Callable[[], "GPUBackend[Any]"]
 
-_MISSING_DEPS = "the conformance kit needs pytest and hypothesis: pip install 'exo-gpu-plugins[testing]'"
+_MISSING_DEPS = (
+    "the conformance kit needs pytest and hypothesis: pip install -e '.[testing]' in an "
+    "exo-gpu-plugins checkout"
+)
 _FAILING = ("failed", "error")
 _AUTOLOAD_ENV = "PYTEST_DISABLE_PLUGIN_AUTOLOAD"
 
@@ -347,6 +351,11 @@ def run_check(
         examples=examples,
         verbose=verbose and not json_output,
     )
+    from exo_gpu_plugins.testing.pytest_plugin import name_mismatch
+
+    mismatch = name_mismatch(backend, factory)
+    if mismatch is not None:
+        result.warnings.insert(0, mismatch)
     status = 0 if result.ok else 1
     if json_output:
         _write_json(_as_json(result, factory, status), out)

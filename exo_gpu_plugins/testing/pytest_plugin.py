@@ -38,6 +38,7 @@ __all__ = [
     "FACTORY_KEY",
     "NO_DATABASE_KEY",
     "SELECTED_MODULE",
+    "name_mismatch",
     "xfail_applied_at_collection",
 ]
 
@@ -133,11 +134,29 @@ def _load_backend_class(name: str) -> Callable[[], GPUBackend[Any]]:
     from exo_gpu_plugins.registry import get_registry
 
     try:
-        return get_registry().entry(name).load_class()
+        backend_class = get_registry().entry(name).load_class()
     except Exception as exc:
         raise pytest.UsageError(
             f"--exo-gpu-backend {name}: cannot load the backend: {type(exc).__name__}: {exc}"
         ) from exc
+    mismatch = name_mismatch(name, backend_class)
+    if mismatch is not None:
+        warnings.warn(pytest.PytestWarning(mismatch), stacklevel=2)
+    return backend_class
+
+
+def name_mismatch(name: str, backend: object) -> str | None:
+    """A warning when the registry's backend `name` is a class with another `name`: callers who
+    open `name` would find devices called something else (device ids come from the class)."""
+    own = getattr(backend, "name", None)
+    if not isinstance(backend, type) or own == name:
+        return None
+    cls = backend.__qualname__
+    return (
+        f"the registry's backend {name!r} is {cls}, whose name is {own!r}: its devices are "
+        f"'{own}:<index>'; set {cls}.name = {name!r} (BackendInfo.name and the class's name "
+        "should agree)"
+    )
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, TypeVar
 from hypothesis import HealthCheck, Phase
 from hypothesis import settings as HypothesisSettings
 from hypothesis import strategies as st
+from hypothesis.errors import Flaky
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
@@ -42,6 +43,7 @@ from hypothesis.stateful import (
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import InvalidHandleError
 from exo_gpu_plugins.models import MemoryHandle
+from exo_gpu_plugins.testing.first_cause import History, flaky_report, recording
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -66,6 +68,7 @@ MAX_ALLOCATION_BYTES = 64 * 1024
 MAX_LIVE_ALLOCATIONS = 8
 _OPERATION_TIMEOUT_S = 120.0
 _GUARD = 0xEE
+_STRAY_WINDOW = 32
 # Every phase but `explain`: explaining a failing program re-runs it hundreds of times to mark which
 # steps matter, which costs more than finding and shrinking the failure, on a software GPU minutes.
 _PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
@@ -133,6 +136,8 @@ class BackendStateMachine(RuleBasedStateMachine):
     device_id: ClassVar[str | None] = None
     # Rule steps checked so far by this (bound) class, over every example: fuzzing reports it.
     steps_checked: ClassVar[int] = 0
+    # The first error and the freed contents seen by this class's examples (see first_cause.py).
+    history: ClassVar[History] = History()
 
     allocations = Bundle("allocations")
 
@@ -144,15 +149,22 @@ class BackendStateMachine(RuleBasedStateMachine):
                 "BackendStateMachine has no backend: use BackendStateMachine.bind(factory) "
                 "or set backend_factory on a subclass"
             )
+        self.instance = type(self).history.new_instance()
         self._loop = asyncio.new_event_loop()
-        self.backend = factory()
         self._model: dict[str, bytearray] = {}
         try:
+            self.backend = factory()
             self._run(self.backend.initialize())
             self.device = type(self).device_id or self.backend.list_devices()[0].device_id
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                type(self).history.record(exc, self.instance)
             self._close_loop()
             raise
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.history = History()  # each bound class (each run) traces its own examples
 
     @classmethod
     def bind(cls, factory: BackendFactory, *, device_id: str | None = None) -> type[BackendStateMachine]:
@@ -179,12 +191,22 @@ class BackendStateMachine(RuleBasedStateMachine):
         if got == want:
             return
         first = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
-        raise AssertionError(
+        message = (
             f"{what}: backend diverges from the model at byte {offset + first} of the "
             f"{handle.size_bytes}-byte allocation: read {got[first]:#04x}, expected "
             f"{want[first]:#04x} ({sum(a != b for a, b in zip(got, want, strict=True))} of "
             f"{len(got)} bytes differ)"
         )
+        stray = got[first:]
+        if not any(want[first : first + _STRAY_WINDOW]):  # bytes where the model has zeros
+            others = {
+                key: bytes(content) for key, content in self._model.items() if key != handle.handle_id
+            }
+            whole = got if offset == 0 and len(got) == handle.size_bytes else None
+            origin = type(self).history.origin(self.instance, stray, others, whole)
+            if origin is not None:
+                message += "\n" + origin
+        raise AssertionError(message)
 
     @staticmethod
     def _range(data: st.DataObject, size: int) -> tuple[int, int]:
@@ -200,6 +222,7 @@ class BackendStateMachine(RuleBasedStateMachine):
         target=allocations,
         size=st.one_of(st.integers(1, 64), st.integers(1, 4096), st.integers(1, MAX_ALLOCATION_BYTES)),
     )
+    @recording
     def allocate(self, size: int) -> MemoryHandle:
         """New memory must read back as zeros, whatever this backend held there before."""
         handle = self._run(self.backend.allocate(self.device, size))
@@ -212,10 +235,11 @@ class BackendStateMachine(RuleBasedStateMachine):
         return handle
 
     @rule(handle=consumes(allocations))
+    @recording
     def free(self, handle: MemoryHandle) -> None:
         """Free, then check that the handle is dead."""
         self._run(self.backend.deallocate(handle))
-        del self._model[handle.handle_id]
+        type(self).history.freed(self.instance, bytes(self._model.pop(handle.handle_id)))
         try:
             self._run(self.backend.copy_from_device(handle, 0, 1))
         except InvalidHandleError:
@@ -224,6 +248,7 @@ class BackendStateMachine(RuleBasedStateMachine):
             raise AssertionError("a freed handle was still accepted by copy_from_device")
 
     @rule(handle=allocations, data=st.data())
+    @recording
     def write(self, handle: MemoryHandle, data: st.DataObject) -> None:
         """copy_to_device of a random range."""
         offset, length = self._range(data, handle.size_bytes)
@@ -232,6 +257,7 @@ class BackendStateMachine(RuleBasedStateMachine):
         self._model[handle.handle_id][offset : offset + length] = payload
 
     @rule(handle=allocations, data=st.data())
+    @recording
     def read(self, handle: MemoryHandle, data: st.DataObject) -> None:
         """copy_from_device of a random range."""
         offset, length = self._range(data, handle.size_bytes)
@@ -241,6 +267,7 @@ class BackendStateMachine(RuleBasedStateMachine):
         self._expect(got, handle, offset, f"copy_from_device(offset={offset}, size={length})")
 
     @rule(handle=allocations, data=st.data())
+    @recording
     def read_into(self, handle: MemoryHandle, data: st.DataObject) -> None:
         """copy_from_device_into a slice of a larger buffer: the bytes around it stay untouched."""
         offset, length = self._range(data, handle.size_bytes)
@@ -261,6 +288,7 @@ class BackendStateMachine(RuleBasedStateMachine):
         )
 
     @rule(src=allocations, dst=allocations, data=st.data())
+    @recording
     def copy(self, src: MemoryHandle, dst: MemoryHandle, data: st.DataObject) -> None:
         """copy_device_to_device between two allocations (sometimes the same one)."""
         size = data.draw(st.integers(0, min(src.size_bytes, dst.size_bytes)), label="size")
@@ -269,6 +297,7 @@ class BackendStateMachine(RuleBasedStateMachine):
         self._copy(src, dst, size, src_offset, dst_offset)
 
     @rule(handle=allocations, data=st.data())
+    @recording
     def copy_within(self, handle: MemoryHandle, data: st.DataObject) -> None:
         """Overlapping copy inside one allocation: must behave like memmove."""
         size = data.draw(st.integers(1, handle.size_bytes), label="size")
@@ -295,17 +324,20 @@ class BackendStateMachine(RuleBasedStateMachine):
         )
 
     @rule()
+    @recording
     def synchronize(self) -> None:
         """Synchronize between other calls: it must neither fail nor change memory."""
         self._run(self.backend.synchronize(self.device))
 
     @rule(handle=allocations)
+    @recording
     def check_all(self, handle: MemoryHandle) -> None:
         """Read a whole allocation: catches writes that landed outside their range."""
         got = self._run(self.backend.copy_from_device(handle, 0, handle.size_bytes))
         self._expect(got, handle, 0, "full read")
 
     @invariant()
+    @recording
     def handle_table_matches(self) -> None:
         """The backend's live handles are exactly the model's allocations."""
         type(self).steps_checked += 1
@@ -314,6 +346,7 @@ class BackendStateMachine(RuleBasedStateMachine):
             f"live_handles() lists {len(live)} allocations, the model has {len(self._model)}"
         )
 
+    @recording
     def teardown(self) -> None:
         """Compare every allocation in full, then free everything and shut the backend down."""
         try:
@@ -322,6 +355,8 @@ class BackendStateMachine(RuleBasedStateMachine):
                     got = self._run(self.backend.copy_from_device(handle, 0, handle.size_bytes))
                     self._expect(got, handle, 0, "final full read")
         finally:
+            for content in self._model.values():  # shutdown frees these
+                type(self).history.freed(self.instance, bytes(content))
             try:
                 self._run(self.backend.shutdown())
             finally:
@@ -337,8 +372,21 @@ def run_state_machine(
     """Run the state machine against backends made by `factory`; raises on a divergence.
     Returns how many steps were checked against the model."""
     machine = BackendStateMachine.bind(factory, device_id=device_id)
-    run_state_machine_as_test(machine, settings=settings or kit_settings())
+    run_reporting_first_cause(machine, settings or kit_settings())
     return machine.steps_checked
+
+
+def run_reporting_first_cause(
+    machine: type[BackendStateMachine], settings: HypothesisSettings | None
+) -> None:
+    """`run_state_machine_as_test`, but a flakiness report becomes the first error it hides."""
+    try:
+        run_state_machine_as_test(machine, settings=settings)
+    except Flaky as exc:
+        message = flaky_report(machine.history, exc)
+        if message is None:
+            raise
+        raise AssertionError(message) from exc
 
 
 def make_state_machine(
@@ -349,6 +397,13 @@ def make_state_machine(
 ) -> type[unittest.TestCase]:
     """A `unittest.TestCase` class running the state machine (pytest collects it as it is)."""
     machine = BackendStateMachine.bind(factory, device_id=device_id)
-    case = machine.TestCase
-    case.settings = settings or kit_settings()
+    base = machine.TestCase
+
+    def runTest(self: unittest.TestCase) -> None:
+        run_reporting_first_cause(machine, getattr(self, "settings", None))
+
+    runTest.is_hypothesis_test = True  # type: ignore[attr-defined]
+    runTest._hypothesis_state_machine_class = machine  # type: ignore[attr-defined]
+    case = type(base.__name__, (base,), {"runTest": runTest, "__qualname__": base.__qualname__})
+    case.settings = settings or kit_settings()  # type: ignore[attr-defined]
     return case

@@ -89,6 +89,18 @@ def test_unavailable_backend_is_status_2() -> None:
     assert data["status"] == "error" and "no driver on this machine" in data["error"]
 
 
+class Misnamed(HostBackend):
+    """Registered as "other" but named "host": its devices would be host:0."""
+
+
+def test_backend_named_unlike_its_entry_is_warned_about() -> None:
+    registry = registry_with(other=BackendInfo(name="other", backend=Misnamed))
+    out = io.StringIO()
+    assert run_check("other", registry=registry, out=out, examples=5) != 2  # it runs, and warns
+    assert "warning: the registry's backend 'other' is Misnamed, whose name is 'host'" in out.getvalue()
+    assert "set Misnamed.name = 'other'" in out.getvalue()
+
+
 def test_missing_xfail_file_is_status_2(tmp_path) -> None:
     err = io.StringIO()
     assert run_check("host", xfail_file=str(tmp_path / "nope.txt"), err=err) == 2
@@ -99,4 +111,4 @@ def test_missing_dependencies_are_status_2(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "hypothesis", None)
     err = io.StringIO()
     assert run_check("host", err=err) == 2
-    assert "pip install 'exo-gpu-plugins[testing]'" in err.getvalue()
+    assert "pip install -e '.[testing]' in an exo-gpu-plugins checkout" in err.getvalue()

@@ -1,0 +1,25 @@
+"""Clause "state machine": random call sequences checked against a model (Hypothesis)."""
+
+from __future__ import annotations
+
+from exo_gpu_plugins.testing.contract._base import KitBase, clause
+from exo_gpu_plugins.testing.contract._helpers import BackendFactory
+from exo_gpu_plugins.testing.pytest_plugin import NO_DATABASE_KEY
+from exo_gpu_plugins.testing.state_machine import kit_settings, run_state_machine
+
+
+class StateMachineContract(KitBase):
+    """Random call sequences checked byte for byte against a model (Hypothesis)."""
+
+    @clause("state machine")
+    def test_state_machine(self, backend_factory: BackendFactory) -> None:
+        config = self._request.config
+        run_state_machine(
+            backend_factory,
+            device_id=self.chosen_device_id(),
+            settings=kit_settings(
+                config.getoption("exo_gpu_examples", None),
+                config.getoption("exo_gpu_steps", None),
+                database=not config.stash.get(NO_DATABASE_KEY, False),
+            ),
+        )
