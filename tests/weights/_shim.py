@@ -10,7 +10,12 @@ from exo_gpu_plugins.errors import OutOfBoundsError
 
 
 async def _copy_file_to_device(
-    self: GPUBackend[Any], src: Any, dst_handle: Any, offset_bytes: int = 0, *, file_offset: int = 0,
+    self: GPUBackend[Any],
+    src: Any,
+    dst_handle: Any,
+    offset_bytes: int = 0,
+    *,
+    file_offset: int = 0,
     size_bytes: int | None = None,
 ) -> int:
     fd = src if isinstance(src, int) else src.fileno()
