@@ -77,9 +77,3 @@ class UnknownBackendError(PluginError, LookupError):
 
 class ConfigError(GPUError, ValueError):
     """exo's config file cannot be read or its `[gpu]` table is malformed."""
-
-
-class CheckpointError(GPUError, ValueError):
-    """A weights file or checkpoint is malformed (bad header, offsets, dtype, shape, a missing shard);
-    the message names the file and, where there is one, the tensor. Raised before anything is
-    allocated, so a refused load has touched no device memory."""

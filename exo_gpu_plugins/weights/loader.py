@@ -47,7 +47,8 @@ async def load_weights(
 ) -> LoadedWeights:
     """Load the safetensors checkpoint at `paths` (a file, a folder, an index, or a list of them)
     onto `device_id`: the tensors of `layers` (exo's range; see `LayerRange`) for which `select`
-    is true, packed one allocation per file (`pack="file"`) or per tensor (`pack="tensor"`).
+    is true, packed one allocation per file (`pack="file"`; more where the device caps the size
+    of one allocation) or per tensor (`pack="tensor"`).
 
     Raises `CheckpointError` (a `ValueError`) for a malformed checkpoint before allocating
     anything, and the backend's errors (`OutOfMemoryError`, `FileReadError`, ...) after freeing
@@ -55,9 +56,10 @@ async def load_weights(
     started = time.perf_counter()
     if not isinstance(backend, GPUBackend):
         raise TypeError(f"backend must be a GPUBackend, not {type(backend).__name__}")
-    if backend.get_device(device_id) is None:
-        backend.capabilities(device_id)  # raises DeviceNotFoundError with the list of devices
-    plan = await asyncio.to_thread(plan_checkpoint, paths, layers, select, pack=pack)
+    limit = backend.capabilities(device_id).max_allocation_bytes  # DeviceNotFoundError if unknown
+    plan = await asyncio.to_thread(
+        plan_checkpoint, paths, layers, select, pack=pack, max_allocation_bytes=limit
+    )
     return await load_plan(backend, device_id, plan, progress=progress, started=started)
 
 

@@ -8,8 +8,11 @@ are laid out in file order, and selected tensors that are adjacent in the file f
 file range that lands on one range of the allocation, copied by one call. Between runs the
 unselected bytes are left out; each run starts at the next allocation offset that is congruent to
 its offset in the file's data section modulo `ALIGNMENT`, so every tensor keeps (up to 64 bytes)
-the alignment it has in the file, at a cost of under 64 bytes per run. With `pack="tensor"` each
-tensor has its own allocation, at offset 0. Zero-byte tensors take no memory and no allocation.
+the alignment it has in the file, at a cost of under 64 bytes per run. Where the device caps one
+allocation (`Capabilities.max_allocation_bytes`, e.g. 2 GiB on lavapipe) a file's tensors take as
+many allocations as they need, each starting at a tensor boundary; a tensor larger than the cap
+is refused with `OutOfMemoryError` at planning. With `pack="tensor"` each tensor has its own
+allocation, at offset 0. Zero-byte tensors take no memory and no allocation.
 
 A run longer than `MAX_COPY_BYTES` is copied in pieces of that size, so that progress is reported
 and a cancellation is honoured at least once per piece (a piece is 1 GiB: at link rates that is a
@@ -23,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from exo_gpu_plugins.errors import CheckpointError
+from exo_gpu_plugins.errors import CheckpointError, OutOfMemoryError
 from exo_gpu_plugins.weights.checkpoint import Checkpoint, PathsArg, open_checkpoint
 from exo_gpu_plugins.weights.format import SafetensorsFile, TensorEntry
 from exo_gpu_plugins.weights.selection import LayerRange, Selection, make_selection
@@ -101,8 +104,10 @@ def plan_checkpoint(
     select: Callable[[str], bool] | None = None,
     *,
     pack: Pack = "file",
+    max_allocation_bytes: int | None = None,
 ) -> CheckpointPlan:
-    """Check every header of the checkpoint at `paths` and plan the load of the chosen tensors."""
+    """Check every header of the checkpoint at `paths` and plan the load of the chosen tensors,
+    with no allocation larger than `max_allocation_bytes` (the device's cap, when it has one)."""
     if pack not in ("file", "tensor"):
         raise ValueError(f"pack must be 'file' or 'tensor', not {pack!r}")
     if layers is not None and not isinstance(layers, LayerRange):
@@ -118,9 +123,9 @@ def plan_checkpoint(
     for file in checkpoint.files:
         chosen = [tensor for tensor in file.tensors if selection(tensor.name)]
         if pack == "file":
-            _pack_file(file, chosen, tensors, allocations)
+            _pack_file(file, chosen, tensors, allocations, max_allocation_bytes)
         else:
-            _pack_tensors(file, chosen, tensors, allocations)
+            _pack_tensors(file, chosen, tensors, allocations, max_allocation_bytes)
     if not tensors:
         raise CheckpointError(f"{where}: the selection chooses no tensor")
     resolved = (
@@ -154,28 +159,56 @@ def _check_missing(checkpoint: Checkpoint, selection: Selection) -> None:
                 )
 
 
-def _runs(chosen: list[TensorEntry]) -> list[list[TensorEntry]]:
-    """Selected non-empty tensors grouped into runs of adjacent byte ranges, in file order."""
-    runs: list[list[TensorEntry]] = []
-    for tensor in chosen:
-        if not tensor.nbytes:
-            continue
-        if runs and runs[-1][-1].end == tensor.begin:
-            runs[-1].append(tensor)
-        else:
-            runs.append([tensor])
-    return runs
-
-
 def _pack_file(
     file: SafetensorsFile,
     chosen: list[TensorEntry],
     tensors: list[PlannedTensor],
     allocations: list[AllocationPlan],
+    limit: int | None,
 ) -> None:
-    runs = _runs(chosen)
-    number = len(allocations) if runs else None
-    offsets: dict[str, int] = {}
+    """One allocation for the file's selected tensors, or several where the device caps the size of
+    one allocation (`limit`): a new one starts at the tensor that would not fit."""
+    placed: dict[str, tuple[int, int]] = {}
+    group: list[TensorEntry] = []
+    cursor = 0
+    for tensor in chosen:
+        if not tensor.nbytes:
+            continue
+        adjacent = bool(group) and group[-1].end == tensor.begin
+        pad = 0 if adjacent else (tensor.begin - file.data_start - cursor) % ALIGNMENT
+        if limit is not None and group and cursor + pad + tensor.nbytes > limit:
+            _lay_out(file, group, allocations, placed)
+            group, cursor = [], 0
+            pad = (tensor.begin - file.data_start) % ALIGNMENT
+        if limit is not None and pad + tensor.nbytes > limit:
+            raise OutOfMemoryError(
+                f"{file.path}: tensor {tensor.name!r}: {tensor.nbytes} bytes is more than the device "
+                f"allows in one allocation ({limit} bytes)"
+            )
+        group.append(tensor)
+        cursor += pad + tensor.nbytes
+    if group:
+        _lay_out(file, group, allocations, placed)
+    for tensor in chosen:
+        where = placed.get(tensor.name)
+        tensors.append(_planned(file, tensor, *(where or (None, 0))))
+
+
+def _lay_out(
+    file: SafetensorsFile,
+    group: list[TensorEntry],
+    allocations: list[AllocationPlan],
+    placed: dict[str, tuple[int, int]],
+) -> None:
+    """Tensors (non-empty, in file order) into one allocation: adjacent ones form runs, each run
+    starts at an offset congruent to its data-section offset modulo ALIGNMENT."""
+    runs: list[list[TensorEntry]] = []
+    for tensor in group:
+        if runs and runs[-1][-1].end == tensor.begin:
+            runs[-1].append(tensor)
+        else:
+            runs.append([tensor])
+    number = len(allocations)
     steps: list[CopyStep] = []
     cursor = 0
     done = 0
@@ -183,15 +216,11 @@ def _pack_file(
         begin = run[0].begin
         cursor += (begin - file.data_start - cursor) % ALIGNMENT
         for tensor in run:
-            offsets[tensor.name] = cursor + tensor.begin - begin
+            placed[tensor.name] = (number, cursor + tensor.begin - begin)
         size = run[-1].end - begin
         done = _steps(steps, begin, size, cursor, run, done)
         cursor += size
-    for tensor in chosen:
-        offset = offsets.get(tensor.name)
-        tensors.append(_planned(file, tensor, number if offset is not None else None, offset or 0))
-    if runs:
-        allocations.append(AllocationPlan(file.path, file.identity, cursor, tuple(steps), done))
+    allocations.append(AllocationPlan(file.path, file.identity, cursor, tuple(steps), done))
 
 
 def _pack_tensors(
@@ -199,8 +228,14 @@ def _pack_tensors(
     chosen: list[TensorEntry],
     tensors: list[PlannedTensor],
     allocations: list[AllocationPlan],
+    limit: int | None,
 ) -> None:
     for tensor in chosen:
+        if limit is not None and tensor.nbytes > limit:
+            raise OutOfMemoryError(
+                f"{file.path}: tensor {tensor.name!r}: {tensor.nbytes} bytes is more than the device "
+                f"allows in one allocation ({limit} bytes)"
+            )
         if not tensor.nbytes:
             tensors.append(_planned(file, tensor, None, 0))
             continue

@@ -14,7 +14,6 @@ import pytest
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.host.backend import HostBackend
 from exo_gpu_plugins.weights.synthetic import LlamaShape, write_llama
-from tests.weights import _shim  # noqa: F401  TEMPORARY
 
 
 def _vulkan_reason() -> str | None:

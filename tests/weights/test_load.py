@@ -362,3 +362,28 @@ def test_bad_arguments(
     with pytest.raises(TypeError):
         loop.run_until_complete(load_weights(backend, device, [single, 3]))  # type: ignore[list-item]
     assert backend.live_handles() == []
+
+
+def test_device_allocation_cap(
+    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Where one allocation is capped (lavapipe: 2 GiB), a file's tensors take several."""
+    real = backend.capabilities
+    cap = 40000  # above the largest tensor (32 KiB), below every shard
+
+    def capped(device_id: str) -> Any:
+        return real(device_id).model_copy(update={"max_allocation_bytes": cap})
+
+    backend.capabilities = capped  # type: ignore[method-assign]
+    loaded = loop.run_until_complete(load_weights(backend, device, sharded))
+    assert all(h.size_bytes <= cap for h in loaded.handles)
+    assert len(loaded.handles) > len(loaded.files)
+    check_exact(loop, backend, loaded)
+    loop.run_until_complete(loaded.free(backend))
+
+    cap = 30000  # below the embedding and the head
+    with pytest.raises(OutOfMemoryError, match=r"lm_head\.weight|embed_tokens"):
+        loop.run_until_complete(load_weights(backend, device, sharded))
+    with pytest.raises(OutOfMemoryError, match="more than the device allows"):
+        loop.run_until_complete(load_weights(backend, device, sharded, pack="tensor"))
+    assert backend.live_handles() == []
