@@ -1,9 +1,9 @@
 """`load_weights`: a checkpoint (or exo's layer range of it) into device memory, file to device.
 
-The plan is made (every header checked) before the first allocation; then every allocation is
-made, then each planned copy runs as one `backend.copy_file_to_device` call, so the bytes go from
-the file to the device by whatever path the backend has (the Vulkan engine reads in parallel
-straight into staging or pinned memory) and never become Python objects.
+The plan is made (every header checked) before the first allocation. Then each planned copy runs
+as one `backend.copy_file_to_device` call, the next allocation being made while the current one
+fills, so the bytes go from the file to the device by whatever path the backend has (the Vulkan
+engine reads in parallel straight into staging or pinned memory) and never become Python objects.
 
 Whatever ends the load early (a bad file, a full device, a failing progress callback, the task
 being cancelled) frees every allocation the load made before the exception leaves. A copy that
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.errors import CheckpointError
+from exo_gpu_plugins.errors import CheckpointError, InvalidHandleError
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.weights.checkpoint import PathsArg
 from exo_gpu_plugins.weights.models import LoadedTensor, LoadedWeights, LoadProgress
@@ -73,22 +73,30 @@ async def load_plan(
 ) -> LoadedWeights:
     """Carry out a plan from `plan_checkpoint`; the files must not have changed since."""
     begun = time.perf_counter() if started is None else started
+    allocations = plan.allocations
     handles: list[MemoryHandle] = []
     descriptors: dict[str, int] = {}
+    pending: list[asyncio.Future[MemoryHandle]] = []  # the allocation being made, if any
     loaded = False
     try:
-        for allocation in plan.allocations:
+        for allocation in allocations:
             if allocation.file not in descriptors:
                 descriptors[allocation.file] = _open_unchanged(allocation.file, allocation.identity)
-        for allocation in plan.allocations:
-            handles.append(await backend.allocate(device_id, allocation.size_bytes))
         report = _Reporter(progress, plan, begun)
-        report.step(0, 0)
         tensors_before = 0
-        for allocation, handle in zip(plan.allocations, handles, strict=True):
+        if allocations:
+            pending.append(asyncio.ensure_future(backend.allocate(device_id, allocations[0].size_bytes)))
+        for number, allocation in enumerate(allocations):
+            handles.append(await asyncio.shield(pending[0]))
+            pending.clear()
+            if number + 1 < len(allocations):  # the next allocation is made while this one fills
+                following = allocations[number + 1].size_bytes
+                pending.append(asyncio.ensure_future(backend.allocate(device_id, following)))
+            if number == 0:
+                report.step(0, 0)
             fd = descriptors[allocation.file]
             for step in allocation.steps:
-                await _copy_to_completion(backend, fd, handle, step)
+                await _copy_to_completion(backend, fd, handles[-1], step)
                 report.step(step.size, tensors_before + step.tensors_done)
             tensors_before += allocation.tensor_count
         result = _result(plan, device_id, handles, time.perf_counter() - begun)
@@ -98,7 +106,12 @@ async def load_plan(
         for fd in descriptors.values():
             os.close(fd)
         if not loaded:
-            await _free_all(backend, handles)
+            interrupted = False
+            for future in pending:  # an allocation still being made: take it, to free it
+                interrupted = await _settle(future)
+                if not future.cancelled() and future.exception() is None:
+                    handles.append(future.result())
+            await _free_all(backend, handles, interrupted)
 
 
 class _Reporter:
@@ -156,8 +169,9 @@ async def _copy_to_completion(
         raise
 
 
-async def _settle(task: asyncio.Future[Any]) -> None:
-    """Wait until `task` is done, whatever further cancellations arrive, and consume its outcome."""
+async def _settle(task: asyncio.Future[Any]) -> bool:
+    """Wait until `task` is done, whatever cancellations arrive meanwhile (returns whether one
+    did), and consume its outcome so that no error goes unretrieved."""
     interrupted = False
     while not task.done():
         try:
@@ -165,25 +179,26 @@ async def _settle(task: asyncio.Future[Any]) -> None:
         except asyncio.CancelledError:
             interrupted = True
     if not task.cancelled() and task.exception() is not None:
-        log.debug("copy interrupted by cancellation ended with %r", task.exception())
-    if interrupted:
-        log.debug("load cancelled more than once while a copy finished")
+        log.debug("operation finished after the load ended, with %r", task.exception())
+    return interrupted
 
 
-async def _free_all(backend: GPUBackend[Any], handles: list[MemoryHandle]) -> None:
-    """Free every handle even if this task is cancelled again while doing so."""
-    cancelled = False
+async def _free_all(backend: GPUBackend[Any], handles: list[MemoryHandle], interrupted: bool) -> None:
+    """Free every handle even if this task is cancelled again while doing so (a cancellation that
+    arrived during the clean-up is passed on afterwards)."""
     for handle in handles:
         while True:
             try:
                 await backend.deallocate(handle)
             except asyncio.CancelledError:
-                cancelled = True
+                interrupted = True
                 continue
+            except InvalidHandleError:
+                pass  # freed by a deallocate the cancellation interrupted after it took the handle
             except Exception:
                 log.exception("freeing %s after a failed load failed", handle.handle_id)
             break
-    if cancelled:
+    if interrupted:
         raise asyncio.CancelledError
 
 

@@ -37,7 +37,7 @@ class LoadedTensor(BaseModel):
 
 
 class LoadProgress(BaseModel):
-    """How far a load is: reported once the allocations are made, then after every copy."""
+    """How far a load is: reported once the first allocation is made, then after every copy."""
 
     model_config = _FROZEN
 

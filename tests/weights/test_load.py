@@ -296,17 +296,48 @@ def test_cancel_while_copying(
     async def scenario() -> None:
         task = asyncio.ensure_future(load_weights(backend, device, sharded))
         await started.wait()
-        assert len(backend.live_handles()) == 3
+        await asyncio.sleep(0.05)  # the second allocation is made while the first one fills
+        assert len(backend.live_handles()) == 2
         task.cancel()
         await asyncio.sleep(0.05)
         assert not task.done()  # waiting for the copy in flight
-        assert len(backend.live_handles()) == 3
+        assert len(backend.live_handles()) == 2
         release.set()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert len(finished) == 1
 
     loop.run_until_complete(scenario())
+    assert backend.live_handles() == []
+
+
+def test_cancel_while_allocating(
+    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Cancelled while an allocation is being made: it completes, and is freed with the rest."""
+    real = backend.allocate
+    made: list[Any] = []
+    gate = asyncio.Event()
+
+    async def allocate(device_id: str, size: int) -> Any:
+        if made:
+            gate.set()
+            await asyncio.sleep(0.05)
+        handle = await real(device_id, size)
+        made.append(handle)
+        return handle
+
+    backend.allocate = allocate  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(load_weights(backend, device, sharded, pack="tensor"))
+        await gate.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    loop.run_until_complete(scenario())
+    assert len(made) == 2  # the one in flight was finished, not abandoned
     assert backend.live_handles() == []
 
 
