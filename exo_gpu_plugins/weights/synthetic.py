@@ -7,7 +7,8 @@ real checkpoints), the header padded with spaces to a multiple of 8 bytes. A sha
 comes with its `model.safetensors.index.json`.
 
 Tensor bytes are pseudo-random but reproducible: `tensor_bytes(name, size, seed)` gives the bytes
-of any tensor without reading the file, so a test can compare what reached the device.
+of any tensor without reading the file, so a test can compare what reached the device. Plain
+Python (numpy is not a dependency of the package), so the CLI can use it wherever it runs.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from exo_gpu_plugins.weights.checkpoint import INDEX_NAME
 from exo_gpu_plugins.weights.format import DTYPE_BITS
@@ -89,8 +89,8 @@ def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
     return math.prod(shape) * DTYPE_BITS[dtype] // 8
 
 
-def _pool(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=_POOL_BYTES, dtype=np.uint8)
+def _pool(seed: int) -> bytes:
+    return random.Random(seed).randbytes(_POOL_BYTES)
 
 
 def tensor_bytes(name: str, size: int, seed: int = 0) -> bytes:
@@ -98,14 +98,14 @@ def tensor_bytes(name: str, size: int, seed: int = 0) -> bytes:
     return b"".join(_chunks(_pool(seed), name, size))
 
 
-def _chunks(pool: np.ndarray, name: str, size: int) -> Iterator[bytes]:
+def _chunks(pool: bytes, name: str, size: int) -> Iterator[bytes]:
     start = zlib.crc32(name.encode()) % _POOL_BYTES
-    rotated = np.concatenate([pool[start:], pool[:start]])
+    rotated = pool[start:] + pool[:start]
     if size <= _POOL_BYTES:
-        yield rotated[:size].tobytes()
+        yield rotated[:size]
         return
     periods = min(-(-size // _POOL_BYTES), -(-_CHUNK // _POOL_BYTES))
-    block = np.tile(rotated, periods).tobytes()  # a whole number of periods: pieces join up
+    block = rotated * periods  # a whole number of periods: consecutive pieces join up
     left = size
     while left > 0:
         piece = block if left >= len(block) else block[:left]
