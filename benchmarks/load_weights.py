@@ -14,6 +14,8 @@ Rows (each measurement in a fresh process, so peak RSS is its own):
   in the same process as the cached load, and `numpy.fromfile` (allocation included);
 - torch's `safetensors.torch.load_file(device="cuda")` and fastsafetensors (nogds), when
   importable and CUDA is present, cached and cold;
+- the two halves of a cached load timed apart (allocating; copy_file_to_device into memory
+  allocated beforehand), to show where the time goes;
 - the disk's own rate: N threads reading the files with O_DIRECT into page-aligned buffers,
   the limit for a cold load.
 GB/s is 10^9 bytes per second of tensor data. RSS growth is the process's lifetime peak after
@@ -152,9 +154,29 @@ async def child_load(spec: dict[str, Any]) -> dict[str, Any]:
         await loaded.free(backend)
         if spec["numpy"]:
             result["numpy"] = numpy_peer(files, spec["repeat"])
+            result["parts"] = await parts(backend, device, files, spec["repeat"])
         return result
     finally:
         await backend.shutdown()
+
+
+async def parts(backend: Any, device: str, files: list[str], repeat: int) -> dict[str, Any]:
+    """The two halves of a load, timed apart: allocating (zero-filled) the files' data sections,
+    and copy_file_to_device of each data section into an allocation made beforehand."""
+    ranges = tensor_ranges(files)
+    allocate: list[float] = []
+    copy: list[float] = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        handles = [await backend.allocate(device, size) for _, _, size in ranges]
+        allocate.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for handle, (path, offset, size) in zip(handles, ranges, strict=True):
+            await backend.copy_file_to_device(path, handle, 0, file_offset=offset, size_bytes=size)
+        copy.append(time.perf_counter() - start)
+        for handle in handles:
+            await backend.deallocate(handle)
+    return {"bytes": sum(size for _, _, size in ranges), "allocate": allocate, "copy": copy}
 
 
 async def verify(backend: Any, loaded: Any) -> bool:
@@ -454,6 +476,21 @@ def main() -> int:
                 }
                 load = run_child("load", spec, limit)
                 rows.append({"what": "load_weights", "checkpoint": label, "cache": cache, **load})
+                if "parts" in load:
+                    part = load.pop("parts")
+                    for key, what in (
+                        ("allocate", "  part: allocate"),
+                        ("copy", "  part: copy_file_to_device"),
+                    ):
+                        rows.append(
+                            {
+                                "what": what,
+                                "checkpoint": label,
+                                "cache": cache,
+                                "bytes": part["bytes"],
+                                "times": part[key],
+                            }
+                        )
                 if "numpy" in load:
                     numpy = load.pop("numpy")
                     rows.append(
