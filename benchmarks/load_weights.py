@@ -150,7 +150,7 @@ async def child_load(spec: dict[str, Any]) -> dict[str, Any]:
             "strategy": backend.capabilities(device).transfer_strategy,
             "native_file_copy": getattr(backend.capabilities(device), "native_file_copy", None),
         }
-        result["exact"] = await verify(backend, loaded) if spec["verify"] else None
+        result["exact"] = not await loaded.verify(backend) if spec["verify"] else None
         await loaded.free(backend)
         if spec["numpy"]:
             result["numpy"] = numpy_peer(files, spec["repeat"])
@@ -177,33 +177,6 @@ async def parts(backend: Any, device: str, files: list[str], repeat: int) -> dic
         for handle in handles:
             await backend.deallocate(handle)
     return {"bytes": sum(size for _, _, size in ranges), "allocate": allocate, "copy": copy}
-
-
-async def verify(backend: Any, loaded: Any) -> bool:
-    """Every tensor read back from the device equals its bytes in the file."""
-    chunk = 64 * MIB
-    device_buffer = bytearray(chunk)
-    file_buffer = bytearray(chunk)
-    descriptors: dict[str, int] = {}
-    try:
-        for tensor in loaded.tensors.values():
-            if tensor.handle is None:
-                continue
-            fd = descriptors.get(tensor.file)
-            if fd is None:
-                fd = descriptors[tensor.file] = os.open(tensor.file, os.O_RDONLY)
-            done = 0
-            while done < tensor.size_bytes:
-                n = min(chunk, tensor.size_bytes - done)
-                dview, fview = memoryview(device_buffer)[:n], memoryview(file_buffer)[:n]
-                await backend.copy_from_device_into(tensor.handle, tensor.offset_bytes + done, dview)
-                if os.preadv(fd, [fview], tensor.file_offset + done) != n or dview != fview:
-                    return False
-                done += n
-    finally:
-        for fd in descriptors.values():
-            os.close(fd)
-    return True
 
 
 def tensor_ranges(files: list[str]) -> list[tuple[str, int, int]]:

@@ -6,7 +6,8 @@
 
 `format` checks a file's header, `checkpoint` resolves files, folders and indexes, `selection`
 picks tensors by layer range and name, `plan` lays them out in allocations, `loader` copies them
-file to device, `models` holds the results, `synthetic` writes Llama-shaped test checkpoints.
+file to device, `models` holds the results, `verify` compares them with the files, `synthetic`
+writes Llama-shaped test checkpoints.
 """
 
 from __future__ import annotations

@@ -79,6 +79,13 @@ class LoadedWeights(BaseModel):
             return b""
         return await backend.copy_from_device(tensor.handle, tensor.offset_bytes, tensor.size_bytes)
 
+    async def verify(self, backend: GPUBackend[Any]) -> list[str]:
+        """Read every tensor back and compare it with the file; returns the names that differ
+        (empty when every byte is exact)."""
+        from exo_gpu_plugins.weights.verify import mismatched_tensors
+
+        return await mismatched_tensors(backend, self)
+
     async def free(self, backend: GPUBackend[Any]) -> None:
         """Free every allocation of the load. Each handle is attempted even if one fails; the first
         failure is raised afterwards (a second `free` raises `InvalidHandleError`)."""

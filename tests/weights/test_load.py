@@ -418,3 +418,18 @@ def test_device_allocation_cap(
     with pytest.raises(OutOfMemoryError, match="more than the device allows"):
         loop.run_until_complete(load_weights(backend, device, sharded, pack="tensor"))
     assert backend.live_handles() == []
+
+
+def test_verify_finds_a_changed_byte(
+    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
+) -> None:
+    loaded = loop.run_until_complete(load_weights(backend, device, sharded, layers=LayerRange(2, 4)))
+    assert loop.run_until_complete(loaded.verify(backend)) == []
+    name = "model.layers.3.self_attn.o_proj.weight"
+    tensor = loaded.tensors[name]
+    assert tensor.handle is not None
+    last = tensor.offset_bytes + tensor.size_bytes - 1
+    original = loop.run_until_complete(backend.copy_from_device(tensor.handle, last, 1))
+    loop.run_until_complete(backend.copy_to_device(bytes([original[0] ^ 1]), tensor.handle, last))
+    assert loop.run_until_complete(loaded.verify(backend)) == [name]
+    loop.run_until_complete(loaded.free(backend))
