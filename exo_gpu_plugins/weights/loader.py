@@ -99,6 +99,8 @@ async def load_plan(
                 await _copy_to_completion(backend, fd, handles[-1], step)
                 report.step(step.size, tensors_before + step.tensors_done)
             tensors_before += allocation.tensor_count
+        if not allocations:  # only zero-byte tensors: nothing to copy, but say so once
+            report.step(0, 0)
         result = _result(plan, device_id, handles, time.perf_counter() - begun)
         loaded = True
         return result
@@ -145,10 +147,13 @@ def _open_unchanged(path: str, identity: tuple[int, int, int, int]) -> int:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot open: {exc.strerror or exc}") from exc
-    stat = os.fstat(fd)
-    if (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns) != identity:
+    try:
+        stat = os.fstat(fd)
+        if (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns) != identity:
+            raise CheckpointError(f"{path}: the file changed after its header was checked; plan again")
+    except BaseException:
         os.close(fd)
-        raise CheckpointError(f"{path}: the file changed after its header was checked; plan again")
+        raise
     return fd
 
 

@@ -433,3 +433,15 @@ def test_verify_finds_a_changed_byte(
     loop.run_until_complete(backend.copy_to_device(bytes([original[0] ^ 1]), tensor.handle, last))
     assert loop.run_until_complete(loaded.verify(backend)) == [name]
     loop.run_until_complete(loaded.free(backend))
+
+
+def test_only_empty_tensors(
+    tmp_path: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
+) -> None:
+    path = tmp_path / "empty.safetensors"
+    write_safetensors(path, [("a", "F32", (0,)), ("b", "BF16", (4, 0))])
+    reports: list[LoadProgress] = []
+    loaded = loop.run_until_complete(load_weights(backend, device, path, progress=reports.append))
+    assert loaded.handles == () and loaded.total_bytes == 0 and set(loaded.tensors) == {"a", "b"}
+    assert [(r.bytes_done, r.tensors_done, r.tensors_total) for r in reports] == [(0, 2, 2)]
+    loop.run_until_complete(loaded.free(backend))
