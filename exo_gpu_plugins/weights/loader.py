@@ -50,9 +50,10 @@ async def load_weights(
     is true, packed one allocation per file (`pack="file"`; more where the device caps the size
     of one allocation) or per tensor (`pack="tensor"`).
 
-    Raises `CheckpointError` (a `ValueError`) for a malformed checkpoint before allocating
-    anything, and the backend's errors (`OutOfMemoryError`, `FileReadError`, ...) after freeing
-    whatever it had allocated."""
+    The headers are read, and `select` is called, in a worker thread, so planning a large
+    checkpoint does not stall the event loop. Raises `CheckpointError` (a `ValueError`) for a
+    malformed checkpoint before allocating anything, and the backend's errors
+    (`OutOfMemoryError`, `FileReadError`, ...) after freeing whatever it had allocated."""
     started = time.perf_counter()
     if not isinstance(backend, GPUBackend):
         raise TypeError(f"backend must be a GPUBackend, not {type(backend).__name__}")
