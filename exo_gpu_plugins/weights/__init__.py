@@ -1,0 +1,29 @@
+"""Safetensors weights into device memory: a file, a sharded checkpoint or exo's layer range of it.
+
+    loaded = await load_weights(backend, "vulkan:0", "model/", layers=LayerRange(0, 16, 32))
+    ...
+    await loaded.free(backend)
+
+`format` checks a file's header, `checkpoint` resolves files, folders and indexes, `selection`
+picks tensors by layer range and name, `plan` lays them out in allocations, `loader` copies them
+file to device, `models` holds the results, `verify` compares them with the files, `synthetic`
+writes Llama-shaped test checkpoints.
+"""
+
+from __future__ import annotations
+
+from exo_gpu_plugins.weights.loader import load_plan, load_weights
+from exo_gpu_plugins.weights.models import LoadedTensor, LoadedWeights, LoadProgress
+from exo_gpu_plugins.weights.plan import CheckpointPlan, plan_checkpoint
+from exo_gpu_plugins.weights.selection import LayerRange
+
+__all__ = [
+    "CheckpointPlan",
+    "LayerRange",
+    "LoadProgress",
+    "LoadedTensor",
+    "LoadedWeights",
+    "load_plan",
+    "load_weights",
+    "plan_checkpoint",
+]

@@ -1,0 +1,289 @@
+"""The safetensors file format: read one file's header and check it against the file, byte for byte.
+
+A safetensors file is an 8-byte little-endian header length N, N bytes of UTF-8 JSON, then the raw
+tensor bytes. The JSON maps each tensor name to `{"dtype", "shape", "data_offsets": [begin, end]}`
+(offsets relative to the first byte after the header) plus an optional `"__metadata__"` map of
+strings. Everything here follows the format's own rules (those the `safetensors` package enforces):
+the tensors must cover the data section exactly, with no overlap, no hole and nothing after the
+last one, and each byte range must be exactly what its dtype and shape need. Any breach raises
+`CheckpointError` naming the file and the tensor, before a caller has allocated anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat as stat_module
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from exo_gpu_plugins.errors import CheckpointError
+
+__all__ = [
+    "DTYPE_BITS",
+    "MAX_HEADER_BYTES",
+    "SafetensorsFile",
+    "TensorEntry",
+    "parse_header",
+    "read_header",
+]
+
+# Bits per element of every dtype the format defines (safetensors' `Dtype`, sub-byte floats too).
+DTYPE_BITS: Mapping[str, int] = {
+    "BOOL": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "C64": 64,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
+}
+
+# The format's own limit: a longer header is refused rather than read into memory.
+MAX_HEADER_BYTES = 100_000_000
+
+_PREFIX = 8
+_TENSOR_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+
+
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    """One tensor of a file; `begin`/`end` are absolute offsets in the file (not in the data section)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True, slots=True)
+class SafetensorsFile:
+    """A checked header. `identity` (device, inode, size, mtime) lets a loader notice a file that was
+    replaced or rewritten after it was checked."""
+
+    path: str
+    file_size: int
+    data_start: int
+    metadata: Mapping[str, str]
+    tensors: tuple[TensorEntry, ...]  # in file order
+    identity: tuple[int, int, int, int]
+
+
+def read_header(path: str | os.PathLike[str]) -> SafetensorsFile:
+    """Open `path`, read and check its header. Unreadable files raise `CheckpointError` too."""
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise CheckpointError(f"{name}: cannot open: {exc.strerror or exc}") from exc
+    try:
+        stat = os.fstat(fd)
+        if not stat_module.S_ISREG(stat.st_mode):
+            raise CheckpointError(f"{name}: not a regular file")
+        size = stat.st_size
+        prefix = _pread_exact(fd, _PREFIX, 0, name, "the header length")
+        length = int.from_bytes(prefix, "little") if len(prefix) == _PREFIX else None
+        if length is None:
+            raise CheckpointError(
+                f"{name}: {size} bytes is too short for a safetensors file (no header)"
+            )
+        _check_length(length, size, name)
+        raw = _pread_exact(fd, length, _PREFIX, name, "the header")
+        if len(raw) != length:
+            raise CheckpointError(f"{name}: file shrank while its header was read")
+    finally:
+        os.close(fd)
+    identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return parse_header(raw, name, size, identity)
+
+
+def parse_header(
+    raw: bytes, path: str, file_size: int, identity: tuple[int, int, int, int] = (0, 0, 0, 0)
+) -> SafetensorsFile:
+    """Check the JSON header `raw` of a `file_size`-byte file; every tensor must fit the file exactly."""
+    data_start = _PREFIX + len(raw)
+    _check_length(len(raw), file_size, path)
+    document = _decode(raw, path)
+    metadata: dict[str, str] = {}
+    tensors: list[TensorEntry] = []
+    data_size = file_size - data_start
+    for name, value in document.items():
+        if name == "__metadata__":
+            metadata = _metadata(value, path)
+            continue
+        if not name:
+            raise CheckpointError(f"{path}: a tensor has an empty name")
+        tensors.append(_tensor(name, value, path, data_start, data_size))
+    tensors.sort(key=lambda t: (t.begin, t.end))
+    _check_coverage(tensors, path, data_start, file_size)
+    return SafetensorsFile(
+        path=path,
+        file_size=file_size,
+        data_start=data_start,
+        metadata=metadata,
+        tensors=tuple(tensors),
+        identity=identity,
+    )
+
+
+def _pread_exact(fd: int, size: int, offset: int, path: str, what: str) -> bytes:
+    parts: list[bytes] = []
+    done = 0
+    while done < size:
+        try:
+            chunk = os.pread(fd, size - done, offset + done)
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
+        if not chunk:
+            break
+        parts.append(chunk)
+        done += len(chunk)
+    return b"".join(parts)
+
+
+def _check_length(length: int, file_size: int, path: str) -> None:
+    if length > MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"{path}: header length {length} is larger than the format allows ({MAX_HEADER_BYTES}); "
+            "this is not a safetensors file or it is corrupt"
+        )
+    if _PREFIX + length > file_size:
+        raise CheckpointError(
+            f"{path}: header length {length} reaches past the end of the {file_size}-byte file"
+        )
+    if length < 2:
+        raise CheckpointError(f"{path}: header length {length} cannot hold a JSON object")
+
+
+def _decode(raw: bytes, path: str) -> dict[str, Any]:
+    if raw[:1] != b"{":
+        raise CheckpointError(f"{path}: header does not start with a JSON object ('{{')")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(
+            f"{path}: header is not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
+    try:
+        document = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise CheckpointError(f"{path}: tensor {exc.key!r}: named twice in the header") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: header is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{path}: header is JSON but not an object")
+    return document
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _metadata(value: object, path: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise CheckpointError(
+            f"{path}: __metadata__ must be a map of strings, not {type(value).__name__}"
+        )
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise CheckpointError(
+                f"{path}: __metadata__ entry {key!r} must be a string, not {type(item).__name__}"
+            )
+    return dict(value)
+
+
+def _tensor(name: str, value: object, path: str, data_start: int, data_size: int) -> TensorEntry:
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where}: entry must be an object, not {type(value).__name__}")
+    missing = _TENSOR_KEYS - value.keys()
+    if missing:
+        raise CheckpointError(f"{where}: entry lacks {', '.join(sorted(missing))}")
+    dtype = value["dtype"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        known = ", ".join(DTYPE_BITS)
+        raise CheckpointError(f"{where}: unknown dtype {dtype!r} (known: {known})")
+    shape = value["shape"]
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CheckpointError(f"{where}: shape must be a list of integers >= 0, got {shape!r}")
+    offsets = value["data_offsets"]
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+        raise CheckpointError(f"{where}: data_offsets must be two integers >= 0, got {offsets!r}")
+    begin, end = offsets
+    if begin > end:
+        raise CheckpointError(f"{where}: data_offsets [{begin}, {end}] end before they begin")
+    if end > data_size:
+        raise CheckpointError(
+            f"{where}: data_offsets [{begin}, {end}] reach past the {data_size}-byte data section "
+            "(file truncated?)"
+        )
+    bits = math.prod(shape) * DTYPE_BITS[dtype]
+    if bits % 8 or bits // 8 != end - begin:
+        need = f"{bits / 8:g}"
+        raise CheckpointError(
+            f"{where}: dtype {dtype} and shape {shape} need {need} bytes, "
+            f"but data_offsets [{begin}, {end}] hold {end - begin}"
+        )
+    return TensorEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _check_coverage(tensors: list[TensorEntry], path: str, data_start: int, file_size: int) -> None:
+    """Sorted by offset, each tensor must start where the one before ended (zero-byte tensors may
+    share an offset), the first at the data start and the last ending at the end of the file."""
+    position = data_start
+    previous: TensorEntry | None = None
+    for tensor in tensors:
+        if tensor.begin < position and previous is not None:
+            raise CheckpointError(
+                f"{path}: tensor {tensor.name!r}: bytes [{tensor.begin - data_start}, "
+                f"{tensor.end - data_start}) overlap tensor {previous.name!r} "
+                f"[{previous.begin - data_start}, {previous.end - data_start})"
+            )
+        if tensor.begin > position:
+            raise CheckpointError(
+                f"{path}: tensor {tensor.name!r}: a hole of {tensor.begin - position} bytes before it "
+                f"(data section bytes [{position - data_start}, {tensor.begin - data_start}) belong "
+                "to no tensor)"
+            )
+        position = tensor.end
+        if tensor.nbytes or previous is None:
+            previous = tensor
+    if position != file_size:
+        last = f"after tensor {previous.name!r}" if previous is not None else "and no tensor"
+        raise CheckpointError(
+            f"{path}: {file_size - position} bytes at the end of the file {last} belong to no tensor"
+        )

@@ -1,0 +1,235 @@
+"""`load_weights`: a checkpoint (or exo's layer range of it) into device memory, file to device.
+
+The plan is made (every header checked) before the first allocation. Then each planned copy runs
+as one `backend.copy_file_to_device` call, the next allocation being made while the current one
+fills, so the bytes go from the file to the device by whatever path the backend has (the Vulkan
+engine reads in parallel straight into staging or pinned memory) and never become Python objects.
+
+Whatever ends the load early (a bad file, a full device, a failing progress callback, the task
+being cancelled) frees every allocation the load made before the exception leaves. A copy that
+is running when the task is cancelled is allowed to finish first: the backend may still be
+writing into that memory, and memory the device may still touch is never freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from exo_gpu_plugins.backend import GPUBackend
+from exo_gpu_plugins.errors import CheckpointError, InvalidHandleError
+from exo_gpu_plugins.models import MemoryHandle
+from exo_gpu_plugins.weights.checkpoint import PathsArg
+from exo_gpu_plugins.weights.models import LoadedTensor, LoadedWeights, LoadProgress
+from exo_gpu_plugins.weights.plan import CheckpointPlan, CopyStep, Pack, plan_checkpoint
+from exo_gpu_plugins.weights.selection import LayerRange
+
+__all__ = ["load_plan", "load_weights"]
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[LoadProgress], None]
+
+
+async def load_weights(
+    backend: GPUBackend[Any],
+    device_id: str,
+    paths: PathsArg,
+    *,
+    layers: LayerRange | None = None,
+    select: Callable[[str], bool] | None = None,
+    pack: Pack = "file",
+    progress: ProgressCallback | None = None,
+) -> LoadedWeights:
+    """Load the safetensors checkpoint at `paths` (a file, a folder, an index, or a list of them)
+    onto `device_id`: the tensors of `layers` (exo's range; see `LayerRange`) for which `select`
+    is true, packed one allocation per file (`pack="file"`; more where the device caps the size
+    of one allocation) or per tensor (`pack="tensor"`).
+
+    The headers are read, and `select` is called, in a worker thread, so planning a large
+    checkpoint does not stall the event loop. Raises `CheckpointError` (a `ValueError`) for a
+    malformed checkpoint before allocating anything, and the backend's errors
+    (`OutOfMemoryError`, `FileReadError`, ...) after freeing whatever it had allocated."""
+    started = time.perf_counter()
+    if not isinstance(backend, GPUBackend):
+        raise TypeError(f"backend must be a GPUBackend, not {type(backend).__name__}")
+    limit = backend.capabilities(device_id).max_allocation_bytes  # DeviceNotFoundError if unknown
+    plan = await asyncio.to_thread(
+        plan_checkpoint, paths, layers, select, pack=pack, max_allocation_bytes=limit
+    )
+    return await load_plan(backend, device_id, plan, progress=progress, started=started)
+
+
+async def load_plan(
+    backend: GPUBackend[Any],
+    device_id: str,
+    plan: CheckpointPlan,
+    *,
+    progress: ProgressCallback | None = None,
+    started: float | None = None,
+) -> LoadedWeights:
+    """Carry out a plan from `plan_checkpoint`; the files must not have changed since."""
+    begun = time.perf_counter() if started is None else started
+    allocations = plan.allocations
+    handles: list[MemoryHandle] = []
+    descriptors: dict[str, int] = {}
+    pending: list[asyncio.Future[MemoryHandle]] = []  # the allocation being made, if any
+    loaded = False
+    try:
+        for allocation in allocations:
+            if allocation.file not in descriptors:
+                descriptors[allocation.file] = _open_unchanged(allocation.file, allocation.identity)
+        report = _Reporter(progress, plan, begun)
+        tensors_before = 0
+        if allocations:
+            pending.append(asyncio.ensure_future(backend.allocate(device_id, allocations[0].size_bytes)))
+        for number, allocation in enumerate(allocations):
+            handles.append(await asyncio.shield(pending[0]))
+            pending.clear()
+            if number + 1 < len(allocations):  # the next allocation is made while this one fills
+                following = allocations[number + 1].size_bytes
+                pending.append(asyncio.ensure_future(backend.allocate(device_id, following)))
+            if number == 0:
+                report.step(0, 0)
+            fd = descriptors[allocation.file]
+            for step in allocation.steps:
+                await _copy_to_completion(backend, fd, handles[-1], step)
+                report.step(step.size, tensors_before + step.tensors_done)
+            tensors_before += allocation.tensor_count
+        if not allocations:  # only zero-byte tensors: nothing to copy, but say so once
+            report.step(0, 0)
+        result = _result(plan, device_id, handles, time.perf_counter() - begun)
+        loaded = True
+        return result
+    finally:
+        for fd in descriptors.values():
+            os.close(fd)
+        if not loaded:
+            interrupted = False
+            for future in pending:  # an allocation still being made: take it, to free it
+                interrupted = await _settle(future)
+                if not future.cancelled() and future.exception() is None:
+                    handles.append(future.result())
+            await _free_all(backend, handles, interrupted)
+
+
+class _Reporter:
+    """Sends LoadProgress after each step; empty tensors count as done from the start."""
+
+    def __init__(self, callback: ProgressCallback | None, plan: CheckpointPlan, started: float) -> None:
+        self._callback = callback
+        self._started = started
+        self._bytes_total = plan.total_bytes
+        self._tensors_total = len(plan.tensors)
+        self._empty = sum(1 for tensor in plan.tensors if tensor.allocation is None)
+        self._bytes_done = 0
+
+    def step(self, size: int, tensors_done: int) -> None:
+        self._bytes_done += size
+        if self._callback is None:
+            return
+        self._callback(
+            LoadProgress(
+                bytes_done=self._bytes_done,
+                bytes_total=self._bytes_total,
+                tensors_done=self._empty + tensors_done,
+                tensors_total=self._tensors_total,
+                seconds=time.perf_counter() - self._started,
+            )
+        )
+
+
+def _open_unchanged(path: str, identity: tuple[int, int, int, int]) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+    try:
+        stat = os.fstat(fd)
+        if (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns) != identity:
+            raise CheckpointError(f"{path}: the file changed after its header was checked; plan again")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+async def _copy_to_completion(
+    backend: GPUBackend[Any], fd: int, handle: MemoryHandle, step: CopyStep
+) -> None:
+    """One planned copy. If the load is cancelled meanwhile, wait for the copy to finish (it may be
+    writing into the allocation in another thread) and then let the cancellation through."""
+    copy = asyncio.ensure_future(
+        backend.copy_file_to_device(
+            fd, handle, step.offset, file_offset=step.file_offset, size_bytes=step.size
+        )
+    )
+    try:
+        await asyncio.shield(copy)
+    except asyncio.CancelledError:
+        await _settle(copy)
+        raise
+
+
+async def _settle(task: asyncio.Future[Any]) -> bool:
+    """Wait until `task` is done, whatever cancellations arrive meanwhile (returns whether one
+    did), and consume its outcome so that no error goes unretrieved."""
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            interrupted = True
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("operation finished after the load ended, with %r", task.exception())
+    return interrupted
+
+
+async def _free_all(backend: GPUBackend[Any], handles: list[MemoryHandle], interrupted: bool) -> None:
+    """Free every handle even if this task is cancelled again while doing so (a cancellation that
+    arrived during the clean-up is passed on afterwards)."""
+    for handle in handles:
+        while True:
+            try:
+                await backend.deallocate(handle)
+            except asyncio.CancelledError:
+                interrupted = True
+                continue
+            except InvalidHandleError:
+                pass  # freed by a deallocate the cancellation interrupted after it took the handle
+            except Exception:
+                log.exception("freeing %s after a failed load failed", handle.handle_id)
+            break
+    if interrupted:
+        raise asyncio.CancelledError
+
+
+def _result(
+    plan: CheckpointPlan, device_id: str, handles: list[MemoryHandle], seconds: float
+) -> LoadedWeights:
+    tensors: dict[str, LoadedTensor] = {}
+    for tensor in plan.tensors:
+        tensors[tensor.name] = LoadedTensor(
+            handle=None if tensor.allocation is None else handles[tensor.allocation],
+            offset_bytes=tensor.offset,
+            size_bytes=tensor.size_bytes,
+            dtype=tensor.dtype,
+            shape=tensor.shape,
+            file=tensor.file,
+            file_offset=tensor.file_offset,
+        )
+    return LoadedWeights(
+        device_id=device_id,
+        tensors=tensors,
+        handles=tuple(handles),
+        total_bytes=plan.total_bytes,
+        allocated_bytes=plan.allocated_bytes,
+        seconds=seconds,
+        files=plan.files,
+        pack=plan.pack,
+        layers=plan.layers,
+    )

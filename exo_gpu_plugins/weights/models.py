@@ -1,0 +1,100 @@
+"""What a load gives back: where each tensor lives, the allocations to free, and progress reports."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from exo_gpu_plugins.errors import GPUError
+from exo_gpu_plugins.models import MemoryHandle
+from exo_gpu_plugins.weights.selection import LayerRange
+
+if TYPE_CHECKING:
+    from exo_gpu_plugins.backend import GPUBackend
+
+__all__ = ["LoadProgress", "LoadedTensor", "LoadedWeights"]
+
+log = logging.getLogger(__name__)
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class LoadedTensor(BaseModel):
+    """One tensor on the device: `size_bytes` bytes at `offset_bytes` of `handle`, copied from
+    `file` at `file_offset`. A zero-byte tensor needs no memory: its `handle` is None."""
+
+    model_config = _FROZEN
+
+    handle: MemoryHandle | None
+    offset_bytes: int = Field(ge=0)
+    size_bytes: int = Field(ge=0)
+    dtype: str
+    shape: tuple[int, ...]
+    file: str
+    file_offset: int = Field(ge=0)
+
+
+class LoadProgress(BaseModel):
+    """How far a load is: reported once the first allocation is made, then after every copy."""
+
+    model_config = _FROZEN
+
+    bytes_done: int = Field(ge=0)
+    bytes_total: int = Field(ge=0)
+    tensors_done: int = Field(ge=0)
+    tensors_total: int = Field(ge=0)
+    seconds: float = Field(ge=0, description="since load_weights was called")
+
+
+class LoadedWeights(BaseModel):
+    """The tensors of a load and the allocations holding them; `await loaded.free(backend)` frees
+    every allocation. `total_bytes` counts tensor bytes; `allocated_bytes` adds the alignment
+    padding between runs; `seconds` runs from the call to the last byte on the device."""
+
+    model_config = _FROZEN
+
+    device_id: str
+    tensors: dict[str, LoadedTensor]
+    handles: tuple[MemoryHandle, ...]
+    total_bytes: int = Field(ge=0)
+    allocated_bytes: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+    files: tuple[str, ...]
+    pack: Literal["file", "tensor"]
+    layers: LayerRange | None = Field(
+        default=None, description="the range loaded, with end and count resolved; None = every tensor"
+    )
+
+    @property
+    def bytes_per_second(self) -> float | None:
+        """Tensor bytes over `seconds`; None for a load too fast to time."""
+        return self.total_bytes / self.seconds if self.seconds > 0 else None
+
+    async def read(self, backend: GPUBackend[Any], name: str) -> bytes:
+        """The bytes of tensor `name`, read back from the device (for checks, not a fast path)."""
+        tensor = self.tensors[name]
+        if tensor.handle is None:
+            return b""
+        return await backend.copy_from_device(tensor.handle, tensor.offset_bytes, tensor.size_bytes)
+
+    async def verify(self, backend: GPUBackend[Any]) -> list[str]:
+        """Read every tensor back and compare it with the file; returns the names that differ
+        (empty when every byte is exact)."""
+        from exo_gpu_plugins.weights.verify import mismatched_tensors
+
+        return await mismatched_tensors(backend, self)
+
+    async def free(self, backend: GPUBackend[Any]) -> None:
+        """Free every allocation of the load. Each handle is attempted even if one fails; the first
+        failure is raised afterwards (a second `free` raises `InvalidHandleError`)."""
+        first: GPUError | None = None
+        for handle in self.handles:
+            try:
+                await backend.deallocate(handle)
+            except GPUError as exc:
+                log.debug("freeing %s failed: %s", handle.handle_id, exc)
+                first = first or exc
+        if first is not None:
+            raise first

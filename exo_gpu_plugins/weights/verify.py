@@ -1,0 +1,65 @@
+"""Checking a load: every tensor read back from the device and compared with its bytes in the file.
+
+For `exo-gpu load --verify`, the benchmark and tests; it reads through one reused buffer pair, so
+memory stays bounded whatever the checkpoint's size.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from exo_gpu_plugins.errors import FileReadError
+
+if TYPE_CHECKING:
+    from exo_gpu_plugins.backend import GPUBackend
+    from exo_gpu_plugins.weights.models import LoadedWeights
+
+__all__ = ["mismatched_tensors"]
+
+_CHUNK = 64 << 20
+
+
+async def mismatched_tensors(backend: GPUBackend[Any], loaded: LoadedWeights) -> list[str]:
+    """The names of the tensors whose bytes on the device differ from the file (empty: all exact)."""
+    chunk = min(_CHUNK, max((t.size_bytes for t in loaded.tensors.values()), default=0))
+    device_buffer = memoryview(bytearray(chunk))
+    file_buffer = memoryview(bytearray(chunk))
+    descriptors: dict[str, int] = {}
+    wrong: list[str] = []
+    try:
+        for name, tensor in loaded.tensors.items():
+            if tensor.handle is None:
+                continue
+            fd = descriptors.get(tensor.file)
+            if fd is None:
+                try:
+                    fd = descriptors[tensor.file] = os.open(tensor.file, os.O_RDONLY)
+                except OSError as exc:
+                    raise FileReadError(f"{tensor.file}: cannot open: {exc.strerror or exc}") from exc
+            done = 0
+            while done < tensor.size_bytes:
+                size = min(chunk, tensor.size_bytes - done)
+                on_device, in_file = device_buffer[:size], file_buffer[:size]
+                await backend.copy_from_device_into(tensor.handle, tensor.offset_bytes + done, on_device)
+                _read_exact(fd, in_file, tensor.file_offset + done, tensor.file)
+                if on_device != in_file:
+                    wrong.append(name)
+                    break
+                done += size
+    finally:
+        for fd in descriptors.values():
+            os.close(fd)
+    return wrong
+
+
+def _read_exact(fd: int, view: memoryview, position: int, path: str) -> None:
+    done = 0
+    while done < view.nbytes:
+        try:
+            got = os.preadv(fd, [view[done:]], position + done)
+        except OSError as exc:
+            raise FileReadError(f"{path}: reading at offset {position + done}: {exc.strerror}") from exc
+        if got == 0:
+            raise FileReadError(f"{path}: ended at offset {position + done} (did it shrink?)")
+        done += got
