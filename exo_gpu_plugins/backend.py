@@ -142,13 +142,14 @@ def _new_handle(device_id: str, size: int) -> MemoryHandle:
             "allocated_at": datetime.now(timezone.utc),
         },
     )
-    setattr_(handle, "__pydantic_fields_set__", set(_HANDLE_FIELDS))
+    # One shared set: a frozen model never adds to its fields-set, and copies take their own.
+    setattr_(handle, "__pydantic_fields_set__", _HANDLE_FIELDS_SET)
     setattr_(handle, "__pydantic_extra__", None)
     setattr_(handle, "__pydantic_private__", None)
     return handle
 
 
-_HANDLE_FIELDS = frozenset(MemoryHandle.model_fields)
+_HANDLE_FIELDS_SET = set(MemoryHandle.model_fields)
 
 
 class _HostEntry:
@@ -433,9 +434,16 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
     @final
     async def allocate(self, device_id: str, size_bytes: int) -> MemoryHandle:
         """Allocate `size_bytes` (> 0) on the device; the memory reads back as zeros."""
-        with self._gate:
-            index = self._device_index(device_id)
-            size = arguments.integer(size_bytes, "size_bytes")
+        # The gate, the device lookup and the int check inlined: this is the per-allocation path.
+        inflight = self._gate._inflight
+        inflight.append(None)
+        try:
+            if self._state is not _State.OPEN:
+                raise self._closed_error()
+            index = self._index_of.get(device_id) if type(device_id) is str else None
+            if index is None:
+                index = self._device_index(device_id)
+            size = size_bytes if type(size_bytes) is int else arguments.integer(size_bytes, "size_bytes")
             if size <= 0:
                 raise ValueError(f"size_bytes must be > 0, got {size}")
             if size > _MAX_ALLOCATION:
@@ -444,26 +452,44 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
             handle = _new_handle(self._device_ids[index], size)
             self._live[handle.handle_id] = _Live(handle, native, index)
             return handle
+        finally:
+            inflight.pop()
 
     @final
     async def deallocate(self, handle: MemoryHandle) -> None:
         """Free the allocation. A handle that is not live here raises `InvalidHandleError`."""
-        with self._gate:
+        inflight = self._gate._inflight
+        inflight.append(None)
+        try:
+            if self._state is not _State.OPEN:
+                raise self._closed_error()
             entry = self._entry(handle, "handle")
-            if self._live.pop(handle.handle_id, None) is None:
-                raise InvalidHandleError(f"handle {handle.handle_id} was freed concurrently")
+            if self._live.pop(entry.handle.handle_id, None) is None:
+                raise InvalidHandleError(f"handle {entry.handle.handle_id} was freed concurrently")
             self._free(entry.native)
+        finally:
+            inflight.pop()
 
     @final
     async def copy_to_device(self, src: object, dst_handle: MemoryHandle, offset_bytes: int = 0) -> None:
         """Write the bytes of `src` (any contiguous buffer, or a HostBuffer) at `offset_bytes`."""
-        with self._gate:
+        inflight = self._gate._inflight
+        inflight.append(None)
+        try:
+            if self._state is not _State.OPEN:
+                raise self._closed_error()
             entry = self._entry(dst_handle, "dst_handle")
             view = arguments.readable_view(src, "src")
-            offset = arguments.non_negative(offset_bytes, "offset_bytes")
+            offset = (
+                offset_bytes
+                if type(offset_bytes) is int and offset_bytes >= 0
+                else (arguments.non_negative(offset_bytes, "offset_bytes"))
+            )
             arguments.check_range(offset, view.nbytes, entry.handle.size_bytes, "copy_to_device")
             if view.nbytes:
                 await self._write(entry.native, offset, view)
+        finally:
+            inflight.pop()
 
     @final
     async def copy_file_to_device(
@@ -514,14 +540,24 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         self, src_handle: MemoryHandle, offset_bytes: int, dst: object
     ) -> int:
         """Fill the writable buffer `dst` (or HostBuffer) from `offset_bytes` on; returns the count."""
-        with self._gate:
+        inflight = self._gate._inflight
+        inflight.append(None)
+        try:
+            if self._state is not _State.OPEN:
+                raise self._closed_error()
             entry = self._entry(src_handle, "src_handle")
             view = arguments.writable_view(dst, "dst")
-            offset = arguments.non_negative(offset_bytes, "offset_bytes")
+            offset = (
+                offset_bytes
+                if type(offset_bytes) is int and offset_bytes >= 0
+                else (arguments.non_negative(offset_bytes, "offset_bytes"))
+            )
             arguments.check_range(offset, view.nbytes, entry.handle.size_bytes, "copy_from_device_into")
             if view.nbytes:
                 await self._read_into(entry.native, offset, view)
             return view.nbytes
+        finally:
+            inflight.pop()
 
     @final
     async def copy_device_to_device(
@@ -639,7 +675,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         raise DeviceNotFoundError(f"no device {device_id!r} in backend {self.name!r} (devices: {known})")
 
     def _entry(self, handle: object, name: str) -> _Live[NativeT]:
-        if not isinstance(handle, MemoryHandle):
+        if type(handle) is not MemoryHandle and not isinstance(handle, MemoryHandle):
             raise TypeError(f"{name} must be a MemoryHandle, not {type(handle).__name__}")
         entry = self._live.get(handle.handle_id)
         if entry is None or (entry.handle is not handle and entry.handle != handle):
