@@ -3,7 +3,7 @@
 //!
 //! A `Link` joins a source and a destination device (one per ordered pair and engine, made on
 //! first use) and owns a ring of slots in host memory plus, on each device, command buffers and
-//! fences of its own on the device's transfer (DMA) queue. A copy is cut into slot-sized chunks:
+//! command slots of its own on the device's DMA queues. A copy is cut into slot-sized chunks:
 //! the source device DMAs chunk k into slot k while the destination device DMAs chunk k-1 out of
 //! its slot, so both PCIe links (and both copy engines) run at the same time.
 //!
@@ -28,9 +28,10 @@
 //! GB/s: each device's one DMA queue carries both its outgoing and its incoming chunks.
 //!
 //! Locking: a link's mutex serialises the copies that use it; while holding it a copy takes a
-//! device's queue mutex only around each vkQueueSubmit, never two device mutexes at once and
-//! never across a wait, so copies in both directions at once (two links) cannot deadlock, with
-//! each other or with host<->device transfers holding a queue for their whole length.
+//! device's queue mutex only around each vkQueueSubmit (waits are on timeline values, outside
+//! every queue lock), so copies in both directions at once (two links) cannot deadlock, with
+//! each other or with host<->device transfers. Each side submits to its device's download
+//! (source) or upload (destination) queue with command slots of its own (`queue::CmdSlot`).
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
@@ -38,12 +39,14 @@ use std::sync::{Arc, Mutex};
 
 use ash::vk;
 
-use crate::device::DeviceContext;
+use crate::context::DeviceContext;
 use crate::error::{EngineError, Result};
-use crate::memory::{BufView, GpuBuffer, Kind};
+use crate::import::{import_host, release_imports, HostImport};
+use crate::memory::{flush, invalidate, BufView, GpuBuffer, Kind};
 use crate::properties::DeviceInfo;
+use crate::queue::{CmdSlot, Frame, Queue};
+use crate::staging::mapped_of;
 use crate::sync::lock;
-use crate::transfer::{mapped_of, HostImport};
 use crate::tuning::Tuning;
 use crate::workers;
 
@@ -166,15 +169,12 @@ impl Drop for HostRing {
     }
 }
 
-/// One device's half of a link: command buffers + fences on its DMA queue and its view of each
-/// ring slot.
+/// One device's half of a link: command slots on one of its DMA queues (the download queue on
+/// the source side, the upload queue on the destination side) and its view of each ring slot.
 struct Side {
     ctx: Arc<DeviceContext>,
-    compute: bool,
-    pool: vk::CommandPool,
-    cmds: Vec<vk::CommandBuffer>,
-    fences: Vec<vk::Fence>,
-    pending: Vec<bool>,
+    queue: Arc<Queue>,
+    cmds: Vec<CmdSlot>,
     /// Per slot: the buffer holding it and the slot's offset in that buffer.
     slots: Vec<(vk::Buffer, u64)>,
     imports: Vec<HostImport>,
@@ -182,46 +182,25 @@ struct Side {
 }
 
 impl Side {
-    fn new(ctx: &Arc<DeviceContext>, count: usize) -> Result<Side> {
+    fn new(ctx: &Arc<DeviceContext>, count: usize, source: bool) -> Result<Side> {
+        let queue = if source {
+            Arc::clone(&ctx.download_queue)
+        } else {
+            Arc::clone(&ctx.upload_queue)
+        };
         let mut side = Side {
             ctx: Arc::clone(ctx),
-            compute: ctx.queue_compute(&ctx.dma),
-            pool: vk::CommandPool::null(),
+            queue,
             cmds: Vec::new(),
-            fences: Vec::new(),
-            pending: Vec::new(),
             slots: Vec::new(),
             imports: Vec::new(),
             staging: None,
         };
-        side.init(count)?; // on failure, Drop destroys what was made
-        Ok(side)
-    }
-
-    fn init(&mut self, count: usize) -> Result<()> {
-        let ctx = Arc::clone(&self.ctx);
-        let d = &ctx.device;
-        let info = vk::CommandPoolCreateInfo::default()
-            .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER)
-            .queue_family_index(ctx.info.transfer_queue_family);
-        // SAFETY: valid device and create info (the DMA queue's family).
-        self.pool = unsafe { d.create_command_pool(&info, None) }
-            .map_err(|r| ctx.fail("vkCreateCommandPool", r))?;
-        let alloc = vk::CommandBufferAllocateInfo::default()
-            .command_pool(self.pool)
-            .level(vk::CommandBufferLevel::PRIMARY)
-            .command_buffer_count(u32::try_from(count).unwrap_or(u32::MAX));
-        // SAFETY: the pool was created on this device.
-        self.cmds = unsafe { d.allocate_command_buffers(&alloc) }
-            .map_err(|r| ctx.fail("vkAllocateCommandBuffers", r))?;
         for _ in 0..count {
-            // SAFETY: valid device; default create info (unsignaled).
-            let fence = unsafe { d.create_fence(&vk::FenceCreateInfo::default(), None) }
-                .map_err(|r| ctx.fail("vkCreateFence", r))?;
-            self.fences.push(fence);
-            self.pending.push(false);
+            let c = CmdSlot::new(ctx.raw(), side.queue.family)?; // on failure, Drop cleans up
+            side.cmds.push(c);
         }
-        Ok(())
+        Ok(side)
     }
 
     /// Import every slot of `ring` (`count` slots of `slot` bytes).
@@ -231,7 +210,7 @@ impl Side {
                 .map_err(|_| EngineError::OutOfMemory("ring exceeds address space".into()))?;
             // SAFETY: `off + slot` lies within the ring's allocation.
             let ptr = unsafe { ring.ptr.as_ptr().add(off) };
-            let imp = self.ctx.import_host(ptr, slot)?;
+            let imp = import_host(self.ctx.raw(), ptr, slot)?;
             self.slots.push((imp.buffer, 0));
             self.imports.push(imp);
         }
@@ -242,7 +221,7 @@ impl Side {
     fn drop_imports(&mut self) {
         self.slots.clear();
         let imports = std::mem::take(&mut self.imports);
-        self.ctx.release_imports(imports);
+        release_imports(self.ctx.raw(), imports);
     }
 
     /// A host-visible staging ring of this device's own: written by the device (`download`,
@@ -261,11 +240,12 @@ impl Side {
                 "exo-cross-upload",
             )
         };
-        let mut buf = self
-            .ctx
-            .create_buffer(slot * count as u64, usage, kind, name)?;
+        let ctx = &self.ctx;
+        let mut buf = ctx
+            .mem
+            .create_buffer(ctx.raw(), slot * count as u64, usage, kind, name)?;
         if buf.mapped.is_none() {
-            self.ctx.destroy_buffer(&mut buf);
+            ctx.mem.destroy_buffer(ctx.raw(), &mut buf);
             return Err(EngineError::Internal(
                 "cross-device staging memory is not host-visible".into(),
             ));
@@ -284,45 +264,32 @@ impl Side {
         Ok(buf.slice(self.slots[slot].1, len))
     }
 
-    /// Record `record` into `slot`'s command buffer and submit it to the DMA queue.
+    /// Record `record` into `slot`'s command buffer and submit it to the side's queue (whose
+    /// mutex is held only around the submission).
     fn submit(
         &mut self,
         slot: usize,
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
     ) -> Result<()> {
         self.wait(slot)?;
-        let ctx = &self.ctx;
-        ctx.check_alive()?;
-        let (cmd, fence) = (self.cmds[slot], self.fences[slot]);
-        // The slot's previous submission finished (waited above).
-        ctx.record_framed(cmd, fence, self.compute, record)?;
-        ctx.submit_to(&ctx.dma, cmd, fence)?;
-        self.pending[slot] = true;
+        let raw = self.ctx.raw();
+        let frame = Frame {
+            after_earlier: true,
+            host_reads: true,
+        };
+        let cmd = self.cmds[slot].record(raw, self.queue.compute, frame, record)?;
+        self.cmds[slot].value = self.queue.submit(raw, cmd)?;
         Ok(())
     }
 
     fn wait(&mut self, slot: usize) -> Result<()> {
-        if self.pending[slot] {
-            self.ctx.wait_fence(self.fences[slot])?;
-            self.pending[slot] = false;
-        }
-        Ok(())
+        self.queue.wait(self.ctx.raw(), self.cmds[slot].value)
     }
 
     /// Wait for every submission; returns the first error but tries them all (unless lost).
     fn wait_all(&mut self) -> Result<()> {
-        let mut first = Ok(());
-        for i in 0..self.pending.len() {
-            if let Err(e) = self.wait(i) {
-                if first.is_ok() {
-                    first = Err(e);
-                }
-                if self.ctx.is_lost() {
-                    break;
-                }
-            }
-        }
-        first
+        let last = self.cmds.iter().map(|c| c.value).max().unwrap_or(0);
+        self.queue.wait(self.ctx.raw(), last)
     }
 
     /// Destroy everything (idempotent). On a hung device nothing is freed: work may still use it.
@@ -330,33 +297,19 @@ impl Side {
         if self.ctx.is_hung() {
             return;
         }
-        for i in 0..self.pending.len() {
-            if self.pending[i] && !self.ctx.is_lost() {
-                let _ = self.ctx.wait_fence(self.fences[i]);
-            }
+        if !self.ctx.is_lost() {
+            let _ = self.wait_all();
         }
         if self.ctx.is_hung() {
             return;
         }
         self.drop_imports();
         if let Some(mut b) = self.staging.take() {
-            self.ctx.destroy_buffer(&mut b);
+            self.ctx.mem.destroy_buffer(self.ctx.raw(), &mut b);
         }
-        let d = &self.ctx.device;
-        // SAFETY: no submission of this side is in flight (waited above, or the device was
-        // lost); the objects were created on this device; destroying the pool frees its
-        // command buffers.
-        unsafe {
-            for f in self.fences.drain(..) {
-                d.destroy_fence(f, None);
-            }
-            if self.pool != vk::CommandPool::null() {
-                d.destroy_command_pool(self.pool, None);
-            }
+        for c in self.cmds.drain(..) {
+            c.destroy(self.ctx.raw());
         }
-        self.pool = vk::CommandPool::null();
-        self.cmds.clear();
-        self.pending.clear();
     }
 }
 
@@ -434,7 +387,7 @@ impl Ends {
         };
         let src = self.src;
         side.submit(s, |d, cmd| {
-            // SAFETY: recording state; both buffers stay alive until the fence wait (the caller
+            // SAFETY: recording state; both buffers stay alive until the value is waited (the caller
             // holds the allocation, the link holds the slot).
             unsafe { d.cmd_copy_buffer(cmd, src, buf, &[region]) }
         })
@@ -469,8 +422,8 @@ impl Link {
     ) -> Result<Link> {
         let count = t.cross_slots.max(2);
         let mut state = LinkState {
-            src: Side::new(src, count)?,
-            dst: Side::new(dst, count)?,
+            src: Side::new(src, count, true)?,
+            dst: Side::new(dst, count, false)?,
             ring: None,
         };
         let mut slot = t.cross_slot_size;
@@ -596,14 +549,14 @@ impl LinkState {
             self.dst.wait(s)?;
             let from = self.src.staging_view(s, len)?;
             let to = self.dst.staging_view(s, len)?;
-            self.src.ctx.invalidate(&from, 0, len)?;
+            invalidate(self.src.ctx.raw(), &from, 0, len)?;
             let (sp, dp) = (mapped_of(&from)?, mapped_of(&to)?);
             let bytes = usize::try_from(len)
                 .map_err(|_| EngineError::OutOfBounds("chunk exceeds address space".into()))?;
             // SAFETY: both slots hold at least `len` bytes, are distinct buffers, and no DMA
-            // uses either now (both fences waited above).
+            // uses either now (both slots waited above).
             unsafe { workers::copy(dp.as_ptr(), sp.as_ptr(), bytes) };
-            self.dst.ctx.flush(&to, 0, len)?;
+            flush(self.dst.ctx.raw(), &to, 0, len)?;
             e.push(&mut self.dst, k)?;
             if k + slots < n {
                 e.pull(&mut self.src, k + slots)?;

@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use ash::vk;
 
+use crate::allocation::{new_allocation, Allocation};
+use crate::context::shared_device;
 use crate::cross::{plan_path, CrossRequest, CrossSettings, Link};
-use crate::device::{shared_device, EngineDevice, Plan};
 use crate::error::{EngineError, Result};
 use crate::instance::{CallLog, CallLogScope, InstanceContext};
-use crate::memory::{new_allocation, Allocation};
+use crate::plan::{EngineDevice, Plan};
 use crate::properties::{
     fill_device_groups, gather, query_budgets, DeviceInfo, Strategy, StrategyRequest,
 };
@@ -49,7 +50,7 @@ pub struct Stats {
     pub live_allocations: u64,
     /// Bytes requested by this engine's live user allocations.
     pub live_bytes: u64,
-    /// Memory blocks (VkDeviceMemory objects) held by gpu-allocator for the device (all engines).
+    /// Memory objects (VkDeviceMemory) backing live buffers of the device (all engines).
     pub block_count: u64,
     /// Total bytes of those blocks.
     pub allocator_capacity_bytes: u64,
@@ -229,7 +230,7 @@ impl Engine {
             }
             let device = i.device(index)?;
             let id = i.next_id.fetch_add(1, Ordering::Relaxed);
-            let alloc = new_allocation(&device, id, size)?;
+            let alloc = new_allocation(&device, size)?;
             write(&i.allocations).insert(id, Arc::new(alloc));
             Ok(id)
         })
@@ -382,15 +383,15 @@ impl Engine {
                     cross_device_bytes: 0,
                 });
             };
-            let report = lock(&d.ctx.allocator).as_ref().map(|a| a.generate_report());
+            let (blocks, capacity, allocated) = d.ctx.mem.figures();
             Ok(Stats {
                 strategy,
                 device_created: true,
                 live_allocations: d.live_allocations.load(Ordering::Relaxed),
                 live_bytes: d.live_bytes.load(Ordering::Relaxed),
-                block_count: report.as_ref().map_or(0, |r| r.blocks.len() as u64),
-                allocator_capacity_bytes: report.as_ref().map_or(0, |r| r.total_capacity_bytes),
-                allocator_allocated_bytes: report.as_ref().map_or(0, |r| r.total_allocated_bytes),
+                block_count: blocks,
+                allocator_capacity_bytes: capacity,
+                allocator_allocated_bytes: allocated,
                 mapped_bytes: d.moved[PATH_MAPPED].load(Ordering::Relaxed),
                 staged_bytes: d.moved[PATH_STAGED].load(Ordering::Relaxed),
                 imported_bytes: d.moved[PATH_IMPORT].load(Ordering::Relaxed),
@@ -457,6 +458,17 @@ impl Engine {
     #[cfg(feature = "fault-injection")]
     pub fn inject_panic(&self) -> Result<()> {
         self.call(|_| -> Result<()> { panic!("injected panic inside the Vulkan engine") })
+    }
+
+    /// Fault injection: make device `index` hang (opening it first if needed): every later
+    /// submission waits for a semaphore that is never signalled, and waits give up after
+    /// `timeout` (then the device counts as hung: lost, and nothing it may touch is freed).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_hang(&self, index: usize, timeout: std::time::Duration) -> Result<()> {
+        self.call(|i| {
+            i.device(index)?.ctx.inject_hang(timeout);
+            Ok(())
+        })
     }
 
     /// Fault injection: mark device `index` lost (opening it first if needed), exactly as a
@@ -628,7 +640,7 @@ mod tests {
             let a = i.allocation(id)?;
             let (b, off) = (a.view.buffer, a.view.offset);
             let ctx = a.ctx();
-            ctx.run_now(&ctx.universal, |d, cmd| {
+            ctx.run_now(|d, cmd| {
                 // SAFETY: deliberately invalid usage (dstOffset not a multiple of 4) inside the
                 // buffer's bounds, to provoke a validation message; harmless for the driver.
                 unsafe { d.cmd_fill_buffer(cmd, b, off + 1, 4, 0) }

@@ -3,34 +3,44 @@
 //! The loader is opened at run time (`ash::Entry::load`), so a machine without libvulkan gets an
 //! [`EngineError::Unavailable`] value, never a link failure.
 //!
-//! Modules, one concept each:
-//! - [`error`]: the error enum;
+//! Modules, one concept each, imports running one way (each uses only those above it):
+//! - [`error`]: the error enum; `sync`: poison-tolerant locks; `tuning`: sizes and thresholds
+//!   (`EXO_VULKAN_TUNE`); `workers`: the memcpy/pread thread pool;
 //! - [`instance`]: loader entry, instance, validation layer + debug messenger, enumeration;
 //! - [`properties`]: device information, queue-family and strategy choice, memory budgets;
-//! - [`device`]: logical devices (shared process-wide), queues, command slots, waits,
-//!   device-lost state, per-engine plans;
-//! - [`memory`]: memory types per use, gpu-allocator backed buffers, pools of small buffers,
-//!   user allocations;
-//! - [`transfer`]: mapped memcpy, staging ring, host-pointer import, device copies, memmove,
-//!   zero fill; `compute`: the compute-shader device copy;
-//! - [`cross`]: copies between two devices, pipelined through one host ring imported into both
-//!   (or two staging rings);
-//! - `workers`: the memcpy thread pool; `tuning`: sizes and thresholds (`EXO_VULKAN_TUNE`);
+//! - [`device`]: the raw logical device and its lost/hung state and wait timeout;
+//! - `queue`: submission under a lock held only around vkQueueSubmit, completion as timeline
+//!   values waited on outside every lock, command slots and the `Slots` command ring;
+//! - `memory`: memory types per use, gpu-allocator backed buffers with running counters, O(1)
+//!   pools of small buffers, atom-aligned flush/invalidate;
+//! - `staging`: one staging ring per direction (memcpy/file reads of slot k+1 overlap the DMA
+//!   of slot k; uploads and downloads in flight at once); `import`: host-pointer import;
+//! - [`context`]: one device as the engine uses it (queues, rings, memory) and the cache that
+//!   shares it; `compute`: the compute-shader device copy;
+//! - `plan`: one engine's view of a device (the plan that picks a path, its counters);
+//! - `allocation`: user allocations; `host`: pinned and registered host memory;
+//! - `transfer`: the copy paths; [`cross`]: copies between two devices;
 //! - [`engine`]: the public facade.
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod allocation;
 mod compute;
+pub mod context;
 pub mod cross;
 pub mod device;
 pub mod engine;
 pub mod error;
+mod import;
 pub mod instance;
-pub mod memory;
+mod memory;
+mod plan;
 pub mod properties;
+mod queue;
+mod staging;
 mod sync;
-pub mod transfer;
+mod transfer;
 mod tuning;
 mod workers;
 
@@ -43,7 +53,7 @@ pub use properties::{DeviceExtensions, DeviceInfo, HeapInfo, MemoryTypeInfo, Str
 fn assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<Engine>();
-    is::<memory::Allocation>();
-    is::<device::DeviceContext>();
-    is::<device::EngineDevice>();
+    is::<allocation::Allocation>();
+    is::<context::DeviceContext>();
+    is::<plan::EngineDevice>();
 }

@@ -1,16 +1,17 @@
-//! Buffers backed by gpu-allocator memory: memory-type choice per use, creation (with per-heap
-//! accounting), destruction, pools of small buffers ("slabs"), and the user-visible `Allocation`
-//! whose memory is released when its last `Arc` drops.
+//! Buffers backed by gpu-allocator memory: memory-type choice per use, creation and destruction
+//! with running per-heap counters, pools of small buffers ("slabs", O(1) allocate and free),
+//! and exact, atom-aligned flush/invalidate of non-coherent mappings.
 
+use std::collections::HashMap;
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use ash::vk;
 use gpu_allocator::vulkan::{AllocationCreateDesc, AllocationScheme, Allocator};
 use gpu_allocator::MemoryLocation;
 
-use crate::device::{DeviceContext, EngineDevice};
+use crate::device::RawDevice;
 use crate::error::{EngineError, Result};
 use crate::properties::DeviceInfo;
 use crate::sync::lock;
@@ -27,7 +28,8 @@ pub(crate) enum Kind {
     DeviceMapped,
     /// Host memory the device reads from (upload staging).
     Upload,
-    /// Host memory the device writes to and the host reads back (download staging).
+    /// Host memory the device writes to and the host reads back (download staging, pinned
+    /// host buffers).
     Download,
 }
 
@@ -156,6 +158,8 @@ pub(crate) struct BufView {
     /// Memory object and the range's offset in it (for flush/invalidate).
     pub(crate) memory: vk::DeviceMemory,
     pub(crate) memory_offset: u64,
+    /// End of the buffer's sub-allocation in the memory object (flushes never pass it).
+    pub(crate) memory_end: u64,
     pub(crate) heap: usize,
 }
 
@@ -172,12 +176,12 @@ impl GpuBuffer {
 
     /// `[offset, offset+len)` of the buffer as a view (caller keeps it in bounds).
     pub(crate) fn slice(&self, offset: u64, len: u64) -> BufView {
-        let (memory, memory_offset) = self
+        let (memory, memory_offset, memory_end) = self
             .alloc
             .as_ref()
             // SAFETY: the handle is only used for flush/invalidate of a range of this allocation.
-            .map(|a| (unsafe { a.memory() }, a.offset()))
-            .unwrap_or((vk::DeviceMemory::null(), 0));
+            .map(|a| (unsafe { a.memory() }, a.offset(), a.offset() + a.size()))
+            .unwrap_or((vk::DeviceMemory::null(), 0, 0));
         BufView {
             buffer: self.buffer,
             offset,
@@ -190,6 +194,7 @@ impl GpuBuffer {
             cached: self.cached,
             memory,
             memory_offset: memory_offset + offset,
+            memory_end,
             heap: self.heap,
         }
     }
@@ -202,18 +207,67 @@ pub(crate) fn allocation_usage() -> vk::BufferUsageFlags {
         | vk::BufferUsageFlags::STORAGE_BUFFER
 }
 
-impl DeviceContext {
+/// A device's memory: the allocator, the type per use, and running counters (so that reports
+/// cost the same with 10 or 200,000 live allocations).
+pub(crate) struct Memory {
+    /// `None` only during destruction.
+    allocator: Mutex<Option<Allocator>>,
+    pub(crate) types: MemoryTypes,
+    /// Bytes held per heap (allocations, staging, pools, temporaries).
+    pub(crate) heap_bytes: Vec<AtomicU64>,
+    /// Live buffers per memory object: its length is the number of memory objects in use.
+    blocks: Mutex<HashMap<vk::DeviceMemory, u32>>,
+    /// Pools of small buffers.
+    slabs: Mutex<Slabs>,
+}
+
+impl Memory {
+    pub(crate) fn new(dev: &RawDevice, upload_cached: bool) -> Result<Memory> {
+        let mut debug_settings = gpu_allocator::AllocatorDebugSettings::default();
+        debug_settings.log_leaks_on_shutdown = false;
+        let allocator = Allocator::new(&gpu_allocator::vulkan::AllocatorCreateDesc {
+            instance: dev.instance.instance.clone(),
+            device: dev.device.clone(),
+            physical_device: dev.physical,
+            debug_settings,
+            buffer_device_address: false,
+            allocation_sizes: gpu_allocator::AllocationSizes::default(),
+        })?;
+        Ok(Memory {
+            allocator: Mutex::new(Some(allocator)),
+            types: MemoryTypes::choose(&dev.info, upload_cached),
+            heap_bytes: dev.info.heaps.iter().map(|_| AtomicU64::new(0)).collect(),
+            blocks: Mutex::new(HashMap::new()),
+            slabs: Mutex::new(Slabs::default()),
+        })
+    }
+
+    /// Memory objects in use and bytes sub-allocated from them (counters, O(1)); the capacity
+    /// walks the allocator's blocks (few: one per 256 MiB or per dedicated allocation).
+    pub(crate) fn figures(&self) -> (u64, u64, u64) {
+        let blocks = lock(&self.blocks).len() as u64;
+        let allocated = self
+            .heap_bytes
+            .iter()
+            .map(|h| h.load(Ordering::Relaxed))
+            .sum();
+        let capacity = lock(&self.allocator).as_ref().map_or(0, |a| a.capacity());
+        (blocks, capacity, allocated)
+    }
+
     /// Create a buffer of `size` bytes with `usage` in memory of `kind`, shared by every queue
-    /// family of the device.
+    /// family of the device. On non-coherent host-visible memory the buffer starts and ends on
+    /// nonCoherentAtomSize boundaries, so flushes never reach a neighbour.
     pub(crate) fn create_buffer(
         &self,
+        dev: &RawDevice,
         size: u64,
         usage: vk::BufferUsageFlags,
         kind: Kind,
         name: &str,
     ) -> Result<GpuBuffer> {
-        let d = &self.device;
-        let (mode, families) = self.sharing();
+        let d = &dev.device;
+        let (mode, families) = dev.sharing();
         let info = vk::BufferCreateInfo::default()
             .size(size)
             .usage(usage)
@@ -221,7 +275,7 @@ impl DeviceContext {
             .queue_family_indices(families);
         // SAFETY: valid device and create info.
         let buffer =
-            unsafe { d.create_buffer(&info, None) }.map_err(|r| self.fail("vkCreateBuffer", r))?;
+            unsafe { d.create_buffer(&info, None) }.map_err(|r| dev.fail("vkCreateBuffer", r))?;
         // SAFETY: the buffer was just created on this device.
         let mut requirements = unsafe { d.get_buffer_memory_requirements(buffer) };
         let scheme = if size >= DEDICATED_THRESHOLD {
@@ -239,6 +293,14 @@ impl DeviceContext {
             }
             None => (kind.location(), None),
         };
+        if kind != Kind::Device && size < DEDICATED_THRESHOLD {
+            // Host-visible: maybe non-coherent; align both ends of a sub-allocation to the atom
+            // (cheap when coherent). A dedicated allocation is its memory object: flushes stop
+            // at its end (`memory_end`).
+            let atom = dev.info.non_coherent_atom_size.max(1);
+            requirements.alignment = requirements.alignment.max(atom);
+            requirements.size = requirements.size.next_multiple_of(atom);
+        }
         let result = {
             let mut guard = lock(&self.allocator);
             match guard.as_mut() {
@@ -269,14 +331,18 @@ impl DeviceContext {
             }
             // SAFETY: the buffer is unused.
             unsafe { d.destroy_buffer(buffer, None) };
-            return Err(self.fail("vkBindBufferMemory", r));
+            return Err(dev.fail("vkBindBufferMemory", r));
         }
         let flags = alloc.memory_properties();
-        let heap = heap.unwrap_or_else(|| self.heap_of(requirements.memory_type_bits, flags));
+        let heap = heap.unwrap_or_else(|| heap_of(&dev.info, requirements.memory_type_bits, flags));
         let accounted = alloc.size();
         if let Some(h) = self.heap_bytes.get(heap) {
             h.fetch_add(accounted, Ordering::Relaxed);
         }
+        // SAFETY: the handle is only used as a map key.
+        *lock(&self.blocks)
+            .entry(unsafe { alloc.memory() })
+            .or_insert(0) += 1;
         Ok(GpuBuffer {
             buffer,
             mapped: alloc.mapped_ptr().map(|p| p.cast::<u8>()),
@@ -289,38 +355,156 @@ impl DeviceContext {
         })
     }
 
-    /// Heap of the first memory type allowed by `bits` with exactly `flags` (the type
-    /// gpu-allocator picked; it does not expose the index itself).
-    fn heap_of(&self, bits: u32, flags: vk::MemoryPropertyFlags) -> usize {
-        let types = &self.info.memory_types;
-        let pick = |exact: bool| {
-            types.iter().enumerate().find(|(i, t)| {
-                *i < 32
-                    && bits & (1 << i) != 0
-                    && if exact {
-                        t.flags == flags.as_raw()
-                    } else {
-                        vk::MemoryPropertyFlags::from_raw(t.flags).contains(flags)
-                    }
-            })
-        };
-        pick(true)
-            .or_else(|| pick(false))
-            .map(|(_, t)| t.heap as usize)
-            .unwrap_or(0)
-    }
-
-    /// Destroy a buffer and return its memory to the allocator.
-    pub(crate) fn destroy_buffer(&self, buf: &mut GpuBuffer) {
-        if self.is_hung() {
-            return; // work may still use it: leak rather than free under the GPU
+    /// Destroy a buffer and return its memory to the allocator (never on a hung device: work
+    /// may still use it, so it is leaked).
+    pub(crate) fn destroy_buffer(&self, dev: &RawDevice, buf: &mut GpuBuffer) {
+        if dev.is_hung() {
+            return;
+        }
+        if let Some(a) = buf.alloc.as_ref() {
+            // SAFETY: the handle is only used as a map key.
+            let memory = unsafe { a.memory() };
+            let mut blocks = lock(&self.blocks);
+            if let Some(n) = blocks.get_mut(&memory) {
+                *n -= 1;
+                if *n == 0 {
+                    blocks.remove(&memory);
+                }
+            }
         }
         let mut guard = lock(&self.allocator);
-        destroy_buffer_with(&self.device, guard.as_mut(), buf);
+        destroy_buffer_with(&dev.device, guard.as_mut(), buf);
         if let Some(h) = self.heap_bytes.get(buf.heap) {
             h.fetch_sub(std::mem::take(&mut buf.accounted), Ordering::Relaxed);
         }
     }
+
+    /// Destroy the pools and the allocator (device idle); on a hung device, leak them.
+    pub(crate) fn destroy(&self, dev: &RawDevice) {
+        let mut allocator = lock(&self.allocator).take();
+        if dev.is_hung() {
+            std::mem::forget(allocator);
+            return;
+        }
+        let slabs = std::mem::take(&mut *lock(&self.slabs));
+        slabs.destroy(&dev.device, allocator.as_mut());
+        drop(allocator);
+    }
+
+    /// A pooled slot of at least `size` bytes (`size <= 16 MiB`), O(1).
+    pub(crate) fn allocate_slab(
+        &self,
+        dev: &RawDevice,
+        kind: Kind,
+        size: u64,
+    ) -> Result<(BufView, SlabRef)> {
+        let (class, slot_size) = class_of(size);
+        if class >= CLASSES {
+            return Err(EngineError::Internal(format!(
+                "{size} bytes is too large for a pool"
+            )));
+        }
+        let mut slabs = lock(&self.slabs);
+        if slabs.class_mut(kind, class).room.is_empty() {
+            let bytes = chunk_bytes(slot_size);
+            let buf = self.create_buffer(dev, bytes, allocation_usage(), kind, "exo-pool")?;
+            let slots = u32::try_from(bytes / slot_size).unwrap_or(u32::MAX);
+            let id = slabs.next_chunk;
+            slabs.next_chunk += 1;
+            let c = slabs.class_mut(kind, class);
+            c.room.push(id);
+            c.chunks.insert(
+                id,
+                Chunk {
+                    buf,
+                    free: (0..slots).rev().collect(),
+                    slots,
+                    room_pos: c.room.len() - 1,
+                },
+            );
+        }
+        let c = slabs.class_mut(kind, class);
+        let id = *c
+            .room
+            .last()
+            .ok_or_else(|| EngineError::Internal("pool class without room".into()))?;
+        let chunk = c
+            .chunks
+            .get_mut(&id)
+            .ok_or_else(|| EngineError::Internal("pool chunk missing".into()))?;
+        let slot = chunk
+            .free
+            .pop()
+            .ok_or_else(|| EngineError::Internal("pool chunk without room".into()))?;
+        let view = chunk.buf.slice(u64::from(slot) * slot_size, slot_size);
+        if chunk.free.is_empty() {
+            c.remove_room(id);
+        }
+        Ok((
+            view,
+            SlabRef {
+                kind,
+                class,
+                chunk: id,
+                slot,
+            },
+        ))
+    }
+
+    /// Return a pooled slot, O(1). A chunk that becomes empty is destroyed unless it is the
+    /// class's only one with room.
+    pub(crate) fn free_slab(&self, dev: &RawDevice, r: SlabRef) {
+        if dev.is_hung() {
+            return;
+        }
+        let empty = {
+            let mut slabs = lock(&self.slabs);
+            let c = slabs.class_mut(r.kind, r.class);
+            let Some(chunk) = c.chunks.get_mut(&r.chunk) else {
+                return;
+            };
+            chunk.free.push(r.slot);
+            let was_full = chunk.free.len() == 1;
+            let now_empty = chunk.free.len() == chunk.slots as usize;
+            if was_full {
+                c.room.push(r.chunk);
+                let pos = c.room.len() - 1;
+                if let Some(ch) = c.chunks.get_mut(&r.chunk) {
+                    ch.room_pos = pos;
+                }
+            }
+            if now_empty && c.room.len() > 1 {
+                c.remove_room(r.chunk);
+                c.chunks.remove(&r.chunk)
+            } else {
+                None
+            }
+        };
+        if let Some(mut chunk) = empty {
+            self.destroy_buffer(dev, &mut chunk.buf);
+        }
+    }
+}
+
+/// Heap of the first memory type allowed by `bits` with exactly `flags` (the type gpu-allocator
+/// picked; it does not expose the index itself).
+fn heap_of(info: &DeviceInfo, bits: u32, flags: vk::MemoryPropertyFlags) -> usize {
+    let types = &info.memory_types;
+    let pick = |exact: bool| {
+        types.iter().enumerate().find(|(i, t)| {
+            *i < 32
+                && bits & (1 << i) != 0
+                && if exact {
+                    t.flags == flags.as_raw()
+                } else {
+                    vk::MemoryPropertyFlags::from_raw(t.flags).contains(flags)
+                }
+        })
+    };
+    pick(true)
+        .or_else(|| pick(false))
+        .map(|(_, t)| t.heap as usize)
+        .unwrap_or(0)
 }
 
 /// Destroy `buf` given the device and (if still alive) the allocator.
@@ -341,10 +525,56 @@ pub(crate) fn destroy_buffer_with(
     }
 }
 
+/// The atom-aligned memory range covering `[offset, offset+len)` of `v`: its start rounded down
+/// and its end rounded up to nonCoherentAtomSize, capped at the end of the sub-allocation (which
+/// `create_buffer` aligned to the atom, or which ends its dedicated memory object), so it never
+/// reaches a neighbour.
+fn mapped_range(
+    dev: &RawDevice,
+    v: &BufView,
+    offset: u64,
+    len: u64,
+) -> vk::MappedMemoryRange<'static> {
+    let atom = dev.info.non_coherent_atom_size.max(1);
+    let first = v.memory_offset.saturating_add(offset);
+    let start = first / atom * atom;
+    let end = first
+        .saturating_add(len)
+        .next_multiple_of(atom)
+        .min(v.memory_end.max(first.saturating_add(len)));
+    vk::MappedMemoryRange::default()
+        .memory(v.memory)
+        .offset(start)
+        .size(end - start)
+}
+
+/// Make host writes to `[offset, offset+len)` of a mapped range visible to the device.
+pub(crate) fn flush(dev: &RawDevice, v: &BufView, offset: u64, len: u64) -> Result<()> {
+    if v.coherent || len == 0 {
+        return Ok(());
+    }
+    let range = mapped_range(dev, v, offset, len);
+    // SAFETY: the range lies in host-visible memory of this device that is mapped.
+    unsafe { dev.device.flush_mapped_memory_ranges(&[range]) }
+        .map_err(|r| dev.fail("vkFlushMappedMemoryRanges", r))
+}
+
+/// Make device writes to `[offset, offset+len)` of a mapped range visible to the host.
+pub(crate) fn invalidate(dev: &RawDevice, v: &BufView, offset: u64, len: u64) -> Result<()> {
+    if v.coherent || len == 0 {
+        return Ok(());
+    }
+    let range = mapped_range(dev, v, offset, len);
+    // SAFETY: as in `flush`.
+    unsafe { dev.device.invalidate_mapped_memory_ranges(&[range]) }
+        .map_err(|r| dev.fail("vkInvalidateMappedMemoryRanges", r))
+}
+
 // -------------------------------------------------------------------------------------------------
 // Pools of small buffers
 
-/// Smallest pool slot (also the alignment of every slot: >= any minStorageBufferOffsetAlignment).
+/// Smallest pool slot (also the alignment of every slot: >= any minStorageBufferOffsetAlignment
+/// and any nonCoherentAtomSize, both at most 256 by the spec's limits).
 const MIN_SLOT: u64 = 256;
 const CLASSES: usize = 17; // 256 B .. 16 MiB
 
@@ -358,20 +588,40 @@ pub(crate) struct SlabRef {
 }
 
 struct Chunk {
-    id: u64,
     buf: GpuBuffer,
     free: Vec<u32>,
     slots: u32,
+    /// Position in the class's `room` list while the chunk has free slots.
+    room_pos: usize,
 }
 
 #[derive(Default)]
 struct Class {
-    chunks: Vec<Chunk>,
+    chunks: HashMap<u64, Chunk>,
+    /// Chunks with free slots (allocation takes the last).
+    room: Vec<u64>,
+}
+
+impl Class {
+    /// Drop `id` from `room` (swap-remove, fixing the moved chunk's position).
+    fn remove_room(&mut self, id: u64) {
+        let Some(pos) = self.chunks.get(&id).map(|c| c.room_pos) else {
+            return;
+        };
+        if self.room.get(pos) != Some(&id) {
+            return;
+        }
+        self.room.swap_remove(pos);
+        if let Some(&moved) = self.room.get(pos) {
+            if let Some(c) = self.chunks.get_mut(&moved) {
+                c.room_pos = pos;
+            }
+        }
+    }
 }
 
 /// Power-of-two slot classes per memory kind; each class carves slots out of "chunk" buffers, so
-/// a small allocation costs no vkCreateBuffer/vkAllocateMemory. A chunk that becomes empty is
-/// destroyed unless it is the class's only one with room.
+/// a small allocation costs no vkCreateBuffer/vkAllocateMemory.
 #[derive(Default)]
 pub(crate) struct Slabs {
     classes: Vec<Class>,
@@ -399,223 +649,11 @@ impl Slabs {
     }
 
     /// Destroy every chunk (device idle).
-    pub(crate) fn destroy(mut self, device: &ash::Device, mut allocator: Option<&mut Allocator>) {
+    fn destroy(mut self, device: &ash::Device, mut allocator: Option<&mut Allocator>) {
         for class in &mut self.classes {
-            for mut c in class.chunks.drain(..) {
+            for (_, mut c) in class.chunks.drain() {
                 destroy_buffer_with(device, allocator.as_deref_mut(), &mut c.buf);
             }
         }
     }
-}
-
-impl DeviceContext {
-    /// A pooled slot of at least `size` bytes (`size <= 16 MiB`).
-    pub(crate) fn allocate_slab(&self, kind: Kind, size: u64) -> Result<(BufView, SlabRef)> {
-        let (class, slot_size) = class_of(size);
-        if class >= CLASSES {
-            return Err(EngineError::Internal(format!(
-                "{size} bytes is too large for a pool"
-            )));
-        }
-        let mut slabs = lock(&self.slabs);
-        let next_id = slabs.next_chunk;
-        let c = slabs.class_mut(kind, class);
-        let pos = match c.chunks.iter().rposition(|ch| !ch.free.is_empty()) {
-            Some(p) => p,
-            None => {
-                let bytes = chunk_bytes(slot_size);
-                let buf = self.create_buffer(bytes, allocation_usage(), kind, "exo-pool")?;
-                let slots = u32::try_from(bytes / slot_size).unwrap_or(u32::MAX);
-                c.chunks.push(Chunk {
-                    id: next_id,
-                    buf,
-                    free: (0..slots).rev().collect(),
-                    slots,
-                });
-                slabs.next_chunk += 1;
-                let c = slabs.class_mut(kind, class);
-                c.chunks.len() - 1
-            }
-        };
-        let c = slabs.class_mut(kind, class);
-        let chunk = &mut c.chunks[pos];
-        let slot = chunk
-            .free
-            .pop()
-            .ok_or_else(|| EngineError::Internal("pool chunk without room".into()))?;
-        let view = chunk.buf.slice(u64::from(slot) * slot_size, slot_size);
-        Ok((
-            view,
-            SlabRef {
-                kind,
-                class,
-                chunk: chunk.id,
-                slot,
-            },
-        ))
-    }
-
-    /// Return a pooled slot.
-    pub(crate) fn free_slab(&self, r: SlabRef) {
-        if self.is_hung() {
-            return;
-        }
-        let mut empty = None;
-        {
-            let mut slabs = lock(&self.slabs);
-            let c = slabs.class_mut(r.kind, r.class);
-            let Some(pos) = c.chunks.iter().position(|ch| ch.id == r.chunk) else {
-                return;
-            };
-            let chunk = &mut c.chunks[pos];
-            chunk.free.push(r.slot);
-            let now_empty = chunk.free.len() == chunk.slots as usize;
-            let other_room = c
-                .chunks
-                .iter()
-                .enumerate()
-                .any(|(i, ch)| i != pos && !ch.free.is_empty());
-            if now_empty && other_room {
-                empty = Some(c.chunks.swap_remove(pos));
-            }
-        }
-        if let Some(mut chunk) = empty {
-            self.destroy_buffer(&mut chunk.buf);
-        }
-    }
-}
-
-// -------------------------------------------------------------------------------------------------
-// User allocations
-
-enum Backing {
-    Own(GpuBuffer),
-    Slab(SlabRef),
-}
-
-/// A user allocation. The table holds one `Arc`; an operation in flight holds another, so
-/// `free` never pulls memory out from under a running copy.
-pub struct Allocation {
-    pub(crate) id: u64,
-    pub(crate) dev: Arc<EngineDevice>,
-    pub(crate) view: BufView,
-    backing: Backing,
-    /// User-visible size (the backing range is rounded up to 4 bytes for vkCmdFillBuffer).
-    pub(crate) size: u64,
-}
-
-impl Allocation {
-    /// The id the engine handed out.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Requested size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Index of the device the allocation lives on.
-    pub fn device_index(&self) -> usize {
-        self.dev.ctx.info.index
-    }
-
-    pub(crate) fn ctx(&self) -> &DeviceContext {
-        &self.dev.ctx
-    }
-}
-
-impl Drop for Allocation {
-    fn drop(&mut self) {
-        let ctx = &self.dev.ctx;
-        match &mut self.backing {
-            Backing::Own(buf) => ctx.destroy_buffer(buf),
-            Backing::Slab(r) => ctx.free_slab(*r),
-        }
-        let d = &self.dev;
-        d.live_allocations.fetch_sub(1, Ordering::Relaxed);
-        d.live_bytes.fetch_sub(self.size, Ordering::Relaxed);
-        if let Some(h) = d.heap_bytes.get(self.view.heap) {
-            h.fetch_sub(self.view.len, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Create a zero-filled user allocation of `size` bytes on `dev`.
-pub(crate) fn new_allocation(dev: &Arc<EngineDevice>, id: u64, size: u64) -> Result<Allocation> {
-    if size == 0 {
-        return Err(EngineError::InvalidArgument(
-            "allocation size must be > 0".into(),
-        ));
-    }
-    // vkCmdFillBuffer works in 4-byte units: round the buffer up so the whole range is zeroed.
-    let buffer_size = size
-        .checked_add(3)
-        .map(|s| s & !3)
-        .ok_or_else(|| EngineError::OutOfMemory(format!("{size} bytes is too large")))?;
-    let ctx = &dev.ctx;
-    let info = &ctx.info;
-    // maxMemoryAllocationSize is advice, not a limit: the spec lets larger allocations fail with
-    // VK_ERROR_OUT_OF_DEVICE_MEMORY (mapped to OutOfMemory), and some drivers report a smaller
-    // figure than they grant. So only maxBufferSize and the heap sizes refuse up front.
-    if let Some(max) = info.max_buffer_size {
-        if buffer_size > max {
-            return Err(EngineError::OutOfMemory(format!(
-                "{size} bytes exceeds maxBufferSize ({max}) of device {}",
-                info.index
-            )));
-        }
-    }
-    if info.heaps.iter().all(|h| buffer_size > h.size) {
-        return Err(EngineError::OutOfMemory(format!(
-            "{size} bytes exceeds every memory heap of device {}",
-            info.index
-        )));
-    }
-    let plan = &dev.plan;
-    let kind = if ctx.types.has_mapped() && buffer_size <= plan.map_alloc_max {
-        Kind::DeviceMapped
-    } else {
-        Kind::Device
-    };
-    let make = |kind: Kind| -> Result<(BufView, Backing)> {
-        if buffer_size <= plan.small_max {
-            let (view, r) = ctx.allocate_slab(kind, buffer_size)?;
-            Ok((view, Backing::Slab(r)))
-        } else {
-            let buf = ctx.create_buffer(buffer_size, allocation_usage(), kind, "exo-alloc")?;
-            Ok((buf.view(), Backing::Own(buf)))
-        }
-    };
-    let (view, backing) = match make(kind) {
-        // Host-visible device memory can be scarcer (a BAR smaller than VRAM): fall back to
-        // plain device memory, which the copy paths reach by DMA.
-        Err(EngineError::OutOfMemory(_)) if kind == Kind::DeviceMapped => make(Kind::Device)?,
-        other => other?,
-    };
-    let kind = if view.mapped.is_some() {
-        kind
-    } else {
-        Kind::Device
-    };
-    // Counted before anything can fail, so Drop's decrement always matches.
-    dev.live_allocations.fetch_add(1, Ordering::Relaxed);
-    dev.live_bytes.fetch_add(size, Ordering::Relaxed);
-    if let Some(h) = dev.heap_bytes.get(view.heap) {
-        h.fetch_add(view.len, Ordering::Relaxed);
-    }
-    let alloc = Allocation {
-        id,
-        dev: Arc::clone(dev),
-        view,
-        backing,
-        size,
-    };
-    if kind == Kind::DeviceMapped && alloc.view.mapped.is_none() {
-        return Err(EngineError::Internal(
-            "gpu-allocator returned non-host-visible memory for a mapped allocation".into(),
-        ));
-    }
-    dev.zero_fill(&alloc.view)?;
-    Ok(alloc)
 }

@@ -43,6 +43,7 @@
 //! | `xsame` | `1`: copies between two allocations of one device also take the cross-device pipeline (to test it with one device) |
 //! | `xslot` | bytes per cross-device ring slot (one DMA per device per slot) |
 //! | `xslots` | cross-device ring slots (chunks in flight) |
+//! | `timeout_ms` | how long a wait for GPU work may take before the device counts as hung (default 60 s) |
 
 use std::sync::OnceLock;
 
@@ -80,6 +81,7 @@ pub(crate) struct Tuning {
     pub(crate) cross_same_device: bool,
     pub(crate) cross_slot_size: u64,
     pub(crate) cross_slots: usize,
+    pub(crate) timeout: std::time::Duration,
 }
 
 impl Default for Tuning {
@@ -114,6 +116,7 @@ impl Default for Tuning {
             cross_same_device: false,
             cross_slot_size: 16 * MIB,
             cross_slots: 6,
+            timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -175,6 +178,11 @@ impl Tuning {
                         .next_multiple_of(64 * KIB)
                 }
                 "xslots" => t.cross_slots = size.map_or(t.cross_slots, |s| s.clamp(2, 64) as usize),
+                "timeout_ms" => {
+                    t.timeout = size.map_or(t.timeout, |s| {
+                        std::time::Duration::from_millis(s.clamp(10, 3_600_000))
+                    })
+                }
                 "hybrid" => t.hybrid_percent = size.map_or(t.hybrid_percent, |s| s.min(100)),
                 "diag" => match v.trim() {
                     "nomemcpy" => t.diag_no_memcpy = true,

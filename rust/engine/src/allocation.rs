@@ -1,0 +1,136 @@
+//! User allocations: the engine's table holds one `Arc` per allocation, an operation in flight
+//! another, so memory is released only when the last of them drops.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::context::DeviceContext;
+use crate::error::{EngineError, Result};
+use crate::memory::{allocation_usage, BufView, GpuBuffer, Kind, SlabRef};
+use crate::plan::EngineDevice;
+
+enum Backing {
+    Own(GpuBuffer),
+    Slab(SlabRef),
+}
+
+/// A user allocation. The table holds one `Arc`; an operation in flight holds another, so
+/// `free` never pulls memory out from under a running copy.
+pub struct Allocation {
+    pub(crate) dev: Arc<EngineDevice>,
+    pub(crate) view: BufView,
+    backing: Backing,
+    /// User-visible size (the backing range is rounded up to 4 bytes for vkCmdFillBuffer).
+    pub(crate) size: u64,
+}
+
+impl Allocation {
+    /// Index of the device the allocation lives on.
+    pub fn device_index(&self) -> usize {
+        self.dev.ctx.info.index
+    }
+
+    pub(crate) fn ctx(&self) -> &DeviceContext {
+        &self.dev.ctx
+    }
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        let ctx = &self.dev.ctx;
+        match &mut self.backing {
+            Backing::Own(buf) => ctx.mem.destroy_buffer(ctx.raw(), buf),
+            Backing::Slab(r) => ctx.mem.free_slab(ctx.raw(), *r),
+        }
+        let d = &self.dev;
+        d.live_allocations.fetch_sub(1, Ordering::Relaxed);
+        d.live_bytes.fetch_sub(self.size, Ordering::Relaxed);
+        if let Some(h) = d.heap_bytes.get(self.view.heap) {
+            h.fetch_sub(self.view.len, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Create a zero-filled user allocation of `size` bytes on `dev`.
+pub(crate) fn new_allocation(dev: &Arc<EngineDevice>, size: u64) -> Result<Allocation> {
+    if size == 0 {
+        return Err(EngineError::InvalidArgument(
+            "allocation size must be > 0".into(),
+        ));
+    }
+    // vkCmdFillBuffer works in 4-byte units: round the buffer up so the whole range is zeroed.
+    let buffer_size = size
+        .checked_add(3)
+        .map(|s| s & !3)
+        .ok_or_else(|| EngineError::OutOfMemory(format!("{size} bytes is too large")))?;
+    let ctx = &dev.ctx;
+    let info = &ctx.info;
+    // maxMemoryAllocationSize is advice, not a limit: the spec lets larger allocations fail with
+    // VK_ERROR_OUT_OF_DEVICE_MEMORY (mapped to OutOfMemory), and some drivers report a smaller
+    // figure than they grant. So only maxBufferSize and the heap sizes refuse up front.
+    if let Some(max) = info.max_buffer_size {
+        if buffer_size > max {
+            return Err(EngineError::OutOfMemory(format!(
+                "{size} bytes exceeds maxBufferSize ({max}) of device {}",
+                info.index
+            )));
+        }
+    }
+    if info.heaps.iter().all(|h| buffer_size > h.size) {
+        return Err(EngineError::OutOfMemory(format!(
+            "{size} bytes exceeds every memory heap of device {}",
+            info.index
+        )));
+    }
+    let plan = &dev.plan;
+    let kind = if ctx.mem.types.has_mapped() && buffer_size <= plan.map_alloc_max {
+        Kind::DeviceMapped
+    } else {
+        Kind::Device
+    };
+    let make = |kind: Kind| -> Result<(BufView, Backing)> {
+        if buffer_size <= plan.small_max {
+            let (view, r) = ctx.mem.allocate_slab(ctx.raw(), kind, buffer_size)?;
+            Ok((view, Backing::Slab(r)))
+        } else {
+            let buf = ctx.mem.create_buffer(
+                ctx.raw(),
+                buffer_size,
+                allocation_usage(),
+                kind,
+                "exo-alloc",
+            )?;
+            Ok((buf.view(), Backing::Own(buf)))
+        }
+    };
+    let (view, backing) = match make(kind) {
+        // Host-visible device memory can be scarcer (a BAR smaller than VRAM): fall back to
+        // plain device memory, which the copy paths reach by DMA.
+        Err(EngineError::OutOfMemory(_)) if kind == Kind::DeviceMapped => make(Kind::Device)?,
+        other => other?,
+    };
+    let kind = if view.mapped.is_some() {
+        kind
+    } else {
+        Kind::Device
+    };
+    // Counted before anything can fail, so Drop's decrement always matches.
+    dev.live_allocations.fetch_add(1, Ordering::Relaxed);
+    dev.live_bytes.fetch_add(size, Ordering::Relaxed);
+    if let Some(h) = dev.heap_bytes.get(view.heap) {
+        h.fetch_add(view.len, Ordering::Relaxed);
+    }
+    let alloc = Allocation {
+        dev: Arc::clone(dev),
+        view,
+        backing,
+        size,
+    };
+    if kind == Kind::DeviceMapped && alloc.view.mapped.is_none() {
+        return Err(EngineError::Internal(
+            "gpu-allocator returned non-host-visible memory for a mapped allocation".into(),
+        ));
+    }
+    dev.zero_fill(&alloc.view)?;
+    Ok(alloc)
+}
