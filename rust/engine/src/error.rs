@@ -30,6 +30,8 @@ pub enum EngineError {
         /// Its result code.
         result: vk::Result,
     },
+    /// A file could not be read into device memory (I/O error, short read, end of file).
+    FileRead(String),
     /// The engine was closed.
     Closed,
     /// A bug or an unexpected state inside the engine (including a caught panic).
@@ -62,6 +64,7 @@ impl EngineError {
             EngineError::DeviceLost(_) => "device_lost",
             EngineError::Validation(_) => "validation",
             EngineError::Vulkan { .. } => "vulkan",
+            EngineError::FileRead(_) => "file_read",
             EngineError::Closed => "closed",
             EngineError::Internal(_) => "internal",
         }
@@ -96,6 +99,7 @@ impl fmt::Display for EngineError {
             EngineError::Vulkan { call, result } => {
                 write!(f, "{call} failed: {}", vk_result_name(*result))
             }
+            EngineError::FileRead(m) => write!(f, "file read failed: {m}"),
             EngineError::Closed => write!(f, "the Vulkan engine is closed"),
             EngineError::Internal(m) => write!(f, "internal error: {m}"),
         }

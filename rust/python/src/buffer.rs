@@ -83,17 +83,6 @@ impl RawBytes {
         }
     }
 
-    /// Length in bytes.
-    pub fn len(self) -> usize {
-        self.len
-    }
-
-    /// Whether there are no bytes.
-    #[allow(dead_code)]
-    pub fn is_empty(self) -> bool {
-        self.len == 0
-    }
-
     /// The bytes as a shared slice.
     ///
     /// # Safety
@@ -170,6 +159,16 @@ impl<'a, 'py> BufferGuard<'a, 'py> {
         RawBytes {
             ptr: self.view.buf.cast::<u8>(),
             len: usize::try_from(self.view.len).unwrap_or(0),
+        }
+    }
+}
+
+impl BufferGuard<'_, '_> {
+    /// Release the buffer, unless `result` says the device was lost: then a late DMA of the hung
+    /// device may still touch the memory, so the export (and the object) is kept forever.
+    pub fn release_unless_lost<T>(self, result: &Result<T, exo_vk_engine::EngineError>) {
+        if matches!(result, Err(exo_vk_engine::EngineError::DeviceLost(_))) {
+            std::mem::forget(self);
         }
     }
 }

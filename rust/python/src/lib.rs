@@ -1,8 +1,10 @@
 //! `exo_gpu_vulkan._native`: thin PyO3 bindings over `exo_vk_engine::Engine`.
 //!
-//! Every blocking call releases the GIL; every method body runs under `catch_unwind` so a Rust
-//! panic surfaces as `GPUError("internal error: ...")`; engine errors become the core package's
-//! exception classes (`exo_gpu_plugins.errors`).
+//! Every call that can wait (on a lock, a timeline value, device creation) releases the GIL;
+//! every method body runs under `catch_unwind` so a Rust panic surfaces as
+//! `GPUError("internal error: ...")`; engine errors become the core package's exception classes
+//! (`exo_gpu_plugins.errors`). When a transfer fails because the device was lost, the caller's
+//! buffer is kept exported forever: a late DMA of the hung device may still touch it.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -18,19 +20,6 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyTuple};
 
 use buffer::{BufferGuard, BufferSlot};
 
-/// Transfers up to this many bytes keep the GIL: they take a few microseconds, less than
-/// releasing and re-acquiring it can cost when another thread wants it.
-const KEEP_GIL_MAX: usize = 64 << 10;
-
-/// Run `f` without the GIL when `len` is large enough to be worth it.
-#[inline]
-fn maybe_detach<T: Send>(py: Python<'_>, len: usize, f: impl FnOnce() -> T + Send) -> T {
-    if len <= KEEP_GIL_MAX {
-        f()
-    } else {
-        py.detach(f)
-    }
-}
 use errors::{internal_error, to_pyerr, Op};
 
 /// Run a method body, turning a Rust panic into `GPUError("internal error: ...")`.
@@ -257,22 +246,16 @@ impl PyEngine {
         guarded(py, || {
             let i = self::index(index, "index")?;
             let size = uint(size, "size")?;
-            maybe_detach(py, usize::try_from(size).unwrap_or(usize::MAX), || {
-                self.engine.allocate(i, size)
-            })
-            .map_err(|e| self.err(py, Op::Other, e))
+            py.detach(|| self.engine.allocate(i, size))
+                .map_err(|e| self.err(py, Op::Other, e))
         })
     }
 
     fn free(&self, py: Python<'_>, alloc: &Bound<'_, PyAny>) -> PyResult<()> {
         guarded(py, || {
             let id = uint(alloc, "alloc")?;
-            // Freeing a large dedicated allocation can take a while (driver unmapping).
-            let big = self.engine.allocation_size(id).unwrap_or(0);
-            maybe_detach(py, usize::try_from(big).unwrap_or(usize::MAX), || {
-                self.engine.free(id)
-            })
-            .map_err(|e| self.err(py, Op::Other, e))
+            py.detach(|| self.engine.free(id))
+                .map_err(|e| self.err(py, Op::Other, e))
         })
     }
 
@@ -289,12 +272,12 @@ impl PyEngine {
             let mut slot = BufferSlot::new();
             let guard = BufferGuard::acquire(&mut slot, src, false, "src")?;
             let bytes = guard.bytes();
-            let r = maybe_detach(py, bytes.len(), move || {
+            let r = py.detach(move || {
                 // SAFETY: `guard` keeps the exported buffer alive until after this returns.
                 let data = unsafe { bytes.as_slice() };
                 self.engine.write(id, offset, data)
             });
-            drop(guard);
+            guard.release_unless_lost(&r);
             r.map_err(|e| self.err(py, Op::Transfer, e))
         })
     }
@@ -312,13 +295,13 @@ impl PyEngine {
             let mut slot = BufferSlot::new();
             let guard = BufferGuard::acquire(&mut slot, dst, true, "dst")?;
             let bytes = guard.bytes();
-            let r = maybe_detach(py, bytes.len(), move || {
+            let r = py.detach(move || {
                 // SAFETY: `guard` keeps the exported, writable buffer alive until after this
                 // returns.
                 let out = unsafe { bytes.as_mut_slice() };
                 self.engine.read_into(id, offset, out)
             });
-            drop(guard);
+            guard.release_unless_lost(&r);
             r.map_err(|e| self.err(py, Op::Transfer, e))
         })
     }
@@ -368,12 +351,18 @@ impl PyEngine {
                 std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(raw).cast::<u8>(), len)
             };
             let bytes = buffer::RawBytes::from_slice(out);
-            maybe_detach(py, len, move || {
+            let r = py.detach(move || {
                 // SAFETY: `obj` (held below) keeps the storage alive; nobody else accesses it.
                 let out = unsafe { bytes.as_mut_slice() };
                 self.engine.read_into_fresh(id, offset, out)
-            })
-            .map_err(|e| self.err(py, Op::Transfer, e))?;
+            });
+            if let Err(e) = r {
+                if matches!(e, EngineError::DeviceLost(_)) {
+                    // A late DMA of the hung device may still write the storage: keep it.
+                    std::mem::forget(obj);
+                }
+                return Err(self.err(py, Op::Transfer, e));
+            }
             // SAFETY: the object is a bytes object (created above).
             Ok(unsafe { obj.cast_into_unchecked::<PyBytes>() })
         })
@@ -394,10 +383,8 @@ impl PyEngine {
             let d = uint(dst, "dst")?;
             let doff = uint(dst_offset, "dst_offset")?;
             let n = uint(size, "size")?;
-            maybe_detach(py, usize::try_from(n).unwrap_or(usize::MAX), || {
-                self.engine.copy(s, so, d, doff, n)
-            })
-            .map_err(|e| self.err(py, Op::Transfer, e))
+            py.detach(|| self.engine.copy(s, so, d, doff, n))
+                .map_err(|e| self.err(py, Op::Transfer, e))
         })
     }
 
@@ -472,22 +459,34 @@ impl PyEngine {
         })
     }
 
-    /// Test hook: `"panic"` panics inside the engine, `"device_lost"` marks device `index` lost.
-    /// Builds without the `fault-injection` feature raise RuntimeError.
-    #[pyo3(signature = (kind, index = 0))]
-    fn _inject_fault(&self, py: Python<'_>, kind: &str, index: i64) -> PyResult<()> {
+    /// Test hook: `"panic"` panics inside the engine, `"device_lost"` marks device `index` lost,
+    /// `"hang"` makes every later submission on it wait forever, with waits giving up after
+    /// `timeout_ms`. Builds without the `fault-injection` feature raise RuntimeError.
+    #[pyo3(signature = (kind, index = 0, timeout_ms = 1000))]
+    fn _inject_fault(
+        &self,
+        py: Python<'_>,
+        kind: &str,
+        index: i64,
+        timeout_ms: u64,
+    ) -> PyResult<()> {
         guarded(py, || {
             let index = usize::try_from(index)
                 .map_err(|_| PyValueError::new_err(format!("index must be >= 0, got {index}")))?;
-            self.inject(py, kind, index)
+            self.inject(py, kind, index, timeout_ms)
         })
     }
 }
 
 impl PyEngine {
     #[cfg(feature = "fault-injection")]
-    fn inject(&self, py: Python<'_>, kind: &str, index: usize) -> PyResult<()> {
+    fn inject(&self, py: Python<'_>, kind: &str, index: usize, timeout_ms: u64) -> PyResult<()> {
         match kind {
+            "hang" => {
+                let timeout = std::time::Duration::from_millis(timeout_ms.max(1));
+                py.detach(|| self.engine.inject_hang(index, timeout))
+                    .map_err(|e| self.err(py, Op::Other, e))
+            }
             "panic" => py
                 .detach(|| self.engine.inject_panic())
                 .map_err(|e| self.err(py, Op::Other, e)),
@@ -495,13 +494,19 @@ impl PyEngine {
                 .detach(|| self.engine.inject_device_lost(index))
                 .map_err(|e| self.err(py, Op::Other, e)),
             other => Err(PyValueError::new_err(format!(
-                "unknown fault kind {other:?} (expected \"panic\" or \"device_lost\")"
+                "unknown fault kind {other:?} (expected \"panic\", \"device_lost\" or \"hang\")"
             ))),
         }
     }
 
     #[cfg(not(feature = "fault-injection"))]
-    fn inject(&self, _py: Python<'_>, _kind: &str, _index: usize) -> PyResult<()> {
+    fn inject(
+        &self,
+        _py: Python<'_>,
+        _kind: &str,
+        _index: usize,
+        _timeout_ms: u64,
+    ) -> PyResult<()> {
         Err(pyo3::exceptions::PyRuntimeError::new_err(
             "exo_gpu_vulkan._native was built without the fault-injection feature",
         ))

@@ -4,12 +4,14 @@ Errors are the core package's classes from `exo_gpu_plugins.errors`:
 BackendUnavailableError (no loader/device/validation layer, unsupported strategy),
 OutOfMemoryError, InvalidHandleError (unknown/freed allocation id), OutOfBoundsError,
 DeviceNotFoundError (bad device index), BackendClosedError (after close()),
-TransferError (a Vulkan call failed during write/read/copy), GPUError (device lost,
+TransferError (a Vulkan call failed during write/read/copy), GPUError (device lost or hung,
 "Vulkan validation: ...", "vkXxx failed: VK_ERROR_...", "internal error: ..." for a Rust panic).
 Negative ints / size 0 / unknown strategy raise ValueError; non-int arguments and non-buffer,
 non-contiguous or (for destinations) read-only buffers raise TypeError.
-Every call longer than a few microseconds releases the GIL; an Engine may be used from several
-threads at once. Engines share the process-wide Vulkan instance (one per validation setting, never
+Every call that can wait (on a lock, on GPU work, on device creation) releases the GIL; an Engine
+may be used from several threads at once. When a transfer fails because the device was lost or
+hung, the caller's buffer stays exported for the life of the process (a late DMA may still touch
+it). FileReadError (a TransferError): write_from_file hit an I/O error or the end of the file. Engines share the process-wide Vulkan instance (one per validation setting, never
 destroyed) and logical devices; each engine owns its allocations and close() frees all of them.
 With validation, each call fails on the validation errors it caused (attributed by thread).
 Tunables for measuring other machines: the EXO_VULKAN_TUNE environment variable (read once per
@@ -65,7 +67,8 @@ class Engine:
     def stats(self, index: int) -> dict[str, int | str]:
         """Keys: strategy ("mapped" | "staging" | "import" | "unavailable"), device_created (0/1:
         this engine opened the device), live_allocations, live_bytes (this engine's),
-        block_count, allocator_capacity_bytes, allocator_allocated_bytes (the shared device's),
+        block_count (memory objects backing live buffers), allocator_capacity_bytes,
+        allocator_allocated_bytes (the shared device's; running counters, O(1)),
         mapped_bytes, staged_bytes, imported_bytes (bytes this engine moved by each path),
         import_refused (imports the driver refused), compute_copied_bytes (device-to-device bytes
         copied by the compute shader), cross_device_path ("p2p" | "host-import" | "host-staging":
@@ -73,8 +76,11 @@ class Engine:
         engine copied to or from this device across devices)."""
     def close(self) -> None:
         """Wait for this engine's work and free all its allocations; idempotent."""
-    def _inject_fault(self, kind: str, index: int = 0) -> None:
+    def _inject_fault(self, kind: str, index: int = 0, timeout_ms: int = 1000) -> None:
         """Test hook, effective only in builds with the `fault-injection` cargo feature
         (FAULT_INJECTION is True; otherwise it raises RuntimeError):
         kind "panic" -> GPUError("internal error: ..."), "device_lost" -> later calls on that
-        device raise GPUError("device lost: ...")."""
+        device raise GPUError("device lost: ..."), "hang" -> every later submission on that device
+        waits for a semaphore that is never signalled and waits give up after `timeout_ms`
+        (every call then fails with GPUError("device lost: ...") within one timeout; nothing the
+        device may touch is freed)."""
