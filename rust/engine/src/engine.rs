@@ -12,13 +12,16 @@ use crate::allocation::{new_allocation, Allocation};
 use crate::context::shared_device;
 use crate::cross::{plan_path, CrossRequest, CrossSettings, Link};
 use crate::error::{EngineError, Result};
+use crate::host::{HostMemory, HostRange, HostTable};
 use crate::instance::{CallLog, CallLogScope, InstanceContext};
 use crate::plan::{EngineDevice, Plan};
 use crate::properties::{
     fill_device_groups, gather, query_budgets, DeviceInfo, Strategy, StrategyRequest,
 };
 use crate::sync::{lock, read, write};
-use crate::transfer::{PATH_COMPUTE, PATH_CROSS, PATH_IMPORT, PATH_MAPPED, PATH_STAGED};
+use crate::transfer::{
+    PATH_COMPUTE, PATH_CROSS, PATH_IMPORT, PATH_MAPPED, PATH_PINNED, PATH_STAGED,
+};
 use crate::tuning::tuning;
 
 /// One memory heap as reported by `Engine::memory_heaps`.
@@ -72,11 +75,15 @@ pub struct Stats {
     pub cross_device_path: &'static str,
     /// Bytes this engine copied to or from this device across devices.
     pub cross_device_bytes: u64,
+    /// Bytes moved by direct DMA from or to pinned / registered host memory.
+    pub pinned_bytes: u64,
 }
 
 struct Inner {
     // Field order is drop order: allocations, then device views, then the instance.
     allocations: RwLock<HashMap<u64, Arc<Allocation>>>,
+    /// Pinned and registered host ranges.
+    hosts: RwLock<HostTable>,
     /// Cross-device links by (source index, destination index), made on first use.
     links: Mutex<HashMap<(usize, usize), Arc<Link>>>,
     devices: Vec<Mutex<Option<Arc<EngineDevice>>>>,
@@ -138,6 +145,7 @@ impl Engine {
         }
         let inner = Inner {
             allocations: RwLock::new(HashMap::new()),
+            hosts: RwLock::new(HostTable::default()),
             links: Mutex::new(HashMap::new()),
             devices: physical.iter().map(|_| Mutex::new(None)).collect(),
             physical,
@@ -269,7 +277,44 @@ impl Engine {
             if src.is_empty() {
                 return Ok(());
             }
+            if let Some((h, off)) = i.host_range(src.as_ptr(), src.len(), a.device_index()) {
+                return a.dev.write_from_host(&a.view, offset, &h, off, src);
+            }
             a.dev.write(&a.view, offset, src)
+        })
+    }
+
+    /// Fill `size` bytes of allocation `id` at `offset` from file descriptor `fd` (borrowed,
+    /// never closed) at `file_offset`: parallel preads straight into staging slots or the
+    /// mapping, overlapped with the DMA. A short read or I/O error is `FileRead` (the
+    /// allocation's range then holds partial data).
+    pub fn write_from_file(
+        &self,
+        id: u64,
+        offset: u64,
+        fd: i32,
+        file_offset: u64,
+        size: u64,
+    ) -> Result<()> {
+        self.call(|i| {
+            let a = i.allocation(id)?;
+            check_range("write_from_file", a.size, offset, size)?;
+            a.ctx().check_alive()?;
+            if size == 0 {
+                return Ok(());
+            }
+            #[cfg(unix)]
+            {
+                a.dev
+                    .write_from_file(&a.view, offset, fd, file_offset, size)
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = (fd, file_offset);
+                Err(EngineError::Unavailable(
+                    "write_from_file needs pread (Unix)".into(),
+                ))
+            }
         })
     }
 
@@ -381,6 +426,7 @@ impl Engine {
                     compute_copied_bytes: 0,
                     cross_device_path: i.device_cross_path(index)?,
                     cross_device_bytes: 0,
+                    pinned_bytes: 0,
                 });
             };
             let (blocks, capacity, allocated) = d.ctx.mem.figures();
@@ -399,7 +445,67 @@ impl Engine {
                 compute_copied_bytes: d.moved[PATH_COMPUTE].load(Ordering::Relaxed),
                 cross_device_path: i.device_cross_path(index)?,
                 cross_device_bytes: d.moved[PATH_CROSS].load(Ordering::Relaxed),
+                pinned_bytes: d.moved[PATH_PINNED].load(Ordering::Relaxed),
             })
+        })
+    }
+
+    /// `size` zeroed bytes of host memory device `index` reads and writes by DMA (host-visible
+    /// device memory): `write`/`read_into` from or to it take one DMA, no staging copy. The
+    /// memory stays valid while the returned value (or a clone) lives, even after
+    /// `host_release` or `close`, which only stop treating it as pinned.
+    pub fn host_alloc(&self, index: usize, size: u64) -> Result<HostMemory> {
+        self.call(|i| {
+            let device = i.device(index)?;
+            let id = i.next_id.fetch_add(1, Ordering::Relaxed);
+            let range = Arc::new(crate::host::allocate(&device.ctx, id, size)?);
+            write(&i.hosts).insert(Arc::clone(&range))?;
+            Ok(HostMemory(range))
+        })
+    }
+
+    /// Stop treating pinned memory `id` as pinned (its memory lives on while the `HostMemory`
+    /// does).
+    pub fn host_release(&self, id: u64) -> Result<()> {
+        self.host_unregister(id)
+    }
+
+    /// Register the caller's `[ptr, ptr+len)` on device `index`: its pages are imported once
+    /// (VK_EXT_external_memory_host), and later transfers from or to it are one DMA. `keep`
+    /// must keep the memory alive; it is dropped once the import is freed (never, if the device
+    /// hangs). Returns the registration id.
+    ///
+    /// # Safety
+    /// `[ptr, ptr+len)` must stay valid (mapped, not freed) until `keep` is dropped.
+    pub unsafe fn host_register(
+        &self,
+        index: usize,
+        ptr: *mut u8,
+        len: usize,
+        keep: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Result<u64> {
+        self.call(|i| {
+            let device = i.device(index)?;
+            let id = i.next_id.fetch_add(1, Ordering::Relaxed);
+            let range = Arc::new(crate::host::register(&device.ctx, id, ptr, len, keep)?);
+            let inserted = write(&i.hosts).insert(range);
+            inserted.map(|()| id)
+        })
+    }
+
+    /// Forget registration (or pinned buffer) `id`; its import is freed once no transfer uses it.
+    pub fn host_unregister(&self, id: u64) -> Result<()> {
+        self.call(|i| {
+            let removed = write(&i.hosts).remove(id);
+            match removed {
+                Some(r) => {
+                    drop(r); // outside the table's lock
+                    Ok(())
+                }
+                None => Err(EngineError::InvalidArgument(format!(
+                    "no pinned or registered host buffer with id {id}"
+                ))),
+            }
         })
     }
 
@@ -443,6 +549,8 @@ impl Engine {
             }
         }
         write(&inner.allocations).clear();
+        let hosts = write(&inner.hosts).take_all();
+        drop(hosts);
         let links = std::mem::take(&mut *lock(&inner.links));
         drop(links);
         for slot in &inner.devices {
@@ -574,6 +682,22 @@ impl Inner {
         self.cross_path(index, other)
     }
 
+    /// The pinned/registered range on device `index` holding `[ptr, ptr+len)`, if any.
+    fn host_range(
+        &self,
+        ptr: *const u8,
+        len: usize,
+        index: usize,
+    ) -> Option<(Arc<HostRange>, u64)> {
+        let table = read(&self.hosts);
+        if table.is_empty() {
+            return None;
+        }
+        table
+            .find(ptr, len)
+            .filter(|(h, _)| h.device_index() == index)
+    }
+
     fn allocation(&self, id: u64) -> Result<Arc<Allocation>> {
         read(&self.allocations)
             .get(&id)
@@ -587,6 +711,9 @@ impl Inner {
         a.ctx().check_alive()?;
         if dst.is_empty() {
             return Ok(());
+        }
+        if let Some((h, off)) = self.host_range(dst.as_ptr(), dst.len(), a.device_index()) {
+            return a.dev.read_to_host(&a.view, offset, &h, off, dst);
         }
         a.dev.read_into(&a.view, offset, dst)
     }

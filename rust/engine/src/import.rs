@@ -127,8 +127,7 @@ pub(crate) fn import_host(dev: &RawDevice, ptr: *mut u8, len: u64) -> Result<Hos
 /// run; the caller then also keeps the host memory).
 pub(crate) fn release_imports(dev: &RawDevice, imports: Vec<HostImport>) {
     if dev.is_hung() {
-        std::mem::forget(imports);
-        return;
+        return; // plain handles: left alone, never destroyed
     }
     for i in imports {
         // SAFETY: the transfers using them finished (value waited) or never started.

@@ -32,6 +32,7 @@ pub mod cross;
 pub mod device;
 pub mod engine;
 pub mod error;
+mod host;
 mod import;
 pub mod instance;
 mod memory;
@@ -47,6 +48,7 @@ mod workers;
 pub use cross::CrossPath;
 pub use engine::{Engine, HeapReport, Stats};
 pub use error::{EngineError, Result};
+pub use host::HostMemory;
 pub use properties::{DeviceExtensions, DeviceInfo, HeapInfo, MemoryTypeInfo, Strategy};
 
 #[allow(dead_code)]

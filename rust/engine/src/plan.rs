@@ -88,9 +88,10 @@ pub(crate) struct EngineDevice {
     /// Bytes of device memory they hold, per heap.
     pub(crate) heap_bytes: Vec<AtomicU64>,
     /// Bytes moved between host and device by each path (mapping, staging ring, import),
-    /// device-to-device bytes copied by the compute shader, and bytes copied to or from the
-    /// device by cross-device copies.
-    pub(crate) moved: [AtomicU64; 5],
+    /// device-to-device bytes copied by the compute shader, bytes copied to or from the
+    /// device by cross-device copies, and bytes moved by DMA from/to pinned or registered host
+    /// memory.
+    pub(crate) moved: [AtomicU64; 6],
     /// Imports the driver refused (the copy then went through staging).
     pub(crate) import_refused: AtomicU64,
 }

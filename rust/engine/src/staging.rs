@@ -287,6 +287,24 @@ impl StagingRing {
         self.slots.max()
     }
 
+    /// One DMA without staging (between two buffers the device reaches directly: pinned or
+    /// imported host memory and an allocation), on this ring's queue; waits for it.
+    pub(crate) fn direct(
+        &self,
+        dev: &RawDevice,
+        mem: &Memory,
+        record: impl FnOnce(&ash::Device, vk::CommandBuffer),
+    ) -> Result<()> {
+        let mut s = self.take_one(dev, mem)?;
+        let frame = Frame {
+            after_earlier: true,
+            host_reads: self.dir == Direction::Download,
+        };
+        let r = self.slots.submit(dev, &mut s, frame, record);
+        self.put(dev, s);
+        self.slots.queue.wait(dev, r?)
+    }
+
     /// Destroy every slot (device idle).
     pub(crate) fn destroy(&self, dev: &RawDevice, mem: &Memory) {
         self.slots.drain(|mut s| {

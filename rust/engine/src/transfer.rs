@@ -9,6 +9,7 @@ use ash::vk;
 
 use crate::context::DeviceContext;
 use crate::error::{EngineError, Result};
+use crate::host::HostRange;
 use crate::import::{read_imported, write_imported, Imported};
 use crate::memory::{flush, invalidate, BufView, Kind};
 use crate::plan::EngineDevice;
@@ -31,6 +32,8 @@ pub(crate) const PATH_IMPORT: usize = 2;
 pub(crate) const PATH_COMPUTE: usize = 3;
 /// Bytes copied to or from the device by cross-device copies.
 pub(crate) const PATH_CROSS: usize = 4;
+/// Bytes moved by direct DMA from or to pinned / registered host memory.
+pub(crate) const PATH_PINNED: usize = 5;
 
 /// `(base + offset)` as a pointer into a mapping, after bounds were checked by the caller.
 pub(crate) fn at(base: std::ptr::NonNull<u8>, offset: u64) -> Result<*mut u8> {
@@ -301,6 +304,100 @@ impl EngineDevice {
 
     fn refused(&self) {
         self.import_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Fill `[offset, offset+size)` of `v` from file `fd` at `file_offset`: parallel preads
+    /// straight into the mapping (host-visible allocations) or into the upload ring's slots,
+    /// each slot's reads overlapping the DMA of the slot before.
+    #[cfg(unix)]
+    pub(crate) fn write_from_file(
+        &self,
+        v: &BufView,
+        offset: u64,
+        fd: i32,
+        file_offset: u64,
+        size: u64,
+    ) -> Result<()> {
+        let ctx = &self.ctx;
+        let read = |out: &mut [u8], pos: u64| workers::pread_into(fd, out, file_offset + pos);
+        if v.mapped.is_some() && size <= self.plan.map_write_max {
+            let n = usize::try_from(size)
+                .map_err(|_| EngineError::OutOfBounds("size exceeds address space".into()))?;
+            let dst = at(mapped_of(v)?, offset)?;
+            // SAFETY: `[offset, offset+size)` lies within the mapping (checked by the caller).
+            let out = unsafe { std::slice::from_raw_parts_mut(dst, n) };
+            read(out, 0)?;
+            flush(ctx.raw(), v, offset, size)?;
+            self.count(PATH_MAPPED, size);
+            return Ok(());
+        }
+        ctx.up
+            .write_with(ctx.raw(), &ctx.mem, v, offset, size, &read)?;
+        self.count(PATH_STAGED, size);
+        Ok(())
+    }
+
+    /// Write `len` bytes from host range `host` (at `host_off`) to `v` at `offset` by one DMA
+    /// (the mapping for small writes to host-visible allocations).
+    pub(crate) fn write_from_host(
+        &self,
+        v: &BufView,
+        offset: u64,
+        host: &HostRange,
+        host_off: u64,
+        src: &[u8],
+    ) -> Result<()> {
+        let ctx = &self.ctx;
+        let n = src.len() as u64;
+        if v.mapped.is_some() && n <= self.plan.map_write_max {
+            self.count(PATH_MAPPED, n);
+            return ctx.write_mapped(v, offset, src);
+        }
+        host.flush(host_off, n)?;
+        let region = vk::BufferCopy {
+            src_offset: host.buffer_offset + host_off,
+            dst_offset: v.offset + offset,
+            size: n,
+        };
+        let (s, d) = (host.buffer, v.buffer);
+        ctx.up.direct(ctx.raw(), &ctx.mem, |dev, cmd| {
+            // SAFETY: recording state; the host range (held by the caller) and the allocation
+            // stay alive until the DMA's value is waited for.
+            unsafe { dev.cmd_copy_buffer(cmd, s, d, &[region]) }
+        })?;
+        self.count(PATH_PINNED, n);
+        Ok(())
+    }
+
+    /// Read `dst.len()` bytes of `v` at `offset` into host range `host` (at `host_off`) by one
+    /// DMA (the mapping for small reads from host-visible allocations).
+    pub(crate) fn read_to_host(
+        &self,
+        v: &BufView,
+        offset: u64,
+        host: &HostRange,
+        host_off: u64,
+        dst: &mut [u8],
+    ) -> Result<()> {
+        let ctx = &self.ctx;
+        let n = dst.len() as u64;
+        if v.mapped.is_some() && n <= self.plan.map_read_max {
+            self.count(PATH_MAPPED, n);
+            return ctx.read_mapped(v, offset, dst);
+        }
+        let region = vk::BufferCopy {
+            src_offset: v.offset + offset,
+            dst_offset: host.buffer_offset + host_off,
+            size: n,
+        };
+        let (s, d) = (v.buffer, host.buffer);
+        ctx.down.direct(ctx.raw(), &ctx.mem, |dev, cmd| {
+            // SAFETY: as in `write_from_host`.
+            unsafe { dev.cmd_copy_buffer(cmd, s, d, &[region]) }
+        })?;
+        host.invalidate(host_off, n)?;
+        self.count(PATH_PINNED, n);
+        Ok(())
     }
 
     /// Copy `dst.len()` bytes of `v` at `offset` into `dst` by the plan's path.

@@ -65,8 +65,8 @@ pub struct BufferGuard<'a, 'py> {
 /// Pointer + length of a buffer's bytes, to carry into `Python::detach`.
 #[derive(Clone, Copy)]
 pub struct RawBytes {
-    ptr: *mut u8,
-    len: usize,
+    pub(crate) ptr: *mut u8,
+    pub(crate) len: usize,
 }
 
 // SAFETY: the exporter keeps the memory alive and in place until `PyBuffer_Release`, which only
@@ -179,5 +179,50 @@ impl Drop for BufferGuard<'_, '_> {
         // once; the GIL is held (the guard carries the `Python<'py>` token of the method that
         // acquired it and is dropped there, outside any `detach`).
         unsafe { PyBuffer_Release(self.view) }
+    }
+}
+
+/// An exported buffer kept beyond one call (a registration): the `Py_buffer` lives on the heap
+/// so it never moves, and is released exactly once, with the GIL, by `release`.
+pub struct HeldBuffer {
+    view: Box<BufferSlot>,
+    released: bool,
+}
+
+// SAFETY: the view is only touched under the GIL (acquire in `hold`, release in `release`,
+// both called with the GIL held); the bytes it points to have no thread affinity.
+unsafe impl Send for HeldBuffer {}
+// SAFETY: as above; `&HeldBuffer` exposes only the pointer and length.
+unsafe impl Sync for HeldBuffer {}
+
+impl HeldBuffer {
+    /// Export `obj`'s C-contiguous buffer (read-only accepted) until `release`.
+    pub fn hold(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<HeldBuffer> {
+        // On the heap from the start: the exporter may point into the view itself.
+        let mut slot = Box::new(BufferSlot::new());
+        let guard = BufferGuard::acquire(&mut slot, obj, false, what)?;
+        std::mem::forget(guard); // the export is now owned by `HeldBuffer`, released in `release`
+        Ok(HeldBuffer {
+            view: slot,
+            released: false,
+        })
+    }
+
+    /// Pointer and length of the bytes.
+    pub fn bytes(&self) -> RawBytes {
+        RawBytes {
+            ptr: self.view.0.buf.cast::<u8>(),
+            len: usize::try_from(self.view.0.len).unwrap_or(0),
+        }
+    }
+
+    /// Release the export (the GIL must be held).
+    pub fn release(&mut self) {
+        if !self.released {
+            self.released = true;
+            // SAFETY: the view came from a successful PyObject_GetBuffer and is released once;
+            // the caller holds the GIL.
+            unsafe { PyBuffer_Release(&mut self.view.0) }
+        }
     }
 }

@@ -10,6 +10,7 @@
 
 mod buffer;
 mod errors;
+mod host;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -160,8 +161,8 @@ fn info_dict<'py>(py: Python<'py>, info: &DeviceInfo) -> PyResult<Bound<'py, PyD
 
 /// The Vulkan engine (one per backend instance). Thread-safe.
 #[pyclass(module = "exo_gpu_vulkan._native", name = "Engine", frozen)]
-struct PyEngine {
-    engine: Engine,
+pub struct PyEngine {
+    pub(crate) engine: Engine,
 }
 
 impl PyEngine {
@@ -306,6 +307,81 @@ impl PyEngine {
         })
     }
 
+    /// `size` zeroed bytes of pinned host memory for device `index` (see `HostMemory`).
+    fn host_alloc(
+        slf: &Bound<'_, Self>,
+        index: &Bound<'_, PyAny>,
+        size: &Bound<'_, PyAny>,
+    ) -> PyResult<host::PyHostMemory> {
+        let py = slf.py();
+        guarded(py, || {
+            let i = self::index(index, "index")?;
+            let size = uint(size, "size")?;
+            let me = slf.get();
+            let mem = py
+                .detach(|| me.engine.host_alloc(i, size))
+                .map_err(|e| me.err(py, Op::Other, e))?;
+            Ok(host::PyHostMemory::new(mem, slf.clone().unbind()))
+        })
+    }
+
+    /// Register a caller's C-contiguous buffer with device `index` (its pages are imported once;
+    /// transfers from or to it are then one DMA). Returns the registration id. The buffer stays
+    /// exported (and alive) until `host_unregister` or `close`.
+    fn host_register(
+        &self,
+        py: Python<'_>,
+        index: &Bound<'_, PyAny>,
+        buffer: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        guarded(py, || {
+            let i = self::index(index, "index")?;
+            let held = buffer::HeldBuffer::hold(buffer, "buffer")?;
+            let bytes = held.bytes();
+            let (addr, len) = (bytes.ptr as usize, bytes.len);
+            let keep: Box<dyn std::any::Any + Send + Sync> = Box::new(host::Registration(held));
+            py.detach(move || {
+                // SAFETY: `keep` holds the export, so the memory stays valid until the engine
+                // drops `keep` (after the import is freed, never on a hung device).
+                unsafe { self.engine.host_register(i, addr as *mut u8, len, keep) }
+            })
+            .map_err(|e| self.err(py, Op::Other, e))
+        })
+    }
+
+    /// Forget a registration (or pinned buffer); its buffer is released once no transfer uses it.
+    fn host_unregister(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<()> {
+        guarded(py, || {
+            let id = uint(id, "id")?;
+            py.detach(|| self.engine.host_unregister(id))
+                .map_err(|e| self.err(py, Op::Other, e))
+        })
+    }
+
+    /// Fill `size` bytes of `alloc` at `offset` from file descriptor `fd` (borrowed) at
+    /// `file_offset` (parallel preads overlapped with the DMA; GIL released).
+    fn write_from_file(
+        &self,
+        py: Python<'_>,
+        alloc: &Bound<'_, PyAny>,
+        offset: &Bound<'_, PyAny>,
+        fd: i32,
+        file_offset: &Bound<'_, PyAny>,
+        size: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        guarded(py, || {
+            let id = uint(alloc, "alloc")?;
+            let offset = uint(offset, "offset")?;
+            let file_offset = uint(file_offset, "file_offset")?;
+            let size = uint(size, "size")?;
+            py.detach(|| {
+                self.engine
+                    .write_from_file(id, offset, fd, file_offset, size)
+            })
+            .map_err(|e| self.err(py, Op::Transfer, e))
+        })
+    }
+
     fn read<'py>(
         &self,
         py: Python<'py>,
@@ -421,6 +497,7 @@ impl PyEngine {
             d.set_item("compute_copied_bytes", s.compute_copied_bytes)?;
             d.set_item("cross_device_path", s.cross_device_path)?;
             d.set_item("cross_device_bytes", s.cross_device_bytes)?;
+            d.set_item("pinned_bytes", s.pinned_bytes)?;
             Ok(d)
         })
     }
@@ -518,6 +595,7 @@ impl PyEngine {
 #[pyo3(name = "_native")]
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
+    m.add_class::<host::PyHostMemory>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("FAULT_INJECTION", cfg!(feature = "fault-injection"))?;
     Ok(())

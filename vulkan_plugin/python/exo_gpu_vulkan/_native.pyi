@@ -20,10 +20,31 @@ process; see rust/engine/src/tuning.rs).
 
 from typing import final
 
-__all__ = ["FAULT_INJECTION", "Engine", "__version__"]
+__all__ = ["FAULT_INJECTION", "Engine", "HostMemory", "__version__"]
 
 __version__: str
 FAULT_INJECTION: bool
+
+@final
+class HostMemory:
+    """Zero-filled host memory the device reads and writes by DMA (the equivalent of
+    cudaHostAlloc; from Engine.host_alloc). Its memory stays valid while this object or any view
+    of it lives, also after release() or the engine's close(), which only stop the engine from
+    treating it as pinned."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def pinned(self) -> bool:
+        """False after release()."""
+    @property
+    def address(self) -> int:
+        """Address of the first byte."""
+    def __len__(self) -> int: ...
+    def view(self) -> memoryview:
+        """A flat, writable memoryview (format "B") whose base keeps this object alive."""
+    def release(self) -> None:
+        """Stop treating the memory as pinned; idempotent."""
 
 @final
 class Engine:
@@ -60,6 +81,24 @@ class Engine:
         """src: any C-contiguous buffer (bytes, bytearray, memoryview, numpy array, ...)."""
     def read_into(self, alloc: int, offset: int, dst: object) -> None:
         """dst: a writable C-contiguous buffer; reads len(dst) bytes (in bytes)."""
+    def write_from_file(
+        self, alloc: int, offset: int, fd: int, file_offset: int, size: int
+    ) -> None:
+        """Fill `size` bytes of `alloc` at `offset` from file descriptor `fd` (borrowed, never
+        closed) at `file_offset`: parallel preads straight into the upload ring's slots (or the
+        mapping of a host-visible allocation), overlapped with the DMA. Short read, end of file
+        or I/O error -> FileReadError (the range then holds partial data)."""
+    def host_alloc(self, index: int, size: int) -> HostMemory:
+        """Pinned host memory for device `index` (HOST_VISIBLE device memory): write/read_into
+        whose host buffer lies inside it take one DMA, no staging copy."""
+    def host_register(self, index: int, buffer: object) -> int:
+        """Register a C-contiguous buffer (read-only accepted) with device `index`: its pages are
+        imported once (VK_EXT_external_memory_host; BackendUnavailableError where the device or
+        driver cannot), and write/read_into from or to it are then one DMA. The buffer stays
+        exported until host_unregister() or close(). ValueError if it overlaps a registered or
+        pinned buffer. Returns the registration id."""
+    def host_unregister(self, id: int) -> None:
+        """Forget a registration (or pinned buffer); ValueError for an unknown id."""
     def read(self, alloc: int, offset: int, size: int) -> bytes:
         """A new bytes object, filled once (never zeroed first)."""
     def copy(self, src: int, src_offset: int, dst: int, dst_offset: int, size: int) -> None: ...
@@ -73,9 +112,11 @@ class Engine:
         import_refused (imports the driver refused), compute_copied_bytes (device-to-device bytes
         copied by the compute shader), cross_device_path ("p2p" | "host-import" | "host-staging":
         the path of a link already made, else the planned one), cross_device_bytes (bytes this
-        engine copied to or from this device across devices)."""
+        engine copied to or from this device across devices), pinned_bytes (bytes moved by
+        direct DMA from or to pinned / registered host memory)."""
     def close(self) -> None:
-        """Wait for this engine's work and free all its allocations; idempotent."""
+        """Wait for this engine's work, free all its allocations and drop its pinned buffers and
+        registrations (HostMemory objects stay valid memory); idempotent."""
     def _inject_fault(self, kind: str, index: int = 0, timeout_ms: int = 1000) -> None:
         """Test hook, effective only in builds with the `fault-injection` cargo feature
         (FAULT_INJECTION is True; otherwise it raises RuntimeError):
