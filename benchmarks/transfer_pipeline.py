@@ -1,0 +1,494 @@
+"""The transfer pipeline against its peers, measured in one run: host <-> device bandwidth from
+ordinary buffers and from pinned host memory, an upload and a download at once, many small copies
+at once, device copies, small-operation latency, memory-report cost against the number of live
+allocations, and how long a heartbeat thread waits for the GIL while copies run.
+
+    python benchmarks/transfer_pipeline.py [--backend vulkan] [--quick] [--json OUT]
+
+Peers, where importable: numpy memcpy (the host's own copy bandwidth) and torch CUDA from pinned and
+pageable tensors (skipped without a CUDA device). --quick scales sizes down for lavapipe. Every
+figure is a median of several runs; a reading not taken is printed as "-" (null in the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import exo_gpu_plugins
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass
+class Figure:
+    """One row of the table."""
+
+    name: str
+    ours: float | None
+    unit: str
+    peer: float | None = None
+    peer_name: str = ""
+
+
+def gbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e9
+
+
+async def median_seconds(repeats: int, body: Callable[[], Awaitable[Any]]) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        await body()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def median_seconds_sync(repeats: int, body: Callable[[], Any]) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        body()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+# --------------------------------------------------------------------------------------------------
+# Peers
+
+
+def numpy_memcpy_gbps(size: int, repeats: int) -> float | None:
+    try:
+        import numpy as np
+    except ImportError:
+        return None
+    a = np.ones(size, dtype=np.uint8)
+    b = np.empty_like(a)
+    return gbps(size, median_seconds_sync(repeats, lambda: np.copyto(b, a)))
+
+
+def torch_cuda() -> Any:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def torch_h2d_d2h(size: int, repeats: int, pinned: bool) -> tuple[float, float] | None:
+    torch = torch_cuda()
+    if torch is None:
+        return None
+    host = torch.empty(size, dtype=torch.uint8, pin_memory=pinned)
+    dev = torch.empty(size, dtype=torch.uint8, device="cuda")
+
+    def up() -> None:
+        dev.copy_(host, non_blocking=pinned)
+        torch.cuda.synchronize()
+
+    def down() -> None:
+        host.copy_(dev, non_blocking=pinned)
+        torch.cuda.synchronize()
+
+    up()
+    down()
+    return gbps(size, median_seconds_sync(repeats, up)), gbps(size, median_seconds_sync(repeats, down))
+
+
+def torch_both_ways(size: int, repeats: int) -> float | None:
+    torch = torch_cuda()
+    if torch is None:
+        return None
+    h1 = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+    h2 = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+    d1 = torch.empty(size, dtype=torch.uint8, device="cuda")
+    d2 = torch.empty(size, dtype=torch.uint8, device="cuda")
+    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+
+    def both() -> None:
+        with torch.cuda.stream(s1):
+            d1.copy_(h1, non_blocking=True)
+        with torch.cuda.stream(s2):
+            h2.copy_(d2, non_blocking=True)
+        torch.cuda.synchronize()
+
+    both()
+    return gbps(2 * size, median_seconds_sync(repeats, both))
+
+
+def torch_device_copy(size: int, repeats: int) -> float | None:
+    torch = torch_cuda()
+    if torch is None:
+        return None
+    a = torch.empty(size, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+
+    def run() -> None:
+        b.copy_(a)
+        torch.cuda.synchronize()
+
+    run()
+    return gbps(size, median_seconds_sync(repeats, run))
+
+
+def torch_alloc_free_us(repeats: int) -> float | None:
+    torch = torch_cuda()
+    if torch is None:
+        return None
+
+    def run() -> None:
+        for _ in range(1000):
+            t = torch.empty(4096, dtype=torch.uint8, device="cuda")
+            del t
+
+    run()
+    return median_seconds_sync(repeats, run) * 1e3  # us per allocate+free
+
+
+def torch_small_round_trip_us(repeats: int) -> float | None:
+    torch = torch_cuda()
+    if torch is None:
+        return None
+    host = torch.empty(4096, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(4096, dtype=torch.uint8, device="cuda")
+
+    def run() -> None:
+        dev.copy_(host)
+        host.copy_(dev)
+        torch.cuda.synchronize()
+
+    run()
+    return median_seconds_sync(repeats, run) * 1e6
+
+
+# --------------------------------------------------------------------------------------------------
+# Ours
+
+
+async def pinned_buffer(
+    backend: Any, device: str, size: int
+) -> tuple[memoryview, Callable[[], Any]] | None:
+    """Pinned host memory: the public API where the core has it, else the Vulkan engine's own;
+    None where neither exists (the pinned rows then stay empty)."""
+    allocate_host = getattr(backend, "allocate_host_buffer", None)
+    if allocate_host is not None:
+        hb = await allocate_host(device, size)
+        return hb.view, lambda: backend.release_host_buffer(hb)
+    engine = getattr(backend, "_engine", None)
+    if engine is None or not hasattr(engine, "host_alloc"):
+        return None
+    mem = engine.host_alloc(backend._device_index(device), size)
+
+    async def release() -> None:
+        mem.release()
+
+    return mem.view(), release
+
+
+async def bandwidth(
+    backend: Any, device: str, sizes: list[int], repeats: int, rows: list[Figure]
+) -> None:
+    for size in sizes:
+        await bandwidth_at(backend, device, size, repeats, rows)
+
+
+async def bandwidth_at(backend: Any, device: str, size: int, repeats: int, rows: list[Figure]) -> None:
+    try:
+        import numpy as np
+    except ImportError:
+        np = None
+    label = f"{size // MiB} MiB"
+    handle = await backend.allocate(device, size)
+    src: Any = np.ones(size, dtype=np.uint8) if np is not None else os.urandom(size)
+    out = bytearray(size)
+    await backend.copy_to_device(src, handle)
+    up = gbps(size, await median_seconds(repeats, lambda: backend.copy_to_device(src, handle)))
+    down = gbps(
+        size, await median_seconds(repeats, lambda: backend.copy_from_device_into(handle, 0, out))
+    )
+    pageable = torch_h2d_d2h(size, repeats, pinned=False)
+    pinned_peer = torch_h2d_d2h(size, repeats, pinned=True)
+    rows.append(
+        Figure(
+            f"host->device {label} (numpy)",
+            up,
+            "GB/s",
+            pinned_peer and pinned_peer[0],
+            "torch pinned",
+        )
+    )
+    rows.append(
+        Figure(
+            f"device->host {label} into buffer",
+            down,
+            "GB/s",
+            pageable and pageable[1],
+            "torch pageable",
+        )
+    )
+    pinned = await pinned_buffer(backend, device, size)
+    up_p = down_p = None
+    if pinned is not None:
+        pview, release = pinned
+        pview[:] = memoryview(src).cast("B") if np is not None else src
+        up_p = gbps(size, await median_seconds(repeats, lambda: backend.copy_to_device(pview, handle)))
+        down_p = gbps(
+            size, await median_seconds(repeats, lambda: backend.copy_from_device_into(handle, 0, pview))
+        )
+        await release()
+    rows.append(
+        Figure(
+            f"host->device {label} (pinned)",
+            up_p,
+            "GB/s",
+            pinned_peer and pinned_peer[0],
+            "torch pinned",
+        )
+    )
+    rows.append(
+        Figure(
+            f"device->host {label} (pinned)",
+            down_p,
+            "GB/s",
+            pinned_peer and pinned_peer[1],
+            "torch pinned",
+        )
+    )
+    await backend.deallocate(handle)
+
+
+async def both_ways(backend: Any, device: str, size: int, repeats: int, rows: list[Figure]) -> None:
+    a = await backend.allocate(device, size)
+    b = await backend.allocate(device, size)
+    for kind in ("ordinary", "pinned"):
+        await both_ways_as(backend, device, size, repeats, rows, (a, b), kind)
+    await backend.deallocate(a)
+    await backend.deallocate(b)
+
+
+async def both_ways_as(
+    backend: Any,
+    device: str,
+    size: int,
+    repeats: int,
+    rows: list[Figure],
+    ab: tuple[Any, Any],
+    kind: str,
+) -> None:
+    a, b = ab
+    if kind == "pinned":
+        first = await pinned_buffer(backend, device, size)
+        second = await pinned_buffer(backend, device, size)
+        if first is None or second is None:
+            rows.append(Figure(f"upload alone {size // MiB} MiB ({kind})", None, "GB/s"))
+            rows.append(Figure(f"upload+download at once ({kind}), total", None, "GB/s"))
+            return
+        (src, release_src), (out, release_out) = first, second
+    else:
+        src, out = memoryview(bytearray(os.urandom(size))), memoryview(bytearray(size))
+
+    async def one() -> None:
+        await backend.copy_to_device(src, a)
+
+    async def both() -> None:
+        await asyncio.gather(backend.copy_to_device(src, a), backend.copy_from_device_into(b, 0, out))
+
+    alone = gbps(size, await median_seconds(repeats, one))
+    together = gbps(2 * size, await median_seconds(repeats, both))
+    rows.append(Figure(f"upload alone {size // MiB} MiB ({kind})", alone, "GB/s"))
+    rows.append(
+        Figure(
+            f"upload+download at once ({kind}), total",
+            together,
+            "GB/s",
+            torch_both_ways(size, repeats) if kind == "pinned" else None,
+            "torch 2 streams",
+        )
+    )
+    if kind == "pinned":
+        await release_src()
+        await release_out()
+
+
+async def small_copies(backend: Any, device: str, repeats: int, rows: list[Figure]) -> None:
+    chunk, count = 64 << 10, 64
+    target = await backend.allocate(device, chunk * count)
+    pieces = [os.urandom(chunk) for _ in range(count)]
+
+    async def gathered() -> None:
+        await asyncio.gather(
+            *(backend.copy_to_device(pieces[i], target, i * chunk) for i in range(count))
+        )
+
+    rows.append(
+        Figure(
+            "64 concurrent 64 KiB copies",
+            gbps(chunk * count, await median_seconds(repeats, gathered)),
+            "GB/s",
+        )
+    )
+    await backend.deallocate(target)
+
+
+async def device_copy(backend: Any, device: str, size: int, repeats: int, rows: list[Figure]) -> None:
+    a = await backend.allocate(device, size)
+    b = await backend.allocate(device, size)
+    ours = gbps(size, await median_seconds(repeats, lambda: backend.copy_device_to_device(a, b, size)))
+    rows.append(
+        Figure(f"device copy {size // MiB} MiB", ours, "GB/s", torch_device_copy(size, repeats), "torch")
+    )
+    await backend.deallocate(a)
+    await backend.deallocate(b)
+
+
+async def small_ops(backend: Any, device: str, rows: list[Figure]) -> None:
+    async def alloc_free() -> None:
+        await backend.deallocate(await backend.allocate(device, 4096))
+
+    rows.append(
+        Figure(
+            "allocate+free 4 KiB",
+            await median_seconds(3000, alloc_free) * 1e6,
+            "us",
+            torch_alloc_free_us(5),
+            "torch caching allocator",
+        )
+    )
+    handle = await backend.allocate(device, 4096)
+    buf = bytearray(os.urandom(4096))
+    out = bytearray(4096)
+
+    async def round_trip() -> None:
+        await backend.copy_to_device(buf, handle)
+        await backend.copy_from_device_into(handle, 0, out)
+
+    rows.append(
+        Figure(
+            "4 KiB write + read back",
+            await median_seconds(2000, round_trip) * 1e6,
+            "us",
+            torch_small_round_trip_us(200),
+            "torch pinned",
+        )
+    )
+    await backend.deallocate(handle)
+
+
+async def memory_report(backend: Any, device: str, counts: list[int], rows: list[Figure]) -> None:
+    live: list[Any] = []
+    for count in counts:
+        while len(live) < count:
+            live.append(await backend.allocate(device, 4096))
+        seconds = await median_seconds(200, lambda: backend.get_device_memory_info(device))
+        rows.append(Figure(f"memory report, {count:,} live allocations", seconds * 1e6, "us"))
+    for handle in live:
+        await backend.deallocate(handle)
+
+
+def heartbeat_p99_ms(stop: threading.Event, gaps: list[float]) -> None:
+    last = time.perf_counter()
+    while not stop.is_set():
+        time.sleep(0.0005)
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+
+
+async def heartbeat(backend: Any, device: str, big: int, seconds: float, rows: list[Figure]) -> None:
+    """A thread that wakes every 0.5 ms, while one task copies `big` bytes back and forth and
+    another does small reads/writes (4-64 KiB) or 2 MiB reads: its p99 gap shows how long it
+    waited for the GIL."""
+    large = await backend.allocate(device, big)
+    small = await backend.allocate(device, 2 * MiB)
+    payload = os.urandom(big)
+
+    async def writer(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await backend.copy_to_device(payload, large)
+
+    async def small_ops_loop(stop: asyncio.Event, sizes: list[int]) -> None:
+        bufs = {s: bytearray(os.urandom(s)) for s in sizes}
+        while not stop.is_set():
+            for s in sizes:
+                await backend.copy_to_device(bufs[s], small)
+                await backend.copy_from_device_into(small, 0, bufs[s])
+            await asyncio.sleep(0)
+
+    for label, sizes in (
+        ("4-64 KiB reads/writes", [4 << 10, 16 << 10, 32 << 10, 64 << 10]),
+        ("2 MiB reads/writes", [2 * MiB]),
+    ):
+        gaps: list[float] = []
+        stop_thread = threading.Event()
+        thread = threading.Thread(target=heartbeat_p99_ms, args=(stop_thread, gaps), daemon=True)
+        stop = asyncio.Event()
+        thread.start()
+        tasks = [asyncio.ensure_future(writer(stop)), asyncio.ensure_future(small_ops_loop(stop, sizes))]
+        await asyncio.sleep(seconds)
+        stop.set()
+        await asyncio.gather(*tasks)
+        stop_thread.set()
+        thread.join()
+        p99 = statistics.quantiles(gaps, n=100)[98] * 1e3 if len(gaps) > 100 else None
+        rows.append(Figure(f"heartbeat p99 gap, {big // MiB} MiB copies + {label}", p99, "ms"))
+    await backend.deallocate(large)
+    await backend.deallocate(small)
+
+
+def render(rows: list[Figure]) -> str:
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:,.2f}"
+
+    width = max(len(r.name) for r in rows)
+    lines = [f"{'measurement':<{width}}  {'ours':>12}  {'unit':<5}  {'peer':>12}  peer"]
+    for r in rows:
+        lines.append(
+            f"{r.name:<{width}}  {num(r.ours):>12}  {r.unit:<5}  {num(r.peer):>12}  {r.peer_name}"
+        )
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> list[Figure]:
+    backend = await exo_gpu_plugins.open_backend(args.backend)
+    device = backend.list_devices()[0].device_id
+    rows: list[Figure] = []
+    quick = args.quick
+    repeats = 3 if quick else 7
+    sizes = [32 * MiB, 64 * MiB] if quick else [256 * MiB, GiB]
+    memcpy = numpy_memcpy_gbps(sizes[0], repeats)
+    rows.append(Figure(f"host memcpy {sizes[0] // MiB} MiB (numpy)", memcpy, "GB/s"))
+    try:
+        await bandwidth(backend, device, sizes, repeats, rows)
+        await both_ways(backend, device, sizes[0], repeats, rows)
+        await small_copies(backend, device, repeats * 3, rows)
+        await device_copy(backend, device, 64 * MiB if quick else GiB, repeats, rows)
+        await small_ops(backend, device, rows)
+        await memory_report(backend, device, [100, 100_000], rows)
+        await heartbeat(backend, device, 64 * MiB, 2.0 if quick else 4.0, rows)
+    finally:
+        await backend.shutdown()
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default=None, help="backend name (default: automatic selection)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (lavapipe, CI)")
+    parser.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
+    arguments = parser.parse_args()
+    figures = asyncio.run(main(arguments))
+    sys.stdout.write(render(figures) + "\n")
+    if arguments.json:
+        with open(arguments.json, "w") as f:
+            json.dump([asdict(r) for r in figures], f, indent=2)
+    sys.exit(0)
