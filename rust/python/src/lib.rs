@@ -519,8 +519,8 @@ impl PyEngine {
     ) -> PyResult<&'static str> {
         guarded(py, || {
             let (s, d) = (self::index(src, "src")?, self::index(dst, "dst")?);
-            self.engine
-                .cross_device_path(s, d)
+            // Waits for the links' lock, which a link being made holds across ring set-up.
+            py.detach(|| self.engine.cross_device_path(s, d))
                 .map_err(|e| self.err(py, Op::Other, e))
         })
     }

@@ -11,8 +11,9 @@ non-contiguous or (for destinations) read-only buffers raise TypeError.
 Every call that can wait (on a lock, on GPU work, on device creation) releases the GIL; an Engine
 may be used from several threads at once. When a transfer fails because the device was lost or
 hung, the caller's buffer stays exported for the life of the process (a late DMA may still touch
-it). FileReadError (a TransferError): write_from_file hit an I/O error or the end of the file. Engines share the process-wide Vulkan instance (one per validation setting, never
-destroyed) and logical devices; each engine owns its allocations and close() frees all of them.
+it). FileReadError (a TransferError): write_from_file hit an I/O error or the end of the file.
+Engines share the process-wide Vulkan instance (one per validation setting, never destroyed)
+and logical devices; each engine owns its allocations and close() frees all of them.
 With validation, each call fails on the validation errors it caused (attributed by thread).
 Tunables for measuring other machines: the EXO_VULKAN_TUNE environment variable (read once per
 process; see rust/engine/src/tuning.rs).
@@ -81,9 +82,7 @@ class Engine:
         """src: any C-contiguous buffer (bytes, bytearray, memoryview, numpy array, ...)."""
     def read_into(self, alloc: int, offset: int, dst: object) -> None:
         """dst: a writable C-contiguous buffer; reads len(dst) bytes (in bytes)."""
-    def write_from_file(
-        self, alloc: int, offset: int, fd: int, file_offset: int, size: int
-    ) -> None:
+    def write_from_file(self, alloc: int, offset: int, fd: int, file_offset: int, size: int) -> None:
         """Fill `size` bytes of `alloc` at `offset` from file descriptor `fd` (borrowed, never
         closed) at `file_offset`: parallel preads straight into the upload ring's slots (or the
         mapping of a host-visible allocation), overlapped with the DMA. Short read, end of file

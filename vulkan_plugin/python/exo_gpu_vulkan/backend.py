@@ -103,6 +103,15 @@ def _process_usage(device_key: str) -> int:
 _Allocation = tuple[int, int]
 
 
+class _Registration:
+    """The native side of a registered host buffer: the engine's registration id."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, registration: int) -> None:
+        self.id = registration
+
+
 class VulkanBackend(GPUBackend[_Allocation]):
     """Every Vulkan physical device as `vulkan:<index>`."""
 
@@ -231,6 +240,12 @@ class VulkanBackend(GPUBackend[_Allocation]):
             power=bool(telemetry and telemetry.has_power),
             clock_rate=bool(telemetry and telemetry.has_clock),
             utilization=bool(telemetry and telemetry.has_utilization),
+            # Engine-allocated host-visible memory the device reads and writes by DMA.
+            pinned_host_memory=True,
+            # Registration imports the caller's pages (VK_EXT_external_memory_host).
+            host_registration=bool(info.get("external_memory_host")),
+            # Parallel preads straight into the upload ring (or the mapping), beside the DMA.
+            native_file_copy=os.name == "posix",
             transfer_strategy=strategy,
             transfer_strategies=self._strategies(info),
         )
@@ -348,6 +363,51 @@ class VulkanBackend(GPUBackend[_Allocation]):
 
     async def _synchronize(self, index: int) -> None:
         await self._offload(self._engine.synchronize, index)
+
+    # ----------------------------------------------------------------------------------------------
+    # Host memory and files
+
+    async def _allocate_host(self, index: int, size: int) -> tuple[memoryview, object | None]:
+        # Host-visible device memory (zeroed by the engine); its view keeps it alive.
+        if size <= INLINE_ALLOCATION_LIMIT:
+            memory = self._engine.host_alloc(index, size)
+        else:
+            memory = await self._offload(self._engine.host_alloc, index, size)
+        view: memoryview = memory.view()
+        return view, memory
+
+    async def _register_host(self, index: int, view: memoryview) -> object | None:
+        if not self._infos[index].get("external_memory_host"):
+            return None
+        try:
+            if view.nbytes <= INLINE_LIMIT:
+                registration: int = self._engine.host_register(index, view)
+            else:
+                registration = await self._offload(self._engine.host_register, index, view)
+        except BackendUnavailableError as exc:
+            # The driver refused to import these pages (e.g. read-only or file-backed memory):
+            # copies from the buffer take the ordinary path.
+            log.debug("vulkan:%d: registration refused, buffer stays pageable: %s", index, exc)
+            return None
+        except ValueError as exc:
+            # It overlaps a buffer registered (or allocated) already: that one stays in effect.
+            log.debug("vulkan:%d: registration overlaps another, buffer stays pageable: %s", index, exc)
+            return None
+        return _Registration(registration)
+
+    def _release_host(self, native: object | None) -> None:
+        from exo_gpu_vulkan._native import HostMemory
+
+        if isinstance(native, _Registration):
+            if self._engine is not None:
+                self._engine.host_unregister(native.id)
+        elif isinstance(native, HostMemory):
+            native.release()  # its memory lives on while views of it exist
+
+    async def _write_from_file(
+        self, native: _Allocation, offset: int, fd: int, file_offset: int, size: int
+    ) -> None:
+        await self._offload(self._engine.write_from_file, native[0], offset, fd, file_offset, size)
 
     def engine_stats(self, device_id: str) -> dict[str, Any]:
         """The engine's own counters for a device (live allocations, allocator blocks, strategy)."""
