@@ -128,6 +128,10 @@ impl DeviceContext {
         } else {
             None
         };
+        {
+            let distinct: Vec<&Arc<Queue>> = made.iter().map(|(_, q)| q).collect();
+            Queue::link_peers(&distinct);
+        }
         let work_queue = if t.d2d_transfer {
             Arc::clone(&upload_queue)
         } else {

@@ -25,7 +25,9 @@
 //! GB/s there); a 1 GiB copy takes "host-import" at ~46-47 GB/s either way (the single-card
 //! 256 MiB host->device write: ~39-41 GB/s), "host-staging" ~40.5 GB/s. Ring settings from
 //! 8 MiB x 8 to 64 MiB x 4 differ by under 3 GB/s. Copies in both directions at once total ~46
-//! GB/s: each device's one DMA queue carries both its outgoing and its incoming chunks.
+//! GB/s: each device's one DMA queue carried both its outgoing and its incoming chunks (measured
+//! before the engine split uploads and downloads onto two queues; now each side uses its
+//! device's download (source) or upload (destination) queue).
 //!
 //! Locking: a link's mutex serialises the copies that use it; while holding it a copy takes a
 //! device's queue mutex only around each vkQueueSubmit (waits are on timeline values, outside

@@ -97,9 +97,19 @@ pub(crate) fn import_host(dev: &RawDevice, ptr: *mut u8, len: u64) -> Result<Hos
     let mut import = vk::ImportMemoryHostPointerInfoEXT::default()
         .handle_type(handle_type)
         .host_pointer(ptr.cast::<c_void>());
+    // Prefer a HOST_COHERENT type: imported memory is never mapped, so it cannot be flushed.
+    let coherent = dev.info.memory_types.iter().enumerate().position(|(i, t)| {
+        i < 32
+            && bits & (1 << i) != 0
+            && vk::MemoryPropertyFlags::from_raw(t.flags)
+                .contains(vk::MemoryPropertyFlags::HOST_COHERENT)
+    });
+    let type_index = coherent
+        .and_then(|i| u32::try_from(i).ok())
+        .unwrap_or(bits.trailing_zeros());
     let alloc = vk::MemoryAllocateInfo::default()
         .allocation_size(len)
-        .memory_type_index(bits.trailing_zeros())
+        .memory_type_index(type_index)
         .push_next(&mut import);
     // SAFETY: `ptr`/`len` are aligned as the extension requires and stay valid until the memory
     // is freed (caller).

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ash::vk;
@@ -33,8 +33,14 @@ pub(crate) struct Queue {
     /// Value of the latest submission (assigned under `handle`, so values follow submission
     /// order).
     submitted: AtomicU64,
-    /// Highest value seen reached (a cache of the semaphore's counter).
-    completed: AtomicU64,
+    /// Highest value seen reached (a cache of the semaphore's counter), shared with the other
+    /// queues of the device (see `peers`).
+    completed: Arc<AtomicU64>,
+    /// The device's other queues: timeline and completed value. Each submission waits (on the
+    /// device) for the values the host has already seen reached there: free, since they are
+    /// reached, and it makes their writes visible to this queue, as the memory model asks for
+    /// work that the host ordered after them.
+    peers: OnceLock<Vec<(vk::Semaphore, Arc<AtomicU64>)>>,
 }
 
 impl Queue {
@@ -55,8 +61,21 @@ impl Queue {
             compute: dev.family_compute(family),
             timeline,
             submitted: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
+            completed: Arc::new(AtomicU64::new(0)),
+            peers: OnceLock::new(),
         })
+    }
+
+    /// Tell each queue about the device's other (distinct) queues; called once, after creation.
+    pub(crate) fn link_peers(queues: &[&Arc<Queue>]) {
+        for q in queues {
+            let peers = queues
+                .iter()
+                .filter(|o| !Arc::ptr_eq(o, q))
+                .map(|o| (o.timeline, Arc::clone(&o.completed)))
+                .collect();
+            let _ = q.peers.set(peers);
+        }
     }
 
     /// Submit one recorded command buffer; returns the timeline value that marks its completion.
@@ -64,30 +83,48 @@ impl Queue {
         dev.check_alive()?;
         let cmds = [cmd];
         let sems = [self.timeline];
+        // Device-side waits: the peers' values the host saw reached, plus (fault injection) a
+        // semaphore never signalled.
+        // At most two peers (three distinct queues) and the injected hang.
+        let mut wait_sems = [vk::Semaphore::null(); 4];
+        let mut wait_values = [0u64; 4];
+        let mut n = 0;
+        for (sem, done) in self
+            .peers
+            .get()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .take(3)
+        {
+            let v = done.load(Ordering::Acquire);
+            if v > 0 {
+                wait_sems[n] = *sem;
+                wait_values[n] = v;
+                n += 1;
+            }
+        }
+        #[cfg(feature = "fault-injection")]
+        if dev.hang.load(Ordering::Acquire) {
+            wait_sems[n] = dev.never;
+            wait_values[n] = 1;
+            n += 1;
+        }
+        let wait_stages = [vk::PipelineStageFlags::ALL_COMMANDS; 4];
+        let (wait_sems, wait_values, wait_stages) =
+            (&wait_sems[..n], &wait_values[..n], &wait_stages[..n]);
         let guard = lock(&self.handle);
         let value = self.submitted.load(Ordering::Relaxed) + 1;
         let values = [value];
-        #[cfg(feature = "fault-injection")]
-        let (wait_sems, wait_values, wait_stages) =
-            ([dev.never], [1u64], [vk::PipelineStageFlags::ALL_COMMANDS]);
-        #[cfg(feature = "fault-injection")]
-        let hang = dev.hang.load(Ordering::Acquire);
-        let mut timeline =
-            vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
-        #[cfg(feature = "fault-injection")]
-        if hang {
-            timeline = timeline.wait_semaphore_values(&wait_values);
-        }
-        let mut submit = vk::SubmitInfo::default()
+        let mut timeline = vk::TimelineSemaphoreSubmitInfo::default()
+            .signal_semaphore_values(&values)
+            .wait_semaphore_values(wait_values);
+        let submit = vk::SubmitInfo::default()
             .command_buffers(&cmds)
-            .signal_semaphores(&sems);
-        #[cfg(feature = "fault-injection")]
-        if hang {
-            submit = submit
-                .wait_semaphores(&wait_sems)
-                .wait_dst_stage_mask(&wait_stages);
-        }
-        let submit = submit.push_next(&mut timeline);
+            .signal_semaphores(&sems)
+            .wait_semaphores(wait_sems)
+            .wait_dst_stage_mask(wait_stages)
+            .push_next(&mut timeline);
         // SAFETY: the command buffer is recorded and not in use; the queue is externally
         // synchronised by `handle` (held); the caller keeps everything the commands use alive
         // until it has waited for `value`.

@@ -4,7 +4,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockW
 
 /// Lock a mutex, recovering from poisoning: a panic inside the engine (caught at the Python
 /// boundary) must not make the engine unusable. State guarded by these mutexes stays consistent
-/// at every await point (fences are re-checked before any reuse).
+/// at every await point (a slot is reused only after its timeline value was waited for).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -30,7 +30,7 @@
 //! | `hugepages` | advise transparent huge pages for fresh destination buffers (Linux) |
 //! | `upload_cached` | upload staging in HOST_CACHED memory (1) or write-combined (0) |
 //! | `d2d_transfer` | device-to-device copies on the transfer queue (1) instead of the universal one (0) |
-//! | `fence_spin` | microseconds a wait polls its fence before blocking in vkWaitForFences |
+//! | `fence_spin` | microseconds a wait polls its queue's timeline semaphore before blocking in vkWaitSemaphores |
 //! | `d2d_compute` | device-to-device copies by compute shader (1) or vkCmdCopyBuffer (0) |
 //! | `compute_min` | smallest device-to-device copy given to the compute shader |
 //! | `hybrid` | discrete "auto": percent of a large write to a mapped allocation sent through the mapping while the rest goes through staging, both at once |
