@@ -95,6 +95,8 @@ pub struct Registration(pub HeldBuffer);
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        Python::attach(|_py| self.0.release());
+        // During interpreter shutdown there is no GIL to take: the export then simply ends with
+        // the process.
+        let _ = Python::try_attach(|_py| self.0.release());
     }
 }
