@@ -791,6 +791,40 @@ mod tests {
         e.close().expect("close");
     }
 
+    /// A hung device (fault injection) frees nothing it may still touch: allocations freed
+    /// after the hang keep their memory (the allocator's figures do not fall). Without
+    /// validation, so it gets a logical device of its own (the others use the validation one).
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn hung_device_frees_nothing() {
+        if Engine::probe().is_some() {
+            return;
+        }
+        let e = Engine::new(false, Some("staging")).expect("engine");
+        let size = 8 << 20;
+        let a = e.allocate(0, size).expect("allocate");
+        let b = e.allocate(0, size).expect("allocate");
+        e.write(a, 0, &vec![7u8; size as usize]).expect("write");
+        let ctx = Arc::clone(&e.inner().expect("open").device(0).expect("device").ctx);
+        let before = ctx.mem.figures();
+        e.inject_hang(0, std::time::Duration::from_millis(200))
+            .expect("inject");
+        assert!(matches!(
+            e.write(b, 0, &vec![1u8; size as usize]),
+            Err(EngineError::DeviceLost(_))
+        ));
+        assert!(ctx.is_hung());
+        e.free(a).expect("free");
+        e.free(b).expect("free");
+        e.close().expect("close");
+        let after = ctx.mem.figures();
+        assert_eq!(
+            (after.0, after.2),
+            (before.0, before.2),
+            "memory was released"
+        );
+    }
+
     /// Engines sharing the validation instance see only the messages their own calls caused.
     #[test]
     fn validation_messages_stay_with_their_engine() {
