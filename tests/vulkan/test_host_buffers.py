@@ -15,7 +15,11 @@ import pytest
 from exo_gpu_plugins.errors import BackendUnavailableError, InvalidHandleError
 
 MiB = 1 << 20
-STRATEGIES = ("mapped", "staging", "import")
+# Every strategy, or the one EXO_VULKAN_TRANSFER names (scripts/test.sh runs tests/vulkan once per
+# strategy, so each run takes its own).
+_ALL_STRATEGIES = ("mapped", "staging", "import")
+_FORCED = os.environ.get("EXO_VULKAN_TRANSFER", "").strip().lower()
+STRATEGIES = (_FORCED,) if _FORCED in _ALL_STRATEGIES else _ALL_STRATEGIES
 
 
 @pytest.fixture(params=STRATEGIES)
