@@ -542,13 +542,17 @@ impl Engine {
             std::ptr::null()
         });
         for slot in &inner.devices {
-            if let Some(d) = lock(slot).as_ref() {
+            let device = lock(slot).clone(); // waited for outside the slot's lock
+            if let Some(d) = device {
                 if !d.ctx.is_lost() {
                     let _ = d.ctx.synchronize();
                 }
             }
         }
-        write(&inner.allocations).clear();
+        // Dropped outside the table's lock: freeing memory can take a while, and other calls
+        // (under the GIL, e.g. a size check) may want the lock meanwhile.
+        let allocations = std::mem::take(&mut *write(&inner.allocations));
+        drop(allocations);
         let hosts = write(&inner.hosts).take_all();
         drop(hosts);
         let links = std::mem::take(&mut *lock(&inner.links));

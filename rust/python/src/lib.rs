@@ -394,9 +394,8 @@ impl PyEngine {
             let offset = uint(offset, "offset")?;
             let size = uint(size, "size")?;
             // Validate before creating a possibly huge bytes object.
-            let total = self
-                .engine
-                .allocation_size(id)
+            let total = py
+                .detach(|| self.engine.allocation_size(id))
                 .map_err(|e| self.err(py, Op::Transfer, e))?;
             if offset.checked_add(size).is_none_or(|end| end > total) {
                 return Err(self.err(
