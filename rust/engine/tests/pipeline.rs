@@ -141,3 +141,40 @@ fn bookkeeping_does_not_grow_with_allocations() {
     assert_eq!(e.stats(0).unwrap().live_allocations, 0);
     finish(e);
 }
+
+/// Small copies through a mapping finish without waiting (`write_now`/`read_into_now`, which the
+/// Python layer runs with the GIL held); everything else is left to the waiting calls.
+#[test]
+fn copies_that_need_no_wait() {
+    let Some(e) = engine("mapped") else { return };
+    let id = e.allocate(0, 8192).unwrap();
+    let data = pattern(4096, 4);
+    assert!(matches!(
+        e.write_now(id, 100, &data, 64 << 10),
+        Some(Ok(()))
+    ));
+    let mut out = vec![0u8; 4096];
+    assert!(matches!(
+        e.read_into_now(id, 100, &mut out, 64 << 10),
+        Some(Ok(()))
+    ));
+    assert!(out == data);
+    // Out of bounds: answered at once, with the same error as the waiting call.
+    assert!(matches!(
+        e.write_now(id, 8000, &data, 64 << 10),
+        Some(Err(exo_vk_engine::EngineError::OutOfBounds(_)))
+    ));
+    // Larger than allowed, or unknown: not handled here.
+    assert!(e.write_now(id, 0, &data, 1024).is_none());
+    assert!(e.write_now(id + 1000, 0, &data, 64 << 10).is_none());
+    e.free(id).unwrap();
+    finish(e);
+
+    let Some(e) = engine("staging") else { return };
+    let id = e.allocate(0, 8192).unwrap();
+    // Staging needs the GPU: never done without waiting.
+    assert!(e.write_now(id, 0, &data, 64 << 10).is_none());
+    assert!(e.read_into_now(id, 0, &mut out, 64 << 10).is_none());
+    e.free(id).unwrap();
+    finish(e);
+}
