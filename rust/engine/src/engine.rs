@@ -260,11 +260,14 @@ impl Engine {
         self.call(|i| Ok(i.allocation(id)?.device_index()))
     }
 
-    /// The engine and allocation for a call that must not wait: `None` when a lock is contended
-    /// or the allocation is unknown (the waiting path reports it). Host ranges need no lookup:
-    /// a copy small enough for the mapping takes it whether or not its host side is pinned.
+    /// The engine and allocation for a call that must not wait: `None` when any lock is
+    /// contended, host ranges are registered (the call may then be a DMA) or the allocation is
+    /// unknown (the waiting path reports it).
     fn now(&self, id: u64) -> Option<(Arc<Inner>, Arc<Allocation>)> {
         let inner = self.state.try_read().ok()?.as_ref()?.clone();
+        if !inner.hosts.try_read().ok()?.is_empty() {
+            return None;
+        }
         let a = inner.allocations.try_read().ok()?.get(&id).cloned()?;
         Some((inner, a))
     }
