@@ -8,9 +8,8 @@ TransferError (a Vulkan call failed during write/read/copy), GPUError (device lo
 "Vulkan validation: ...", "vkXxx failed: VK_ERROR_...", "internal error: ..." for a Rust panic).
 Negative ints / size 0 / unknown strategy raise ValueError; non-int arguments and non-buffer,
 non-contiguous or (for destinations) read-only buffers raise TypeError.
-Every call that can wait (on a lock, on GPU work, on device creation) releases the GIL (a copy
-of up to 64 KiB through a host-visible mapping that needs no wait keeps it); an Engine may be
-used from several threads at once. When a transfer fails because the device was lost or
+Every call that can wait (on a lock, on GPU work, on device creation) releases the GIL; an Engine
+may be used from several threads at once. When a transfer fails because the device was lost or
 hung, the caller's buffer stays exported for the life of the process (a late DMA may still touch
 it). FileReadError (a TransferError): write_from_file hit an I/O error or the end of the file.
 Engines share the process-wide Vulkan instance (one per validation setting, never destroyed)
