@@ -178,7 +178,15 @@ impl Engine {
     /// whichever engine call finishes next.
     fn call<T>(&self, f: impl FnOnce(&Inner) -> Result<T>) -> Result<T> {
         let inner = self.inner()?;
-        inner.checked(f)
+        if !inner.instance.has_validation() {
+            return f(&inner);
+        }
+        let log = CallLog::default();
+        let result = {
+            let _scope = CallLogScope::enter(&log);
+            f(&inner)
+        };
+        inner.finish_call(&log, result)
     }
 
     /// Number of physical devices.
@@ -258,57 +266,6 @@ impl Engine {
     /// Device index of a live allocation.
     pub fn allocation_device(&self, id: u64) -> Result<usize> {
         self.call(|i| Ok(i.allocation(id)?.device_index()))
-    }
-
-    /// The engine and allocation for a call that must not wait: `None` when any lock is
-    /// contended, host ranges are registered (the call may then be a DMA) or the allocation is
-    /// unknown (the waiting path reports it).
-    fn now(&self, id: u64) -> Option<(Arc<Inner>, Arc<Allocation>)> {
-        let inner = self.state.try_read().ok()?.as_ref()?.clone();
-        if !inner.hosts.try_read().ok()?.is_empty() {
-            return None;
-        }
-        let a = inner.allocations.try_read().ok()?.get(&id).cloned()?;
-        Some((inner, a))
-    }
-
-    /// `write` if it can finish without waiting for anything (a lock, the GPU): a memcpy into
-    /// the mapping of a host-visible allocation, up to `max` bytes. `None`: call `write`.
-    pub fn write_now(&self, id: u64, offset: u64, src: &[u8], max: usize) -> Option<Result<()>> {
-        if src.len() > max {
-            return None;
-        }
-        let (inner, a) = self.now(id)?;
-        if a.view.mapped.is_none() || src.len() as u64 > a.dev.plan.map_write_max {
-            return None;
-        }
-        Some(inner.checked(|_| {
-            check_range("write", a.size, offset, src.len() as u64)?;
-            a.ctx().check_alive()?;
-            a.dev.write(&a.view, offset, src)
-        }))
-    }
-
-    /// `read_into` if it can finish without waiting (see `write_now`). `None`: call `read_into`.
-    pub fn read_into_now(
-        &self,
-        id: u64,
-        offset: u64,
-        dst: &mut [u8],
-        max: usize,
-    ) -> Option<Result<()>> {
-        if dst.len() > max {
-            return None;
-        }
-        let (inner, a) = self.now(id)?;
-        if a.view.mapped.is_none() || dst.len() as u64 > a.dev.plan.map_read_max {
-            return None;
-        }
-        Some(inner.checked(|_| {
-            check_range("read", a.size, offset, dst.len() as u64)?;
-            a.ctx().check_alive()?;
-            a.dev.read_into(&a.view, offset, dst)
-        }))
     }
 
     /// Copy `src` into allocation `id` at `offset`; returns when the bytes are in place.
@@ -639,19 +596,6 @@ impl Engine {
 }
 
 impl Inner {
-    /// Run `f`, with validation turning the errors it caused into `EngineError::Validation`.
-    fn checked<T>(&self, f: impl FnOnce(&Inner) -> Result<T>) -> Result<T> {
-        if !self.instance.has_validation() {
-            return f(self);
-        }
-        let log = CallLog::default();
-        let result = {
-            let _scope = CallLogScope::enter(&log);
-            f(self)
-        };
-        self.finish_call(&log, result)
-    }
-
     fn info(&self, index: usize) -> Result<&DeviceInfo> {
         self.infos
             .get(index)

@@ -1,8 +1,6 @@
 //! `exo_gpu_vulkan._native`: thin PyO3 bindings over `exo_vk_engine::Engine`.
 //!
-//! Every call that can wait (on a lock, a timeline value, device creation) releases the GIL
-//! (small copies that the engine can finish at once, a memcpy through a mapping taken with
-//! try-locks only, keep it: `Engine::write_now`);
+//! Every call that can wait (on a lock, a timeline value, device creation) releases the GIL;
 //! every method body runs under `catch_unwind` so a Rust panic surfaces as
 //! `GPUError("internal error: ...")`; engine errors become the core package's exception classes
 //! (`exo_gpu_plugins.errors`). When a transfer fails because the device was lost, the caller's
@@ -24,11 +22,6 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyTuple};
 use buffer::{BufferGuard, BufferSlot};
 
 use errors::{internal_error, to_pyerr, Op};
-
-/// Copies up to this size may run with the GIL held, but only where the engine can finish them
-/// without waiting for anything (`Engine::write_now`): a memcpy of a few microseconds costs less
-/// than releasing and re-taking the GIL, which another thread may hold for milliseconds.
-const NOW_MAX: usize = 64 << 10;
 
 /// Run a method body, turning a Rust panic into `GPUError("internal error: ...")`.
 fn guarded<T>(py: Python<'_>, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
@@ -280,18 +273,11 @@ impl PyEngine {
             let mut slot = BufferSlot::new();
             let guard = BufferGuard::acquire(&mut slot, src, false, "src")?;
             let bytes = guard.bytes();
-            // SAFETY: `guard` keeps the exported buffer alive until after this returns.
-            let now = self
-                .engine
-                .write_now(id, offset, unsafe { bytes.as_slice() }, NOW_MAX);
-            let r = match now {
-                Some(r) => r,
-                None => py.detach(move || {
-                    // SAFETY: `guard` keeps the exported buffer alive until after this returns.
-                    let data = unsafe { bytes.as_slice() };
-                    self.engine.write(id, offset, data)
-                }),
-            };
+            let r = py.detach(move || {
+                // SAFETY: `guard` keeps the exported buffer alive until after this returns.
+                let data = unsafe { bytes.as_slice() };
+                self.engine.write(id, offset, data)
+            });
             guard.release_unless_lost(&r);
             r.map_err(|e| self.err(py, Op::Transfer, e))
         })
@@ -310,19 +296,12 @@ impl PyEngine {
             let mut slot = BufferSlot::new();
             let guard = BufferGuard::acquire(&mut slot, dst, true, "dst")?;
             let bytes = guard.bytes();
-            // SAFETY: `guard` keeps the exported, writable buffer alive until after this returns.
-            let now =
-                self.engine
-                    .read_into_now(id, offset, unsafe { bytes.as_mut_slice() }, NOW_MAX);
-            let r = match now {
-                Some(r) => r,
-                None => py.detach(move || {
-                    // SAFETY: `guard` keeps the exported, writable buffer alive until after this
-                    // returns.
-                    let out = unsafe { bytes.as_mut_slice() };
-                    self.engine.read_into(id, offset, out)
-                }),
-            };
+            let r = py.detach(move || {
+                // SAFETY: `guard` keeps the exported, writable buffer alive until after this
+                // returns.
+                let out = unsafe { bytes.as_mut_slice() };
+                self.engine.read_into(id, offset, out)
+            });
             guard.release_unless_lost(&r);
             r.map_err(|e| self.err(py, Op::Transfer, e))
         })
@@ -447,18 +426,11 @@ impl PyEngine {
                 std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(raw).cast::<u8>(), len)
             };
             let bytes = buffer::RawBytes::from_slice(out);
-            // SAFETY: `obj` (held below) keeps the storage alive; nobody else accesses it.
-            let now =
-                self.engine
-                    .read_into_now(id, offset, unsafe { bytes.as_mut_slice() }, NOW_MAX);
-            let r = match now {
-                Some(r) => r,
-                None => py.detach(move || {
-                    // SAFETY: `obj` (held below) keeps the storage alive; nobody else accesses it.
-                    let out = unsafe { bytes.as_mut_slice() };
-                    self.engine.read_into_fresh(id, offset, out)
-                }),
-            };
+            let r = py.detach(move || {
+                // SAFETY: `obj` (held below) keeps the storage alive; nobody else accesses it.
+                let out = unsafe { bytes.as_mut_slice() };
+                self.engine.read_into_fresh(id, offset, out)
+            });
             if let Err(e) = r {
                 if matches!(e, EngineError::DeviceLost(_)) {
                     // A late DMA of the hung device may still write the storage: keep it.
