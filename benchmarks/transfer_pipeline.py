@@ -232,9 +232,16 @@ async def bandwidth_at(backend: Any, device: str, size: int, repeats: int, rows:
             f"device->host {label} into buffer",
             down,
             "GB/s",
-            pageable and pageable[1],
-            "torch pageable",
+            pinned_peer and pinned_peer[1],
+            "torch pinned",
         )
+    )
+    # CUDA from ordinary (pageable) memory, for reference: the row's own figure is not ours.
+    rows.append(
+        Figure(f"torch pageable {label}: host->device", None, "GB/s", pageable and pageable[0], "torch")
+    )
+    rows.append(
+        Figure(f"torch pageable {label}: device->host", None, "GB/s", pageable and pageable[1], "torch")
     )
     pinned = await pinned_buffer(backend, device, size)
     up_p = down_p = None
