@@ -324,6 +324,21 @@ def direct_read(files: list[str], threads: int, block: int) -> dict[str, Any]:
 
 
 def run_child(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    result = _run_child(kind, spec, timeout)
+    # One line per measurement as it ends, so a run cut short still shows what it measured.
+    times = result.get("times") or []
+    seconds = f"{statistics.median(times):.3f} s median" if times else result.get("error", "")
+    print(
+        f"  {kind}{' cold' if spec.get('cold') else ''}: {seconds} "
+        f"({time.perf_counter() - started:.0f} s with set-up)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+def _run_child(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", kind, json.dumps(spec)],
         capture_output=True,
