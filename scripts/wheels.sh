@@ -34,7 +34,8 @@ say "auditwheel show (policy must be manylinux_2_28 or older)"
 for wheel in dist/exo_gpu_vulkan-*.whl; do
   report=$("$VENV/bin/auditwheel" show "$wheel")
   printf '%s\n' "$report"
-  tag=$(printf '%s\n' "$report" | grep -o 'platform tag: "manylinux_2_[0-9]*' | head -1 | grep -o '[0-9]*$')
+  tag=$(printf '%s' "$report" | tr '\n' ' ' | grep -o 'platform tag: *"manylinux_2_[0-9]*' | head -1 \
+    | grep -o '[0-9]*$')
   if [ -z "$tag" ] || [ "$tag" -gt 28 ]; then
     say "$wheel: auditwheel policy manylinux_2_${tag:-?} is newer than manylinux_2_28"; exit 1
   fi

@@ -95,6 +95,25 @@ def test_info_shows_every_section() -> None:
     assert all(value is None for value in data["telemetry"].values())  # host has no sensors
 
 
+def test_info_shows_where_each_field_came_from_and_utilization() -> None:
+    status, text = run("info", "host:0")
+    assert status == 0
+    header = next(line for line in text.splitlines() if line.startswith("field"))
+    assert header.split() == ["field", "value", "source"]
+    memory_line = next(line for line in text.splitlines() if line.startswith("memory_bytes"))
+    assert memory_line.split()[-1].startswith("os")
+    assert "utilization_percent" in text
+    _, data = run("info", "host:0", "--json")
+    assert dict(json.loads(data)["device"]["field_sources"])["memory_bytes"].startswith("os")
+
+
+def test_monitor_reads_utilization() -> None:
+    status, text = run("monitor", "host:0", "--count", "1", "--json")
+    assert status == 0 and "utilization_percent" in json.loads(text)
+    _, table = run("monitor", "host:0", "--count", "1")
+    assert "util %" in table
+
+
 def test_roundtrip_verifies_bytes() -> None:
     status, text = run("roundtrip", "--backend", "host", "--size", "1M", "--json")
     assert status == 0 and json.loads(text)["exact"] is True
@@ -180,7 +199,7 @@ def test_example_plugin_never_wins_automatic_selection(example_site: Path) -> No
 
 
 def test_make_test_installs_the_example_plugin_into_a_throwaway_target() -> None:
-    script = (ROOT / "scripts" / "test.sh").read_text()
+    script = (ROOT / "scripts" / "test.sh").read_text().replace("\\\n", " ")
     installs = [
         line for line in script.splitlines() if "pip install" in line and "minimal_plugin" in line
     ]

@@ -30,10 +30,8 @@ async def telemetry(backend: GPUBackend[Any], device: str) -> dict[str, float | 
         "temperature_c": await backend.get_device_temperature(device),
         "power_w": await backend.get_device_power_usage(device),
         "clock_mhz": await backend.get_device_clock_rate(device),
+        "utilization_percent": await backend.get_device_utilization(device),
     }
-    utilization = getattr(backend, "get_device_utilization", None)
-    if utilization is not None:
-        readings["utilization_percent"] = await utilization(device)
     return readings
 
 
@@ -56,7 +54,7 @@ async def cmd_info(args: argparse.Namespace, screen: Screen) -> int:
     if args.json:
         screen.json(data)
         return 0
-    sources = dict(data["device"].get("field_sources") or ())
+    sources = dict(properties.field_sources)
     device_rows = [
         [key, _shown(key, value), sources.get(key, "")]
         for key, value in data["device"].items()

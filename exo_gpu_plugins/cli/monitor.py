@@ -75,7 +75,7 @@ def _table(screen: Screen, rows: list[dict[str, Any]]) -> Table:
                 format_bytes(r["used_bytes"]),
                 format_bytes(r["available_bytes"]),
                 format_bytes(r["total_bytes"]),
-                r.get("utilization_percent"),
+                r["utilization_percent"],
                 r["temperature_c"],
                 r["power_w"],
                 r["clock_mhz"],
