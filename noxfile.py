@@ -24,7 +24,8 @@ TEST_DEPS = (
     "pytest-asyncio>=0.23",
     "hypothesis>=6.90",
     "numpy",
-    "setuptools",
+    "setuptools>=70.1",  # builds the fixture plugins without the `wheel` package
+    "wheel",
     "hatchling",
 )
 

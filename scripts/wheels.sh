@@ -28,6 +28,7 @@ for policy in manylinux2014 manylinux_2_28; do
   say "maturin --zig --compatibility $policy failed; trying the next policy"
 done
 [ -n "$built" ] || { say "no manylinux wheel could be built"; exit 1; }
+# (maturin first prints "manifest path `Cargo.toml` does not exist": noise, the sdist is complete)
 (cd vulkan_plugin && maturin sdist --out ../dist >&2)
 
 say "auditwheel show (policy must be manylinux_2_28 or older)"
