@@ -43,4 +43,4 @@ check: setup
 	$(BIN)/exo-gpu check vulkan
 
 clean:
-	rm -rf $(VENV) dist rust/target
+	rm -rf $(VENV) dist rust/target .nox
