@@ -5,28 +5,22 @@ and compares it with the file's bytes."""
 from __future__ import annotations
 
 import argparse
-import os
 from typing import TYPE_CHECKING, Any
 
 from exo_gpu_plugins.cli.target import first_device, open_target, resolve
 from exo_gpu_plugins.sizes import format_bytes
 
 if TYPE_CHECKING:
-    from exo_gpu_plugins.backend import GPUBackend
     from exo_gpu_plugins.cli import AddCommand
     from exo_gpu_plugins.cli.render import Screen
 
     # The weights package lands from its own branch; until then mypy may not see it.
     from exo_gpu_plugins.weights import (  # type: ignore[import-not-found, unused-ignore]
         LayerRange,
-        LoadedWeights,
         LoadProgress,
     )
 
 __all__ = ["cmd_load", "register"]
-
-VERIFY_CHUNK = 64 << 20
-
 
 def register(add: AddCommand) -> None:
     sub = add(
@@ -82,11 +76,15 @@ async def cmd_load(args: argparse.Namespace, screen: Screen) -> int:
 
             loaded = await load_weights(backend, device, args.paths, layers=layers, progress=progress)
         try:
-            verified = await _verify(backend, loaded, screen) if args.verify else None
+            mismatched: list[str] | None = None
+            if args.verify:
+                with screen.status(f"reading {format_bytes(loaded.total_bytes)} back from {device}"):
+                    mismatched = await loaded.verify(backend)
         finally:
             await loaded.free(backend)
     finally:
         await backend.shutdown()
+    verified = None if mismatched is None else not mismatched
     summary: dict[str, Any] = {
         "backend": backend.name,
         "device_id": device,
@@ -98,41 +96,20 @@ async def cmd_load(args: argparse.Namespace, screen: Screen) -> int:
         "seconds": loaded.seconds,
         "gb_per_s": loaded.total_bytes / loaded.seconds / 1e9 if loaded.seconds > 0 else None,
         "verified": verified,
+        "mismatched_tensors": mismatched,
     }
     if args.json:
         screen.json(summary)
     else:
         rate = f"{summary['gb_per_s']:.2f} GB/s" if summary["gb_per_s"] is not None else "- GB/s"
-        check = {None: "", True: "; every byte read back identical", False: "; BYTES DIFFER"}[verified]
+        check = {
+            None: "",
+            True: "; every byte read back identical",
+            False: f"; BYTES DIFFER in {', '.join(mismatched or [])}",
+        }[verified]
         screen.line(
             f"loaded {summary['tensors']} tensors, {format_bytes(summary['bytes'])} from "
             f"{len(loaded.files)} file(s) onto {device} in {loaded.seconds:.2f} s ({rate}), "
             f"{summary['allocations']} allocation(s){check}"
         )
     return 1 if verified is False else 0
-
-
-async def _verify(backend: GPUBackend[Any], loaded: LoadedWeights, screen: Screen) -> bool:
-    """Every loaded tensor's device bytes against the same range of its file."""
-    same = True
-    with screen.progress(loaded.total_bytes, "verifying") as advance:
-        files: dict[str, int] = {}
-        try:
-            for tensor in loaded.tensors.values():
-                if tensor.handle is None or tensor.size_bytes == 0:
-                    continue
-                fd = files.get(tensor.file)
-                if fd is None:
-                    fd = files[tensor.file] = os.open(tensor.file, os.O_RDONLY)
-                for done in range(0, tensor.size_bytes, VERIFY_CHUNK):
-                    size = min(VERIFY_CHUNK, tensor.size_bytes - done)
-                    on_device = await backend.copy_from_device(
-                        tensor.handle, tensor.offset_bytes + done, size
-                    )
-                    in_file = os.pread(fd, size, tensor.file_offset + done)
-                    same = same and on_device == in_file
-                    advance(size)
-        finally:
-            for fd in files.values():
-                os.close(fd)
-    return same

@@ -161,6 +161,15 @@ class Screen:
             yield lambda count: bar.advance(task, count)
 
     @contextmanager
+    def status(self, text: str) -> Iterator[None]:
+        """A spinner with `text` on stderr while a step of unknown length runs (terminal only)."""
+        if not self.shows_progress:
+            yield
+            return
+        with self.console(self.err).status(text):
+            yield
+
+    @contextmanager
     def steps(self, total: int) -> Iterator[Callable[[str], None]]:
         """A step counter with the current step's name and time elapsed, on a terminal only."""
         if not self.shows_progress:
