@@ -13,14 +13,13 @@ from exo_gpu_plugins.sizes import format_bytes
 if TYPE_CHECKING:
     from exo_gpu_plugins.cli import AddCommand
     from exo_gpu_plugins.cli.render import Screen
-
-    # The weights package lands from its own branch; until then mypy may not see it.
-    from exo_gpu_plugins.weights import (  # type: ignore[import-not-found, unused-ignore]
+    from exo_gpu_plugins.weights import (
         LayerRange,
         LoadProgress,
     )
 
 __all__ = ["cmd_load", "register"]
+
 
 def register(add: AddCommand) -> None:
     sub = add(
@@ -44,7 +43,7 @@ def register(add: AddCommand) -> None:
 
 
 def _layers(text: str | None) -> LayerRange | None:
-    from exo_gpu_plugins.weights import LayerRange  # type: ignore[import-not-found, unused-ignore]
+    from exo_gpu_plugins.weights import LayerRange
 
     if text is None:
         return None
@@ -55,7 +54,7 @@ def _layers(text: str | None) -> LayerRange | None:
 
 
 async def cmd_load(args: argparse.Namespace, screen: Screen) -> int:
-    from exo_gpu_plugins.weights import (  # type: ignore[import-not-found, unused-ignore]
+    from exo_gpu_plugins.weights import (
         load_weights,
         plan_checkpoint,
     )
