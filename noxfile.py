@@ -63,7 +63,10 @@ def _wheels() -> list[str]:
 
 def _run_suite(session: nox.Session, paths: tuple[str, ...]) -> None:
     session.install(*TEST_DEPS)
-    session.install(*_wheels())
+    wheels = _wheels()
+    session.install(*wheels)
+    # The version does not change between builds: reinstall, or a reused venv keeps stale wheels.
+    session.install("--force-reinstall", "--no-deps", *wheels)
     work = Path(session.create_tmp()) / "tree"
     shutil.rmtree(work, ignore_errors=True)
     for part in ("tests", "examples", "scripts"):
