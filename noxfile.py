@@ -69,7 +69,7 @@ def _run_suite(session: nox.Session, paths: tuple[str, ...]) -> None:
     session.install("--force-reinstall", "--no-deps", *wheels)
     work = Path(session.create_tmp()) / "tree"
     shutil.rmtree(work, ignore_errors=True)
-    for part in ("tests", "examples", "scripts"):
+    for part in ("tests", "examples", "scripts", "docs"):  # tests read the docs and scripts too
         shutil.copytree(ROOT / part, work / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
     session.chdir(work)
