@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: setup demo test bench fuzz check lint clean
+.PHONY: setup demo test wheels matrix matrix-quick bench fuzz check lint clean
 
 setup:
 	@scripts/setup.sh
@@ -17,6 +17,21 @@ test:
 	@MATURIN_FEATURES=fault-injection scripts/setup.sh
 	@scripts/test.sh
 
+# Both distributions as manylinux wheels (glibc >= 2.17/2.28, checked by auditwheel) + sdists, in dist/.
+wheels:
+	@[ -x $(BIN)/python ] || scripts/setup.sh
+	@scripts/wheels.sh
+
+# The built wheels on Python 3.10-3.13 (nox): `matrix` runs core + Vulkan smoke tests, `matrix-quick`
+# the quick part CI runs.
+matrix: wheels
+	@$(BIN)/python -m pip install -q --disable-pip-version-check nox
+	$(BIN)/nox -s tests
+
+matrix-quick: wheels
+	@$(BIN)/python -m pip install -q --disable-pip-version-check nox
+	$(BIN)/nox -s quick
+
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
 
@@ -28,4 +43,4 @@ check: setup
 	$(BIN)/exo-gpu check vulkan
 
 clean:
-	rm -rf $(VENV) dist rust/target
+	rm -rf $(VENV) dist rust/target .nox

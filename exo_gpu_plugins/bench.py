@@ -27,8 +27,9 @@ from typing import Any, TextIO
 
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.registry import open_backend
+from exo_gpu_plugins.sizes import exact_label, exact_tag
 
-__all__ = ["Figure", "run_benchmark"]
+__all__ = ["Figure", "render", "run_benchmark"]
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +48,26 @@ class Figure:
 
 
 class Progress:
-    """One self-overwriting status line on stderr while the benchmark runs."""
+    """Counts the benchmark's steps and hands each step's name to `report` (the CLI draws a bar)."""
 
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
-        self.total, self.done = total, 0
-        self.stream = stream if stream is not None else sys.stderr
-        self.live = self.stream.isatty()
+    def __init__(self, report: Callable[[str], None] | None = None) -> None:
+        self.done = 0
+        self.report = report
 
     def step(self, text: str) -> None:
         self.done += 1
-        line = f"[{self.done}/{self.total}] {text}"
-        if self.live:
-            self.stream.write("\r\033[K" + line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        log.info("bench step %d: %s", self.done, text)
+        if self.report is not None:
+            self.report(text)
 
-    def finish(self) -> None:
-        if self.live:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+
+def step_count(sizes: Sequence[int], peers: bool, cross: bool) -> int:
+    """How many times `run_benchmark` calls its step callback (for a progress bar's total)."""
+    return len(sizes) * 3 + 4 + (len(sizes) * 3 + 2 if peers else 0) + (2 if cross else 0)
+
+
+def _tag(size: int) -> str:
+    return exact_tag(size)
 
 
 def _median_time(run: Callable[[], object], repeats: int) -> float:
@@ -114,7 +115,7 @@ async def _measure_ours(
 ) -> dict[str, float]:
     out: dict[str, float] = {}
     for size in sizes:
-        tag = f"{size // MiB}MiB"
+        tag = _tag(size)
         src = _source_buffer(size)
         handle = await backend.allocate(device_id, size)
         progress.step(f"{backend.name}: host -> device {tag}")
@@ -160,7 +161,7 @@ async def _measure_ours(
         await alloc_free()
     out["alloc_4k_us"] = await _median_time_async(alloc_free, 2000) * 1e6
 
-    progress.step(f"{backend.name}: device -> device {d2d_size // MiB} MiB")
+    progress.step(f"{backend.name}: device -> device {exact_label(d2d_size)}")
     a = await backend.allocate(device_id, d2d_size)
     b = await backend.allocate(device_id, d2d_size)
     await backend.copy_device_to_device(a, b, d2d_size)
@@ -193,7 +194,7 @@ async def _measure_cross(
     backend: GPUBackend[Any], first: str, second: str, size: int, repeats: int, progress: Progress
 ) -> dict[str, float]:
     """`copy_device_to_device` of `size` bytes from `first` to `second` (another device)."""
-    progress.step(f"{backend.name}: {first} -> {second} {size // MiB} MiB")
+    progress.step(f"{backend.name}: {first} -> {second} {exact_label(size)}")
     a = await backend.allocate(first, size)
     b = await backend.allocate(second, size)
     try:
@@ -233,12 +234,12 @@ def _measure_memcpy(sizes: Sequence[int], repeats: int, progress: Progress) -> d
         return {}
     out: dict[str, float] = {}
     for size in sizes:
-        progress.step(f"numpy memcpy {size // MiB} MiB")
+        progress.step(f"numpy memcpy {exact_label(size)}")
         src = _source_buffer(size)
         dst = np.empty(size, dtype=np.uint8)
         np.copyto(dst, src)
         seconds = _median_time(partial(np.copyto, dst, src), repeats)
-        tag = f"{size // MiB}MiB"
+        tag = _tag(size)
         for key in (f"h2d_{tag}", f"d2h_into_{tag}", f"d2h_bytes_{tag}"):
             out[key] = _gbps(size, seconds)
     return out
@@ -258,7 +259,7 @@ def _measure_wgpu(sizes: Sequence[int], repeats: int, progress: Progress) -> dic
     usage = wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
     out: dict[str, float] = {}
     for size in sizes:
-        tag = f"{size // MiB}MiB"
+        tag = _tag(size)
         src = _source_buffer(size)
         buffer = device.create_buffer(size=size, usage=usage)
         progress.step(f"wgpu-py {tag}")
@@ -315,7 +316,7 @@ def _measure_torch(
     pageable: dict[str, float] = {}
     pinned: dict[str, float] = {}
     for size in sizes:
-        tag = f"{size // MiB}MiB"
+        tag = _tag(size)
         progress.step(f"torch CUDA {tag}")
         gpu = torch.empty(size, dtype=torch.uint8, device="cuda")
         host = torch.randint(0, 255, (size,), dtype=torch.uint8)
@@ -376,8 +377,8 @@ def _measure_torch(
 def _figures(sizes: Sequence[int], d2d_size: int, cross: str | None = None) -> list[Figure]:
     rows: list[Figure] = []
     for size in sizes:
-        tag = f"{size // MiB}MiB"
-        mib = f"{size // MiB} MiB"
+        tag = _tag(size)
+        mib = exact_label(size)
         rows += [
             Figure(f"h2d_{tag}", f"host -> device, {mib}", "GB/s"),
             Figure(f"d2h_into_{tag}", f"device -> host, {mib}, into buffer", "GB/s"),
@@ -386,16 +387,19 @@ def _figures(sizes: Sequence[int], d2d_size: int, cross: str | None = None) -> l
     rows += [
         Figure("rt_4k_us", "4 KiB write + read back", "us"),
         Figure("alloc_4k_us", "allocate + free 4 KiB", "us"),
-        Figure("d2d", f"device -> device, {d2d_size // MiB} MiB", "GB/s"),
+        Figure("d2d", f"device -> device, {exact_label(d2d_size)}", "GB/s"),
         Figure("concurrent_64k", "64 concurrent 64 KiB copies", "GB/s"),
     ]
     if cross:
-        rows.append(Figure("x2d", f"device -> other device, {d2d_size // MiB} MiB ({cross})", "GB/s"))
+        rows.append(Figure("x2d", f"device -> other device, {exact_label(d2d_size)} ({cross})", "GB/s"))
     return rows
 
 
 def render(figures: Sequence[Figure], peers: Sequence[str], ours: str, out: TextIO) -> None:
-    """The table: one row per figure, our value, each peer's, and our ratio to each peer."""
+    """The table: one row per figure, our value, each peer's, and our ratio to each peer (drawn by
+    the CLI's renderer: rich on a terminal, plain text in a pipe or file)."""
+    from exo_gpu_plugins.cli.render import Column, Screen
+
     headers = ["figure", ours, *peers, *(f"x {p}" for p in peers)]
     rows = []
     for fig in figures:
@@ -409,12 +413,9 @@ def render(figures: Sequence[Figure], peers: Sequence[str], ours: str, out: Text
                 ratio = fig.ours / theirs if fig.unit == "GB/s" else theirs / fig.ours
                 cells.append(f"{ratio:.2f}x")
         rows.append(cells)
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    out.write("  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)) + "\n")
-    out.write("  ".join("-" * w for w in widths) + "\n")
-    for r in rows:
-        out.write("  ".join(str(c).ljust(widths[i]) for i, c in enumerate(r)) + "\n")
-    out.write("ratios: >1x means this project is faster (higher GB/s or lower us)\n")
+    screen = Screen(out, sys.stderr)
+    screen.table([Column(headers[0]), *(Column(h, "right") for h in headers[1:])], rows)
+    screen.line("ratios: >1x means this project is faster (higher GB/s or lower us)")
 
 
 def _fmt(value: float | None) -> str:
@@ -424,7 +425,7 @@ def _fmt(value: float | None) -> str:
 
 
 async def run_benchmark(
-    backend_name: str | None = None,
+    backend_name: str | GPUBackend[Any] | None = None,
     device_id: str | None = None,
     sizes: Sequence[int] = (64 * MiB, 256 * MiB),
     d2d_size: int = 1024 * MiB,
@@ -432,17 +433,20 @@ async def run_benchmark(
     peers: bool = True,
     json_output: bool = False,
     out: TextIO | None = None,
+    step: Callable[[str], None] | None = None,
 ) -> int:
-    """Measure, print the table (or JSON), return 0."""
+    """Measure, print the table (or JSON), return 0. `backend_name` may also be a backend already
+    initialized (it is shut down here); `step` hears the name of each step as it starts. A size
+    given twice is measured once."""
     out = out or sys.stdout
-    backend = await open_backend(backend_name)
+    sizes = list(dict.fromkeys(sizes))
+    backend = backend_name if isinstance(backend_name, GPUBackend) else await open_backend(backend_name)
+    progress = Progress(step)
     try:
         listed = [d.device_id for d in backend.list_devices()]
         device = device_id or listed[0]
         other = next((d for d in listed if d != device), None)
         description = await backend.get_device_properties(device)
-        steps = len(sizes) * 3 + 4 + (len(sizes) * 3 + 2 if peers else 0)
-        progress = Progress(total=steps + (2 if other else 0))
         ours = await _measure_ours(backend, device, sizes, d2d_size, repeats, progress)
         cross = None
         if other is not None:
@@ -457,7 +461,6 @@ async def run_benchmark(
         peer_values["memcpy (numpy)"] = _measure_memcpy(sizes, repeats, progress)
         peer_values["wgpu-py"] = _measure_wgpu(sizes, repeats, progress)
         peer_values.update(_measure_torch(sizes, d2d_size, repeats, progress, cross=other is not None))
-    progress.finish()
     present = [name for name, values in peer_values.items() if values]
     figures = _figures(sizes, d2d_size, cross)
     for fig in figures:

@@ -2,11 +2,13 @@
 
 exo's config file is `EXO_CONFIG_FILE`, else `~/.config/exo/config.toml`; its `[gpu]` table may say
 `backend = "vulkan"` (or "auto"). A missing file means automatic; a broken one is a `ConfigError`,
-since silently ignoring a config the user wrote would pick a backend they did not ask for.
+since silently ignoring a config the user wrote would pick a backend they did not ask for. A key of
+`[gpu]` this package does not know (a misspelling) is logged as a warning naming the known ones.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -22,7 +24,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 __all__ = ["AUTO", "Selection", "config_path", "requested_backend"]
 
+log = logging.getLogger(__name__)
+
 AUTO = "auto"
+KNOWN_GPU_KEYS = ("backend",)
 ENV_BACKEND = "EXO_GPU_BACKEND"
 ENV_CONFIG_FILE = "EXO_CONFIG_FILE"
 
@@ -81,6 +86,14 @@ def _backend_from_file(path: Path) -> str | None:
         return None
     if not isinstance(gpu, dict):
         raise ConfigError(f"exo config {path}: [gpu] must be a table")
+    unknown = sorted(key for key in gpu if key not in KNOWN_GPU_KEYS)
+    if unknown:
+        log.warning(
+            "exo config %s: unknown key %s in [gpu], ignored (known keys: %s)",
+            path,
+            ", ".join(f"gpu.{key}" for key in unknown),
+            ", ".join(KNOWN_GPU_KEYS),
+        )
     backend = gpu.get("backend")
     if backend is None:
         return None

@@ -36,6 +36,8 @@ class BackendInfo:
     `probe`: a callable (or its import path) returning `None` when the backend can run here, or a
     one-line reason when it cannot; `None` means always available.
     `priority`: automatic selection tries higher priorities first; the host backend has 0.
+    `automatic`: `False` keeps the backend out of automatic selection, so it is used only when asked
+    for by name: for examples and test fixtures, which must never become a user's backend.
     """
 
     name: str
@@ -43,6 +45,7 @@ class BackendInfo:
     probe: Probe = None
     priority: int = 100
     description: str = ""
+    automatic: bool = True
 
 
 class BackendSpecs:

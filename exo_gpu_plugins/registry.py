@@ -5,6 +5,9 @@ plugin: one that fails to import, register or answer its hook is recorded (distr
 error), logged and skipped, and the others still load. `EXO_GPU_STRICT_PLUGINS=1` re-raises instead,
 for plugin authors. `EXO_GPU_LOAD_PLUGINS` (allow-list) and `EXO_GPU_DISABLED_PLUGINS` (block-list)
 take comma-separated entry-point or distribution names; the built-in host plugin is always loaded.
+An allow-list name that matches no installed plugin is logged as a warning. Backend names are
+compared case-insensitively. A backend whose `BackendInfo.automatic` is False (an example, a test
+fixture) is used only when named, never chosen automatically.
 
 Discovery imports only each plugin's hook module. A backend's class and probe are imported when that
 backend is selected or probed.
@@ -17,9 +20,9 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pluggy
 
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackendEntry",
+    "BackendReport",
     "PluginRecord",
     "Registry",
     "get_registry",
@@ -59,7 +63,7 @@ class PluginRecord:
     distribution: str
     version: str
     module: str
-    status: str  # "loaded", "failed", "disabled"
+    status: Literal["loaded", "failed", "disabled"]
     backends: tuple[str, ...] = ()
     error: str | None = None
 
@@ -99,6 +103,24 @@ class BackendEntry:
             return f"probe failed: {type(exc).__name__}: {exc}"
 
 
+@dataclass(frozen=True)
+class BackendReport:
+    """One row of `exo-gpu plugins`: a plugin and one of its backends (or none, when the plugin
+    failed or is disabled), with whether that backend can run here. `--json` prints these as they
+    are; the table shows the same records."""
+
+    plugin: str
+    distribution: str
+    version: str
+    status: str
+    backend: str | None
+    priority: int | None
+    automatic: bool | None
+    available: bool | None
+    unavailable_reason: str | None
+    error: str | None
+
+
 def _resolve(target: object) -> Any:
     if isinstance(target, str):
         module_name, _, attribute = target.partition(":")
@@ -136,7 +158,9 @@ class Registry:
             "host", "exo-gpu-plugins", _version("exo-gpu-plugins"), _BUILTIN, "loaded"
         )
         registry._load(manager, builtin, lambda: importlib.import_module(_BUILTIN), strict=True)
-        found = entry_points if entry_points is not None else _entry_points()
+        found = list(entry_points if entry_points is not None else _entry_points())
+        if allow is not None:
+            _warn_unmatched(allow, found)
         for entry_point in sorted(found, key=lambda ep: (_dist_name(ep), ep.name)):
             record = PluginRecord(
                 entry_point.name,
@@ -147,7 +171,7 @@ class Registry:
             )
             names = {record.name.lower(), record.distribution.lower()}
             if (allow is not None and not names & allow) or names & block:
-                registry.plugins.append(_replace(record, status="disabled"))
+                registry.plugins.append(replace(record, status="disabled"))
                 log.info(
                     "plugin %s (%s) disabled by %s",
                     record.name,
@@ -172,7 +196,7 @@ class Registry:
             infos = self._call_hook(manager, module)
             claimed = self._claim(record, infos)
         except Exception as exc:
-            failed = _replace(record, status="failed", error=f"{type(exc).__name__}: {exc}")
+            failed = replace(record, status="failed", error=f"{type(exc).__name__}: {exc}")
             self.plugins.append(failed)
             log.warning(
                 "plugin %s from %s %s failed to load and is skipped: %s",
@@ -187,7 +211,7 @@ class Registry:
                     f"failed: {failed.error}"
                 ) from exc
             return
-        loaded = _replace(record, backends=tuple(info.name for info in claimed))
+        loaded = replace(record, backends=tuple(info.name for info in claimed))
         self.plugins.append(loaded)
         for info in claimed:
             self.backends[info.name] = BackendEntry(info, loaded)
@@ -226,15 +250,40 @@ class Registry:
         ordered = sorted(self.backends.values(), key=lambda entry: -entry.info.priority)
         return [entry.name for entry in ordered]
 
-    def entry(self, name: str) -> BackendEntry:
-        """The backend of that name; `UnknownBackendError` listing the choices otherwise."""
-        found = self.backends.get(name)
+    def entry(self, name: str, source: str | None = None) -> BackendEntry:
+        """The backend of that name, in any case; `UnknownBackendError` listing the choices
+        otherwise. `source` says where the name came from (e.g. `EXO_GPU_BACKEND`), for the message."""
+        found = self.backends.get(name.strip().lower())
         if found is None:
+            origin = f" (from {source})" if source else ""
             raise UnknownBackendError(
-                f"unknown GPU backend {name!r}; installed backends: {', '.join(self.names())}"
+                f"unknown GPU backend {name!r}{origin}; installed backends: {', '.join(self.names())}"
                 + self._failures_hint()
             )
         return found
+
+    def report(self) -> list[BackendReport]:
+        """Every plugin with each of its backends, probed now: what `exo-gpu plugins` shows."""
+        rows: list[BackendReport] = []
+        for plugin in self.plugins:
+            for name in plugin.backends or (None,):
+                entry = self.backends.get(name) if name else None
+                reason = entry.unavailable_reason() if entry else None
+                rows.append(
+                    BackendReport(
+                        plugin=plugin.name,
+                        distribution=plugin.distribution,
+                        version=plugin.version,
+                        status=plugin.status,
+                        backend=name,
+                        priority=entry.info.priority if entry else None,
+                        automatic=entry.info.automatic if entry else None,
+                        available=(reason is None) if entry else None,
+                        unavailable_reason=reason,
+                        error=plugin.error,
+                    )
+                )
+        return rows
 
     def _failures_hint(self) -> str:
         failed = [f"{p.name} ({p.error})" for p in self.plugins if p.status == "failed"]
@@ -250,7 +299,7 @@ class Registry:
         """The backend to use: explicit name > EXO_GPU_BACKEND > config file > automatic."""
         selection = config.requested_backend(name, env)
         if not selection.automatic:
-            entry = self.entry(selection.name)
+            entry = self.entry(selection.name, selection.source)
             reason = entry.unavailable_reason()
             if reason is not None:
                 raise BackendUnavailableError(
@@ -274,11 +323,13 @@ class Registry:
         raise BackendUnavailableError("no backend can run here: " + "; ".join(skipped))
 
     def by_priority(self) -> Iterator[tuple[BackendEntry, str | None]]:
-        """Each backend, highest priority first, with why it cannot run here (`None`: it can).
-        Probes run lazily, so a caller that stops at the first usable backend probes no further."""
+        """Each backend open to automatic selection, highest priority first, with why it cannot run
+        here (`None`: it can). Probes run lazily, so a caller that stops at the first usable backend
+        probes no further. Backends with `automatic=False` are left out."""
         for name in self.names():
             entry = self.backends[name]
-            yield entry, entry.unavailable_reason()
+            if entry.info.automatic:
+                yield entry, entry.unavailable_reason()
 
     def create(self, name: str | None = None, env: Mapping[str, str] | None = None) -> GPUBackend[Any]:
         """A new, not yet initialized instance of the selected backend."""
@@ -290,6 +341,21 @@ def _name_set(value: str | None) -> set[str] | None:
     """Comma-separated names, lower-cased; `None` when unset or empty."""
     names = {part.strip().lower() for part in (value or "").split(",") if part.strip()}
     return names or None
+
+
+def _warn_unmatched(allow: set[str], found: Sequence[metadata.EntryPoint]) -> None:
+    """An allow-list name that matches nothing installed is a typo or a missing install: say so."""
+    known = {"host", "exo-gpu-plugins"}
+    for entry_point in found:
+        known |= {entry_point.name.lower(), _dist_name(entry_point).lower()}
+    unmatched = sorted(allow - known)
+    if unmatched:
+        log.warning(
+            "%s names %s, which no installed plugin has; installed: %s",
+            ENV_ALLOW,
+            ", ".join(unmatched),
+            ", ".join(sorted(known)),
+        )
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -311,11 +377,6 @@ def _version(distribution: str) -> str:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return "source"
-
-
-def _replace(record: PluginRecord, **changes: Any) -> PluginRecord:
-    values = {**record.__dict__, **changes}
-    return PluginRecord(**values)
 
 
 @dataclass
@@ -342,7 +403,7 @@ async def open_backend(name: str | None = None, *, registry: Registry | None = N
     registry = registry or get_registry()
     selection = config.requested_backend(name)
     if not selection.automatic:
-        backend = registry.create(selection.name)
+        backend = registry.create(name)  # select() again, so errors name the selection's source
         await backend.initialize()
         return backend
     failures: list[str] = []

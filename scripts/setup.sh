@@ -44,6 +44,11 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 say "installing exo-gpu-plugins (editable) with dev tools"
 "$PY" -m pip install -q --disable-pip-version-check -e '.[dev,testing]'
+# An older `make test` installed the example plugin here, where it became a user's backend.
+if "$PY" -m pip show -q exo-gpu-example >/dev/null 2>&1; then
+  say "removing exo-gpu-example from $VENV (tests install it into a temporary folder)"
+  "$PY" -m pip uninstall -q -y exo-gpu-example
+fi
 
 if ! command -v cargo >/dev/null; then
   say "cargo not found: the Vulkan plugin needs Rust (https://rustup.rs); continuing with the host backend only"

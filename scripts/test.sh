@@ -2,6 +2,8 @@
 # The whole test suite, as CI runs it: lint and types, the Rust engine's own checks, then the
 # Python suite on lavapipe with Vulkan validation on, once per transfer strategy.
 # Usage: scripts/test.sh [extra pytest args]      (what `make test` calls, after setup)
+# Nothing is left installed that a user's `exo-gpu` would then pick up: the example plugin goes
+# into a temporary folder for its own tests only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -29,6 +31,8 @@ for strategy in mapped staging import; do
   EXO_VULKAN_TRANSFER=$strategy EXO_VULKAN_VALIDATION=1 python -m pytest tests/vulkan -q "$@"
 done
 
-step "the example plugin passes the kit"
-python -m pip install -q --disable-pip-version-check --no-deps ./examples/minimal_plugin
-python -m pytest examples/minimal_plugin/tests -q
+step "the example plugin passes the kit (installed into a throwaway folder, not into $VENV)"
+example_site=$(mktemp -d); trap 'rm -rf "$example_site"' EXIT
+python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+  --target "$example_site" ./examples/minimal_plugin
+PYTHONPATH="$example_site" python -m pytest examples/minimal_plugin/tests -q

@@ -167,7 +167,10 @@ def test_automatic_falls_back_to_host_with_a_warning(plugin_site: Path) -> None:
 def test_unknown_name_lists_choices(plugin_site: Path) -> None:
     result = run_fresh(SELECT, site=plugin_site, check=False, env={**QUIET, "EXO_GPU_BACKEND": "cuda"})
     assert result.returncode != 0
-    assert "unknown GPU backend 'cuda'; installed backends: fixture, host" in result.stderr
+    assert (
+        "unknown GPU backend 'cuda' (from EXO_GPU_BACKEND); installed backends: fixture, host"
+        in result.stderr
+    )
 
 
 def test_unavailable_explicit_backend_says_why(plugin_site: Path) -> None:

@@ -18,6 +18,9 @@ def exo_gpu_backends() -> list[BackendInfo]:
             backend="exo_gpu_example.backend:ExampleBackend",
             probe=None,  # always available; a GPU backend points this at a cheap driver check
             priority=1,  # automatic selection tries higher priorities first (host has 0)
+            # An example is used only when asked for by name (`--backend example`): it must never
+            # win automatic selection over host. A real GPU backend leaves `automatic` at True.
+            automatic=False,
             description="two emulated 1 GiB devices whose memory is a dict of bytearrays",
         )
     ]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.errors import BackendUnavailableError, GPUError
+from exo_gpu_plugins.errors import BackendUnavailableError, GPUError, OutOfMemoryError
 from exo_gpu_plugins.models import (
     Capabilities,
     DeviceDescription,
@@ -30,6 +30,7 @@ from exo_gpu_plugins.models import (
     HeapReport,
     MemoryReport,
 )
+from exo_gpu_plugins.sizes import format_bytes
 from exo_gpu_plugins.telemetry import HwmonSource, NvmlSource, find_source
 from exo_gpu_vulkan.properties import (
     api_version_text,
@@ -324,9 +325,12 @@ class VulkanBackend(GPUBackend[_Allocation]):
     # coroutine) and offloads it when it is large.
 
     async def _allocate(self, index: int, size: int) -> _Allocation:
-        if size <= INLINE_ALLOCATION_LIMIT:
-            return (self._engine.allocate(index, size), index)
-        return (await self._offload(self._engine.allocate, index, size), index)
+        try:
+            if size <= INLINE_ALLOCATION_LIMIT:
+                return (self._engine.allocate(index, size), index)
+            return (await self._offload(self._engine.allocate, index, size), index)
+        except OutOfMemoryError as exc:
+            raise _out_of_memory(self._infos[index], index, size, exc) from exc
 
     def _free(self, native: _Allocation) -> None:
         self._engine.free(native[0])
@@ -413,3 +417,17 @@ class VulkanBackend(GPUBackend[_Allocation]):
         """The engine's own counters for a device (live allocations, allocator blocks, strategy)."""
         stats: dict[str, Any] = self._engine.stats(self._device_index(device_id))
         return stats
+
+
+def _out_of_memory(info: dict[str, Any], index: int, size: int, exc: Exception) -> OutOfMemoryError:
+    """The engine's refusal in a person's terms: `3.0 GiB` and `vulkan:0`, not raw bytes and an
+    engine index (the engine's own text is kept only where the facts here do not explain it)."""
+    largest = max((int(heap["size"]) for heap in info["heaps"]), default=0)
+    limit = info.get("max_buffer_size")
+    if size > largest:
+        reason = f"larger than every memory heap of the device (largest {format_bytes(largest)})"
+    elif limit is not None and size > int(limit):
+        reason = f"larger than the device's maxBufferSize ({format_bytes(int(limit))})"
+    else:
+        reason = str(exc).removeprefix("out of memory: ")
+    return OutOfMemoryError(f"cannot allocate {format_bytes(size)} on vulkan:{index}: {reason}")

@@ -1,0 +1,67 @@
+"""`exo-gpu bench`: copy speed of a backend beside every peer present, as one table (the
+measuring is exo_gpu_plugins/bench.py's; this module parses arguments and draws progress)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from typing import TYPE_CHECKING
+
+from exo_gpu_plugins.cli import positive_int, size_argument
+from exo_gpu_plugins.cli.target import first_device, open_target, resolve
+
+if TYPE_CHECKING:
+    from exo_gpu_plugins.cli import AddCommand
+    from exo_gpu_plugins.cli.render import Screen
+
+__all__ = ["cmd_bench", "register"]
+
+
+def register(add: AddCommand) -> None:
+    sub = add(
+        "bench",
+        "copy speed of a backend beside every peer present (numpy memcpy, wgpu-py, "
+        "CUDA through torch), as one table",
+        cmd_bench,
+    )
+    sub.add_argument(
+        "--backend", help="backend name (default: the backend of --device, else as exo selects)"
+    )
+    sub.add_argument("--device", help="device id, e.g. host:0 (default: the backend's first device)")
+    sub.add_argument("--sizes", type=size_argument, nargs="+", help="bulk copy sizes (default 64M 256M)")
+    sub.add_argument(
+        "--d2d-size", type=size_argument, default=1 << 30, help="device-to-device size (1G)"
+    )
+    sub.add_argument("--repeats", type=positive_int, default=5, help="repetitions per figure (median)")
+    sub.add_argument("--no-peers", action="store_true", help="measure this project only")
+
+
+async def cmd_bench(args: argparse.Namespace, screen: Screen) -> int:
+    from exo_gpu_plugins.bench import MiB, run_benchmark, step_count
+
+    sizes = list(dict.fromkeys(args.sizes or (64 * MiB, 256 * MiB)))
+    target = resolve(args.backend, args.device)
+    backend = await open_target(target)
+    try:
+        device = first_device(backend, target)
+        cross = len(backend.list_devices()) > 1
+    except BaseException:
+        await backend.shutdown()
+        raise
+    # The table is drawn once the progress bar has gone, so the two never overwrite each other.
+    table = io.StringIO()
+    table.isatty = screen.out.isatty  # type: ignore[method-assign]
+    with screen.steps(step_count(sizes, not args.no_peers, cross)) as step:
+        status = await run_benchmark(
+            backend,
+            device,
+            sizes=sizes,
+            d2d_size=args.d2d_size,
+            repeats=args.repeats,
+            peers=not args.no_peers,
+            json_output=args.json,
+            out=table,
+            step=step,
+        )
+    screen.out.write(table.getvalue())
+    return status
