@@ -237,9 +237,10 @@ pub(crate) fn write_imported(
             crate::memory::flush(dev, &staging, 0, staging.len)?;
             let base = dst.offset + offset;
             let dbuf = dst.buffer;
+            // A host-visible destination may be read through its mapping next.
             let frame = crate::queue::Frame {
                 after_earlier: true,
-                host_reads: false,
+                host_reads: dst.mapped.is_some(),
             };
             ring.slots.submit(dev, &mut s, frame, |d, cmd| {
                 let mut staged = Vec::with_capacity(2);
