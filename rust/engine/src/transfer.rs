@@ -319,7 +319,12 @@ impl EngineDevice {
         size: u64,
     ) -> Result<()> {
         let ctx = &self.ctx;
-        let read = |out: &mut [u8], pos: u64| workers::pread_into(fd, out, file_offset + pos);
+        let read = |out: &mut [u8], pos: u64| {
+            let at = file_offset.checked_add(pos).ok_or_else(|| {
+                EngineError::OutOfBounds(format!("file offset {file_offset} + {pos} overflows"))
+            })?;
+            workers::pread_into(fd, out, at)
+        };
         if v.mapped.is_some() && size <= self.plan.map_write_max {
             let n = usize::try_from(size)
                 .map_err(|_| EngineError::OutOfBounds("size exceeds address space".into()))?;
