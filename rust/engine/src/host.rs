@@ -147,13 +147,23 @@ pub(crate) fn allocate(ctx: &Arc<DeviceContext>, id: u64, size: u64) -> Result<H
     let len = usize::try_from(size)
         .map_err(|_| EngineError::OutOfMemory(format!("{size} bytes exceeds address space")))?;
     let usage = vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST;
-    let mut buf = ctx
-        .mem
-        .create_buffer(ctx.raw(), size, usage, Kind::Download, "exo-host")?;
-    let Some(start) = buf.mapped else {
+    // Coherent memory only: the caller writes any bytes at any time with no flush, and an
+    // invalidate (rounded out to whole atoms) after a download would discard unflushed writes
+    // next to the range. The download type first (often cached), else the upload type.
+    let mut chosen = None;
+    for kind in [Kind::Download, Kind::Upload] {
+        let mut buf = ctx
+            .mem
+            .create_buffer(ctx.raw(), size, usage, kind, "exo-host")?;
+        if buf.mapped.is_some() && buf.coherent {
+            chosen = Some(buf);
+            break;
+        }
         ctx.mem.destroy_buffer(ctx.raw(), &mut buf);
+    }
+    let Some((buf, start)) = chosen.and_then(|b| b.mapped.map(|p| (b, p))) else {
         return Err(EngineError::Unavailable(
-            "the device has no host-visible memory for pinned buffers".into(),
+            "the device has no host-visible, host-coherent memory for pinned buffers".into(),
         ));
     };
     let view = buf.view();
