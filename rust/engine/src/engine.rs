@@ -470,7 +470,9 @@ impl Engine {
             let device = i.device(index)?;
             let id = i.next_id.fetch_add(1, Ordering::Relaxed);
             let range = Arc::new(crate::host::allocate(&device.ctx, id, size)?);
-            write(&i.hosts).insert(Arc::clone(&range))?;
+            let inserted = write(&i.hosts).insert(Arc::clone(&range));
+            // A refused range is dropped here, after the table's lock was released.
+            inserted.map_err(|(e, _rejected)| e)?;
             Ok(HostMemory(range))
         })
     }
@@ -500,7 +502,9 @@ impl Engine {
             let id = i.next_id.fetch_add(1, Ordering::Relaxed);
             let range = Arc::new(crate::host::register(&device.ctx, id, ptr, len, keep)?);
             let inserted = write(&i.hosts).insert(range);
-            inserted.map(|()| id)
+            // A refused range (its import, the caller's buffer) is dropped here, after the
+            // table's lock was released.
+            inserted.map(|()| id).map_err(|(e, _rejected)| e)
         })
     }
 

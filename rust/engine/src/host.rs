@@ -234,8 +234,13 @@ pub(crate) struct HostTable {
 }
 
 impl HostTable {
-    /// Add a range (refused when it overlaps one already there).
-    pub(crate) fn insert(&mut self, r: Arc<HostRange>) -> Result<()> {
+    /// Add a range (refused when it overlaps one already there). A refused range comes back
+    /// with the error, for the caller to drop after releasing the table's lock (dropping the
+    /// last reference frees its memory or import and releases a caller's buffer).
+    pub(crate) fn insert(
+        &mut self,
+        r: Arc<HostRange>,
+    ) -> std::result::Result<(), (EngineError, Arc<HostRange>)> {
         let (a, n) = (r.addr(), r.len);
         let before = self
             .by_addr
@@ -244,8 +249,11 @@ impl HostTable {
             .map(|(_, o)| (o.addr(), o.len));
         if let Some((oa, on)) = before {
             if oa + on > a {
-                return Err(EngineError::InvalidArgument(
-                    "the buffer overlaps one already registered or pinned".into(),
+                return Err((
+                    EngineError::InvalidArgument(
+                        "the buffer overlaps one already registered or pinned".into(),
+                    ),
+                    r,
                 ));
             }
         }
