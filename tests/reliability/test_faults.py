@@ -54,3 +54,20 @@ def test_lost_device_fails_fast(vulkan, loop: asyncio.AbstractEventLoop) -> None
             assert time.perf_counter() - start < 1.0
 
     loop.run_until_complete(check())
+
+
+def test_lost_device_releases_untouched_buffers(vulkan) -> None:  # type: ignore[no-untyped-def]
+    """A call refused because the device is lost never reached the caller's buffer by DMA: its
+    export is released (a bytearray can be resized again), not kept forever."""
+    engine = vulkan._engine
+    alloc = engine.allocate(0, 1 << 20)
+    engine._inject_fault("device_lost", 0)
+    src = bytearray(b"s" * (1 << 20))
+    dst = bytearray(1 << 20)
+    with pytest.raises(GPUError, match="lost"):
+        engine.write(alloc, 0, src)
+    with pytest.raises(GPUError, match="lost"):
+        engine.read_into(alloc, 0, dst)
+    src.extend(b"more")  # BufferError if the export were kept
+    dst.extend(b"more")
+    assert len(src) == len(dst) == (1 << 20) + 4

@@ -287,7 +287,8 @@ impl Engine {
     /// Fill `size` bytes of allocation `id` at `offset` from file descriptor `fd` (borrowed,
     /// never closed) at `file_offset`: parallel preads straight into staging slots or the
     /// mapping, overlapped with the DMA. A short read or I/O error is `FileRead` (the
-    /// allocation's range then holds partial data).
+    /// allocation's range then holds partial data); `file_offset + size` beyond `i64::MAX` is
+    /// `OutOfBounds`.
     pub fn write_from_file(
         &self,
         id: u64,
@@ -299,6 +300,16 @@ impl Engine {
         self.call(|i| {
             let a = i.allocation(id)?;
             check_range("write_from_file", a.size, offset, size)?;
+            // File offsets are signed 64-bit (off_t): the last byte read must be one.
+            if file_offset
+                .checked_add(size)
+                .is_none_or(|end| end > i64::MAX as u64)
+            {
+                return Err(EngineError::OutOfBounds(format!(
+                    "write_from_file: file offset {file_offset} + size {size} exceeds the                      largest file offset ({})",
+                    i64::MAX
+                )));
+            }
             a.ctx().check_alive()?;
             if size == 0 {
                 return Ok(());
@@ -459,7 +470,9 @@ impl Engine {
             let device = i.device(index)?;
             let id = i.next_id.fetch_add(1, Ordering::Relaxed);
             let range = Arc::new(crate::host::allocate(&device.ctx, id, size)?);
-            write(&i.hosts).insert(Arc::clone(&range))?;
+            let inserted = write(&i.hosts).insert(Arc::clone(&range));
+            // A refused range is dropped here, after the table's lock was released.
+            inserted.map_err(|(e, _rejected)| e)?;
             Ok(HostMemory(range))
         })
     }
@@ -489,7 +502,9 @@ impl Engine {
             let id = i.next_id.fetch_add(1, Ordering::Relaxed);
             let range = Arc::new(crate::host::register(&device.ctx, id, ptr, len, keep)?);
             let inserted = write(&i.hosts).insert(range);
-            inserted.map(|()| id)
+            // A refused range (its import, the caller's buffer) is dropped here, after the
+            // table's lock was released.
+            inserted.map(|()| id).map_err(|(e, _rejected)| e)
         })
     }
 

@@ -19,8 +19,13 @@ pub enum EngineError {
     NoSuchDevice(usize),
     /// A malformed argument (size 0, unknown strategy name, ...).
     InvalidArgument(String),
-    /// The device was lost (or hung); every later call on it fails fast with this.
+    /// The device was lost (or hung); every later call on it fails fast with this. The
+    /// caller's own memory passed to the call was not reached by any DMA still in flight.
     DeviceLost(String),
+    /// The device was lost (or hung) while a DMA straight to or from the caller's own pages (the
+    /// import path) was in flight: a late DMA may still touch them, so the caller must keep that
+    /// memory alive forever.
+    DeviceLostInFlight(String),
     /// The validation layer reported errors during the call.
     Validation(String),
     /// A Vulkan call failed with a result that has no more specific kind.
@@ -52,6 +57,31 @@ impl EngineError {
         }
     }
 
+    /// Whether the device was lost (either variant).
+    pub fn is_device_lost(&self) -> bool {
+        matches!(
+            self,
+            EngineError::DeviceLost(_) | EngineError::DeviceLostInFlight(_)
+        )
+    }
+
+    /// Whether the caller's own memory passed to the failed call may still be touched by a
+    /// DMA of the hung device (the caller must then keep it alive forever).
+    pub fn caller_memory_in_use(&self) -> bool {
+        matches!(self, EngineError::DeviceLostInFlight(_))
+    }
+
+    /// A failed wait for a DMA of the caller's own pages: the device is lost and the DMA may
+    /// still run.
+    pub(crate) fn in_flight(self) -> Self {
+        match self {
+            EngineError::DeviceLost(m) | EngineError::DeviceLostInFlight(m) => {
+                EngineError::DeviceLostInFlight(m)
+            }
+            other => EngineError::DeviceLostInFlight(other.to_string()),
+        }
+    }
+
     /// Short machine-readable name of the kind (used by the Python layer and in tests).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -61,7 +91,7 @@ impl EngineError {
             EngineError::OutOfBounds(_) => "out_of_bounds",
             EngineError::NoSuchDevice(_) => "no_such_device",
             EngineError::InvalidArgument(_) => "invalid_argument",
-            EngineError::DeviceLost(_) => "device_lost",
+            EngineError::DeviceLost(_) | EngineError::DeviceLostInFlight(_) => "device_lost",
             EngineError::Validation(_) => "validation",
             EngineError::Vulkan { .. } => "vulkan",
             EngineError::FileRead(_) => "file_read",
@@ -95,6 +125,10 @@ impl fmt::Display for EngineError {
             EngineError::NoSuchDevice(i) => write!(f, "no Vulkan device with index {i}"),
             EngineError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             EngineError::DeviceLost(m) => write!(f, "device lost: {m}"),
+            EngineError::DeviceLostInFlight(m) => write!(
+                f,
+                "device lost: {m} (a DMA of the caller's memory may still be in flight)"
+            ),
             EngineError::Validation(m) => write!(f, "Vulkan validation: {m}"),
             EngineError::Vulkan { call, result } => {
                 write!(f, "{call} failed: {}", vk_result_name(*result))

@@ -147,13 +147,23 @@ pub(crate) fn allocate(ctx: &Arc<DeviceContext>, id: u64, size: u64) -> Result<H
     let len = usize::try_from(size)
         .map_err(|_| EngineError::OutOfMemory(format!("{size} bytes exceeds address space")))?;
     let usage = vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST;
-    let mut buf = ctx
-        .mem
-        .create_buffer(ctx.raw(), size, usage, Kind::Download, "exo-host")?;
-    let Some(start) = buf.mapped else {
+    // Coherent memory only: the caller writes any bytes at any time with no flush, and an
+    // invalidate (rounded out to whole atoms) after a download would discard unflushed writes
+    // next to the range. The download type first (often cached), else the upload type.
+    let mut chosen = None;
+    for kind in [Kind::Download, Kind::Upload] {
+        let mut buf = ctx
+            .mem
+            .create_buffer(ctx.raw(), size, usage, kind, "exo-host")?;
+        if buf.mapped.is_some() && buf.coherent {
+            chosen = Some(buf);
+            break;
+        }
         ctx.mem.destroy_buffer(ctx.raw(), &mut buf);
+    }
+    let Some((buf, start)) = chosen.and_then(|b| b.mapped.map(|p| (b, p))) else {
         return Err(EngineError::Unavailable(
-            "the device has no host-visible memory for pinned buffers".into(),
+            "the device has no host-visible, host-coherent memory for pinned buffers".into(),
         ));
     };
     let view = buf.view();
@@ -224,8 +234,13 @@ pub(crate) struct HostTable {
 }
 
 impl HostTable {
-    /// Add a range (refused when it overlaps one already there).
-    pub(crate) fn insert(&mut self, r: Arc<HostRange>) -> Result<()> {
+    /// Add a range (refused when it overlaps one already there). A refused range comes back
+    /// with the error, for the caller to drop after releasing the table's lock (dropping the
+    /// last reference frees its memory or import and releases a caller's buffer).
+    pub(crate) fn insert(
+        &mut self,
+        r: Arc<HostRange>,
+    ) -> std::result::Result<(), (EngineError, Arc<HostRange>)> {
         let (a, n) = (r.addr(), r.len);
         let before = self
             .by_addr
@@ -234,8 +249,11 @@ impl HostTable {
             .map(|(_, o)| (o.addr(), o.len));
         if let Some((oa, on)) = before {
             if oa + on > a {
-                return Err(EngineError::InvalidArgument(
-                    "the buffer overlaps one already registered or pinned".into(),
+                return Err((
+                    EngineError::InvalidArgument(
+                        "the buffer overlaps one already registered or pinned".into(),
+                    ),
+                    r,
                 ));
             }
         }

@@ -200,8 +200,9 @@ fn import_interior(
 }
 
 /// Write `src` by DMA from its own (imported) pages; head and tail through one staging slot.
-/// Unless `Done`, nothing was written. On a device fault the imports are leaked (and the
-/// caller must keep `src` alive: a late DMA may still read it).
+/// Unless `Done`, nothing was written. On a device fault the imports are leaked; when the DMA was
+/// submitted the error is `DeviceLostInFlight` (the caller must keep `src` alive: a late DMA may
+/// still read it).
 pub(crate) fn write_imported(
     dev: &RawDevice,
     mem: &Memory,
@@ -236,9 +237,10 @@ pub(crate) fn write_imported(
             crate::memory::flush(dev, &staging, 0, staging.len)?;
             let base = dst.offset + offset;
             let dbuf = dst.buffer;
+            // A host-visible destination may be read through its mapping next.
             let frame = crate::queue::Frame {
                 after_earlier: true,
-                host_reads: false,
+                host_reads: dst.mapped.is_some(),
             };
             ring.slots.submit(dev, &mut s, frame, |d, cmd| {
                 let mut staged = Vec::with_capacity(2);
@@ -273,15 +275,20 @@ pub(crate) fn write_imported(
             })
         })();
         ring.put(dev, s);
-        ring.slots.queue.wait(dev, r?)
+        // A failed wait: the DMA from the caller's pages may still run.
+        ring.slots
+            .queue
+            .wait(dev, r?)
+            .map_err(EngineError::in_flight)
     })();
     release_imports(dev, pieces.into_iter().map(|(i, _, _)| i).collect());
     result.map(|()| Imported::Done)
 }
 
 /// Read into `dst` by DMA into its own (imported) pages; head and tail through staging. Unless
-/// `Done`, nothing was read. On a device fault the imports are leaked (and the caller must keep
-/// `dst` alive: a late DMA may still write it).
+/// `Done`, nothing was read. On a device fault the imports are leaked; when the DMA was submitted
+/// the error is `DeviceLostInFlight` (the caller must keep `dst` alive: a late DMA may still
+/// write it).
 pub(crate) fn read_imported(
     dev: &RawDevice,
     mem: &Memory,
@@ -339,7 +346,13 @@ pub(crate) fn read_imported(
             }
         });
         let r = submitted
-            .and_then(|v| ring.slots.queue.wait(dev, v))
+            .and_then(|v| {
+                // A failed wait: the DMA into the caller's pages may still run.
+                ring.slots
+                    .queue
+                    .wait(dev, v)
+                    .map_err(EngineError::in_flight)
+            })
             .and_then(|()| crate::memory::invalidate(dev, &staging, 0, staging.len))
             .and_then(|()| {
                 let sptr = mapped_of(&staging)?;

@@ -13,7 +13,7 @@ use gpu_allocator::MemoryLocation;
 
 use crate::device::RawDevice;
 use crate::error::{EngineError, Result};
-use crate::properties::DeviceInfo;
+use crate::properties::{DeviceInfo, MemoryTypeInfo};
 use crate::sync::lock;
 
 /// Buffers at least this large get their own (dedicated) memory allocation.
@@ -68,15 +68,11 @@ pub(crate) struct MemoryTypes {
 
 impl MemoryTypes {
     /// Pick a type per kind from the device's memory types.
-    pub(crate) fn choose(info: &DeviceInfo, upload_cached: bool) -> MemoryTypes {
+    pub(crate) fn choose(memory_types: &[MemoryTypeInfo], upload_cached: bool) -> MemoryTypes {
         use vk::MemoryPropertyFlags as F;
         let odd =
             F::LAZILY_ALLOCATED | F::PROTECTED | F::DEVICE_COHERENT_AMD | F::DEVICE_UNCACHED_AMD;
-        let types: Vec<F> = info
-            .memory_types
-            .iter()
-            .map(|t| F::from_raw(t.flags))
-            .collect();
+        let types: Vec<F> = memory_types.iter().map(|t| F::from_raw(t.flags)).collect();
         let find = |has: F, not: F| -> Option<u32> {
             types
                 .iter()
@@ -89,7 +85,10 @@ impl MemoryTypes {
             F::HOST_COHERENT,
             F::HOST_CACHED,
         );
-        let device = find(dl, hv).or_else(|| find(dl, F::empty()));
+        // On UMA devices every device-local type is host-visible: prefer a coherent one.
+        let device = find(dl, hv)
+            .or_else(|| find(dl | hc, F::empty()))
+            .or_else(|| find(dl, F::empty()));
         let device_mapped = find(dl | hv | hc | cached, F::empty())
             .or_else(|| find(dl | hv | hc, F::empty()))
             .or_else(|| find(dl | hv, F::empty()));
@@ -107,7 +106,7 @@ impl MemoryTypes {
             .or_else(|| find(hv, F::empty()));
         let index = [device, device_mapped, upload, download];
         let heap = index.map(|i| {
-            i.and_then(|i| info.memory_types.get(i as usize))
+            i.and_then(|i| memory_types.get(i as usize))
                 .map_or(0, |t| t.heap as usize)
         });
         MemoryTypes { index, heap }
@@ -235,7 +234,7 @@ impl Memory {
         })?;
         Ok(Memory {
             allocator: Mutex::new(Some(allocator)),
-            types: MemoryTypes::choose(&dev.info, upload_cached),
+            types: MemoryTypes::choose(&dev.info.memory_types, upload_cached),
             heap_bytes: dev.info.heaps.iter().map(|_| AtomicU64::new(0)).collect(),
             blocks: Mutex::new(HashMap::new()),
             slabs: Mutex::new(Slabs::default()),
@@ -293,10 +292,13 @@ impl Memory {
             }
             None => (kind.location(), None),
         };
-        if kind != Kind::Device && size < DEDICATED_THRESHOLD {
-            // Host-visible: maybe non-coherent; align both ends of a sub-allocation to the atom
-            // (cheap when coherent). A dedicated allocation is its memory object: flushes stop
-            // at its end (`memory_end`).
+        if size < DEDICATED_THRESHOLD
+            && non_coherent_allowed(&dev.info.memory_types, requirements.memory_type_bits)
+        {
+            // The memory may be host-visible but not coherent (also `Device` memory on UMA
+            // devices): align both ends of a sub-allocation to the atom, so flushes and
+            // invalidates never reach a neighbour. A dedicated allocation is its memory object:
+            // they stop at its end (`memory_end`).
             let atom = dev.info.non_coherent_atom_size.max(1);
             requirements.alignment = requirements.alignment.max(atom);
             requirements.size = requirements.size.next_multiple_of(atom);
@@ -525,6 +527,19 @@ pub(crate) fn destroy_buffer_with(
     }
 }
 
+/// Whether any memory type allowed by `bits` is HOST_VISIBLE but not HOST_COHERENT (a buffer
+/// there needs atom-aligned ends; `bits` names exactly the chosen type when one was pinned).
+fn non_coherent_allowed(memory_types: &[MemoryTypeInfo], bits: u32) -> bool {
+    use vk::MemoryPropertyFlags as F;
+    memory_types.iter().enumerate().any(|(i, t)| {
+        let f = F::from_raw(t.flags);
+        i < 32
+            && bits & (1 << i) != 0
+            && f.contains(F::HOST_VISIBLE)
+            && !f.contains(F::HOST_COHERENT)
+    })
+}
+
 /// The atom-aligned memory range covering `[offset, offset+len)` of `v`: its start rounded down
 /// and its end rounded up to nonCoherentAtomSize, capped at the end of the sub-allocation (which
 /// `create_buffer` aligned to the atom, or which ends its dedicated memory object), so it never
@@ -542,6 +557,13 @@ fn mapped_range(
         .saturating_add(len)
         .next_multiple_of(atom)
         .min(v.memory_end.max(first.saturating_add(len)));
+    // Non-coherent sub-allocations start and end on atoms (`create_buffer`), dedicated ones
+    // are their memory object: the range is whole atoms or ends with the memory.
+    debug_assert!(
+        end <= v.memory_end && (end % atom == 0 || end == v.memory_end),
+        "flush/invalidate range [{start}, {end}) vs allocation end {}",
+        v.memory_end
+    );
     vk::MappedMemoryRange::default()
         .memory(v.memory)
         .offset(start)
@@ -560,6 +582,12 @@ pub(crate) fn flush(dev: &RawDevice, v: &BufView, offset: u64, len: u64) -> Resu
 }
 
 /// Make device writes to `[offset, offset+len)` of a mapped range visible to the host.
+///
+/// On non-coherent memory the range is rounded out to whole atoms (within the allocation), so
+/// host writes to bytes of the same allocation that share an edge atom and are not yet flushed
+/// would be discarded: the engine flushes every host write within the call that made it, picks
+/// coherent types wherever the device has them (`MemoryTypes::choose`), and pinned host memory
+/// is always coherent (`host::allocate`).
 pub(crate) fn invalidate(dev: &RawDevice, v: &BufView, offset: u64, len: u64) -> Result<()> {
     if v.coherent || len == 0 {
         return Ok(());
@@ -655,5 +683,44 @@ impl Slabs {
                 destroy_buffer_with(device, allocator.as_deref_mut(), &mut c.buf);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vk::MemoryPropertyFlags as F;
+
+    fn types(flags: &[F]) -> Vec<MemoryTypeInfo> {
+        flags
+            .iter()
+            .map(|f| MemoryTypeInfo {
+                flags: f.as_raw(),
+                heap: 0,
+            })
+            .collect()
+    }
+
+    /// A UMA device whose first device-local type is host-visible but not coherent: `Device`
+    /// takes the coherent one, and only the non-coherent type asks for atom-aligned buffers.
+    #[test]
+    fn uma_prefers_coherent_and_aligns_by_flags() {
+        let t = types(&[
+            F::DEVICE_LOCAL | F::HOST_VISIBLE | F::HOST_CACHED,
+            F::DEVICE_LOCAL | F::HOST_VISIBLE | F::HOST_COHERENT,
+        ]);
+        let m = MemoryTypes::choose(&t, false);
+        assert_eq!(m.index[Kind::Device.index()], Some(1));
+        assert_eq!(m.index[Kind::DeviceMapped.index()], Some(1));
+        assert!(non_coherent_allowed(&t, 0b01));
+        assert!(!non_coherent_allowed(&t, 0b10));
+        assert!(non_coherent_allowed(&t, 0b11));
+        // Device-local memory the host cannot map needs no alignment.
+        let t = types(&[F::DEVICE_LOCAL]);
+        assert!(!non_coherent_allowed(&t, 0b1));
+        assert_eq!(
+            MemoryTypes::choose(&t, false).index[Kind::Device.index()],
+            Some(0)
+        );
     }
 }

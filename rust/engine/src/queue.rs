@@ -157,14 +157,24 @@ impl Queue {
 
     /// Wait until `value` is reached, holding no lock. Fails with `DeviceLost` (marking the
     /// device hung: the work may still run) after the device's one timeout, at once when another
-    /// thread marks the device lost meanwhile, and on any other non-success result.
+    /// thread marks the device lost meanwhile, and on any other non-success result (also then
+    /// `DeviceLost`, never `OutOfMemory`).
     pub(crate) fn wait(&self, dev: &RawDevice, value: u64) -> Result<()> {
         if self.known_done(value) {
             return Ok(());
         }
+        // Every failed wait leaves the work's state unknown: the device counts as lost (not
+        // out of memory or a plain Vulkan error, which would let callers free what the work
+        // may still touch).
         let fault = |e: EngineError| {
             dev.mark_hung();
-            e
+            match e {
+                EngineError::DeviceLost(_) => e,
+                other => EngineError::DeviceLost(format!(
+                    "waiting for GPU work failed ({other}); device {} treated as lost",
+                    dev.info.index
+                )),
+            }
         };
         if !dev.spin.is_zero() {
             let start = Instant::now();

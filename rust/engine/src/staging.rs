@@ -132,6 +132,7 @@ impl StagingRing {
         let mut last = 0u64;
         let base = dst.offset + offset;
         let dst_buffer = dst.buffer;
+        let dst_mapped = dst.mapped.is_some();
         let mut pos = 0u64;
         let mut first = true;
         let body = (|| -> Result<()> {
@@ -153,9 +154,12 @@ impl StagingRing {
                         size: piece,
                     };
                     let sbuf = s.buf.buffer;
+                    // A host-visible destination may be read through its mapping next: the
+                    // last chunk's barrier makes every chunk's writes (earlier submissions on
+                    // this queue) visible to the host.
                     let frame = Frame {
                         after_earlier: first,
-                        host_reads: false,
+                        host_reads: dst_mapped && pos + piece >= len,
                     };
                     self.slots.submit(dev, &mut s, frame, |d, cmd| {
                         // SAFETY: recording state; both buffers stay alive until the value is
@@ -289,16 +293,19 @@ impl StagingRing {
 
     /// One DMA without staging (between two buffers the device reaches directly: pinned or
     /// imported host memory and an allocation), on this ring's queue; waits for it.
+    /// `dst_mapped`: the destination is host-visible (an upload into a mapped allocation), so
+    /// its writes are made visible to host reads too, as a download's always are.
     pub(crate) fn direct(
         &self,
         dev: &RawDevice,
         mem: &Memory,
+        dst_mapped: bool,
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
     ) -> Result<()> {
         let mut s = self.take_one(dev, mem)?;
         let frame = Frame {
             after_earlier: true,
-            host_reads: self.dir == Direction::Download,
+            host_reads: self.dir == Direction::Download || dst_mapped,
         };
         let r = self.slots.submit(dev, &mut s, frame, record);
         self.put(dev, s);

@@ -319,7 +319,12 @@ impl EngineDevice {
         size: u64,
     ) -> Result<()> {
         let ctx = &self.ctx;
-        let read = |out: &mut [u8], pos: u64| workers::pread_into(fd, out, file_offset + pos);
+        let read = |out: &mut [u8], pos: u64| {
+            let at = file_offset.checked_add(pos).ok_or_else(|| {
+                EngineError::OutOfBounds(format!("file offset {file_offset} + {pos} overflows"))
+            })?;
+            workers::pread_into(fd, out, at)
+        };
         if v.mapped.is_some() && size <= self.plan.map_write_max {
             let n = usize::try_from(size)
                 .map_err(|_| EngineError::OutOfBounds("size exceeds address space".into()))?;
@@ -360,11 +365,12 @@ impl EngineDevice {
             size: n,
         };
         let (s, d) = (host.buffer, v.buffer);
-        ctx.up.direct(ctx.raw(), &ctx.mem, |dev, cmd| {
-            // SAFETY: recording state; the host range (held by the caller) and the allocation
-            // stay alive until the DMA's value is waited for.
-            unsafe { dev.cmd_copy_buffer(cmd, s, d, &[region]) }
-        })?;
+        ctx.up
+            .direct(ctx.raw(), &ctx.mem, v.mapped.is_some(), |dev, cmd| {
+                // SAFETY: recording state; the host range (held by the caller) and the allocation
+                // stay alive until the DMA's value is waited for.
+                unsafe { dev.cmd_copy_buffer(cmd, s, d, &[region]) }
+            })?;
         self.count(PATH_PINNED, n);
         Ok(())
     }
@@ -391,7 +397,7 @@ impl EngineDevice {
             size: n,
         };
         let (s, d) = (v.buffer, host.buffer);
-        ctx.down.direct(ctx.raw(), &ctx.mem, |dev, cmd| {
+        ctx.down.direct(ctx.raw(), &ctx.mem, true, |dev, cmd| {
             // SAFETY: as in `write_from_host`.
             unsafe { dev.cmd_copy_buffer(cmd, s, d, &[region]) }
         })?;

@@ -323,6 +323,14 @@ pub(crate) fn pread_into(fd: i32, out: &mut [u8], at: u64) -> crate::error::Resu
         )));
     }
     let len = out.len();
+    if at
+        .checked_add(len as u64)
+        .is_none_or(|end| end > i64::MAX as u64)
+    {
+        return Err(EngineError::OutOfBounds(format!(
+            "file offset {at} + {len} exceeds the largest file offset"
+        )));
+    }
     let parts = parts_for(len);
     let failed: Mutex<Option<EngineError>> = Mutex::new(None);
     let base = SendPtr(out.as_mut_ptr());
@@ -330,6 +338,7 @@ pub(crate) fn pread_into(fd: i32, out: &mut [u8], at: u64) -> crate::error::Resu
         let (a, b) = part_range(len, parts, i);
         // SAFETY: `[a, b)` lies within `out` and parts are disjoint.
         let part = unsafe { std::slice::from_raw_parts_mut(base.add(a), b - a) };
+        // Cannot overflow: `at + len <= i64::MAX` (checked above) and `a < len`.
         if let Err(e) = pread_exact(fd, part, at + a as u64) {
             lock(&failed).get_or_insert(e);
         }

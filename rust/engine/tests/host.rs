@@ -139,6 +139,18 @@ fn from_file(strategy: &str) {
     // Past the allocation: nothing read.
     let r = e.write_from_file(id, 9, fd, 0, size as u64);
     assert!(matches!(r, Err(EngineError::OutOfBounds(_))), "{r:?}");
+    // File offsets past i64::MAX (off_t), or wrapping u64: nothing read.
+    for (at, len) in [
+        (i64::MAX as u64, 1),
+        (i64::MAX as u64 - 100, 4096),
+        (u64::MAX, 4096),
+    ] {
+        let r = e.write_from_file(id, 0, fd, at, len);
+        assert!(
+            matches!(r, Err(EngineError::OutOfBounds(_))),
+            "{at}+{len}: {r:?}"
+        );
+    }
     // A descriptor that is not open (far above any this process uses).
     let r = e.write_from_file(id, 0, 1 << 20, 0, 4096);
     assert!(matches!(r, Err(EngineError::FileRead(_))), "{r:?}");

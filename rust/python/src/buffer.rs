@@ -164,10 +164,11 @@ impl<'a, 'py> BufferGuard<'a, 'py> {
 }
 
 impl BufferGuard<'_, '_> {
-    /// Release the buffer, unless `result` says the device was lost: then a late DMA of the hung
-    /// device may still touch the memory, so the export (and the object) is kept forever.
-    pub fn release_unless_lost<T>(self, result: &Result<T, exo_vk_engine::EngineError>) {
-        if matches!(result, Err(exo_vk_engine::EngineError::DeviceLost(_))) {
+    /// Release the buffer, unless `result` says a DMA of the hung device straight to or from
+    /// these pages may still be in flight: then the export (and the object) is kept forever.
+    /// Any other failure, a device loss included, leaves the memory untouched by the device.
+    pub fn release_unless_in_flight<T>(self, result: &Result<T, exo_vk_engine::EngineError>) {
+        if matches!(result, Err(e) if e.caller_memory_in_use()) {
             std::mem::forget(self);
         }
     }

@@ -44,6 +44,7 @@ pub fn to_pyerr(_py: Python<'_>, op: Op, e: EngineError) -> PyErr {
         EngineError::FileRead(_) => FileReadError::new_err(msg),
         EngineError::Vulkan { .. } if op == Op::Transfer => TransferError::new_err(msg),
         EngineError::DeviceLost(_)
+        | EngineError::DeviceLostInFlight(_)
         | EngineError::Validation(_)
         | EngineError::Vulkan { .. }
         | EngineError::Internal(_) => GPUError::new_err(msg),

@@ -1,6 +1,7 @@
 //! Pinned host memory as a Python object (`HostMemory`: engine-allocated host-visible memory,
 //! exposed as a writable memoryview) and the keep-alive of registered caller buffers.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use exo_vk_engine::HostMemory;
@@ -16,7 +17,8 @@ use crate::PyEngine;
 /// pinned).
 #[pyclass(module = "exo_gpu_vulkan._native", name = "HostMemory", frozen)]
 pub struct PyHostMemory {
-    mem: HostMemory,
+    /// Dropped in `Drop` with the GIL released (the last reference frees the memory).
+    mem: ManuallyDrop<HostMemory>,
     engine: Py<PyEngine>,
     released: AtomicBool,
 }
@@ -24,10 +26,21 @@ pub struct PyHostMemory {
 impl PyHostMemory {
     pub fn new(mem: HostMemory, engine: Py<PyEngine>) -> Self {
         PyHostMemory {
-            mem,
+            mem: ManuallyDrop::new(mem),
             engine,
             released: AtomicBool::new(false),
         }
+    }
+}
+
+impl Drop for PyHostMemory {
+    fn drop(&mut self) {
+        // SAFETY: `mem` is taken exactly once, here, and never used afterwards.
+        let mem = unsafe { ManuallyDrop::take(&mut self.mem) };
+        // The last reference destroys the buffer and frees (maybe GiBs of) memory: not with the
+        // GIL held. Without an interpreter (shutdown) there is no GIL to release: the closure,
+        // and the memory with it, is simply dropped.
+        let _ = Python::try_attach(move |py| py.detach(move || drop(mem)));
     }
 }
 

@@ -278,7 +278,7 @@ impl PyEngine {
                 let data = unsafe { bytes.as_slice() };
                 self.engine.write(id, offset, data)
             });
-            guard.release_unless_lost(&r);
+            guard.release_unless_in_flight(&r);
             r.map_err(|e| self.err(py, Op::Transfer, e))
         })
     }
@@ -302,7 +302,7 @@ impl PyEngine {
                 let out = unsafe { bytes.as_mut_slice() };
                 self.engine.read_into(id, offset, out)
             });
-            guard.release_unless_lost(&r);
+            guard.release_unless_in_flight(&r);
             r.map_err(|e| self.err(py, Op::Transfer, e))
         })
     }
@@ -432,7 +432,7 @@ impl PyEngine {
                 self.engine.read_into_fresh(id, offset, out)
             });
             if let Err(e) = r {
-                if matches!(e, EngineError::DeviceLost(_)) {
+                if e.caller_memory_in_use() {
                     // A late DMA of the hung device may still write the storage: keep it.
                     std::mem::forget(obj);
                 }

@@ -10,8 +10,9 @@ Negative ints / size 0 / unknown strategy raise ValueError; non-int arguments an
 non-contiguous or (for destinations) read-only buffers raise TypeError.
 Every call that can wait (on a lock, on GPU work, on device creation) releases the GIL; an Engine
 may be used from several threads at once. When a transfer fails because the device was lost or
-hung, the caller's buffer stays exported for the life of the process (a late DMA may still touch
-it). FileReadError (a TransferError): write_from_file hit an I/O error or the end of the file.
+hung while a DMA straight to or from the caller's own pages (the import path) was in flight, the
+caller's buffer stays exported for the life of the process (a late DMA may still touch it); other
+failures release it. FileReadError (a TransferError): write_from_file hit an I/O error or the end of the file.
 Engines share the process-wide Vulkan instance (one per validation setting, never destroyed)
 and logical devices; each engine owns its allocations and close() frees all of them.
 With validation, each call fails on the validation errors it caused (attributed by thread).
