@@ -33,7 +33,8 @@ matrix-quick: wheels
 	$(BIN)/nox -s quick
 
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/transfer_pipeline.py
+	$(BIN)/python benchmarks/load_weights.py
 
 fuzz: setup
 	EXO_VULKAN_VALIDATION=1 $(BIN)/python benchmarks/fuzz.py --steps 10000

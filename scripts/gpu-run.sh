@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One run on the NVIDIA GPU machine (docs/gpu-testing.md): unpack the carried Vulkan loader and
-# wheels, then either the checks or the benchmarks, each writing its tables under $OUT.
+# wheels, then one part, writing its tables under $OUT:
 #   bash scripts/gpu-run.sh tests   devices, device truth against nvidia-smi, the whole suite with
-#                                   validation, the kit                       (about 5 minutes)
-#   bash scripts/gpu-run.sh bench   copy speed, the transfer pipeline, loading weights (8 GiB,
-#                                   cached and cold), small operations, beside the peers (about 7)
+#                                   validation                                 (about 4 minutes)
+#   bash scripts/gpu-run.sh bench   the transfer pipeline beside the peers    (about 2 minutes)
+#   bash scripts/gpu-run.sh load    loading weights: 8 GiB cached and cold beside torch and
+#                                   fastsafetensors, 1 file against 4 shards  (about 5 minutes)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -30,24 +31,23 @@ tests)
   } 2>&1 | tee "$OUT/devices.txt"
   {
     log "pytest: whole suite, validation on"
-    EXO_VULKAN_VALIDATION=1 EXO_GPU_REQUIRE_VULKAN=1 timeout 330 python3 -m pytest tests -q -p no:cacheprovider -x 2>&1 | tail -30
-    log "exo-gpu check vulkan (validation on)"
-    EXO_VULKAN_VALIDATION=1 timeout 120 python3 -m exo_gpu_plugins.cli check vulkan
+    EXO_VULKAN_VALIDATION=1 EXO_GPU_REQUIRE_VULKAN=1 timeout ${SUITE_TIMEOUT:-300} python3 -m pytest tests -q -p no:cacheprovider 2>&1 | tail -30
   } 2>&1 | tee "$OUT/tests.txt"
   ;;
 bench)
   {
-    log "copy speed, this project beside the peers (exo-gpu bench)"
-    timeout 150 python3 -m exo_gpu_plugins.cli bench
     log "transfer pipeline beside the peers"
     timeout 200 python3 benchmarks/transfer_pipeline.py --backend vulkan --json "$OUT/pipeline.json"
-    log "small operations: engine alone versus the async API"
-    timeout 60 python3 benchmarks/small_ops_profile.py --backend vulkan
   } 2>&1 | tee "$OUT/bench.txt"
+  ;;
+load)
   {
-    log "weights: 8 GiB safetensors, cached and cold, beside torch and fastsafetensors"
-    timeout 300 python3 benchmarks/load_weights.py --backend vulkan --size 8G --dir /tmp --json "$OUT/load.json"
+    log "weights: an 8 GiB safetensors file, cached and cold, beside torch and fastsafetensors"
+    python3 -c 'import sys; from exo_gpu_plugins.weights.synthetic import LlamaShape, write_llama; print(write_llama(sys.argv[1], LlamaShape.for_size(8 << 30), shards=1))' /tmp/ckpt8
+    timeout 200 python3 benchmarks/load_weights.py --backend vulkan --path /tmp/ckpt8 --repeat 2 --json "$OUT/load8.json"
+    log "weights: one file against 4 shards (2 GiB each, cached)"
+    timeout 120 python3 benchmarks/load_weights.py --backend vulkan --size 2G --no-cold --repeat 2 --dir /tmp --json "$OUT/load2.json"
   } 2>&1 | tee "$OUT/load.txt"
   ;;
-*) echo "usage: scripts/gpu-run.sh tests|bench" >&2; exit 2 ;;
+*) echo "usage: scripts/gpu-run.sh tests|bench|load" >&2; exit 2 ;;
 esac
