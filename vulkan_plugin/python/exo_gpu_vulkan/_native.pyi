@@ -12,7 +12,8 @@ Every call that can wait (on a lock, on GPU work, on device creation) releases t
 may be used from several threads at once. When a transfer fails because the device was lost or
 hung while a DMA straight to or from the caller's own pages (the import path) was in flight, the
 caller's buffer stays exported for the life of the process (a late DMA may still touch it); other
-failures release it. FileReadError (a TransferError): write_from_file hit an I/O error or the end of the file.
+failures release it. FileReadError (a TransferError): write_from_file hit an I/O error or the
+end of the file.
 Engines share the process-wide Vulkan instance (one per validation setting, never destroyed)
 and logical devices; each engine owns its allocations and close() frees all of them.
 With validation, each call fails on the validation errors it caused (attributed by thread).
