@@ -712,9 +712,7 @@ impl Inner {
         if table.is_empty() {
             return None;
         }
-        table
-            .find(ptr, len)
-            .filter(|(h, _)| h.device_index() == index)
+        table.find(index, ptr, len)
     }
 
     fn allocation(&self, id: u64) -> Result<Arc<Allocation>> {

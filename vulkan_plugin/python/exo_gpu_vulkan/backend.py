@@ -390,11 +390,13 @@ class VulkanBackend(GPUBackend[_Allocation]):
                 registration = await self._offload(self._engine.host_register, index, view)
         except BackendUnavailableError as exc:
             # The driver refused to import these pages (e.g. read-only or file-backed memory):
-            # copies from the buffer take the ordinary path.
+            # copies from the buffer take the ordinary path. A lost device (GPUError) or exhausted
+            # memory (OutOfMemoryError) raises.
             log.debug("vulkan:%d: registration refused, buffer stays pageable: %s", index, exc)
             return None
         except ValueError as exc:
-            # It overlaps a buffer registered (or allocated) already: that one stays in effect.
+            # It overlaps a buffer registered (or allocated) already for this device: that one
+            # stays in effect.
             log.debug("vulkan:%d: registration overlaps another, buffer stays pageable: %s", index, exc)
             return None
         return _Registration(registration)
