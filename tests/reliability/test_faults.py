@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from exo_gpu_plugins.errors import GPUError
+from exo_gpu_plugins.errors import BackendUnavailableError, GPUError
 
 native = pytest.importorskip("exo_gpu_vulkan._native")
 
@@ -71,3 +71,37 @@ def test_lost_device_releases_untouched_buffers(vulkan) -> None:  # type: ignore
     src.extend(b"more")  # BufferError if the export were kept
     dst.extend(b"more")
     assert len(src) == len(dst) == (1 << 20) + 4
+
+
+def test_hang_keeps_memory_a_dma_may_still_touch() -> None:
+    """A device hung while a DMA straight from the caller's pages (import strategy) was in
+    flight: the caller's bytearray stays exported (it cannot be resized: a late DMA may still
+    read it), while a buffer passed to a later, fail-fast call is released."""
+    import os
+
+    from exo_gpu_vulkan.backend import probe
+
+    if probe() is not None:
+        pytest.skip(f"no Vulkan device: {probe()}")
+    if not native.FAULT_INJECTION:
+        pytest.skip("engine built without the fault-injection feature")
+    validation = os.environ.get("EXO_VULKAN_VALIDATION") == "1"
+    try:
+        engine = native.Engine(validation, "import")
+    except BackendUnavailableError as exc:
+        pytest.skip(f"import strategy unavailable: {exc}")
+    size = 32 << 20
+    alloc = engine.allocate(0, size)
+    src = bytearray(os.urandom(size))
+    engine.write(alloc, 0, src)
+    assert int(engine.stats(0)["imported_bytes"]) > 0, engine.stats(0)
+    engine._inject_fault("hang", 0, timeout_ms=300)
+    with pytest.raises(GPUError, match="in flight"):
+        engine.write(alloc, 0, src)
+    with pytest.raises(BufferError):
+        src.extend(b"x")  # still exported
+    later = bytearray(size)
+    with pytest.raises(GPUError, match="lost"):
+        engine.read_into(alloc, 0, later)
+    later.extend(b"x")  # refused before any DMA: released
+    engine.close()

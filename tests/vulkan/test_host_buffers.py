@@ -138,3 +138,32 @@ def test_copy_file_to_device(strategy: str, loop: asyncio.AbstractEventLoop, tmp
             await backend.shutdown()
 
     loop.run_until_complete(check())
+
+
+def test_first_call_on_a_device_runs_in_the_executor(loop: asyncio.AbstractEventLoop) -> None:
+    """The first host-buffer or allocation call on a device may open it (slow): it is offloaded
+    even when small; later small calls run inline."""
+
+    async def check() -> None:
+        backend = await _open(STRATEGIES[0])
+        offloaded: list[str] = []
+        original = backend._offload
+
+        async def spy(call: Any, *args: Any) -> Any:
+            offloaded.append(call.__name__)
+            return await original(call, *args)
+
+        backend._offload = spy
+        try:
+            host = await backend.allocate_host_buffer("vulkan:0", 4096)
+            assert offloaded == ["host_alloc"], offloaded
+            handle = await backend.allocate("vulkan:0", 4096)
+            second = await backend.allocate_host_buffer("vulkan:0", 4096)
+            assert offloaded == ["host_alloc"], offloaded
+            await backend.deallocate(handle)
+            await backend.release_host_buffer(second)
+            await backend.release_host_buffer(host)
+        finally:
+            await backend.shutdown()
+
+    loop.run_until_complete(check())

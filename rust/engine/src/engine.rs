@@ -712,9 +712,7 @@ impl Inner {
         if table.is_empty() {
             return None;
         }
-        table
-            .find(ptr, len)
-            .filter(|(h, _)| h.device_index() == index)
+        table.find(index, ptr, len)
     }
 
     fn allocation(&self, id: u64) -> Result<Arc<Allocation>> {
@@ -824,15 +822,28 @@ mod tests {
         let a = e.allocate(0, size).expect("allocate");
         let b = e.allocate(0, size).expect("allocate");
         e.write(a, 0, &vec![7u8; size as usize]).expect("write");
+        // Pinned host memory whose direct DMA is in flight when the device hangs.
+        let pinned = e.host_alloc(0, size).expect("host_alloc");
+        // SAFETY: the HostMemory (alive until dropped below) owns `size` bytes at `as_ptr`.
+        let host = unsafe { std::slice::from_raw_parts(pinned.as_ptr(), pinned.len()) };
+        e.write(b, 0, host).expect("pinned write");
+        assert!(e.stats(0).expect("stats").pinned_bytes >= size);
         let ctx = Arc::clone(&e.inner().expect("open").device(0).expect("device").ctx);
         let before = ctx.mem.figures();
         e.inject_hang(0, std::time::Duration::from_millis(200))
             .expect("inject");
         assert!(matches!(
-            e.write(b, 0, &vec![1u8; size as usize]),
+            e.write(b, 0, host),
             Err(EngineError::DeviceLost(_))
         ));
         assert!(ctx.is_hung());
+        assert!(matches!(
+            e.write(b, 0, &vec![1u8; size as usize]),
+            Err(EngineError::DeviceLost(_))
+        ));
+        // Neither releasing nor dropping the pinned memory frees it: the DMA may still read it.
+        e.host_release(pinned.id()).expect("host_release");
+        drop(pinned);
         e.free(a).expect("free");
         e.free(b).expect("free");
         e.close().expect("close");

@@ -208,9 +208,18 @@ pub(crate) fn register(
         .checked_add(len)
         .map(|e| e.next_multiple_of(align))
         .ok_or_else(|| EngineError::InvalidArgument("buffer wraps the address space".into()))?;
-    let import = import_host(ctx.raw(), base as *mut u8, (end - base) as u64).map_err(|e| {
-        EngineError::Unavailable(format!("the driver refused to import the buffer: {e}"))
-    })?;
+    // A lost device and exhausted memory are failures of their own; anything else is the
+    // driver refusing these pages (read-only or file-backed memory, no importable type, ...).
+    let import =
+        import_host(ctx.raw(), base as *mut u8, (end - base) as u64).map_err(|e| match e {
+            EngineError::DeviceLost(_)
+            | EngineError::DeviceLostInFlight(_)
+            | EngineError::OutOfMemory(_)
+            | EngineError::Closed => e,
+            other => EngineError::Unavailable(format!(
+                "the driver refused to import the buffer: {other}"
+            )),
+        })?;
     Ok(HostRange {
         id,
         ctx: Arc::clone(ctx),
@@ -226,11 +235,12 @@ pub(crate) fn register(
     })
 }
 
-/// The engine's host ranges, by address and by id.
+/// The engine's host ranges, by (device, address) and by id: one buffer may be registered (or
+/// pinned memory used) with several devices; ranges overlap only across devices.
 #[derive(Default)]
 pub(crate) struct HostTable {
-    by_addr: BTreeMap<usize, Arc<HostRange>>,
-    by_id: HashMap<u64, usize>,
+    by_addr: BTreeMap<(usize, usize), Arc<HostRange>>,
+    by_id: HashMap<u64, (usize, usize)>,
 }
 
 impl HostTable {
@@ -241,10 +251,10 @@ impl HostTable {
         &mut self,
         r: Arc<HostRange>,
     ) -> std::result::Result<(), (EngineError, Arc<HostRange>)> {
-        let (a, n) = (r.addr(), r.len);
+        let (dev, a, n) = (r.device_index(), r.addr(), r.len);
         let before = self
             .by_addr
-            .range(..a.saturating_add(n))
+            .range((dev, 0)..(dev, a.saturating_add(n)))
             .next_back()
             .map(|(_, o)| (o.addr(), o.len));
         if let Some((oa, on)) = before {
@@ -257,8 +267,8 @@ impl HostTable {
                 ));
             }
         }
-        self.by_id.insert(r.id, a);
-        self.by_addr.insert(a, r);
+        self.by_id.insert(r.id, (dev, a));
+        self.by_addr.insert((dev, a), r);
         Ok(())
     }
 
@@ -268,10 +278,16 @@ impl HostTable {
         self.by_addr.remove(&a)
     }
 
-    /// The range holding all of `[ptr, ptr+len)`, with the offset of `ptr` in it.
-    pub(crate) fn find(&self, ptr: *const u8, len: usize) -> Option<(Arc<HostRange>, u64)> {
+    /// The range of device `dev` holding all of `[ptr, ptr+len)`, with the offset of `ptr` in
+    /// it.
+    pub(crate) fn find(
+        &self,
+        dev: usize,
+        ptr: *const u8,
+        len: usize,
+    ) -> Option<(Arc<HostRange>, u64)> {
         let a = ptr as usize;
-        let (_, r) = self.by_addr.range(..=a).next_back()?;
+        let (_, r) = self.by_addr.range((dev, 0)..=(dev, a)).next_back()?;
         let end = a.checked_add(len)?;
         (end <= r.addr() + r.len).then(|| (Arc::clone(r), (a - r.addr()) as u64))
     }

@@ -407,50 +407,39 @@ impl Memory {
             )));
         }
         let mut slabs = lock(&self.slabs);
+        // A new chunk is created outside the lock (vkCreateBuffer, maybe vkAllocateMemory); one
+        // made needless by another thread meanwhile is destroyed after the lock.
+        let mut spare = None;
         if slabs.class_mut(kind, class).room.is_empty() {
+            drop(slabs);
             let bytes = chunk_bytes(slot_size);
             let buf = self.create_buffer(dev, bytes, allocation_usage(), kind, "exo-pool")?;
-            let slots = u32::try_from(bytes / slot_size).unwrap_or(u32::MAX);
-            let id = slabs.next_chunk;
-            slabs.next_chunk += 1;
-            let c = slabs.class_mut(kind, class);
-            c.room.push(id);
-            c.chunks.insert(
-                id,
-                Chunk {
-                    buf,
-                    free: (0..slots).rev().collect(),
-                    slots,
-                    room_pos: c.room.len() - 1,
-                },
-            );
+            slabs = lock(&self.slabs);
+            if slabs.class_mut(kind, class).room.is_empty() {
+                let slots = u32::try_from(bytes / slot_size).unwrap_or(u32::MAX);
+                let id = slabs.next_chunk;
+                slabs.next_chunk += 1;
+                let c = slabs.class_mut(kind, class);
+                c.room.push(id);
+                c.chunks.insert(
+                    id,
+                    Chunk {
+                        buf,
+                        free: (0..slots).rev().collect(),
+                        slots,
+                        room_pos: c.room.len() - 1,
+                    },
+                );
+            } else {
+                spare = Some(buf);
+            }
         }
-        let c = slabs.class_mut(kind, class);
-        let id = *c
-            .room
-            .last()
-            .ok_or_else(|| EngineError::Internal("pool class without room".into()))?;
-        let chunk = c
-            .chunks
-            .get_mut(&id)
-            .ok_or_else(|| EngineError::Internal("pool chunk missing".into()))?;
-        let slot = chunk
-            .free
-            .pop()
-            .ok_or_else(|| EngineError::Internal("pool chunk without room".into()))?;
-        let view = chunk.buf.slice(u64::from(slot) * slot_size, slot_size);
-        if chunk.free.is_empty() {
-            c.remove_room(id);
+        let taken = take_slot(slabs.class_mut(kind, class), kind, class, slot_size);
+        drop(slabs);
+        if let Some(mut b) = spare {
+            self.destroy_buffer(dev, &mut b);
         }
-        Ok((
-            view,
-            SlabRef {
-                kind,
-                class,
-                chunk: id,
-                slot,
-            },
-        ))
+        taken
     }
 
     /// Return a pooled slot, O(1). A chunk that becomes empty is destroyed unless it is the
@@ -605,6 +594,40 @@ pub(crate) fn invalidate(dev: &RawDevice, v: &BufView, offset: u64, len: u64) ->
 /// and any nonCoherentAtomSize, both at most 256 by the spec's limits).
 const MIN_SLOT: u64 = 256;
 const CLASSES: usize = 17; // 256 B .. 16 MiB
+
+/// A free slot of class `c` (which has room), with the slabs lock held.
+fn take_slot(
+    c: &mut Class,
+    kind: Kind,
+    class: usize,
+    slot_size: u64,
+) -> Result<(BufView, SlabRef)> {
+    let id = *c
+        .room
+        .last()
+        .ok_or_else(|| EngineError::Internal("pool class without room".into()))?;
+    let chunk = c
+        .chunks
+        .get_mut(&id)
+        .ok_or_else(|| EngineError::Internal("pool chunk missing".into()))?;
+    let slot = chunk
+        .free
+        .pop()
+        .ok_or_else(|| EngineError::Internal("pool chunk without room".into()))?;
+    let view = chunk.buf.slice(u64::from(slot) * slot_size, slot_size);
+    if chunk.free.is_empty() {
+        c.remove_room(id);
+    }
+    Ok((
+        view,
+        SlabRef {
+            kind,
+            class,
+            chunk: id,
+            slot,
+        },
+    ))
+}
 
 /// Where a pooled allocation lives.
 #[derive(Debug, Clone, Copy)]

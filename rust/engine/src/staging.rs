@@ -51,6 +51,9 @@ pub(crate) fn mapped_of(v: &BufView) -> Result<std::ptr::NonNull<u8>> {
 /// One direction's ring.
 pub(crate) struct StagingRing {
     pub(crate) slots: Slots<StagedSlot>,
+    /// Command buffers for direct DMAs (pinned / registered host memory), which need no staging
+    /// buffer, on the same queue.
+    cmds: Slots<CmdSlot>,
     dir: Direction,
     pub(crate) slot_size: u64,
 }
@@ -58,6 +61,7 @@ pub(crate) struct StagingRing {
 impl StagingRing {
     pub(crate) fn new(queue: Arc<Queue>, dir: Direction, slot_size: u64, count: usize) -> Self {
         StagingRing {
+            cmds: Slots::new(Arc::clone(&queue), count),
             slots: Slots::new(queue, count),
             dir,
             slot_size,
@@ -294,22 +298,25 @@ impl StagingRing {
     /// One DMA without staging (between two buffers the device reaches directly: pinned or
     /// imported host memory and an allocation), on this ring's queue; waits for it.
     /// `dst_mapped`: the destination is host-visible (an upload into a mapped allocation), so
-    /// its writes are made visible to host reads too, as a download's always are.
+    /// its writes are made visible to host reads too, as a download's always are. Uses a
+    /// command slot of its own, not a staging slot.
     pub(crate) fn direct(
         &self,
         dev: &RawDevice,
-        mem: &Memory,
         dst_mapped: bool,
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
     ) -> Result<()> {
-        let mut s = self.take_one(dev, mem)?;
+        let family = self.cmds.queue.family;
+        let mut c = self.cmds.take_blocking(dev, || CmdSlot::new(dev, family))?;
         let frame = Frame {
             after_earlier: true,
             host_reads: self.dir == Direction::Download || dst_mapped,
         };
-        let r = self.slots.submit(dev, &mut s, frame, record);
-        self.put(dev, s);
-        self.slots.queue.wait(dev, r?)
+        let r = self.cmds.submit(dev, &mut c, frame, record);
+        if !dev.is_hung() {
+            self.cmds.put(c);
+        }
+        self.cmds.queue.wait(dev, r?)
     }
 
     /// Destroy every slot (device idle).
@@ -318,5 +325,6 @@ impl StagingRing {
             s.cmd.destroy(dev);
             mem.destroy_buffer(dev, &mut s.buf);
         });
+        self.cmds.drain(|c| c.destroy(dev));
     }
 }

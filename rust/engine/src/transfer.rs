@@ -365,12 +365,11 @@ impl EngineDevice {
             size: n,
         };
         let (s, d) = (host.buffer, v.buffer);
-        ctx.up
-            .direct(ctx.raw(), &ctx.mem, v.mapped.is_some(), |dev, cmd| {
-                // SAFETY: recording state; the host range (held by the caller) and the allocation
-                // stay alive until the DMA's value is waited for.
-                unsafe { dev.cmd_copy_buffer(cmd, s, d, &[region]) }
-            })?;
+        ctx.up.direct(ctx.raw(), v.mapped.is_some(), |dev, cmd| {
+            // SAFETY: recording state; the host range (held by the caller) and the allocation
+            // stay alive until the DMA's value is waited for.
+            unsafe { dev.cmd_copy_buffer(cmd, s, d, &[region]) }
+        })?;
         self.count(PATH_PINNED, n);
         Ok(())
     }
@@ -397,7 +396,7 @@ impl EngineDevice {
             size: n,
         };
         let (s, d) = (v.buffer, host.buffer);
-        ctx.down.direct(ctx.raw(), &ctx.mem, true, |dev, cmd| {
+        ctx.down.direct(ctx.raw(), true, |dev, cmd| {
             // SAFETY: as in `write_from_host`.
             unsafe { dev.cmd_copy_buffer(cmd, s, d, &[region]) }
         })?;

@@ -95,9 +95,11 @@ class Engine:
     def host_register(self, index: int, buffer: object) -> int:
         """Register a C-contiguous buffer (read-only accepted) with device `index`: its pages are
         imported once (VK_EXT_external_memory_host; BackendUnavailableError where the device or
-        driver cannot), and write/read_into from or to it are then one DMA. The buffer stays
-        exported until host_unregister() or close(). ValueError if it overlaps a registered or
-        pinned buffer. Returns the registration id."""
+        driver cannot or refuses these pages; GPUError if the device is lost, OutOfMemoryError if
+        memory ran out), and write/read_into from or to it are then one DMA. The buffer stays
+        exported until host_unregister() or close(). ValueError if it overlaps a buffer registered
+        or pinned for the same device (one buffer may be registered with several devices).
+        Returns the registration id."""
     def host_unregister(self, id: int) -> None:
         """Forget a registration (or pinned buffer); ValueError for an unknown id."""
     def read(self, alloc: int, offset: int, size: int) -> bytes:

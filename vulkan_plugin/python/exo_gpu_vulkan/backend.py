@@ -130,6 +130,9 @@ class VulkanBackend(GPUBackend[_Allocation]):
         self._usage_keys: list[str] = []
         self._copy_limits: list[int] = []
         self._telemetry: list[NvmlSource | HwmonSource | None] = []
+        # Devices this backend has used: the first call on a device opens it (tens of ms to
+        # seconds), so it never runs on the loop thread.
+        self._opened: set[int] = set()
 
     # ----------------------------------------------------------------------------------------------
     # Lifecycle and devices
@@ -156,6 +159,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
 
     def _close(self) -> None:
         _open_backends.discard(self)
+        self._opened.clear()
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.close()
@@ -322,15 +326,21 @@ class VulkanBackend(GPUBackend[_Allocation]):
         return await asyncio.get_running_loop().run_in_executor(None, call, *args)
 
     # Each hook calls the engine directly when the operation is small (no thread hop, no extra
-    # coroutine) and offloads it when it is large.
+    # coroutine) and offloads it when it is large, or when it is the first on its device.
+
+    def _inline(self, index: int, small: bool) -> bool:
+        """Whether a call may run on the loop thread: small, on a device already opened."""
+        return small and index in self._opened
 
     async def _allocate(self, index: int, size: int) -> _Allocation:
         try:
-            if size <= INLINE_ALLOCATION_LIMIT:
+            if self._inline(index, size <= INLINE_ALLOCATION_LIMIT):
                 return (self._engine.allocate(index, size), index)
-            return (await self._offload(self._engine.allocate, index, size), index)
+            alloc = await self._offload(self._engine.allocate, index, size)
         except OutOfMemoryError as exc:
             raise _out_of_memory(self._infos[index], index, size, exc) from exc
+        self._opened.add(index)
+        return (alloc, index)
 
     def _free(self, native: _Allocation) -> None:
         self._engine.free(native[0])
@@ -373,10 +383,11 @@ class VulkanBackend(GPUBackend[_Allocation]):
 
     async def _allocate_host(self, index: int, size: int) -> tuple[memoryview, object | None]:
         # Host-visible device memory (zeroed by the engine); its view keeps it alive.
-        if size <= INLINE_ALLOCATION_LIMIT:
+        if self._inline(index, size <= INLINE_ALLOCATION_LIMIT):
             memory = self._engine.host_alloc(index, size)
         else:
             memory = await self._offload(self._engine.host_alloc, index, size)
+            self._opened.add(index)
         view: memoryview = memory.view()
         return view, memory
 
@@ -384,17 +395,20 @@ class VulkanBackend(GPUBackend[_Allocation]):
         if not self._infos[index].get("external_memory_host"):
             return None
         try:
-            if view.nbytes <= INLINE_LIMIT:
+            if self._inline(index, view.nbytes <= INLINE_LIMIT):
                 registration: int = self._engine.host_register(index, view)
             else:
                 registration = await self._offload(self._engine.host_register, index, view)
+                self._opened.add(index)
         except BackendUnavailableError as exc:
             # The driver refused to import these pages (e.g. read-only or file-backed memory):
-            # copies from the buffer take the ordinary path.
+            # copies from the buffer take the ordinary path. A lost device (GPUError) or exhausted
+            # memory (OutOfMemoryError) raises.
             log.debug("vulkan:%d: registration refused, buffer stays pageable: %s", index, exc)
             return None
         except ValueError as exc:
-            # It overlaps a buffer registered (or allocated) already: that one stays in effect.
+            # It overlaps a buffer registered (or allocated) already for this device: that one
+            # stays in effect.
             log.debug("vulkan:%d: registration overlaps another, buffer stays pageable: %s", index, exc)
             return None
         return _Registration(registration)
