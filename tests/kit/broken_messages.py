@@ -14,22 +14,28 @@ from exo_gpu_plugins.models import Capabilities, MemoryHandle, MemoryReport
 
 
 class DirtyReuse(HostBackend):
-    """Hands freed memory of the same size out again without clearing it (a naive pool)."""
+    """Hands freed memory out again without clearing it (a naive pool): every allocation starts
+    with the bytes of the last block freed, cut or zero-padded to its size.
+
+    Any size is reused, not only the freed one, so that the state machine meets the bug on any
+    free-then-allocate whatever sizes Hypothesis draws. A pool keyed by size met it only when a
+    size repeated, and whether one did depended on the install: Hypothesis mixes the literals of
+    modules outside site-packages into its draws, so sizes repeated with the kit installed
+    editable (its literals drawn too) and not with the wheel installed."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._pool: dict[int, list[bytes]] = {}
+        self._pool: list[bytes] = []
 
     async def deallocate(self, handle: MemoryHandle) -> None:
         left = await self.copy_from_device(handle, 0, handle.size_bytes)
         await super().deallocate(handle)
-        self._pool.setdefault(handle.size_bytes, []).append(left)
+        self._pool.append(left)
 
     async def allocate(self, device_id: str, size_bytes: int) -> MemoryHandle:
         handle = await super().allocate(device_id, size_bytes)
-        recycled = self._pool.get(size_bytes)
-        if recycled:
-            await self.copy_to_device(recycled.pop(), handle, 0)
+        if self._pool:
+            await self.copy_to_device(self._pool.pop()[:size_bytes], handle, 0)
         return handle
 
 
