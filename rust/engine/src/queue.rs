@@ -420,8 +420,17 @@ impl<T: HasCmd> Slots<T> {
     ) -> Result<Option<T>> {
         let mut st = lock(&self.state);
         let item = loop {
-            if let Some(item) = st.free.pop_front() {
-                break item;
+            // While the ring may grow, a new item beats waiting for the oldest returned one
+            // that is still in flight: waiting would serialise the CPU's fill of chunk k+1
+            // behind the DMA of chunk k (a sequential upload would never use a second slot).
+            let oldest_busy = match st.free.front_mut() {
+                Some(oldest) => !self.queue.known_done(oldest.cmd().value),
+                None => false,
+            };
+            if !oldest_busy || st.made >= self.max {
+                if let Some(item) = st.free.pop_front() {
+                    break item;
+                }
             }
             if st.made < self.max {
                 st.made += 1;
