@@ -3,59 +3,8 @@ device exists (required in CI through EXO_GPU_REQUIRE_VULKAN=1)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Callable, Iterator
-from typing import Any
 
-import pytest
+from tests.backends import FACTORIES, backend, factory, loop  # noqa: F401 (fixtures)
 
-from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.host.backend import HostBackend
-
-
-def _vulkan_reason() -> str | None:
-    try:
-        from exo_gpu_vulkan.backend import probe
-    except ImportError as exc:
-        return f"exo-gpu-vulkan not installed ({exc})"
-    return probe()
-
-
-def _make_vulkan() -> GPUBackend[Any]:
-    from exo_gpu_vulkan.backend import VulkanBackend
-
-    return VulkanBackend()
-
-
-FACTORIES: dict[str, Callable[[], GPUBackend[Any]]] = {"host": HostBackend, "vulkan": _make_vulkan}
 SCALE = int(os.environ.get("EXO_GPU_RELIABILITY_SCALE", "1"))
-
-
-@pytest.fixture(params=list(FACTORIES))
-def factory(request: pytest.FixtureRequest) -> Callable[[], GPUBackend[Any]]:
-    name = request.param
-    if name == "vulkan":
-        reason = _vulkan_reason()
-        if reason is not None:
-            if os.environ.get("EXO_GPU_REQUIRE_VULKAN") == "1":
-                pytest.fail(f"Vulkan required but unavailable: {reason}")
-            pytest.skip(reason)
-    return FACTORIES[name]
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture
-def backend(
-    factory: Callable[[], GPUBackend[Any]], loop: asyncio.AbstractEventLoop
-) -> Iterator[GPUBackend[Any]]:
-    backend = factory()
-    loop.run_until_complete(backend.initialize())
-    yield backend
-    loop.run_until_complete(backend.shutdown())
