@@ -12,30 +12,15 @@ from typing import Any
 
 import pytest
 
-from exo_gpu_plugins.errors import BackendUnavailableError, InvalidHandleError
+from exo_gpu_plugins.errors import InvalidHandleError
+from tests.vulkan.strategies import STRATEGIES, open_with
 
 MiB = 1 << 20
-# Every strategy, or the one EXO_VULKAN_TRANSFER names (scripts/test.sh runs tests/vulkan once per
-# strategy, so each run takes its own).
-_ALL_STRATEGIES = ("mapped", "staging", "import")
-_FORCED = os.environ.get("EXO_VULKAN_TRANSFER", "").strip().lower()
-STRATEGIES = (_FORCED,) if _FORCED in _ALL_STRATEGIES else _ALL_STRATEGIES
 
 
 @pytest.fixture(params=STRATEGIES)
 def strategy(request: pytest.FixtureRequest) -> Iterator[str]:
     yield str(request.param)
-
-
-async def _open(strategy: str) -> Any:
-    from exo_gpu_vulkan.backend import VulkanBackend
-
-    backend = VulkanBackend(strategy=strategy)
-    try:
-        await backend.initialize()
-    except BackendUnavailableError as exc:
-        pytest.skip(f"strategy {strategy} unavailable here: {exc}")
-    return backend
 
 
 def _pinned_bytes(backend: Any) -> int:
@@ -44,7 +29,7 @@ def _pinned_bytes(backend: Any) -> int:
 
 def test_capabilities_announce_host_buffers(strategy: str, loop: asyncio.AbstractEventLoop) -> None:
     async def check() -> None:
-        backend = await _open(strategy)
+        backend = await open_with(strategy)
         try:
             caps = backend.capabilities("vulkan:0")
             assert caps.pinned_host_memory
@@ -59,7 +44,7 @@ def test_capabilities_announce_host_buffers(strategy: str, loop: asyncio.Abstrac
 
 def test_pinned_buffer_round_trip(strategy: str, loop: asyncio.AbstractEventLoop) -> None:
     async def check() -> None:
-        backend = await _open(strategy)
+        backend = await open_with(strategy)
         try:
             size = 24 * MiB + 5
             src = await backend.allocate_host_buffer("vulkan:0", size)
@@ -93,7 +78,7 @@ def test_pinned_buffer_round_trip(strategy: str, loop: asyncio.AbstractEventLoop
 
 def test_registered_buffer_round_trip(strategy: str, loop: asyncio.AbstractEventLoop) -> None:
     async def check() -> None:
-        backend = await _open(strategy)
+        backend = await open_with(strategy)
         try:
             size = 24 * MiB + 3
             src = bytearray(os.urandom(size))
@@ -121,7 +106,7 @@ def test_registered_buffer_round_trip(strategy: str, loop: asyncio.AbstractEvent
 
 def test_copy_file_to_device(strategy: str, loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
     async def check() -> None:
-        backend = await _open(strategy)
+        backend = await open_with(strategy)
         try:
             data = os.urandom(40 * MiB + 9)
             path = tmp_path / "shard.bin"
@@ -145,7 +130,7 @@ def test_first_call_on_a_device_runs_in_the_executor(loop: asyncio.AbstractEvent
     even when small; later small calls run inline."""
 
     async def check() -> None:
-        backend = await _open(STRATEGIES[0])
+        backend = await open_with(STRATEGIES[0])
         offloaded: list[str] = []
         original = backend._offload
 

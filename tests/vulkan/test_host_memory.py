@@ -12,13 +12,9 @@ from typing import Any
 import pytest
 
 from exo_gpu_plugins.errors import BackendUnavailableError, FileReadError, OutOfBoundsError
+from tests.vulkan.strategies import STRATEGIES
 
 MiB = 1 << 20
-# Every strategy, or the one EXO_VULKAN_TRANSFER names (scripts/test.sh runs tests/vulkan once per
-# strategy, so each run takes its own).
-_ALL_STRATEGIES = ("mapped", "staging", "import")
-_FORCED = os.environ.get("EXO_VULKAN_TRANSFER", "").strip().lower()
-STRATEGIES = (_FORCED,) if _FORCED in _ALL_STRATEGIES else _ALL_STRATEGIES
 
 
 @pytest.fixture(params=STRATEGIES)

@@ -14,25 +14,10 @@ from typing import Any
 
 import pytest
 
-from exo_gpu_plugins.errors import BackendUnavailableError, GPUError
+from exo_gpu_plugins.errors import GPUError
+from tests.vulkan.strategies import STRATEGIES, open_with
 
 MiB = 1 << 20
-# Every strategy, or the one EXO_VULKAN_TRANSFER names (scripts/test.sh runs tests/vulkan once per
-# strategy, so each run takes its own).
-_ALL_STRATEGIES = ("mapped", "staging", "import")
-_FORCED = os.environ.get("EXO_VULKAN_TRANSFER", "").strip().lower()
-STRATEGIES = (_FORCED,) if _FORCED in _ALL_STRATEGIES else _ALL_STRATEGIES
-
-
-async def _open(strategy: str) -> Any:
-    from exo_gpu_vulkan.backend import VulkanBackend
-
-    backend = VulkanBackend(strategy=strategy)
-    try:
-        await backend.initialize()
-    except BackendUnavailableError as exc:
-        pytest.skip(f"strategy {strategy} unavailable here: {exc}")
-    return backend
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -40,7 +25,7 @@ def test_upload_and_download_at_once_are_byte_exact(
     strategy: str, loop: asyncio.AbstractEventLoop
 ) -> None:
     async def check() -> None:
-        backend = await _open(strategy)
+        backend = await open_with(strategy)
         try:
             size = 40 * MiB + 12
             up = await backend.allocate("vulkan:0", size)
@@ -63,7 +48,7 @@ def test_upload_and_download_at_once_are_byte_exact(
 
 def test_many_small_copies_at_once_are_byte_exact(loop: asyncio.AbstractEventLoop) -> None:
     async def check() -> None:
-        backend = await _open("staging")
+        backend = await open_with("staging")
         try:
             piece, count = 64 << 10, 64
             target = await backend.allocate("vulkan:0", piece * count)
@@ -95,7 +80,7 @@ def test_hung_device_fails_every_call_within_one_timeout(loop: asyncio.AbstractE
         pytest.skip("the native engine was built without fault injection")
 
     async def check() -> None:
-        backend = await _open("staging")
+        backend = await open_with("staging")
         try:
             size = 24 * MiB
             a = await backend.allocate("vulkan:0", size)
@@ -183,7 +168,7 @@ def test_small_copies_beside_large_ones_do_not_stall_other_threads(
         return statistics.quantiles(gaps, n=100)[98]
 
     async def check() -> None:
-        backend = await _open(STRATEGIES[0] if len(STRATEGIES) == 1 else "auto")
+        backend = await open_with(STRATEGIES[0] if len(STRATEGIES) == 1 else "auto")
         try:
             small = await phase(backend, [4 << 10, 16 << 10, 32 << 10, 64 << 10])
             baseline = await phase(backend, [2 * MiB])
