@@ -434,16 +434,9 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
     @final
     async def allocate(self, device_id: str, size_bytes: int) -> MemoryHandle:
         """Allocate `size_bytes` (> 0) on the device; the memory reads back as zeros."""
-        # The gate, the device lookup and the int check inlined: this is the per-allocation path.
-        inflight = self._gate._inflight
-        inflight.append(None)
-        try:
-            if self._state is not _State.OPEN:
-                raise self._closed_error()
-            index = self._index_of.get(device_id) if type(device_id) is str else None
-            if index is None:
-                index = self._device_index(device_id)
-            size = size_bytes if type(size_bytes) is int else arguments.integer(size_bytes, "size_bytes")
+        with self._gate:
+            index = self._device_index(device_id)
+            size = arguments.integer(size_bytes, "size_bytes")
             if size <= 0:
                 raise ValueError(f"size_bytes must be > 0, got {size}")
             if size > _MAX_ALLOCATION:
@@ -452,44 +445,26 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
             handle = _new_handle(self._device_ids[index], size)
             self._live[handle.handle_id] = _Live(handle, native, index)
             return handle
-        finally:
-            inflight.pop()
 
     @final
     async def deallocate(self, handle: MemoryHandle) -> None:
         """Free the allocation. A handle that is not live here raises `InvalidHandleError`."""
-        inflight = self._gate._inflight
-        inflight.append(None)
-        try:
-            if self._state is not _State.OPEN:
-                raise self._closed_error()
+        with self._gate:
             entry = self._entry(handle, "handle")
             if self._live.pop(entry.handle.handle_id, None) is None:
                 raise InvalidHandleError(f"handle {entry.handle.handle_id} was freed concurrently")
             self._free(entry.native)
-        finally:
-            inflight.pop()
 
     @final
     async def copy_to_device(self, src: object, dst_handle: MemoryHandle, offset_bytes: int = 0) -> None:
         """Write the bytes of `src` (any contiguous buffer, or a HostBuffer) at `offset_bytes`."""
-        inflight = self._gate._inflight
-        inflight.append(None)
-        try:
-            if self._state is not _State.OPEN:
-                raise self._closed_error()
+        with self._gate:
             entry = self._entry(dst_handle, "dst_handle")
             view = arguments.readable_view(src, "src")
-            offset = (
-                offset_bytes
-                if type(offset_bytes) is int and offset_bytes >= 0
-                else (arguments.non_negative(offset_bytes, "offset_bytes"))
-            )
+            offset = arguments.non_negative(offset_bytes, "offset_bytes")
             arguments.check_range(offset, view.nbytes, entry.handle.size_bytes, "copy_to_device")
             if view.nbytes:
                 await self._write(entry.native, offset, view)
-        finally:
-            inflight.pop()
 
     @final
     async def copy_file_to_device(
@@ -540,24 +515,14 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         self, src_handle: MemoryHandle, offset_bytes: int, dst: object
     ) -> int:
         """Fill the writable buffer `dst` (or HostBuffer) from `offset_bytes` on; returns the count."""
-        inflight = self._gate._inflight
-        inflight.append(None)
-        try:
-            if self._state is not _State.OPEN:
-                raise self._closed_error()
+        with self._gate:
             entry = self._entry(src_handle, "src_handle")
             view = arguments.writable_view(dst, "dst")
-            offset = (
-                offset_bytes
-                if type(offset_bytes) is int and offset_bytes >= 0
-                else (arguments.non_negative(offset_bytes, "offset_bytes"))
-            )
+            offset = arguments.non_negative(offset_bytes, "offset_bytes")
             arguments.check_range(offset, view.nbytes, entry.handle.size_bytes, "copy_from_device_into")
             if view.nbytes:
                 await self._read_into(entry.native, offset, view)
             return view.nbytes
-        finally:
-            inflight.pop()
 
     @final
     async def copy_device_to_device(
