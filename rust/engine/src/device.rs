@@ -48,6 +48,36 @@ impl QueueLayout {
         }
     }
 
+    /// The layout with the upload and download queues moved to the families `tuning` names
+    /// (`upload_family`, `download_family`), where they exist and can copy (a video-only or
+    /// optical-flow-only family cannot, and is ignored): each role takes the first queue of its
+    /// family that no other role uses, or shares the family's last one.
+    fn overridden(mut self, families: &[vk::QueueFamilyProperties], t: &Tuning) -> QueueLayout {
+        let copies = vk::QueueFlags::TRANSFER | vk::QueueFlags::COMPUTE | vk::QueueFlags::GRAPHICS;
+        for (family, upload) in [(t.upload_family, true), (t.download_family, false)] {
+            let Some(f) = family.filter(|f| {
+                families
+                    .get(*f as usize)
+                    .is_some_and(|p| p.queue_flags.intersects(copies) && p.queue_count > 0)
+            }) else {
+                continue;
+            };
+            let count = families[f as usize].queue_count.clamp(1, 4);
+            // The queues the other roles hold (the moved role's own does not count).
+            let other = if upload { self.download } else { self.upload };
+            let taken = [self.universal, other];
+            let index = (0..count)
+                .find(|i| !taken.contains(&(f, *i)))
+                .unwrap_or(count - 1);
+            if upload {
+                self.upload = (f, index);
+            } else {
+                self.download = (f, index);
+            }
+        }
+        self
+    }
+
     /// Queues to request per family: `(family, count)`.
     fn requests(&self) -> Vec<(u32, u32)> {
         let mut out: Vec<(u32, u32)> = Vec::new();
@@ -93,7 +123,8 @@ pub struct RawDevice {
 }
 
 impl RawDevice {
-    /// Create the logical device for `physical` with the queues of `QueueLayout::of(info)` and
+    /// Create the logical device for `physical` with the queues of `QueueLayout::of(info)` (as
+    /// `tuning` may move them: `QueueLayout::overridden`) and
     /// the timeline-semaphore feature (Vulkan 1.2 core), which every wait relies on.
     pub(crate) fn new(
         instance: Arc<InstanceContext>,
@@ -123,7 +154,13 @@ impl RawDevice {
                 info.index, info.name
             )));
         }
-        let layout = QueueLayout::of(&info);
+        // SAFETY: `physical` belongs to `instance`.
+        let families_props = unsafe {
+            instance
+                .instance
+                .get_physical_device_queue_family_properties(physical)
+        };
+        let layout = QueueLayout::of(&info).overridden(&families_props, tuning);
         let requests = layout.requests();
         let priorities = [1.0f32; 4];
         let queue_infos: Vec<_> = requests
@@ -134,12 +171,6 @@ impl RawDevice {
                     .queue_priorities(&priorities[..n.clamp(1, 4) as usize])
             })
             .collect();
-        // SAFETY: `physical` belongs to `instance`.
-        let families_props = unsafe {
-            instance
-                .instance
-                .get_physical_device_queue_family_properties(physical)
-        };
         let compute_of = |f: u32| {
             families_props
                 .get(f as usize)
@@ -322,5 +353,51 @@ impl Drop for RawDevice {
             self.device.destroy_semaphore(self.never, None);
             self.device.destroy_device(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn family(flags: vk::QueueFlags, queue_count: u32) -> vk::QueueFamilyProperties {
+        vk::QueueFamilyProperties {
+            queue_flags: flags,
+            queue_count,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tuning_moves_queues_only_to_families_that_copy() {
+        let families = [
+            family(vk::QueueFlags::GRAPHICS | vk::QueueFlags::COMPUTE, 16),
+            family(vk::QueueFlags::TRANSFER, 2),
+            family(vk::QueueFlags::COMPUTE, 8),
+            family(vk::QueueFlags::VIDEO_DECODE_KHR, 1),
+        ];
+        let base = QueueLayout {
+            universal: (0, 0),
+            upload: (1, 0),
+            download: (1, 1),
+        };
+        let moved = base.overridden(
+            &families,
+            &Tuning::parse("upload_family=2,download_family=3"),
+        );
+        assert_eq!((moved.upload, moved.download), ((2, 0), (1, 1)));
+        // Its own family: the role keeps its queue rather than taking the other role's.
+        let same = base.overridden(&families, &Tuning::parse("upload_family=1"));
+        assert_eq!((same.upload, same.download), ((1, 0), (1, 1)));
+        // The universal family: the next queue after the universal one.
+        let both = base.overridden(
+            &families,
+            &Tuning::parse("upload_family=0,download_family=0"),
+        );
+        assert_eq!((both.upload, both.download), ((0, 1), (0, 2)));
+        assert_eq!(
+            base.overridden(&families, &Tuning::parse("upload_family=9")),
+            base
+        );
     }
 }

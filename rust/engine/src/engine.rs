@@ -20,7 +20,7 @@ use crate::properties::{
 };
 use crate::sync::{lock, read, write};
 use crate::transfer::{
-    PATH_COMPUTE, PATH_CROSS, PATH_IMPORT, PATH_MAPPED, PATH_PINNED, PATH_STAGED,
+    PATH_COMPUTE, PATH_CROSS, PATH_FILE_DIRECT, PATH_IMPORT, PATH_MAPPED, PATH_PINNED, PATH_STAGED,
 };
 use crate::tuning::tuning;
 
@@ -77,6 +77,8 @@ pub struct Stats {
     pub cross_device_bytes: u64,
     /// Bytes moved by direct DMA from or to pinned / registered host memory.
     pub pinned_bytes: u64,
+    /// File bytes read with `O_DIRECT` (cold files) for `write_from_file`.
+    pub direct_read_bytes: u64,
 }
 
 struct Inner {
@@ -438,6 +440,7 @@ impl Engine {
                     cross_device_path: i.device_cross_path(index)?,
                     cross_device_bytes: 0,
                     pinned_bytes: 0,
+                    direct_read_bytes: 0,
                 });
             };
             let (blocks, capacity, allocated) = d.ctx.mem.figures();
@@ -457,6 +460,7 @@ impl Engine {
                 cross_device_path: i.device_cross_path(index)?,
                 cross_device_bytes: d.moved[PATH_CROSS].load(Ordering::Relaxed),
                 pinned_bytes: d.moved[PATH_PINNED].load(Ordering::Relaxed),
+                direct_read_bytes: d.moved[PATH_FILE_DIRECT].load(Ordering::Relaxed),
             })
         })
     }

@@ -32,6 +32,8 @@ pub mod cross;
 pub mod device;
 pub mod engine;
 pub mod error;
+#[cfg(unix)]
+mod file_read;
 mod host;
 mod import;
 pub mod instance;

@@ -89,9 +89,9 @@ pub(crate) struct EngineDevice {
     pub(crate) heap_bytes: Vec<AtomicU64>,
     /// Bytes moved between host and device by each path (mapping, staging ring, import),
     /// device-to-device bytes copied by the compute shader, bytes copied to or from the
-    /// device by cross-device copies, and bytes moved by DMA from/to pinned or registered host
-    /// memory.
-    pub(crate) moved: [AtomicU64; 6],
+    /// device by cross-device copies, bytes moved by DMA from/to pinned or registered host
+    /// memory, and file bytes read with `O_DIRECT`.
+    pub(crate) moved: [AtomicU64; 7],
     /// Imports the driver refused (the copy then went through staging).
     pub(crate) import_refused: AtomicU64,
 }

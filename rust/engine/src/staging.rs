@@ -48,6 +48,10 @@ pub(crate) fn mapped_of(v: &BufView) -> Result<std::ptr::NonNull<u8>> {
         .ok_or_else(|| EngineError::Internal("buffer is not host-visible".into()))
 }
 
+/// Writes chunk bytes into a staging slot: `(slot, position in the transfer, length)` to where
+/// in the slot they start.
+pub(crate) type SlotFill<'a> = dyn Fn(&mut [u8], u64, usize) -> Result<usize> + Sync + 'a;
+
 /// One direction's ring.
 pub(crate) struct StagingRing {
     pub(crate) slots: Slots<StagedSlot>,
@@ -118,9 +122,12 @@ impl StagingRing {
         }
     }
 
-    /// Upload `len` bytes to `dst` at `offset`: `fill(slot bytes, position)` writes each chunk
-    /// into its staging slot (a memcpy, or file reads), overlapping the DMA of the chunk before.
-    /// Returns once every byte is in place (or, on error, once no DMA of it runs any more).
+    /// Upload `len` bytes to `dst` at `offset`: `fill(slot, position, n)` writes the `n` bytes
+    /// of each chunk into its staging slot (a memcpy, or file reads), overlapping the DMA of the
+    /// chunk before, and returns where in the slot they start; a chunk leaves `headroom` bytes
+    /// of its slot spare for that (aligned direct reads). Returns once every byte is in place
+    /// (or, on error, once no DMA of it runs any more).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn write_with(
         &self,
         dev: &RawDevice,
@@ -128,7 +135,8 @@ impl StagingRing {
         dst: &BufView,
         offset: u64,
         len: u64,
-        fill: &(dyn Fn(&mut [u8], u64) -> Result<()> + Sync),
+        headroom: u64,
+        fill: &SlotFill<'_>,
     ) -> Result<()> {
         if len == 0 {
             return Ok(());
@@ -139,21 +147,37 @@ impl StagingRing {
         let dst_mapped = dst.mapped.is_some();
         let mut pos = 0u64;
         let mut first = true;
+        // Whole pages per chunk, so that chunk boundaries keep the file's block alignment.
+        let room = self
+            .slot_size
+            .checked_sub(headroom)
+            .map(|r| r / 4096 * 4096)
+            .filter(|r| *r > 0)
+            .ok_or_else(|| {
+                EngineError::Internal("staging slot smaller than its headroom".into())
+            })?;
         let body = (|| -> Result<()> {
             while pos < len {
-                let piece = self.slot_size.min(len - pos);
+                let piece = room.min(len - pos);
                 let mut s = self.take_one(dev, mem)?;
                 let r = (|| -> Result<u64> {
                     let n = usize::try_from(piece).map_err(|_| {
                         EngineError::OutOfBounds("chunk exceeds address space".into())
                     })?;
+                    let whole = usize::try_from(self.slot_size).map_err(|_| {
+                        EngineError::OutOfBounds("slot exceeds address space".into())
+                    })?;
                     // SAFETY: the slot is idle (its previous DMA was waited for) and owned by
-                    // this thread; its buffer holds `slot_size >= piece` mapped bytes.
-                    let out = unsafe { std::slice::from_raw_parts_mut(s.ptr()?, n) };
-                    fill(out, pos)?;
-                    flush(dev, &s.buf.view(), 0, piece)?;
+                    // this thread; its buffer holds `slot_size` mapped bytes.
+                    let out = unsafe { std::slice::from_raw_parts_mut(s.ptr()?, whole) };
+                    let start = fill(out, pos, n)?;
+                    if start.checked_add(n).is_none_or(|end| end > whole) {
+                        return Err(EngineError::Internal("a chunk overran its slot".into()));
+                    }
+                    let start = start as u64;
+                    flush(dev, &s.buf.view(), start, piece)?;
                     let region = vk::BufferCopy {
-                        src_offset: 0,
+                        src_offset: start,
                         dst_offset: base + pos,
                         size: piece,
                     };
@@ -193,14 +217,22 @@ impl StagingRing {
         src: &[u8],
     ) -> Result<()> {
         let diag = crate::tuning::tuning().diag_no_memcpy;
-        self.write_with(dev, mem, dst, offset, src.len() as u64, &|out, pos| {
-            let at = pos as usize;
-            if !diag {
-                // SAFETY: `out` (a slot) and `src[at..at+out.len()]` are distinct, in bounds.
-                unsafe { workers::copy(out.as_mut_ptr(), src.as_ptr().add(at), out.len()) };
-            }
-            Ok(())
-        })
+        self.write_with(
+            dev,
+            mem,
+            dst,
+            offset,
+            src.len() as u64,
+            0,
+            &|out, pos, n| {
+                let at = pos as usize;
+                if !diag {
+                    // SAFETY: `out[..n]` (a slot) and `src[at..at+n]` are distinct, in bounds.
+                    unsafe { workers::copy(out.as_mut_ptr(), src.as_ptr().add(at), n) };
+                }
+                Ok(0)
+            },
+        )
     }
 
     /// Download `dst.len()` bytes of `src` at `offset`: up to a ring's worth of chunks in

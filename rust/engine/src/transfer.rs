@@ -9,6 +9,8 @@ use ash::vk;
 
 use crate::context::DeviceContext;
 use crate::error::{EngineError, Result};
+#[cfg(unix)]
+use crate::file_read::FileSource;
 use crate::host::HostRange;
 use crate::import::{read_imported, write_imported, Imported};
 use crate::memory::{flush, invalidate, BufView, Kind};
@@ -34,6 +36,8 @@ pub(crate) const PATH_COMPUTE: usize = 3;
 pub(crate) const PATH_CROSS: usize = 4;
 /// Bytes moved by direct DMA from or to pinned / registered host memory.
 pub(crate) const PATH_PINNED: usize = 5;
+/// File bytes read with `O_DIRECT` (cold files) for a file copy.
+pub(crate) const PATH_FILE_DIRECT: usize = 6;
 
 /// `(base + offset)` as a pointer into a mapping, after bounds were checked by the caller.
 pub(crate) fn at(base: std::ptr::NonNull<u8>, offset: u64) -> Result<*mut u8> {
@@ -307,8 +311,9 @@ impl EngineDevice {
     }
 
     /// Fill `[offset, offset+size)` of `v` from file `fd` at `file_offset`: parallel preads
-    /// straight into the mapping (host-visible allocations) or into the upload ring's slots,
-    /// each slot's reads overlapping the DMA of the slot before.
+    /// straight into the mapping (host-visible allocations), or into the upload ring's slots
+    /// (direct reads there when the range is cold), each slot's reads overlapping the DMA of the
+    /// slot before.
     #[cfg(unix)]
     pub(crate) fn write_from_file(
         &self,
@@ -319,26 +324,32 @@ impl EngineDevice {
         size: u64,
     ) -> Result<()> {
         let ctx = &self.ctx;
-        let read = |out: &mut [u8], pos: u64| {
-            let at = file_offset.checked_add(pos).ok_or_else(|| {
-                EngineError::OutOfBounds(format!("file offset {file_offset} + {pos} overflows"))
-            })?;
-            workers::pread_into(fd, out, at)
-        };
-        if v.mapped.is_some() && size <= self.plan.map_write_max {
+        let whole_mapped = v.mapped.is_some() && size <= self.plan.map_write_max;
+        let file = FileSource::open(fd, file_offset, size, !whole_mapped)?;
+        if whole_mapped {
             let n = usize::try_from(size)
                 .map_err(|_| EngineError::OutOfBounds("size exceeds address space".into()))?;
             let dst = at(mapped_of(v)?, offset)?;
             // SAFETY: `[offset, offset+size)` lies within the mapping (checked by the caller).
             let out = unsafe { std::slice::from_raw_parts_mut(dst, n) };
-            read(out, 0)?;
+            file.read_into(out, file_offset)?;
             flush(ctx.raw(), v, offset, size)?;
             self.count(PATH_MAPPED, size);
             return Ok(());
         }
-        ctx.up
-            .write_with(ctx.raw(), &ctx.mem, v, offset, size, &read)?;
+        ctx.up.write_with(
+            ctx.raw(),
+            &ctx.mem,
+            v,
+            offset,
+            size,
+            file.headroom(),
+            &|slot, pos, n| file.fill_slot(slot, file_offset + pos, n),
+        )?;
         self.count(PATH_STAGED, size);
+        if file.is_direct() {
+            self.count(PATH_FILE_DIRECT, size);
+        }
         Ok(())
     }
 

@@ -33,6 +33,9 @@
 //! | `fence_spin` | microseconds a wait polls its queue's timeline semaphore before blocking in vkWaitSemaphores |
 //! | `d2d_compute` | device-to-device copies by compute shader (1) or vkCmdCopyBuffer (0) |
 //! | `compute_min` | smallest device-to-device copy given to the compute shader |
+//! | `file_direct` | file copies through staging read with `O_DIRECT`: 0 never, 1 always (whatever the size), 2 when under half the range is in the page cache and it holds at least `direct_min` bytes |
+//! | `direct_min` | smallest file copy that may read with `O_DIRECT` |
+//! | `upload_family`, `download_family` | queue family of the upload / download queue instead of the transfer family (`rust/engine/examples/queue_probe.rs` measures each) |
 //! | `hybrid` | discrete "auto": percent of a large write to a mapped allocation sent through the mapping while the rest goes through staging, both at once |
 //! | `diag` | measurement only, corrupts data: `nomemcpy` skips the staging memcpy, `nodma` skips the DMA |
 //! | `nt_min` | memcpys at least this large use non-temporal stores (0: never) |
@@ -73,6 +76,10 @@ pub(crate) struct Tuning {
     pub(crate) fence_spin_us: u64,
     pub(crate) d2d_compute: bool,
     pub(crate) compute_min: u64,
+    pub(crate) upload_family: Option<u32>,
+    pub(crate) download_family: Option<u32>,
+    pub(crate) file_direct: u8,
+    pub(crate) direct_min: u64,
     pub(crate) hybrid_percent: u64,
     pub(crate) diag_no_memcpy: bool,
     pub(crate) diag_no_dma: bool,
@@ -108,6 +115,10 @@ impl Default for Tuning {
             fence_spin_us: 200,
             d2d_compute: true,
             compute_min: MIB,
+            upload_family: None,
+            download_family: None,
+            file_direct: 2,
+            direct_min: 64 * MIB,
             hybrid_percent: 30,
             diag_no_memcpy: false,
             diag_no_dma: false,
@@ -168,6 +179,16 @@ impl Tuning {
                 "fence_spin" => t.fence_spin_us = size.map_or(t.fence_spin_us, |s| s.min(100_000)),
                 "d2d_compute" => t.d2d_compute = flag.unwrap_or(t.d2d_compute),
                 "compute_min" => t.compute_min = size.unwrap_or(t.compute_min),
+                "file_direct" => t.file_direct = size.map_or(t.file_direct, |s| s.min(2) as u8),
+                "direct_min" => t.direct_min = size.unwrap_or(t.direct_min),
+                "upload_family" => {
+                    t.upload_family = size.and_then(|s| u32::try_from(s).ok()).or(t.upload_family)
+                }
+                "download_family" => {
+                    t.download_family = size
+                        .and_then(|s| u32::try_from(s).ok())
+                        .or(t.download_family)
+                }
                 "nt_min" => t.nt_min = size.unwrap_or(t.nt_min),
                 "xpath" => t.cross_path = v.trim().to_ascii_lowercase(),
                 "xsame" => t.cross_same_device = flag.unwrap_or(t.cross_same_device),

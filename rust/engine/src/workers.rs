@@ -256,14 +256,14 @@ fn worker_loop(shared: &Shared) {
 }
 
 /// How many parts to split `len` bytes into.
-fn parts_for(len: usize) -> usize {
+pub(crate) fn parts_for(len: usize) -> usize {
     let t = tuning();
     let w = workers().threads();
     (len / t.min_part.max(1)).clamp(1, w)
 }
 
 /// Part `i` of `parts` over `len` bytes: boundaries on 4 KiB multiples (whole pages per thread).
-fn part_range(len: usize, parts: usize, i: usize) -> (usize, usize) {
+pub(crate) fn part_range(len: usize, parts: usize, i: usize) -> (usize, usize) {
     let per = len.div_ceil(parts).next_multiple_of(4096);
     let start = (per * i).min(len);
     let end = (per * (i + 1)).min(len);
@@ -309,73 +309,6 @@ impl SendPtr {
         // SAFETY: per the function contract.
         unsafe { self.0.add(n) }
     }
-}
-
-/// Fill `out` with the bytes of file descriptor `fd` from file offset `at`, by parallel `pread`s
-/// (several threads when large). A short read (end of file) or an I/O error is `FileRead`. The
-/// descriptor is borrowed, never closed.
-#[cfg(unix)]
-pub(crate) fn pread_into(fd: i32, out: &mut [u8], at: u64) -> crate::error::Result<()> {
-    use crate::error::EngineError;
-    if fd < 0 {
-        return Err(EngineError::InvalidArgument(format!(
-            "file descriptor must be >= 0, got {fd}"
-        )));
-    }
-    let len = out.len();
-    if at
-        .checked_add(len as u64)
-        .is_none_or(|end| end > i64::MAX as u64)
-    {
-        return Err(EngineError::OutOfBounds(format!(
-            "file offset {at} + {len} exceeds the largest file offset"
-        )));
-    }
-    let parts = parts_for(len);
-    let failed: Mutex<Option<EngineError>> = Mutex::new(None);
-    let base = SendPtr(out.as_mut_ptr());
-    workers().run(parts, &|i| {
-        let (a, b) = part_range(len, parts, i);
-        // SAFETY: `[a, b)` lies within `out` and parts are disjoint.
-        let part = unsafe { std::slice::from_raw_parts_mut(base.add(a), b - a) };
-        // Cannot overflow: `at + len <= i64::MAX` (checked above) and `a < len`.
-        if let Err(e) = pread_exact(fd, part, at + a as u64) {
-            lock(&failed).get_or_insert(e);
-        }
-    });
-    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-#[cfg(unix)]
-fn pread_exact(fd: i32, buf: &mut [u8], at: u64) -> crate::error::Result<()> {
-    use std::os::unix::fs::FileExt;
-    use std::os::unix::io::FromRawFd;
-
-    use crate::error::EngineError;
-    // SAFETY: `fd >= 0` (checked by the caller); the `File` is never dropped (ManuallyDrop), so
-    // the caller's descriptor is only borrowed, never closed. An invalid descriptor makes
-    // `read_at` fail with EBADF.
-    let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-    let mut done = 0usize;
-    while done < buf.len() {
-        let pos = at + done as u64;
-        match file.read_at(&mut buf[done..], pos) {
-            Ok(0) => {
-                return Err(EngineError::FileRead(format!(
-                    "short read: the file ends before byte {} (needed up to {})",
-                    pos,
-                    at + buf.len() as u64
-                )))
-            }
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(EngineError::FileRead(format!("read at byte {pos}: {e}"))),
-        }
-    }
-    Ok(())
 }
 
 /// Copy `len` bytes from `src` to `dst` (non-overlapping), on several threads when large.

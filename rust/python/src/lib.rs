@@ -497,6 +497,7 @@ impl PyEngine {
             d.set_item("cross_device_path", s.cross_device_path)?;
             d.set_item("cross_device_bytes", s.cross_device_bytes)?;
             d.set_item("pinned_bytes", s.pinned_bytes)?;
+            d.set_item("direct_read_bytes", s.direct_read_bytes)?;
             Ok(d)
         })
     }

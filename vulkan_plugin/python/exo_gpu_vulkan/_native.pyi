@@ -116,7 +116,8 @@ class Engine:
         copied by the compute shader), cross_device_path ("p2p" | "host-import" | "host-staging":
         the path of a link already made, else the planned one), cross_device_bytes (bytes this
         engine copied to or from this device across devices), pinned_bytes (bytes moved by
-        direct DMA from or to pinned / registered host memory)."""
+        direct DMA from or to pinned / registered host memory), direct_read_bytes (file bytes
+        read with O_DIRECT, bypassing the page cache, for write_from_file of cold files)."""
     def close(self) -> None:
         """Wait for this engine's work, free all its allocations and drop its pinned buffers and
         registrations (HostMemory objects stay valid memory); idempotent."""
