@@ -3,7 +3,8 @@
 # wheels, then one part, writing its tables under $OUT:
 #   bash scripts/gpu-run.sh tests   devices, device truth against nvidia-smi, the whole suite with
 #                                   validation                                 (about 4 minutes)
-#   bash scripts/gpu-run.sh bench   the transfer pipeline beside the peers    (about 2 minutes)
+#   bash scripts/gpu-run.sh bench   the transfer pipeline beside the peers, then each queue's own
+#                                   DMA rate (.whl/queue_probe, when carried) (about 3 minutes)
 #   bash scripts/gpu-run.sh load    loading weights: 8 GiB cached and cold beside torch and
 #                                   fastsafetensors, 1 file against 4 shards  (about 5 minutes)
 set -uo pipefail
@@ -38,6 +39,10 @@ bench)
   {
     log "transfer pipeline beside the peers"
     timeout 200 python3 benchmarks/transfer_pipeline.py --backend vulkan --json "$OUT/pipeline.json"
+    if [ -x .whl/queue_probe ]; then
+      log "each queue's DMA rate, alone and in pairs (rust/engine/examples/queue_probe.rs)"
+      timeout 120 .whl/queue_probe 1024
+    fi
   } 2>&1 | tee "$OUT/bench.txt"
   ;;
 load)
