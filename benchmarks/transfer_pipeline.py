@@ -337,11 +337,22 @@ async def small_copies(backend: Any, device: str, repeats: int, rows: list[Figur
             *(backend.copy_to_device(pieces[i], target, i * chunk) for i in range(count))
         )
 
+    async def nothing() -> None:
+        return None
+
+    async def gathered_nothing() -> None:
+        await asyncio.gather(*(nothing() for _ in range(count)))
+
+    # asyncio's own cost of 64 gathered coroutines, as the rate its time would allow: the ceiling
+    # of any backend's 64 gathered copies in this interpreter.
+    ceiling = gbps(chunk * count, await median_seconds(repeats, gathered_nothing))
     rows.append(
         Figure(
             "64 concurrent 64 KiB copies",
             gbps(chunk * count, await median_seconds(repeats, gathered)),
             "GB/s",
+            ceiling,
+            "64 no-op coroutines gathered",
         )
     )
     await backend.deallocate(target)
