@@ -42,7 +42,7 @@ if TYPE_CHECKING:
         MemoryReport,
     )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The spec and the pydantic models load on first use: exo's startup pays for discovery only.
 _LAZY = {

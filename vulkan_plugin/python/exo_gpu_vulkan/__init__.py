@@ -5,4 +5,4 @@ registry imports at discovery, and `exo_gpu_vulkan.backend.VulkanBackend` loads 
 (`exo_gpu_vulkan._native`) when it is opened.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
