@@ -276,7 +276,9 @@ impl RawDevice {
     }
 
     /// Mark the device lost: every later call on it fails with `DeviceLost`; the device cache
-    /// drops it, so later engines get a fresh device.
+    /// drops it, so later engines get a fresh device. (Only fault injection marks a device lost
+    /// without a driver result; waits and submissions mark it through `fail` and `mark_hung`.)
+    #[cfg(feature = "fault-injection")]
     pub(crate) fn mark_lost(&self) {
         self.lost.store(true, Ordering::Release);
     }
