@@ -6,10 +6,8 @@
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::FromRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 use crate::error::{EngineError, Result};
-use crate::sync::lock;
 use crate::tuning::tuning;
 use crate::workers::{part_range, parts_for, workers, SendPtr};
 
@@ -107,24 +105,17 @@ impl FileSource {
         // The bytes of the window that must arrive: up to the last requested one.
         let needed = lead + len;
         let parts = span.div_ceil(DIRECT_PART);
-        let failed: Mutex<Option<EngineError>> = Mutex::new(None);
         let base = SendPtr(window.as_mut_ptr());
-        workers().run(parts, &|i| {
+        workers().try_run(parts, &|i| {
             let (a, b) = part_range(span, parts, i);
             if a >= needed {
-                return;
+                return Ok(());
             }
             // SAFETY: `[a, b)` lies within the window and parts are disjoint.
             let part = unsafe { std::slice::from_raw_parts_mut(base.add(a), b - a) };
-            let want = needed.min(b) - a;
-            if let Err(e) = self.read_direct(direct, part, first + a as u64, want) {
-                lock(&failed).get_or_insert(e);
-            }
-        });
-        match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(pad + lead),
-        }
+            self.read_direct(direct, part, first + a as u64, needed.min(b) - a)
+        })?;
+        Ok(pad + lead)
     }
 
     /// Direct-read into `buf` (aligned, whole blocks) from aligned file offset `at` until at
@@ -256,15 +247,10 @@ fn short_read(pos: u64, end: u64) -> EngineError {
     ))
 }
 
-/// Fill `out` with the bytes of file descriptor `fd` from file offset `at`, by parallel `pread`s
-/// (several threads when large). A short read (end of file) or an I/O error is `FileRead`. The
-/// descriptor is borrowed, never closed.
-pub(crate) fn pread_into(fd: i32, out: &mut [u8], at: u64) -> Result<()> {
-    if fd < 0 {
-        return Err(EngineError::InvalidArgument(format!(
-            "file descriptor must be >= 0, got {fd}"
-        )));
-    }
+/// Fill `out` with the bytes of file descriptor `fd` (>= 0: `FileSource::open` checked it) from
+/// file offset `at`, by parallel `pread`s (several threads when large). A short read (end of
+/// file) or an I/O error is `FileRead`. The descriptor is borrowed, never closed.
+fn pread_into(fd: i32, out: &mut [u8], at: u64) -> Result<()> {
     let len = out.len();
     if at
         .checked_add(len as u64)
@@ -275,25 +261,18 @@ pub(crate) fn pread_into(fd: i32, out: &mut [u8], at: u64) -> Result<()> {
         )));
     }
     let parts = parts_for(len);
-    let failed: Mutex<Option<EngineError>> = Mutex::new(None);
     let base = SendPtr(out.as_mut_ptr());
-    workers().run(parts, &|i| {
+    workers().try_run(parts, &|i| {
         let (a, b) = part_range(len, parts, i);
         // SAFETY: `[a, b)` lies within `out` and parts are disjoint.
         let part = unsafe { std::slice::from_raw_parts_mut(base.add(a), b - a) };
         // Cannot overflow: `at + len <= i64::MAX` (checked above) and `a < len`.
-        if let Err(e) = pread_exact(fd, part, at + a as u64) {
-            lock(&failed).get_or_insert(e);
-        }
-    });
-    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+        pread_exact(fd, part, at + a as u64)
+    })
 }
 
 /// `pread` until `buf` is full: a short read or an I/O error is `FileRead`.
-pub(crate) fn pread_exact(fd: i32, buf: &mut [u8], at: u64) -> Result<()> {
+fn pread_exact(fd: i32, buf: &mut [u8], at: u64) -> Result<()> {
     // SAFETY: `fd >= 0` (checked by the callers); the `File` is never dropped (ManuallyDrop),
     // so the caller's descriptor is only borrowed, never closed. An invalid descriptor makes
     // `read_at` fail with EBADF.

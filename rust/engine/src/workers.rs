@@ -153,6 +153,25 @@ impl Workers {
         self.run_beside(parts, f, || ());
     }
 
+    /// `run` for fallible parts: every part runs (they may share a buffer that must not be
+    /// released early), and the first error seen is returned.
+    pub(crate) fn try_run(
+        &self,
+        parts: usize,
+        f: &(dyn Fn(usize) -> crate::error::Result<()> + Sync),
+    ) -> crate::error::Result<()> {
+        let failed: Mutex<Option<crate::error::EngineError>> = Mutex::new(None);
+        self.run(parts, &|i| {
+            if let Err(e) = f(i) {
+                lock(&failed).get_or_insert(e);
+            }
+        });
+        match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Like `run`, but this thread first runs `main` while the pool works on `f`, then helps
     /// with what is left of `f`. Returns `main`'s result once every part of `f` has finished.
     pub(crate) fn run_beside<R>(
