@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from exo_gpu_plugins.errors import FileReadError
+from exo_gpu_plugins.file_copy import read_exact
 
 if TYPE_CHECKING:
     from exo_gpu_plugins.backend import GPUBackend
@@ -42,7 +43,10 @@ async def mismatched_tensors(backend: GPUBackend[Any], loaded: LoadedWeights) ->
                 size = min(chunk, tensor.size_bytes - done)
                 on_device, in_file = device_buffer[:size], file_buffer[:size]
                 await backend.copy_from_device_into(tensor.handle, tensor.offset_bytes + done, on_device)
-                _read_exact(fd, in_file, tensor.file_offset + done, tensor.file)
+                try:
+                    read_exact(fd, in_file, tensor.file_offset + done)
+                except FileReadError as exc:
+                    raise FileReadError(f"{tensor.file}: {exc}") from exc
                 if on_device != in_file:
                     wrong.append(name)
                     break
@@ -51,15 +55,3 @@ async def mismatched_tensors(backend: GPUBackend[Any], loaded: LoadedWeights) ->
         for fd in descriptors.values():
             os.close(fd)
     return wrong
-
-
-def _read_exact(fd: int, view: memoryview, position: int, path: str) -> None:
-    done = 0
-    while done < view.nbytes:
-        try:
-            got = os.preadv(fd, [view[done:]], position + done)
-        except OSError as exc:
-            raise FileReadError(f"{path}: reading at offset {position + done}: {exc.strerror}") from exc
-        if got == 0:
-            raise FileReadError(f"{path}: ended at offset {position + done} (did it shrink?)")
-        done += got
