@@ -332,14 +332,20 @@ class VulkanBackend(GPUBackend[_Allocation]):
         """Whether a call may run on the loop thread: small, on a device already opened."""
         return small and index in self._opened
 
+    async def _offload_opening(self, index: int, call: Callable[..., T], *args: Any) -> T:
+        """`_offload` for a call that may be the first on device `index` (it then creates the
+        device: seconds); once it returned, small calls on the device run inline."""
+        result = await self._offload(call, *args)
+        self._opened.add(index)
+        return result
+
     async def _allocate(self, index: int, size: int) -> _Allocation:
         try:
             if self._inline(index, size <= INLINE_ALLOCATION_LIMIT):
                 return (self._engine.allocate(index, size), index)
-            alloc = await self._offload(self._engine.allocate, index, size)
+            alloc = await self._offload_opening(index, self._engine.allocate, index, size)
         except OutOfMemoryError as exc:
             raise _out_of_memory(self._infos[index], index, size, exc) from exc
-        self._opened.add(index)
         return (alloc, index)
 
     def _free(self, native: _Allocation) -> None:
@@ -386,8 +392,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
         if self._inline(index, size <= INLINE_ALLOCATION_LIMIT):
             memory = self._engine.host_alloc(index, size)
         else:
-            memory = await self._offload(self._engine.host_alloc, index, size)
-            self._opened.add(index)
+            memory = await self._offload_opening(index, self._engine.host_alloc, index, size)
         view: memoryview = memory.view()
         return view, memory
 
@@ -398,8 +403,9 @@ class VulkanBackend(GPUBackend[_Allocation]):
             if self._inline(index, view.nbytes <= INLINE_LIMIT):
                 registration: int = self._engine.host_register(index, view)
             else:
-                registration = await self._offload(self._engine.host_register, index, view)
-                self._opened.add(index)
+                registration = await self._offload_opening(
+                    index, self._engine.host_register, index, view
+                )
         except BackendUnavailableError as exc:
             # The driver refused to import these pages (e.g. read-only or file-backed memory):
             # copies from the buffer take the ordinary path. A lost device (GPUError) or exhausted
