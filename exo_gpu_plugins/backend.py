@@ -183,6 +183,7 @@ HOOK_KINDS: dict[str, bool] = {
     "_copy": True,
     "_synchronize": True,
     "_write_from_file": True,
+    "_allocate_unzeroed": True,
     "_allocate_host": True,
     "_register_host": True,
 }
@@ -432,16 +433,25 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
     # Memory
 
     @final
-    async def allocate(self, device_id: str, size_bytes: int) -> MemoryHandle:
-        """Allocate `size_bytes` (> 0) on the device; the memory reads back as zeros."""
+    async def allocate(self, device_id: str, size_bytes: int, *, zeroed: bool = True) -> MemoryHandle:
+        """Allocate `size_bytes` (> 0) on the device; the memory reads back as zeros.
+
+        `zeroed=False` skips clearing it, for memory the caller overwrites whole before reading
+        any of it (a model's weights): its bytes are then unspecified (whatever the memory held,
+        such as an allocation freed before)."""
         with self._gate:
             index = self._device_index(device_id)
             size = arguments.integer(size_bytes, "size_bytes")
             if size <= 0:
                 raise ValueError(f"size_bytes must be > 0, got {size}")
+            if zeroed is not True and zeroed is not False:
+                raise TypeError(f"zeroed must be a bool, got {type(zeroed).__name__}")
             if size > _MAX_ALLOCATION:
                 raise OutOfMemoryError(f"{size} bytes is more than any device can hold")
-            native = await self._allocate(index, size)
+            if zeroed:
+                native = await self._allocate(index, size)
+            else:
+                native = await self._allocate_unzeroed(index, size)
             handle = _new_handle(self._device_ids[index], size)
             self._live[handle.handle_id] = _Live(handle, native, index)
             return handle
@@ -678,6 +688,11 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
     @abc.abstractmethod
     async def _allocate(self, index: int, size: int) -> NativeT:
         """Allocate zero-filled memory; raise `OutOfMemoryError` when it does not fit."""
+
+    async def _allocate_unzeroed(self, index: int, size: int) -> NativeT:
+        """Allocate memory whose bytes the caller will overwrite before reading: skip clearing it
+        where that saves time. The default allocates zeroed memory, which always satisfies it."""
+        return await self._allocate(index, size)
 
     @abc.abstractmethod
     def _free(self, native: NativeT) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from functools import partial
 
 import pytest
 
@@ -37,6 +38,20 @@ class AllocationContract(KitBase):
         handle = self.alloc(size, data)
         self.assert_content(handle, data, f"{size}-byte allocation written in full")
         self.run(self.backend.deallocate(handle))
+
+    @clause("allocation")
+    @pytest.mark.parametrize("size", [1, 3, 4096, SIZE, 256 * KiB + 1])
+    def test_unzeroed_allocation_is_usable(self, size: int) -> None:
+        """`zeroed=False` skips only the clearing: a handle like any other, every byte usable."""
+        for round_ in range(2):  # the second round may reuse the memory the first freed
+            handle = self.run(self.backend.allocate(self.device, size, zeroed=False))
+            assert handle.size_bytes == size, f"size_bytes {handle.size_bytes} != {size}"
+            live = {live.handle_id for live in self.backend.live_handles()}
+            assert handle.handle_id in live, "live_handles() misses an unzeroed allocation"
+            data = pattern(round_ + 7, size)
+            self.run(self.backend.copy_to_device(data, handle, 0))
+            self.assert_content(handle, data, f"unzeroed {size}-byte allocation written in full")
+            self.run(self.backend.deallocate(handle))
 
     @clause("allocation")
     def test_deallocate_forgets_handle(self) -> None:
@@ -111,6 +126,13 @@ class AllocationContract(KitBase):
                 + [
                     (f"allocate({bad!r}, 16)", deferred(b.allocate, bad, 16))
                     for bad in (0, None, b"x:0", 1.5)
+                ]
+                + [
+                    (
+                        f"allocate(device, 16, zeroed={bad!r})",
+                        partial(b.allocate, device, 16, zeroed=bad),  # type: ignore[arg-type]
+                    )
+                    for bad in (0, 1, None, "no")
                 ],
             )
 

@@ -51,8 +51,13 @@ impl Drop for Allocation {
     }
 }
 
-/// Create a zero-filled user allocation of `size` bytes on `dev`.
-pub(crate) fn new_allocation(dev: &Arc<EngineDevice>, size: u64) -> Result<Allocation> {
+/// Create a user allocation of `size` bytes on `dev`, zero-filled when `zeroed` (otherwise its
+/// bytes are whatever the memory held: for callers that overwrite all of it before reading).
+pub(crate) fn new_allocation(
+    dev: &Arc<EngineDevice>,
+    size: u64,
+    zeroed: bool,
+) -> Result<Allocation> {
     if size == 0 {
         return Err(EngineError::InvalidArgument(
             "allocation size must be > 0".into(),
@@ -131,6 +136,6 @@ pub(crate) fn new_allocation(dev: &Arc<EngineDevice>, size: u64) -> Result<Alloc
             "gpu-allocator returned non-host-visible memory for a mapped allocation".into(),
         ));
     }
-    dev.zero_fill(&alloc.view)?;
+    dev.prepare_fresh(&alloc.view, zeroed)?;
     Ok(alloc)
 }

@@ -232,6 +232,17 @@ impl Engine {
 
     /// Allocate `size` zeroed bytes on device `index`; returns the allocation id.
     pub fn allocate(&self, index: usize, size: u64) -> Result<u64> {
+        self.allocate_filled(index, size, true)
+    }
+
+    /// Allocate `size` bytes on device `index` without zeroing them: they may hold bytes of memory
+    /// this process freed before, so the caller must write all of them before reading any (a
+    /// model's weights, loaded whole). Saves a pass over the memory.
+    pub fn allocate_unzeroed(&self, index: usize, size: u64) -> Result<u64> {
+        self.allocate_filled(index, size, false)
+    }
+
+    fn allocate_filled(&self, index: usize, size: u64, zeroed: bool) -> Result<u64> {
         self.call(|i| {
             if size == 0 {
                 return Err(EngineError::InvalidArgument(
@@ -240,7 +251,7 @@ impl Engine {
             }
             let device = i.device(index)?;
             let id = i.next_id.fetch_add(1, Ordering::Relaxed);
-            let alloc = new_allocation(&device, size)?;
+            let alloc = new_allocation(&device, size, zeroed)?;
             write(&i.allocations).insert(id, Arc::new(alloc));
             Ok(id)
         })

@@ -219,18 +219,27 @@ impl DeviceContext {
 }
 
 impl EngineDevice {
-    /// Zero a fresh range: memset through the mapping when it is host-visible and small enough
-    /// (or the device is the CPU), else vkCmdFillBuffer.
-    pub(crate) fn zero_fill(&self, v: &BufView) -> Result<()> {
+    /// Ready a fresh range. On the CPU device its memory is ordinary host memory: ask for huge
+    /// pages before anything touches it, so the first writes (the zeroing, or the caller's own
+    /// when `zeroed` is false) fault it in 2 MiB at a time. Then zero it when `zeroed`: memset
+    /// through the mapping when it is host-visible and small enough (or the device is the CPU),
+    /// else vkCmdFillBuffer.
+    pub(crate) fn prepare_fresh(&self, v: &BufView, zeroed: bool) -> Result<()> {
         let ctx = &self.ctx;
-        match v.mapped {
-            Some(ptr) if v.len <= self.plan.map_zero_max => {
-                let len = usize::try_from(v.len)
-                    .map_err(|_| EngineError::OutOfMemory("buffer exceeds address space".into()))?;
-                if ctx.info.device_type == "cpu" {
-                    // Device memory is ordinary host memory here: fault it in as huge pages.
-                    workers::advise_huge_pages(ptr.as_ptr(), len);
-                }
+        let mapped = v.mapped.map(|ptr| {
+            usize::try_from(v.len)
+                .map(|len| (ptr, len))
+                .map_err(|_| EngineError::OutOfMemory("buffer exceeds address space".into()))
+        });
+        let mapped = mapped.transpose()?;
+        if let Some((ptr, len)) = mapped.filter(|_| ctx.info.device_type == "cpu") {
+            workers::advise_huge_pages(ptr.as_ptr(), len);
+        }
+        if !zeroed {
+            return Ok(());
+        }
+        match mapped {
+            Some((ptr, len)) if v.len <= self.plan.map_zero_max => {
                 // SAFETY: the mapping covers the whole range and nothing else accesses the fresh
                 // range yet.
                 unsafe { workers::zero(ptr.as_ptr(), len) };

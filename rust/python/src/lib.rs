@@ -238,17 +238,25 @@ impl PyEngine {
         })
     }
 
+    #[pyo3(signature = (index, size, zeroed = true))]
     fn allocate(
         &self,
         py: Python<'_>,
         index: &Bound<'_, PyAny>,
         size: &Bound<'_, PyAny>,
+        zeroed: bool,
     ) -> PyResult<u64> {
         guarded(py, || {
             let i = self::index(index, "index")?;
             let size = uint(size, "size")?;
-            py.detach(|| self.engine.allocate(i, size))
-                .map_err(|e| self.err(py, Op::Other, e))
+            py.detach(|| {
+                if zeroed {
+                    self.engine.allocate(i, size)
+                } else {
+                    self.engine.allocate_unzeroed(i, size)
+                }
+            })
+            .map_err(|e| self.err(py, Op::Other, e))
         })
     }
 

@@ -78,7 +78,8 @@ class Engine:
     def memory_heaps(self, index: int) -> list[dict[str, object]]:
         """Per heap: index, size, device_local, budget (int | None), usage (int | None),
         engine_allocated (bytes this engine's allocations hold on that heap)."""
-    def allocate(self, index: int, size: int) -> int: ...
+    def allocate(self, index: int, size: int, zeroed: bool = True) -> int:
+        """zeroed=False leaves the bytes as the memory held them (the caller overwrites all)."""
     def free(self, alloc: int) -> None: ...
     def write(self, alloc: int, offset: int, src: object) -> None:
         """src: any C-contiguous buffer (bytes, bytearray, memoryview, numpy array, ...)."""

@@ -339,14 +339,17 @@ class VulkanBackend(GPUBackend[_Allocation]):
         self._opened.add(index)
         return result
 
-    async def _allocate(self, index: int, size: int) -> _Allocation:
+    async def _allocate(self, index: int, size: int, zeroed: bool = True) -> _Allocation:
         try:
             if self._inline(index, size <= INLINE_ALLOCATION_LIMIT):
-                return (self._engine.allocate(index, size), index)
-            alloc = await self._offload_opening(index, self._engine.allocate, index, size)
+                return (self._engine.allocate(index, size, zeroed), index)
+            alloc = await self._offload_opening(index, self._engine.allocate, index, size, zeroed)
         except OutOfMemoryError as exc:
             raise _out_of_memory(self._infos[index], index, size, exc) from exc
         return (alloc, index)
+
+    async def _allocate_unzeroed(self, index: int, size: int) -> _Allocation:
+        return await self._allocate(index, size, zeroed=False)
 
     def _free(self, native: _Allocation) -> None:
         self._engine.free(native[0])
