@@ -1,9 +1,11 @@
 """`load_weights`: a checkpoint (or exo's layer range of it) into device memory, file to device.
 
 The plan is made (every header checked) before the first allocation. Then each planned copy runs
-as one `backend.copy_file_to_device` call, the next allocation being made while the current one
-fills, so the bytes go from the file to the device by whatever path the backend has (the Vulkan
-engine reads in parallel straight into staging or pinned memory) and never become Python objects.
+as one `backend.copy_file_to_device` call, two at a time (so the transfer pipeline does not drain
+between them), the next allocation being made while the current one fills, so the bytes go from
+the file to the device by whatever path the backend has (the Vulkan engine reads in parallel
+straight into staging or pinned memory) and never become Python objects. An allocation that the
+copies overwrite whole is not zeroed first.
 
 Whatever ends the load early (a bad file, a full device, a failing progress callback, the task
 being cancelled) frees every allocation the load made before the exception leaves. A copy that
@@ -14,18 +16,19 @@ writing into that memory, and memory the device may still touch is never freed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import CheckpointError, InvalidHandleError
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.weights.checkpoint import PathsArg
 from exo_gpu_plugins.weights.models import LoadedTensor, LoadedWeights, LoadProgress
-from exo_gpu_plugins.weights.plan import CheckpointPlan, CopyStep, Pack, plan_checkpoint
+from exo_gpu_plugins.weights.plan import AllocationPlan, CheckpointPlan, Pack, plan_checkpoint
 from exo_gpu_plugins.weights.selection import LayerRange
 
 __all__ = ["load_plan", "load_weights"]
@@ -78,6 +81,7 @@ async def load_plan(
     handles: list[MemoryHandle] = []
     descriptors: dict[str, int] = {}
     pending: list[asyncio.Future[MemoryHandle]] = []  # the allocation being made, if any
+    copies: collections.deque[_Copy] = collections.deque()  # in flight, oldest first
     loaded = False
     try:
         for allocation in allocations:
@@ -86,35 +90,74 @@ async def load_plan(
         report = _Reporter(progress, plan, begun)
         tensors_before = 0
         if allocations:
-            pending.append(asyncio.ensure_future(backend.allocate(device_id, allocations[0].size_bytes)))
+            pending.append(_allocate(backend, device_id, allocations[0]))
         for number, allocation in enumerate(allocations):
             handles.append(await asyncio.shield(pending[0]))
             pending.clear()
             if number + 1 < len(allocations):  # the next allocation is made while this one fills
-                following = allocations[number + 1].size_bytes
-                pending.append(asyncio.ensure_future(backend.allocate(device_id, following)))
+                pending.append(_allocate(backend, device_id, allocations[number + 1]))
             if number == 0:
                 report.step(0, 0)
             fd = descriptors[allocation.file]
             for step in allocation.steps:
-                await _copy_to_completion(backend, fd, handles[-1], step)
-                report.step(step.size, tensors_before + step.tensors_done)
+                copy = backend.copy_file_to_device(
+                    fd, handles[-1], step.offset, file_offset=step.file_offset, size_bytes=step.size
+                )
+                copies.append(
+                    _Copy(asyncio.ensure_future(copy), step.size, tensors_before + step.tensors_done)
+                )
+                if len(copies) >= _COPIES_IN_FLIGHT:
+                    await _finish_oldest(copies, report)
             tensors_before += allocation.tensor_count
+        while copies:
+            await _finish_oldest(copies, report)
         if not allocations:  # only zero-byte tensors: nothing to copy, but say so once
             report.step(0, 0)
         result = _result(plan, device_id, handles, time.perf_counter() - begun)
         loaded = True
         return result
     finally:
+        if not loaded:
+            # A copy still running may be writing into the memory: let each finish first.
+            interrupted = False
+            for running in copies:
+                interrupted = await _settle(running.future) or interrupted
+            for future in pending:  # an allocation still being made: take it, to free it
+                interrupted = await _settle(future) or interrupted
+                if not future.cancelled() and future.exception() is None:
+                    handles.append(future.result())
         for fd in descriptors.values():
             os.close(fd)
         if not loaded:
-            interrupted = False
-            for future in pending:  # an allocation still being made: take it, to free it
-                interrupted = await _settle(future)
-                if not future.cancelled() and future.exception() is None:
-                    handles.append(future.result())
             await _free_all(backend, handles, interrupted)
+
+
+# Copies kept in flight: the next one's first reads overlap the last DMA of the one before, so
+# the transfer pipeline never drains between steps.
+_COPIES_IN_FLIGHT = 2
+
+
+class _Copy(NamedTuple):
+    future: asyncio.Future[int]
+    size: int
+    tensors_done: int
+
+
+def _allocate(
+    backend: GPUBackend[Any], device_id: str, allocation: AllocationPlan
+) -> asyncio.Future[MemoryHandle]:
+    """Start making the allocation; memory the copies overwrite whole is not zeroed first."""
+    return asyncio.ensure_future(
+        backend.allocate(device_id, allocation.size_bytes, zeroed=not allocation.fills_whole)
+    )
+
+
+async def _finish_oldest(copies: collections.deque[_Copy], report: _Reporter) -> None:
+    """Wait for the oldest copy in flight (shielded: a cancellation leaves it running, for the
+    clean-up to wait on), then report its step."""
+    await asyncio.shield(copies[0].future)
+    done = copies.popleft()
+    report.step(done.size, done.tensors_done)
 
 
 class _Reporter:
@@ -156,23 +199,6 @@ def _open_unchanged(path: str, identity: tuple[int, int, int, int]) -> int:
         os.close(fd)
         raise
     return fd
-
-
-async def _copy_to_completion(
-    backend: GPUBackend[Any], fd: int, handle: MemoryHandle, step: CopyStep
-) -> None:
-    """One planned copy. If the load is cancelled meanwhile, wait for the copy to finish (it may be
-    writing into the allocation in another thread) and then let the cancellation through."""
-    copy = asyncio.ensure_future(
-        backend.copy_file_to_device(
-            fd, handle, step.offset, file_offset=step.file_offset, size_bytes=step.size
-        )
-    )
-    try:
-        await asyncio.shield(copy)
-    except asyncio.CancelledError:
-        await _settle(copy)
-        raise
 
 
 async def _settle(task: asyncio.Future[Any]) -> bool:

@@ -83,6 +83,12 @@ class AllocationPlan:
     steps: tuple[CopyStep, ...]
     tensor_count: int
 
+    @property
+    def fills_whole(self) -> bool:
+        """Whether the copies write every byte (no alignment padding between runs), so the
+        memory need not be zeroed first. The steps are disjoint, so their sizes tell."""
+        return sum(step.size for step in self.steps) == self.size_bytes
+
 
 @dataclass(frozen=True, slots=True)
 class CheckpointPlan:

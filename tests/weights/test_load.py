@@ -148,6 +148,48 @@ def test_one_copy_per_run(
     loop.run_until_complete(two.free(backend))
 
 
+def test_zeroed_only_where_padding_remains(
+    single: Path,
+    tmp_path: Path,
+    backend: GPUBackend[Any],
+    device: str,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """An allocation the copies overwrite whole is not zeroed first; one with alignment padding
+    between runs is, so the padding reads as zeros (never as bytes of memory freed before)."""
+    asked: list[bool] = []
+    real = backend.allocate
+
+    async def spy(device_id: str, size: int, *, zeroed: bool = True) -> Any:
+        asked.append(zeroed)
+        return await real(device_id, size, zeroed=zeroed)
+
+    backend.allocate = spy  # type: ignore[method-assign]
+    whole = loop.run_until_complete(load_weights(backend, device, single))
+    assert asked == [False]
+    loop.run_until_complete(whole.free(backend))
+
+    # Without "b" (33 bytes), "c" keeps its offset modulo 64: 33 bytes of padding follow "a".
+    # Dirty memory first, so a missing zero-fill would show there.
+    odd = tmp_path / "odd.safetensors"
+    write_safetensors(odd, [("a", "U8", (100,)), ("b", "U8", (33,)), ("c", "U8", (300,))])
+    dirty = loop.run_until_complete(real(device, 4096))
+    loop.run_until_complete(backend.copy_to_device(b"\xa5" * 4096, dirty))
+    loop.run_until_complete(backend.deallocate(dirty))
+    asked.clear()
+    two = loop.run_until_complete(load_weights(backend, device, odd, select=lambda n: n != "b"))
+    assert asked == [True]
+    (handle,) = two.handles
+    ends = sorted((t.offset_bytes, t.offset_bytes + t.size_bytes) for t in two.tensors.values())
+    content = loop.run_until_complete(backend.copy_from_device(handle, 0, handle.size_bytes))
+    gaps = [(end, begin) for (_, end), (begin, _) in itertools.pairwise(ends) if begin > end]
+    assert gaps, "the two runs should be separated by alignment padding"
+    for end, begin in gaps:
+        assert content[end:begin] == bytes(begin - end)
+    check_exact(loop, backend, two)
+    loop.run_until_complete(two.free(backend))
+
+
 def test_progress(
     sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
 ) -> None:
@@ -234,12 +276,12 @@ def test_allocation_failure_frees(
     real = backend.allocate
     made = 0
 
-    async def allocate(device_id: str, size: int) -> Any:
+    async def allocate(device_id: str, size: int, *, zeroed: bool = True) -> Any:
         nonlocal made
         made += 1
         if made == 5:
             raise OutOfMemoryError("device full")
-        return await real(device_id, size)
+        return await real(device_id, size, zeroed=zeroed)
 
     backend.allocate = allocate  # type: ignore[method-assign]
     with pytest.raises(OutOfMemoryError):
@@ -277,8 +319,8 @@ def test_too_large_for_the_device(
 def test_cancel_while_copying(
     sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
 ) -> None:
-    """Cancelled during a copy: the copy runs to its end (it may be writing into the memory), then
-    everything is freed and CancelledError comes out."""
+    """Cancelled during its copies: each copy in flight (two: one per shard here) runs to its end
+    (it may be writing into the memory), then everything is freed and CancelledError comes out."""
     real = backend.copy_file_to_device  # type: ignore[attr-defined]
     started = asyncio.Event()
     release = asyncio.Event()
@@ -296,16 +338,17 @@ def test_cancel_while_copying(
     async def scenario() -> None:
         task = asyncio.ensure_future(load_weights(backend, device, sharded))
         await started.wait()
-        await asyncio.sleep(0.05)  # the second allocation is made while the first one fills
-        assert len(backend.live_handles()) == 2
+        # Two shards' copies in flight, and the third allocation made while they fill.
+        await asyncio.sleep(0.05)
+        assert len(backend.live_handles()) == 3
         task.cancel()
         await asyncio.sleep(0.05)
-        assert not task.done()  # waiting for the copy in flight
-        assert len(backend.live_handles()) == 2
+        assert not task.done()  # waiting for the copies in flight
+        assert len(backend.live_handles()) == 3
         release.set()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert len(finished) == 1
+        assert len(finished) == 2
 
     loop.run_until_complete(scenario())
     assert backend.live_handles() == []
@@ -319,11 +362,11 @@ def test_cancel_while_allocating(
     made: list[Any] = []
     gate = asyncio.Event()
 
-    async def allocate(device_id: str, size: int) -> Any:
+    async def allocate(device_id: str, size: int, *, zeroed: bool = True) -> Any:
         if made:
             gate.set()
             await asyncio.sleep(0.05)
-        handle = await real(device_id, size)
+        handle = await real(device_id, size, zeroed=zeroed)
         made.append(handle)
         return handle
 
