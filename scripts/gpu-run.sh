@@ -4,7 +4,8 @@
 #   bash scripts/gpu-run.sh tests   devices, device truth against nvidia-smi, the whole suite with
 #                                   validation                                 (about 4 minutes)
 #   bash scripts/gpu-run.sh bench   the transfer pipeline beside the peers, then each queue's own
-#                                   DMA rate (.whl/queue_probe, when carried) (about 3 minutes)
+#                                   DMA rate and the copy kernels' own rates (.whl/queue_probe and
+#                                   .whl/copy_probe, when carried)             (about 3 minutes)
 #   bash scripts/gpu-run.sh load    loading weights: 8 GiB cached and cold beside torch and
 #                                   fastsafetensors, 1 file against 4 shards  (about 5 minutes)
 set -uo pipefail
@@ -42,6 +43,10 @@ bench)
     if [ -x .whl/queue_probe ]; then
       log "each queue's DMA rate, alone and in pairs (rust/engine/examples/queue_probe.rs)"
       timeout 120 .whl/queue_probe 1024
+    fi
+    if [ -x .whl/copy_probe ]; then
+      log "device-to-device copy kernels against vkCmdCopyBuffer (rust/engine/examples/copy_probe.rs)"
+      timeout 120 .whl/copy_probe 1024
     fi
   } 2>&1 | tee "$OUT/bench.txt"
   ;;
