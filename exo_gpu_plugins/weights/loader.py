@@ -158,6 +158,9 @@ async def _finish_oldest(copies: collections.deque[_Copy], report: _Reporter) ->
     await asyncio.shield(copies[0].future)
     done = copies.popleft()
     report.step(done.size, done.tensors_done)
+    # Yield once, so that a cancellation requested meanwhile (by the progress callback itself,
+    # say) lands here even when the next copy has already finished and awaiting it would not.
+    await asyncio.sleep(0)
 
 
 class _Reporter:
