@@ -437,8 +437,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         """Allocate `size_bytes` (> 0) on the device; the memory reads back as zeros.
 
         `zeroed=False` skips clearing it, for memory the caller overwrites whole before reading
-        any of it (a model's weights): its bytes are then unspecified (whatever the memory held,
-        such as an allocation freed before)."""
+        any of it (a model's weights): its bytes are then unspecified."""
         with self._gate:
             index = self._device_index(device_id)
             size = arguments.integer(size_bytes, "size_bytes")

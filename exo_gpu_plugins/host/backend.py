@@ -138,6 +138,7 @@ class HostBackend(GPUBackend[HostMemory]):
         return await self._allocation(index, size, _mapped)
 
     async def _allocate_unzeroed(self, index: int, size: int) -> HostMemory:
+        # Not through `_allocate`: a subclass that overrides `_allocate` must override this too.
         return await self._allocation(index, size, _mapped_lazily)
 
     async def _allocation(self, index: int, size: int, mapped: Callable[[int], mmap.mmap]) -> HostMemory:

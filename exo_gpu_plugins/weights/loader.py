@@ -83,6 +83,7 @@ async def load_plan(
     pending: list[asyncio.Future[MemoryHandle]] = []  # the allocation being made, if any
     copies: collections.deque[_Copy] = collections.deque()  # in flight, oldest first
     loaded = False
+    interrupted = False  # a cancellation arrived while the clean-up waited
     try:
         for allocation in allocations:
             if allocation.file not in descriptors:
@@ -119,7 +120,6 @@ async def load_plan(
     finally:
         if not loaded:
             # A copy still running may be writing into the memory: let each finish first.
-            interrupted = False
             for running in copies:
                 interrupted = await _settle(running.future) or interrupted
             for future in pending:  # an allocation still being made: take it, to free it

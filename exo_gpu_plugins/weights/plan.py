@@ -85,9 +85,14 @@ class AllocationPlan:
 
     @property
     def fills_whole(self) -> bool:
-        """Whether the copies write every byte (no alignment padding between runs), so the
-        memory need not be zeroed first. The steps are disjoint, so their sizes tell."""
-        return sum(step.size for step in self.steps) == self.size_bytes
+        """Whether the copies write every byte of the allocation (no alignment padding between
+        runs), so the memory need not be zeroed first."""
+        end = 0
+        for step in sorted(self.steps, key=lambda step: step.offset):
+            if step.offset != end:
+                return False
+            end += step.size
+        return end == self.size_bytes
 
 
 @dataclass(frozen=True, slots=True)

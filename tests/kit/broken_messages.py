@@ -32,8 +32,8 @@ class DirtyReuse(HostBackend):
         await super().deallocate(handle)
         self._pool.append(left)
 
-    async def allocate(self, device_id: str, size_bytes: int) -> MemoryHandle:
-        handle = await super().allocate(device_id, size_bytes)
+    async def allocate(self, device_id: str, size_bytes: int, *, zeroed: bool = True) -> MemoryHandle:
+        handle = await super().allocate(device_id, size_bytes, zeroed=zeroed)
         if self._pool:
             await self.copy_to_device(self._pool.pop()[:size_bytes], handle, 0)
         return handle
@@ -52,8 +52,8 @@ class StateOutlivesInstance(HostBackend):
                 type(self).leftovers.append(left)
         await super().shutdown()
 
-    async def allocate(self, device_id: str, size_bytes: int) -> MemoryHandle:
-        handle = await super().allocate(device_id, size_bytes)
+    async def allocate(self, device_id: str, size_bytes: int, *, zeroed: bool = True) -> MemoryHandle:
+        handle = await super().allocate(device_id, size_bytes, zeroed=zeroed)
         cache = type(self).leftovers
         for i, left in enumerate(cache):
             if len(left) >= size_bytes:

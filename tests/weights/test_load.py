@@ -190,6 +190,28 @@ def test_zeroed_only_where_padding_remains(
     loop.run_until_complete(two.free(backend))
 
 
+def test_fills_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether a planned allocation may skip its zero fill: only when its steps cover it exactly."""
+    from dataclasses import replace
+
+    from exo_gpu_plugins.weights import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "MAX_COPY_BYTES", 4096)
+    path = tmp_path / "odd.safetensors"
+    write_safetensors(path, [("a", "U8", (10000,)), ("b", "U8", (33,)), ("c", "U8", (5000,))])
+    (whole,) = plan_checkpoint(path).allocations
+    assert len(whole.steps) > 2 and whole.fills_whole  # split in 4096-byte steps, no gap
+    (gapped,) = plan_checkpoint(path, select=lambda n: n != "b").allocations
+    assert not gapped.fills_whole  # "c" keeps its offset modulo 64: padding after "a"
+    assert all(a.fills_whole for a in plan_checkpoint(path, pack="tensor").allocations)
+    # A hand-made plan whose steps overlap (and so leave the end unwritten) is not whole.
+    first = whole.steps[0]
+    overlapping = replace(
+        whole, steps=(first, *(replace(t, offset=t.offset - 1) for t in whole.steps[1:]))
+    )
+    assert not overlapping.fills_whole
+
+
 def test_progress(
     sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from functools import partial
+from typing import Any, cast
 
 import pytest
 
@@ -130,7 +131,7 @@ class AllocationContract(KitBase):
                 + [
                     (
                         f"allocate(device, 16, zeroed={bad!r})",
-                        partial(b.allocate, device, 16, zeroed=bad),  # type: ignore[arg-type]
+                        partial(b.allocate, device, 16, zeroed=cast(Any, bad)),
                     )
                     for bad in (0, 1, None, "no")
                 ],
@@ -169,11 +170,12 @@ class AllocationContract(KitBase):
                 OutOfMemoryError,
                 [
                     (
-                        f"allocate(device, {size})",
-                        deferred(self.backend.allocate, self.device, size),
+                        f"allocate(device, {size}, zeroed={zeroed})",
+                        partial(self.backend.allocate, self.device, size, zeroed=zeroed),
                     )
                     for size in (total + 1, 4 * total + 4096, 1 << 62)
                     if size > total
+                    for zeroed in (True, False)
                 ],
             )
             assert len(self.backend.live_handles()) == live, "a refused allocation left a handle"

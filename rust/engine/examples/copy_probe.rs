@@ -435,8 +435,13 @@ impl Gpu {
         }
     }
 
-    fn free(&self, cmd: vk::CommandBuffer) {
-        // SAFETY: every submission of `cmd` was waited for (`submit` waits).
+    /// Free `cmd` once its submissions finished; after a failed submission or wait it may still
+    /// be pending, so it is left allocated (the probe exits soon after).
+    fn free(&self, cmd: vk::CommandBuffer, waited: bool) {
+        if !waited {
+            return;
+        }
+        // SAFETY: every submission of `cmd` was waited for (`waited`).
         unsafe { self.device.free_command_buffers(self.pool, &[cmd]) };
     }
 
@@ -580,7 +585,7 @@ impl Gpu {
             self.barrier(cmd, true);
         })?;
         let waited = self.submit(cmd);
-        self.free(cmd);
+        self.free(cmd, waited.is_ok());
         waited?;
         let len = (WINDOWS_AT + 3 * self.window) as usize;
         // SAFETY: the readback buffer is mapped (host-coherent) over its whole size, and the GPU
@@ -650,7 +655,7 @@ impl Gpu {
             }
             Ok((gpu, wall))
         })();
-        self.free(cmd);
+        self.free(cmd, timed.is_ok());
         timed
     }
 }

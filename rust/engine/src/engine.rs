@@ -235,9 +235,9 @@ impl Engine {
         self.allocate_filled(index, size, true)
     }
 
-    /// Allocate `size` bytes on device `index` without zeroing them: they may hold bytes of memory
-    /// this process freed before, so the caller must write all of them before reading any (a
-    /// model's weights, loaded whole). Saves a pass over the memory.
+    /// Allocate `size` bytes on device `index` without zeroing them: their content is unspecified,
+    /// so the caller must write all of them before reading any (a model's weights, loaded whole).
+    /// Saves a pass over the memory.
     pub fn allocate_unzeroed(&self, index: usize, size: u64) -> Result<u64> {
         self.allocate_filled(index, size, false)
     }
