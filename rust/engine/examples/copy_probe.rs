@@ -22,7 +22,9 @@ use ash::vk;
 #[path = "../shaders/copy_spv.rs"]
 mod engine_spv;
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+#[path = "probe_common/mod.rs"]
+mod probe_common;
+use probe_common::{first_device, memory_type, Buf, Res};
 
 /// Timed submissions per row (after one warm-up).
 const RUNS: usize = 10;
@@ -289,23 +291,6 @@ fn pattern(i: u32, seed: u32) -> [u32; 4] {
     ]
 }
 
-struct Buf {
-    buffer: vk::Buffer,
-    memory: vk::DeviceMemory,
-}
-
-fn memory_type(
-    props: &vk::PhysicalDeviceMemoryProperties,
-    bits: u32,
-    want: vk::MemoryPropertyFlags,
-    avoid: vk::MemoryPropertyFlags,
-) -> Option<u32> {
-    (0..props.memory_type_count).find(|&i| {
-        let f = props.memory_types[i as usize].property_flags;
-        bits & (1 << i) != 0 && f.contains(want) && !f.intersects(avoid)
-    })
-}
-
 /// What one copy records: a kernel dispatch or vkCmdCopyBuffer.
 enum Op {
     Kernel {
@@ -358,16 +343,7 @@ impl Gpu {
         let buffer = unsafe { device.create_buffer(&info, None)? };
         // SAFETY: the buffer was just created on this device.
         let req = unsafe { device.get_buffer_memory_requirements(buffer) };
-        let index = memory_type(props, req.memory_type_bits, want, avoid)
-            .or_else(|| {
-                memory_type(
-                    props,
-                    req.memory_type_bits,
-                    want,
-                    vk::MemoryPropertyFlags::empty(),
-                )
-            })
-            .ok_or("no suitable memory type")?;
+        let index = memory_type(props, req.memory_type_bits, want, avoid)?;
         let mut dedicated = vk::MemoryDedicatedAllocateInfo::default().buffer(buffer);
         let alloc = vk::MemoryAllocateInfo::default()
             .allocation_size(req.size)
@@ -693,21 +669,7 @@ fn run() -> Res<()> {
             .ok_or("the argument is the buffer size in MiB (a positive integer)")?,
         None => 1024,
     };
-    // SAFETY: loading the system's Vulkan loader.
-    let entry = unsafe { ash::Entry::load()? };
-    let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_2);
-    // SAFETY: valid create info.
-    let instance = unsafe {
-        entry.create_instance(
-            &vk::InstanceCreateInfo::default().application_info(&app),
-            None,
-        )
-    }
-    .map_err(|e| format!("vkCreateInstance: {e}"))?;
-    // SAFETY: valid instance.
-    let physical = *unsafe { instance.enumerate_physical_devices()? }
-        .first()
-        .ok_or("no Vulkan device")?;
+    let (_entry, instance, physical) = first_device()?;
     // SAFETY: valid physical device.
     let (families, mem_props, dprops, extensions) = unsafe {
         (

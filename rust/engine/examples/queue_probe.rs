@@ -10,29 +10,14 @@ use std::time::Instant;
 
 use ash::vk;
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-struct Buf {
-    buffer: vk::Buffer,
-    memory: vk::DeviceMemory,
-}
+#[path = "probe_common/mod.rs"]
+mod probe_common;
+use probe_common::{first_device, memory_type, Buf, Res};
 
 struct Probe {
     device: ash::Device,
     queues: Vec<(String, u32, vk::Queue)>,
     pools: Vec<vk::CommandPool>,
-}
-
-fn memory_type(
-    props: &vk::PhysicalDeviceMemoryProperties,
-    bits: u32,
-    want: vk::MemoryPropertyFlags,
-    avoid: vk::MemoryPropertyFlags,
-) -> Option<u32> {
-    (0..props.memory_type_count).find(|&i| {
-        let f = props.memory_types[i as usize].property_flags;
-        bits & (1 << i) != 0 && f.contains(want) && !f.intersects(avoid)
-    })
 }
 
 impl Probe {
@@ -61,16 +46,7 @@ impl Probe {
                 vk::MemoryPropertyFlags::HOST_VISIBLE,
             )
         };
-        let index = memory_type(props, req.memory_type_bits, want, avoid)
-            .or_else(|| {
-                memory_type(
-                    props,
-                    req.memory_type_bits,
-                    want,
-                    vk::MemoryPropertyFlags::empty(),
-                )
-            })
-            .ok_or("no suitable memory type")?;
+        let index = memory_type(props, req.memory_type_bits, want, avoid)?;
         let alloc = vk::MemoryAllocateInfo::default()
             .allocation_size(req.size)
             .memory_type_index(index);
@@ -153,20 +129,7 @@ fn main() -> Res<()> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1024);
     let size = mib << 20;
-    // SAFETY: loading the system's Vulkan loader.
-    let entry = unsafe { ash::Entry::load()? };
-    let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_2);
-    // SAFETY: valid create info.
-    let instance = unsafe {
-        entry.create_instance(
-            &vk::InstanceCreateInfo::default().application_info(&app),
-            None,
-        )?
-    };
-    // SAFETY: valid instance.
-    let physical = *unsafe { instance.enumerate_physical_devices()? }
-        .first()
-        .ok_or("no device")?;
+    let (_entry, instance, physical) = first_device()?;
     // SAFETY: valid physical device.
     let (families, props, dprops) = unsafe {
         (
