@@ -29,6 +29,10 @@ __all__ = ["CHUNK_BYTES", "open_source", "parallel_read_into", "pipelined_copy",
 # in flight keep memory bounded (READERS + 1 chunks).
 CHUNK_BYTES = 16 << 20
 READERS = 4
+# Reads straight into the destination (`parallel_read_into`) hold no buffer, so their chunks can
+# be larger: a quarter of the thread hops (on the 2-core CI machine a 1 GiB load into the host
+# backend went from 0.74-0.91x numpy's single `preadv` to 0.92-1.08x).
+DIRECT_CHUNK_BYTES = 64 << 20
 
 
 @contextlib.contextmanager
@@ -95,7 +99,7 @@ async def parallel_read_into(fd: int, view: memoryview, position: int) -> None:
     """Fill `view` from the file with up to `READERS` chunk reads in flight at once (for memory the
     process can write directly, e.g. the host backend's)."""
     loop = asyncio.get_running_loop()
-    chunk, readers = CHUNK_BYTES, READERS
+    chunk, readers = DIRECT_CHUNK_BYTES, READERS
     pending: collections.deque[asyncio.Future[None]] = collections.deque()
     try:
         for start in range(0, view.nbytes, chunk):

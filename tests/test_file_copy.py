@@ -43,7 +43,9 @@ def data_file(tmp_path: Path) -> tuple[Path, bytes]:
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of one page, so that small files take both paths' many-chunk loops."""
     monkeypatch.setattr(file_copy, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(file_copy, "DIRECT_CHUNK_BYTES", 4096)
 
 
 async def test_whole_file_by_path_fd_and_file_object(
