@@ -232,17 +232,13 @@ impl Engine {
 
     /// Allocate `size` zeroed bytes on device `index`; returns the allocation id.
     pub fn allocate(&self, index: usize, size: u64) -> Result<u64> {
-        self.allocate_filled(index, size, true)
+        self.allocate_with(index, size, true)
     }
 
-    /// Allocate `size` bytes on device `index` without zeroing them: their content is unspecified,
-    /// so the caller must write all of them before reading any (a model's weights, loaded whole).
-    /// Saves a pass over the memory.
-    pub fn allocate_unzeroed(&self, index: usize, size: u64) -> Result<u64> {
-        self.allocate_filled(index, size, false)
-    }
-
-    fn allocate_filled(&self, index: usize, size: u64, zeroed: bool) -> Result<u64> {
+    /// `allocate`, zeroing only when `zeroed`: otherwise the content is unspecified, so the
+    /// caller must write every byte before reading any (a model's weights, loaded whole), and
+    /// saves a pass over the memory.
+    pub fn allocate_with(&self, index: usize, size: u64, zeroed: bool) -> Result<u64> {
         self.call(|i| {
             if size == 0 {
                 return Err(EngineError::InvalidArgument(

@@ -226,12 +226,14 @@ impl EngineDevice {
     /// else vkCmdFillBuffer.
     pub(crate) fn prepare_fresh(&self, v: &BufView, zeroed: bool) -> Result<()> {
         let ctx = &self.ctx;
-        let mapped = v.mapped.map(|ptr| {
-            usize::try_from(v.len)
-                .map(|len| (ptr, len))
-                .map_err(|_| EngineError::OutOfMemory("buffer exceeds address space".into()))
-        });
-        let mapped = mapped.transpose()?;
+        let mapped = match v.mapped {
+            Some(ptr) => Some((
+                ptr,
+                usize::try_from(v.len)
+                    .map_err(|_| EngineError::OutOfMemory("buffer exceeds address space".into()))?,
+            )),
+            None => None,
+        };
         if let Some((ptr, len)) = mapped.filter(|_| ctx.info.device_type == "cpu") {
             workers::advise_huge_pages(ptr.as_ptr(), len);
         }

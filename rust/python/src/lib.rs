@@ -249,14 +249,8 @@ impl PyEngine {
         guarded(py, || {
             let i = self::index(index, "index")?;
             let size = uint(size, "size")?;
-            py.detach(|| {
-                if zeroed {
-                    self.engine.allocate(i, size)
-                } else {
-                    self.engine.allocate_unzeroed(i, size)
-                }
-            })
-            .map_err(|e| self.err(py, Op::Other, e))
+            py.detach(|| self.engine.allocate_with(i, size, zeroed))
+                .map_err(|e| self.err(py, Op::Other, e))
         })
     }
 
