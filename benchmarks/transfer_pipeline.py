@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import exo_gpu_plugins
+from exo_gpu_plugins.backend import _new_handle as new_handle
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -67,14 +68,35 @@ def median_seconds_sync(repeats: int, body: Callable[[], Any]) -> float:
 # Peers
 
 
-def numpy_memcpy_gbps(size: int, repeats: int) -> float | None:
+def numpy_memcpy(size: int) -> Callable[[], Any] | None:
+    """One numpy memcpy of `size` bytes between two arrays touched beforehand (None without
+    numpy): the host's own copy bandwidth, the peer of copies on a CPU device."""
     try:
         import numpy as np
     except ImportError:
         return None
     a = np.ones(size, dtype=np.uint8)
-    b = np.empty_like(a)
-    return gbps(size, median_seconds_sync(repeats, lambda: np.copyto(b, a)))
+    b = np.ones_like(a)
+    return lambda: np.copyto(b, a)
+
+
+async def interleaved(
+    repeats: int, ours: Callable[[], Awaitable[Any]], peer: Callable[[], Any] | None
+) -> tuple[float, list[float]]:
+    """Median seconds of `ours`, and the samples of `peer` timed in turn with it (ours, peer,
+    ours, ...): on a shared VM the memory bandwidth drifts within a run, and a peer timed
+    minutes apart from our figure would compare two different machines."""
+    ours_samples: list[float] = []
+    peer_samples: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        await ours()
+        ours_samples.append(time.perf_counter() - start)
+        if peer is not None:
+            start = time.perf_counter()
+            peer()
+            peer_samples.append(time.perf_counter() - start)
+    return statistics.median(ours_samples), peer_samples
 
 
 def torch_cuda() -> Any:
@@ -212,10 +234,21 @@ async def bandwidth_at(backend: Any, device: str, size: int, repeats: int, rows:
     src: Any = np.ones(size, dtype=np.uint8) if np is not None else os.urandom(size)
     out = bytearray(size)
     await backend.copy_to_device(src, handle)
-    up = gbps(size, await median_seconds(repeats, lambda: backend.copy_to_device(src, handle)))
-    down = gbps(
-        size, await median_seconds(repeats, lambda: backend.copy_from_device_into(handle, 0, out))
+    memcpy = numpy_memcpy(size)
+    up_s, memcpy_up = await interleaved(repeats, lambda: backend.copy_to_device(src, handle), memcpy)
+    down_s, memcpy_down = await interleaved(
+        repeats, lambda: backend.copy_from_device_into(handle, 0, out), memcpy
     )
+    up, down = gbps(size, up_s), gbps(size, down_s)
+    memcpy_samples = memcpy_up + memcpy_down
+    rows.append(
+        Figure(
+            f"host memcpy {label} (numpy, timed in turn with ours)",
+            gbps(size, statistics.median(memcpy_samples)) if memcpy_samples else None,
+            "GB/s",
+        )
+    )
+    del memcpy
     pageable = torch_h2d_d2h(size, repeats, pinned=False)
     pinned_peer = torch_h2d_d2h(size, repeats, pinned=True)
     rows.append(
@@ -343,6 +376,10 @@ async def small_copies(backend: Any, device: str, repeats: int, rows: list[Figur
     async def gathered_nothing() -> None:
         await asyncio.gather(*(nothing() for _ in range(count)))
 
+    async def in_turn() -> None:
+        for i in range(count):
+            await backend.copy_to_device(pieces[i], target, i * chunk)
+
     # asyncio's own cost of 64 gathered coroutines, as the rate its time would allow: the ceiling
     # of any backend's 64 gathered copies in this interpreter.
     ceiling = gbps(chunk * count, await median_seconds(repeats, gathered_nothing))
@@ -355,6 +392,24 @@ async def small_copies(backend: Any, device: str, repeats: int, rows: list[Figur
             "64 no-op coroutines gathered",
         )
     )
+    # Where their time goes: the same copies without gather, and the engine's calls alone.
+    rows.append(
+        Figure(
+            "  the 64 copies awaited in turn",
+            gbps(chunk * count, await median_seconds(repeats, in_turn)),
+            "GB/s",
+        )
+    )
+    engine = getattr(backend, "_engine", None)
+    if engine is not None:
+        native = backend._live[target.handle_id].native[0]
+
+        async def engine_writes() -> None:
+            for i in range(count):
+                engine.write(native, i * chunk, pieces[i])
+
+        engine_rate = gbps(chunk * count, await median_seconds(repeats, engine_writes))
+        rows.append(Figure("  the 64 copies, engine calls alone", engine_rate, "GB/s"))
     await backend.deallocate(target)
 
 
@@ -370,18 +425,45 @@ async def device_copy(backend: Any, device: str, size: int, repeats: int, rows: 
 
 
 async def small_ops(backend: Any, device: str, rows: list[Figure]) -> None:
+    loops = 1000  # per sample, as torch's peer is timed
+
     async def alloc_free() -> None:
-        await backend.deallocate(await backend.allocate(device, 4096))
+        for _ in range(loops):
+            await backend.deallocate(await backend.allocate(device, 4096))
 
     rows.append(
         Figure(
             "allocate+free 4 KiB",
-            await median_seconds(3000, alloc_free) * 1e6,
+            await median_seconds(7, alloc_free) * 1e6 / loops,
             "us",
-            torch_alloc_free_us(5),
+            torch_alloc_free_us(7),
             "torch caching allocator",
         )
     )
+    # Where its time goes: the engine's part, and what the interpreter alone charges for the
+    # shape of the API (two awaited coroutines and one MemoryHandle), whatever the backend.
+    engine = getattr(backend, "_engine", None)
+    if engine is not None:
+        index = backend._device_index(device)
+
+        async def engine_alloc_free() -> None:
+            for _ in range(loops):
+                engine.free(engine.allocate(index, 4096))
+
+        engine_us = await median_seconds(7, engine_alloc_free) * 1e6 / loops
+        rows.append(Figure("  allocate+free 4 KiB, engine calls alone", engine_us, "us"))
+
+    async def nothing() -> None:
+        return None
+
+    async def interpreter_floor() -> None:
+        for _ in range(loops):
+            await nothing()
+            await nothing()
+            new_handle(device, 4096)
+
+    floor_us = await median_seconds(7, interpreter_floor) * 1e6 / loops
+    rows.append(Figure("  two empty awaits + one MemoryHandle", floor_us, "us"))
     handle = await backend.allocate(device, 4096)
     buf = bytearray(os.urandom(4096))
     out = bytearray(4096)
@@ -483,8 +565,6 @@ async def main(args: argparse.Namespace) -> list[Figure]:
     quick = args.quick
     repeats = 3 if quick else 7
     sizes = [32 * MiB, 64 * MiB] if quick else [256 * MiB, GiB]
-    memcpy = numpy_memcpy_gbps(sizes[0], repeats)
-    rows.append(Figure(f"host memcpy {sizes[0] // MiB} MiB (numpy)", memcpy, "GB/s"))
     try:
         await bandwidth(backend, device, sizes, repeats, rows)
         await both_ways(backend, device, sizes[0], repeats, rows)
