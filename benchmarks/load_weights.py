@@ -9,9 +9,12 @@ size: 8 GiB on a GPU, 1 GiB on a CPU device (lavapipe) or the host backend.
 
 Rows (each measurement in a fresh process, so peak RSS is its own):
 - `load_weights`, cached (after one warm read of the files) and cold (each file fsync'ed and
-  evicted with posix_fadvise(POSIX_FADV_DONTNEED) before every timed load);
+  evicted with posix_fadvise(POSIX_FADV_DONTNEED) before every timed load); cold readings are
+  taken in rounds (ours, each peer, the disk's rate; one load each) so that all of a round see
+  the same disk;
 - numpy: the same bytes read from the page cache into a preallocated numpy array (`readinto`),
-  in the same process as the cached load, and `numpy.fromfile` (allocation included);
+  in the same process as the cached load and timed in turn with it, and `numpy.fromfile`
+  (allocation included);
 - torch's `safetensors.torch.load_file(device="cuda")` and fastsafetensors (nogds), when
   importable and CUDA is present, cached and cold;
 - the two halves of a cached load timed apart (allocating; copy_file_to_device into memory
@@ -123,7 +126,11 @@ async def child_load(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         device = spec["device"] or backend.list_devices()[0].device_id
         paths, files = spec["paths"], spec["files"]
-        warmup = await load_weights(backend, device, paths, pack=spec["pack"])  # engine warm-up
+        # The peer's array first, then a warm-up load (engine start-up; in a VM, also the first
+        # touch of guest memory, several times slower than later ones): the timed loads then
+        # reuse the warm-up's pages, as the peer reuses its array. The array is in `before`.
+        numpy = NumpyPeer(files) if spec["numpy"] else None
+        warmup = await load_weights(backend, device, paths, pack=spec["pack"])
         await warmup.free(backend)
         times: list[float] = []
         before = rss()
@@ -136,6 +143,8 @@ async def child_load(spec: dict[str, Any]) -> dict[str, Any]:
             start = time.perf_counter()
             loaded = await load_weights(backend, device, paths, pack=spec["pack"])
             times.append(time.perf_counter() - start)
+            if numpy is not None:
+                numpy.readinto()  # in turn with our loads: both see the same machine
         peak = peak_rss()
         assert loaded is not None
         result: dict[str, Any] = {
@@ -152,8 +161,9 @@ async def child_load(spec: dict[str, Any]) -> dict[str, Any]:
         }
         result["exact"] = not await loaded.verify(backend) if spec["verify"] else None
         await loaded.free(backend)
-        if spec["numpy"]:
-            result["numpy"] = numpy_peer(files, spec["repeat"])
+        if numpy is not None:
+            result["numpy"] = numpy.results(spec["repeat"])
+            del numpy
             result["parts"] = await parts(backend, device, files, spec["repeat"])
         return result
     finally:
@@ -191,20 +201,24 @@ def tensor_ranges(files: list[str]) -> list[tuple[str, int, int]]:
     return ranges
 
 
-def numpy_peer(files: list[str], repeat: int) -> dict[str, Any]:
-    """The same bytes from the page cache into numpy: readinto a preallocated (touched) array, and
-    numpy.fromfile (allocation included)."""
-    import numpy as np
+class NumpyPeer:
+    """The same bytes from the page cache into numpy: `readinto` a preallocated array, touched
+    beforehand so that no page fault falls inside the timing (the strict peer), and
+    `numpy.fromfile` (allocation included)."""
 
-    ranges = tensor_ranges(files)
-    total = sum(size for _, _, size in ranges)
-    target = np.ones(total, dtype=np.uint8)  # touched: no page faults inside the timing
-    view = memoryview(target)
-    readinto: list[float] = []
-    for _ in range(repeat):
+    def __init__(self, files: list[str]) -> None:
+        import numpy as np
+
+        self.ranges = tensor_ranges(files)
+        self.total = sum(size for _, _, size in self.ranges)
+        self.target = np.ones(self.total, dtype=np.uint8)
+        self.times: list[float] = []
+
+    def readinto(self) -> None:
+        view = memoryview(self.target)
         start = time.perf_counter()
         position = 0
-        for path, offset, size in ranges:
+        for path, offset, size in self.ranges:
             fd = os.open(path, os.O_RDONLY)
             try:
                 done = 0
@@ -216,17 +230,22 @@ def numpy_peer(files: list[str], repeat: int) -> dict[str, Any]:
             finally:
                 os.close(fd)
             position += size
-        readinto.append(time.perf_counter() - start)
-    del view, target
-    fromfile: list[float] = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        arrays = [
-            np.fromfile(path, dtype=np.uint8, count=size, offset=offset) for path, offset, size in ranges
-        ]
-        fromfile.append(time.perf_counter() - start)
-        del arrays
-    return {"bytes": total, "readinto": readinto, "fromfile": fromfile}
+        self.times.append(time.perf_counter() - start)
+
+    def results(self, repeat: int) -> dict[str, Any]:
+        import numpy as np
+
+        del self.target
+        fromfile: list[float] = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            arrays = [
+                np.fromfile(path, dtype=np.uint8, count=size, offset=offset)
+                for path, offset, size in self.ranges
+            ]
+            fromfile.append(time.perf_counter() - start)
+            del arrays
+        return {"bytes": self.total, "readinto": self.times, "fromfile": fromfile}
 
 
 def child_torch(spec: dict[str, Any]) -> dict[str, Any]:
@@ -439,8 +458,11 @@ def main() -> int:
         )
         checkpoints.append(("1 file", [str(write_llama(made / "single", shape, shards=1))]))
         checkpoints.append(("4 shards", [str(write_llama(made / "sharded", shape, shards=4))]))
-    torch_ok = has_cuda_torch() and importlib.util.find_spec("safetensors") is not None
-    fst_ok = has_cuda_torch() and importlib.util.find_spec("fastsafetensors") is not None
+    cuda = has_cuda_torch()
+    peers = [
+        ("torch", cuda and importlib.util.find_spec("safetensors") is not None),
+        ("fastsafetensors", cuda and importlib.util.find_spec("fastsafetensors") is not None),
+    ]
     limit = 600.0
     rows: list[dict[str, Any]] = []
     fs_name: str | None = None
@@ -451,7 +473,6 @@ def main() -> int:
             fs_name = fs_name or fs
             for cold in [False] if args.no_cold else [False, True]:
                 cache = "cold" if cold else "cached"
-                warm(files)
                 spec = {
                     "backend": info["backend"],
                     "device": info["device"],
@@ -463,60 +484,22 @@ def main() -> int:
                     "verify": not args.no_verify and not cold,
                     "numpy": not cold,
                 }
-                load = run_child("load", spec, limit)
-                rows.append({"what": "load_weights", "checkpoint": label, "cache": cache, **load})
-                if "parts" in load:
-                    part = load.pop("parts")
-                    for key, what in (
-                        ("allocate", "  part: allocate"),
-                        ("copy", "  part: copy_file_to_device"),
-                    ):
-                        rows.append(
-                            {
-                                "what": what,
-                                "checkpoint": label,
-                                "cache": cache,
-                                "bytes": part["bytes"],
-                                "times": part[key],
-                            }
-                        )
-                if "numpy" in load:
-                    numpy = load.pop("numpy")
-                    rows.append(
-                        {
-                            "what": "numpy readinto (same process)",
-                            "checkpoint": label,
-                            "cache": cache,
-                            "bytes": numpy["bytes"],
-                            "times": numpy["readinto"],
-                        }
-                    )
-                    rows.append(
-                        {
-                            "what": "numpy.fromfile (same process)",
-                            "checkpoint": label,
-                            "cache": cache,
-                            "bytes": numpy["bytes"],
-                            "times": numpy["fromfile"],
-                        }
-                    )
-                for name, ok in (("torch", torch_ok), ("fastsafetensors", fst_ok)):
-                    if ok:
+                kinds = ["load"] + [name for name, ok in peers if ok]
+                # Cold loads run at the disk's rate, which drifts from minute to minute on a
+                # virtual disk: rounds of one load each (ours, each peer, the disk's own rate),
+                # so that every reading of a round sees the same disk.
+                rounds, per_child = (args.repeat, 1) if cold else (1, args.repeat)
+                readings: list[dict[str, dict[str, Any]]] = []
+                for _ in range(rounds):
+                    reading = {}
+                    for kind in kinds:
                         warm(files)
-                        peer = run_child(name, spec, limit)
-                        what = "torch load_file(cuda)" if name == "torch" else "fastsafetensors nogds"
-                        rows.append({"what": what, "checkpoint": label, "cache": cache, **peer})
-            if not args.no_cold:
-                disk = direct_read(files, args.threads, 16 * MIB)
-                rows.append(
-                    {
-                        "what": f"disk O_DIRECT x{args.threads}",
-                        "checkpoint": label,
-                        "cache": "cold",
-                        "fs": fs,
-                        **disk,
-                    }
-                )
+                        reading[kind] = run_child(kind, {**spec, "repeat": per_child}, limit)
+                    if cold:
+                        reading["disk"] = direct_read(files, args.threads, 16 * MIB)
+                    readings.append(reading)
+                results = {kind: merged([r[kind] for r in readings]) for kind in readings[0]}
+                rows.extend(result_rows(results, label, cache, fs, args.threads))
     finally:
         if made is not None and not args.keep:
             shutil.rmtree(made, ignore_errors=True)
@@ -551,6 +534,59 @@ def main() -> int:
             json.dumps({"device": info, "size": size, "rows": rows, "verdicts": verdicts}, indent=2)
         )
     return 0
+
+
+def merged(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One reading from several children of one kind (rounds): their times together, the largest
+    RSS growth, and the first error if any failed."""
+    for result in results:
+        if "error" in result:
+            return result
+    out = dict(results[0])
+    out["times"] = [t for result in results for t in result["times"]]
+    if "rss_growth" in out:
+        out["rss_growth"] = max(result["rss_growth"] for result in results)
+    return out
+
+
+def result_rows(
+    results: dict[str, dict[str, Any]], label: str, cache: str, fs: str | None, threads: int
+) -> list[dict[str, Any]]:
+    """The table's rows of one checkpoint and cache state, ours first."""
+    where = {"checkpoint": label, "cache": cache}
+    load = results["load"]
+    rows = [{"what": "load_weights", **where, **load}]
+    for key, what in (("allocate", "  part: allocate"), ("copy", "  part: copy_file_to_device")):
+        if "parts" in load:
+            part = load["parts"]
+            rows.append({"what": what, **where, "bytes": part["bytes"], "times": part[key]})
+    if "numpy" in load:
+        numpy = load["numpy"]
+        rows.append(
+            {
+                "what": "numpy readinto (same process)",
+                **where,
+                "bytes": numpy["bytes"],
+                "times": numpy["readinto"],
+            }
+        )
+        rows.append(
+            {
+                "what": "numpy.fromfile (same process)",
+                **where,
+                "bytes": numpy["bytes"],
+                "times": numpy["fromfile"],
+            }
+        )
+    load.pop("parts", None)
+    load.pop("numpy", None)
+    names = {"torch": "torch load_file(cuda)", "fastsafetensors": "fastsafetensors nogds"}
+    for kind, what in names.items():
+        if kind in results:
+            rows.append({"what": what, **where, **results[kind]})
+    if "disk" in results:
+        rows.append({"what": f"disk O_DIRECT x{threads}", **where, "fs": fs, **results["disk"]})
+    return rows
 
 
 def extra_rss(row: dict[str, Any]) -> int | None:

@@ -54,7 +54,7 @@ load)
   {
     log "weights: an 8 GiB safetensors file, cached and cold, beside torch and fastsafetensors"
     python3 -c 'import sys; from exo_gpu_plugins.weights.synthetic import LlamaShape, write_llama; print(write_llama(sys.argv[1], LlamaShape.for_size(8 << 30), shards=1))' /tmp/ckpt8
-    timeout 200 python3 benchmarks/load_weights.py --backend vulkan --path /tmp/ckpt8 --repeat 2 --json "$OUT/load8.json"
+    timeout 300 python3 benchmarks/load_weights.py --backend vulkan --path /tmp/ckpt8 --repeat 2 --json "$OUT/load8.json"
     log "weights: one file against 4 shards (2 GiB each, cached)"
     timeout 120 python3 benchmarks/load_weights.py --backend vulkan --size 2G --no-cold --repeat 2 --dir /tmp --json "$OUT/load2.json"
   } 2>&1 | tee "$OUT/load.txt"
