@@ -5,7 +5,8 @@
 #                                   validation                                 (about 4 minutes)
 #   bash scripts/gpu-run.sh bench   the transfer pipeline beside the peers, then each queue's own
 #                                   DMA rate and the copy kernels' own rates (.whl/queue_probe and
-#                                   .whl/copy_probe, when carried)             (about 3 minutes)
+#                                   .whl/copy_probe, when carried; the latter also across
+#                                   PCIe, host memory on one side)             (about 3 minutes)
 #   bash scripts/gpu-run.sh load    loading weights: 8 GiB cached and cold beside torch and
 #                                   fastsafetensors, 1 file against 4 shards  (about 5 minutes)
 set -uo pipefail
@@ -47,6 +48,10 @@ bench)
     if [ -x .whl/copy_probe ]; then
       log "device-to-device copy kernels against vkCmdCopyBuffer (rust/engine/examples/copy_probe.rs)"
       timeout 120 .whl/copy_probe 1024
+      for way in h2d d2h; do
+        log "the same kernels and vkCmdCopyBuffer across PCIe, $way (copy_probe 1024 $way)"
+        timeout 120 .whl/copy_probe 1024 $way
+      done
     fi
   } 2>&1 | tee "$OUT/bench.txt"
   ;;

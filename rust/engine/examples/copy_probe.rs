@@ -4,8 +4,9 @@
 //! group counts and workgroup sizes, one element per invocation, deeper grid-stride loops,
 //! block-stride loops, 8-byte elements, `coherent` buffers and nontemporal accesses.
 //!
-//! `cargo run --release --example copy_probe [MiB]` (default 1024). Every row copies the whole
-//! source buffer to the destination buffer on the universal queue. It is checked once (the whole
+//! `cargo run --release --example copy_probe [MiB] [d2d|h2d|d2h]` (default 1024 d2d; `h2d` puts
+//! the source in host memory, `d2h` the destination, to time the same kernels across PCIe).
+//! Every row copies the whole source buffer to the destination buffer on the universal queue. It is checked once (the whole
 //! destination on the GPU against the pattern written into the source, three windows also on the
 //! host), then timed: one warm-up, then `RUNS` submissions. GB/s = bytes copied / seconds / 1e9,
 //! from GPU timestamps (median and best) and from wall time (submit to fence, median). Prints one
@@ -666,8 +667,17 @@ fn run() -> Res<()> {
             .parse()
             .ok()
             .filter(|&m| m > 0)
-            .ok_or("the argument is the buffer size in MiB (a positive integer)")?,
+            .ok_or("the first argument is the buffer size in MiB (a positive integer)")?,
         None => 1024,
+    };
+    // Where the two buffers live: both in device memory, or one in host memory (HOST_VISIBLE
+    // and not DEVICE_LOCAL: what the engine's pinned host buffers and staging use), so that
+    // the same kernels and vkCmdCopyBuffer move bytes across PCIe.
+    let (src_in_host, dst_in_host) = match std::env::args().nth(2).as_deref() {
+        None | Some("d2d") => (false, false),
+        Some("h2d") => (true, false),
+        Some("d2h") => (false, true),
+        Some(_) => return Err("the second argument is d2d (default), h2d or d2h".into()),
     };
     let (_entry, instance, physical) = first_device()?;
     // SAFETY: valid physical device.
@@ -753,8 +763,17 @@ fn run() -> Res<()> {
         | vk::BufferUsageFlags::TRANSFER_DST;
     let local = vk::MemoryPropertyFlags::DEVICE_LOCAL;
     let visible = vk::MemoryPropertyFlags::HOST_VISIBLE;
-    let src = Gpu::buffer(&device, &mem_props, size, storage, local, visible)?;
-    let dst = Gpu::buffer(&device, &mem_props, size, storage, local, visible)?;
+    let host = visible | vk::MemoryPropertyFlags::HOST_COHERENT;
+    let place = |in_host: bool| {
+        if in_host {
+            (host, local)
+        } else {
+            (local, visible)
+        }
+    };
+    let ((src_want, src_avoid), (dst_want, dst_avoid)) = (place(src_in_host), place(dst_in_host));
+    let src = Gpu::buffer(&device, &mem_props, size, storage, src_want, src_avoid)?;
+    let dst = Gpu::buffer(&device, &mem_props, size, storage, dst_want, dst_avoid)?;
     let result = Gpu::buffer(&device, &mem_props, 256, storage, local, visible)?;
     let window = (size / 4).min(1 << 20) / 16 * 16;
     let readback = Gpu::buffer(
@@ -901,7 +920,10 @@ fn run() -> Res<()> {
     gpu.check = check;
 
     println!(
-        "\n{mib} MiB copied per run; {RUNS} runs after a warm-up; GB/s = bytes copied / s / 1e9\n"
+        "\n{mib} MiB copied per run from {} to {} memory; {RUNS} runs after a warm-up; \
+         GB/s = bytes copied / s / 1e9\n",
+        if src_in_host { "host" } else { "device" },
+        if dst_in_host { "host" } else { "device" },
     );
     println!(
         "| variant | groups | local_size | GB/s(median) | GB/s(best) | wall GB/s(median) | check |"
