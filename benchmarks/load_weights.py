@@ -359,13 +359,16 @@ def run_child(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]
 
 
 def _run_child(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", kind, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
+    try:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", kind, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {timeout:.0f} s"}
     if out.returncode != 0:
         tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
         return {"error": f"exit {out.returncode}: {tail}"}
@@ -578,8 +581,6 @@ def result_rows(
                 "times": numpy["fromfile"],
             }
         )
-    load.pop("parts", None)
-    load.pop("numpy", None)
     names = {"torch": "torch load_file(cuda)", "fastsafetensors": "fastsafetensors nogds"}
     for kind, what in names.items():
         if kind in results:

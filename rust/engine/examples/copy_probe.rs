@@ -4,8 +4,9 @@
 //! group counts and workgroup sizes, one element per invocation, deeper grid-stride loops,
 //! block-stride loops, 8-byte elements, `coherent` buffers and nontemporal accesses.
 //!
-//! `cargo run --release --example copy_probe [MiB] [d2d|h2d|d2h]` (default 1024 d2d; `h2d` puts
-//! the source in host memory, `d2h` the destination, to time the same kernels across PCIe).
+//! `cargo run --release --example copy_probe [MiB] [d2d|h2d|d2h] [cached]` (default 1024 d2d;
+//! `h2d` puts the source in host memory, `d2h` the destination, to time the same kernels across
+//! PCIe; `cached` picks a HOST_CACHED host memory type).
 //! Every row copies the whole source buffer to the destination buffer on the universal queue. It is checked once (the whole
 //! destination on the GPU against the pattern written into the source, three windows also on the
 //! host), then timed: one warm-up, then `RUNS` submissions. GB/s = bytes copied / seconds / 1e9,
@@ -345,6 +346,13 @@ impl Gpu {
         // SAFETY: the buffer was just created on this device.
         let req = unsafe { device.get_buffer_memory_requirements(buffer) };
         let index = memory_type(props, req.memory_type_bits, want, avoid)?;
+        if size >= 1 << 20 {
+            let flags = props.memory_types[index as usize].property_flags;
+            println!(
+                "{} MiB buffer in memory type {index}: {flags:?}",
+                size >> 20
+            );
+        }
         let mut dedicated = vk::MemoryDedicatedAllocateInfo::default().buffer(buffer);
         let alloc = vk::MemoryAllocateInfo::default()
             .allocation_size(req.size)
@@ -671,13 +679,19 @@ fn run() -> Res<()> {
         None => 1024,
     };
     // Where the two buffers live: both in device memory, or one in host memory (HOST_VISIBLE
-    // and not DEVICE_LOCAL: what the engine's pinned host buffers and staging use), so that
-    // the same kernels and vkCmdCopyBuffer move bytes across PCIe.
+    // and not DEVICE_LOCAL, as the engine's pinned host buffers and staging are), so that the
+    // same kernels and vkCmdCopyBuffer move bytes across PCIe; `cached` asks for a HOST_CACHED
+    // host type (the engine's upload staging prefers one).
     let (src_in_host, dst_in_host) = match std::env::args().nth(2).as_deref() {
         None | Some("d2d") => (false, false),
         Some("h2d") => (true, false),
         Some("d2h") => (false, true),
         Some(_) => return Err("the second argument is d2d (default), h2d or d2h".into()),
+    };
+    let cached = match std::env::args().nth(3).as_deref() {
+        None => false,
+        Some("cached") => true,
+        Some(_) => return Err("the third argument, if any, is `cached`".into()),
     };
     let (_entry, instance, physical) = first_device()?;
     // SAFETY: valid physical device.
@@ -763,7 +777,10 @@ fn run() -> Res<()> {
         | vk::BufferUsageFlags::TRANSFER_DST;
     let local = vk::MemoryPropertyFlags::DEVICE_LOCAL;
     let visible = vk::MemoryPropertyFlags::HOST_VISIBLE;
-    let host = visible | vk::MemoryPropertyFlags::HOST_COHERENT;
+    let mut host = visible | vk::MemoryPropertyFlags::HOST_COHERENT;
+    if cached {
+        host |= vk::MemoryPropertyFlags::HOST_CACHED;
+    }
     let place = |in_host: bool| {
         if in_host {
             (host, local)
