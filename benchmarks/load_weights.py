@@ -559,28 +559,17 @@ def result_rows(
     where = {"checkpoint": label, "cache": cache}
     load = results["load"]
     rows = [{"what": "load_weights", **where, **load}]
-    for key, what in (("allocate", "  part: allocate"), ("copy", "  part: copy_file_to_device")):
-        if "parts" in load:
-            part = load["parts"]
-            rows.append({"what": what, **where, "bytes": part["bytes"], "times": part[key]})
-    if "numpy" in load:
-        numpy = load["numpy"]
-        rows.append(
-            {
-                "what": "numpy readinto (same process)",
-                **where,
-                "bytes": numpy["bytes"],
-                "times": numpy["readinto"],
-            }
-        )
-        rows.append(
-            {
-                "what": "numpy.fromfile (same process)",
-                **where,
-                "bytes": numpy["bytes"],
-                "times": numpy["fromfile"],
-            }
-        )
+    # Readings the load's own process took beside it: (its key, the figure's key, the row).
+    beside = (
+        ("parts", "allocate", "  part: allocate"),
+        ("parts", "copy", "  part: copy_file_to_device"),
+        ("numpy", "readinto", "numpy readinto (same process)"),
+        ("numpy", "fromfile", "numpy.fromfile (same process)"),
+    )
+    for source, key, what in beside:
+        if source in load:
+            reading = load[source]
+            rows.append({"what": what, **where, "bytes": reading["bytes"], "times": reading[key]})
     names = {"torch": "torch load_file(cuda)", "fastsafetensors": "fastsafetensors nogds"}
     for kind, what in names.items():
         if kind in results:

@@ -47,12 +47,11 @@ def gbps(nbytes: int, seconds: float) -> float:
 
 
 async def median_seconds(repeats: int, body: Callable[[], Awaitable[Any]]) -> float:
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        await body()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return (await interleaved(repeats, body, None))[0]
+
+
+async def nothing() -> None:
+    """A coroutine that does no work: what the interpreter alone charges for one."""
 
 
 def median_seconds_sync(repeats: int, body: Callable[[], Any]) -> float:
@@ -370,9 +369,6 @@ async def small_copies(backend: Any, device: str, repeats: int, rows: list[Figur
             *(backend.copy_to_device(pieces[i], target, i * chunk) for i in range(count))
         )
 
-    async def nothing() -> None:
-        return None
-
     async def gathered_nothing() -> None:
         await asyncio.gather(*(nothing() for _ in range(count)))
 
@@ -452,9 +448,6 @@ async def small_ops(backend: Any, device: str, rows: list[Figure]) -> None:
 
         engine_us = await median_seconds(7, engine_alloc_free) * 1e6 / loops
         rows.append(Figure("  allocate+free 4 KiB, engine calls alone", engine_us, "us"))
-
-    async def nothing() -> None:
-        return None
 
     async def interpreter_floor() -> None:
         for _ in range(loops):

@@ -6,10 +6,10 @@
 //!
 //! `cargo run --release --example copy_probe [MiB] [d2d|h2d|d2h] [cached]` (default 1024 d2d;
 //! `h2d` puts the source in host memory, `d2h` the destination, to time the same kernels across
-//! PCIe; `cached` picks a HOST_CACHED host memory type).
-//! Every row copies the whole source buffer to the destination buffer on the universal queue. It is checked once (the whole
-//! destination on the GPU against the pattern written into the source, three windows also on the
-//! host), then timed: one warm-up, then `RUNS` submissions. GB/s = bytes copied / seconds / 1e9,
+//! PCIe; `cached` picks a HOST_CACHED host memory type). Every row copies the whole source buffer
+//! to the destination buffer on the universal queue. It is checked once (the whole destination on
+//! the GPU against the pattern written into the source, three windows also on the host), then
+//! timed: one warm-up, then `RUNS` submissions. GB/s = bytes copied / seconds / 1e9,
 //! from GPU timestamps (median and best) and from wall time (submit to fence, median). Prints one
 //! table. The variant shaders are GLSL in `examples/copy_probe/`, with their SPIR-V next to them
 //! (`examples/copy_probe/build.sh` regenerates it); the engine's own kernel is taken from
