@@ -9,9 +9,17 @@ use crate::error::{EngineError, Result};
 use crate::memory::{allocation_usage, BufView, GpuBuffer, Kind, SlabRef};
 use crate::plan::EngineDevice;
 
+#[cfg(unix)]
+use crate::export::{ExportInfo, ExternalMemory};
+#[cfg(unix)]
+use std::os::fd::{OwnedFd, RawFd};
+
 enum Backing {
     Own(GpuBuffer),
     Slab(SlabRef),
+    /// A dedicated memory object that can leave the engine (exportable, or imported).
+    #[cfg(unix)]
+    External(ExternalMemory),
 }
 
 /// A user allocation. The table holds one `Arc`; an operation in flight holds another, so
@@ -33,6 +41,28 @@ impl Allocation {
     pub(crate) fn ctx(&self) -> &DeviceContext {
         &self.dev.ctx
     }
+
+    /// A new descriptor of the allocation's memory and what a receiver needs to open it;
+    /// `Interop` unless it was allocated exportable (or imported).
+    #[cfg(unix)]
+    pub(crate) fn export(&self) -> Result<(OwnedFd, ExportInfo)> {
+        match &self.backing {
+            Backing::External(m) => m.export(self.ctx().raw()),
+            _ => Err(EngineError::Interop(
+                "this allocation cannot be shared: allocate it with exportable=True".into(),
+            )),
+        }
+    }
+
+    /// The host address of the allocation's first byte, where the CPU can read and write it in
+    /// place (host-visible, coherent memory); `None` elsewhere.
+    pub(crate) fn host_address(&self) -> Option<usize> {
+        if self.view.coherent {
+            self.view.mapped.map(|p| p.as_ptr() as usize)
+        } else {
+            None
+        }
+    }
 }
 
 impl Drop for Allocation {
@@ -41,6 +71,8 @@ impl Drop for Allocation {
         match &mut self.backing {
             Backing::Own(buf) => ctx.mem.destroy_buffer(ctx.raw(), buf),
             Backing::Slab(r) => ctx.mem.free_slab(ctx.raw(), *r),
+            #[cfg(unix)]
+            Backing::External(m) => m.destroy(ctx.raw(), &ctx.mem),
         }
         let d = &self.dev;
         d.live_allocations.fetch_sub(1, Ordering::Relaxed);
@@ -51,6 +83,65 @@ impl Drop for Allocation {
     }
 }
 
+/// `size` rounded up to the 4-byte unit of vkCmdFillBuffer, so the whole range can be zeroed.
+fn buffer_size_of(size: u64) -> Result<u64> {
+    if size == 0 {
+        return Err(EngineError::InvalidArgument(
+            "allocation size must be > 0".into(),
+        ));
+    }
+    size.checked_add(3)
+        .map(|s| s & !3)
+        .ok_or_else(|| EngineError::OutOfMemory(format!("{size} bytes is too large")))
+}
+
+/// Count a new allocation on its device and wrap it (counted before anything can fail, so
+/// `Drop`'s decrement always matches).
+fn counted(dev: &Arc<EngineDevice>, view: BufView, backing: Backing, size: u64) -> Allocation {
+    dev.live_allocations.fetch_add(1, Ordering::Relaxed);
+    dev.live_bytes.fetch_add(size, Ordering::Relaxed);
+    if let Some(h) = dev.heap_bytes.get(view.heap) {
+        h.fetch_add(view.len, Ordering::Relaxed);
+    }
+    Allocation {
+        dev: Arc::clone(dev),
+        view,
+        backing,
+        size,
+    }
+}
+
+/// An exportable allocation of `size` bytes: a dedicated memory object that `Allocation::export`
+/// hands out as an opaque file descriptor (zero-filled when `zeroed`).
+#[cfg(unix)]
+pub(crate) fn new_exportable(
+    dev: &Arc<EngineDevice>,
+    size: u64,
+    zeroed: bool,
+) -> Result<Allocation> {
+    let buffer_size = buffer_size_of(size)?;
+    let ctx = &dev.ctx;
+    let memory = ExternalMemory::allocate(ctx.raw(), &ctx.mem, buffer_size)?;
+    let alloc = counted(dev, memory.view(), Backing::External(memory), size);
+    dev.prepare_fresh(&alloc.view, zeroed)?;
+    Ok(alloc)
+}
+
+/// An allocation over memory another engine exported (`fd` borrowed; see
+/// `ExternalMemory::import`). Its bytes are whatever the exporter holds.
+#[cfg(unix)]
+pub(crate) fn new_imported(
+    dev: &Arc<EngineDevice>,
+    fd: RawFd,
+    size: u64,
+    info: ExportInfo,
+) -> Result<Allocation> {
+    let buffer_size = buffer_size_of(size)?;
+    let ctx = &dev.ctx;
+    let memory = ExternalMemory::import(ctx.raw(), &ctx.mem, fd, buffer_size, info)?;
+    Ok(counted(dev, memory.view(), Backing::External(memory), size))
+}
+
 /// Create a user allocation of `size` bytes on `dev`, zero-filled when `zeroed` (otherwise its
 /// bytes are whatever the memory held: for callers that overwrite all of it before reading).
 pub(crate) fn new_allocation(
@@ -58,16 +149,7 @@ pub(crate) fn new_allocation(
     size: u64,
     zeroed: bool,
 ) -> Result<Allocation> {
-    if size == 0 {
-        return Err(EngineError::InvalidArgument(
-            "allocation size must be > 0".into(),
-        ));
-    }
-    // vkCmdFillBuffer works in 4-byte units: round the buffer up so the whole range is zeroed.
-    let buffer_size = size
-        .checked_add(3)
-        .map(|s| s & !3)
-        .ok_or_else(|| EngineError::OutOfMemory(format!("{size} bytes is too large")))?;
+    let buffer_size = buffer_size_of(size)?;
     let ctx = &dev.ctx;
     let info = &ctx.info;
     // maxMemoryAllocationSize is advice, not a limit: the spec lets larger allocations fail with
@@ -119,18 +201,7 @@ pub(crate) fn new_allocation(
     } else {
         Kind::Device
     };
-    // Counted before anything can fail, so Drop's decrement always matches.
-    dev.live_allocations.fetch_add(1, Ordering::Relaxed);
-    dev.live_bytes.fetch_add(size, Ordering::Relaxed);
-    if let Some(h) = dev.heap_bytes.get(view.heap) {
-        h.fetch_add(view.len, Ordering::Relaxed);
-    }
-    let alloc = Allocation {
-        dev: Arc::clone(dev),
-        view,
-        backing,
-        size,
-    };
+    let alloc = counted(dev, view, backing, size);
     if kind == Kind::DeviceMapped && alloc.view.mapped.is_none() {
         return Err(EngineError::Internal(
             "gpu-allocator returned non-host-visible memory for a mapped allocation".into(),

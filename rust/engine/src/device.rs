@@ -106,6 +106,8 @@ pub struct RawDevice {
     pub(crate) compute_families: Vec<u32>,
     /// VK_EXT_external_memory_host functions, when enabled.
     pub(crate) ext_host: Option<ash::ext::external_memory_host::Device>,
+    /// VK_KHR_external_memory_fd functions, when the device shares memory as opaque fds.
+    pub(crate) ext_fd: Option<ash::khr::external_memory_fd::Device>,
     /// VK_KHR_push_descriptor was enabled (the compute-shader copy can be built).
     pub(crate) push_descriptor: bool,
     lost: AtomicBool,
@@ -187,6 +189,10 @@ impl RawDevice {
         if import {
             extensions.push(ash::ext::external_memory_host::NAME.as_ptr());
         }
+        let share_fd = info.opaque_fd.is_some();
+        if share_fd {
+            extensions.push(ash::khr::external_memory_fd::NAME.as_ptr());
+        }
         let push_descriptor =
             info.extensions.push_descriptor && compute_of(layout.universal.0) && tuning.d2d_compute;
         if push_descriptor {
@@ -214,6 +220,8 @@ impl RawDevice {
             .collect();
         let ext_host = import
             .then(|| ash::ext::external_memory_host::Device::new(&instance.instance, &device));
+        let ext_fd = share_fd
+            .then(|| ash::khr::external_memory_fd::Device::new(&instance.instance, &device));
         let spin = if info.device_type == "cpu" {
             Duration::ZERO
         } else {
@@ -244,6 +252,7 @@ impl RawDevice {
             families,
             compute_families,
             ext_host,
+            ext_fd,
             push_descriptor,
             lost: AtomicBool::new(false),
             hung: AtomicBool::new(false),

@@ -24,6 +24,11 @@ use crate::transfer::{
 };
 use crate::tuning::tuning;
 
+#[cfg(unix)]
+mod interop;
+#[cfg(unix)]
+pub use interop::Retained;
+
 /// One memory heap as reported by `Engine::memory_heaps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeapReport {

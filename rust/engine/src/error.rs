@@ -37,6 +37,9 @@ pub enum EngineError {
     },
     /// A file could not be read into device memory (I/O error, short read, end of file).
     FileRead(String),
+    /// Memory could not be exported or imported (the driver lacks the handle type, the
+    /// descriptor does not match this device, the allocation was not made exportable).
+    Interop(String),
     /// The engine was closed.
     Closed,
     /// A bug or an unexpected state inside the engine (including a caught panic).
@@ -95,6 +98,7 @@ impl EngineError {
             EngineError::Validation(_) => "validation",
             EngineError::Vulkan { .. } => "vulkan",
             EngineError::FileRead(_) => "file_read",
+            EngineError::Interop(_) => "interop",
             EngineError::Closed => "closed",
             EngineError::Internal(_) => "internal",
         }
@@ -134,6 +138,7 @@ impl fmt::Display for EngineError {
                 write!(f, "{call} failed: {}", vk_result_name(*result))
             }
             EngineError::FileRead(m) => write!(f, "file read failed: {m}"),
+            EngineError::Interop(m) => write!(f, "{m}"),
             EngineError::Closed => write!(f, "the Vulkan engine is closed"),
             EngineError::Internal(m) => write!(f, "internal error: {m}"),
         }

@@ -13,6 +13,7 @@
 //!   values waited on outside every lock, command slots and the `Slots` command ring;
 //! - `memory`: memory types per use, gpu-allocator backed buffers with running counters, O(1)
 //!   pools of small buffers, atom-aligned flush/invalidate;
+//! - `export`: dedicated memory shared as opaque file descriptors (CUDA, other processes);
 //! - `staging`: one staging ring per direction (memcpy/file reads of slot k+1 overlap the DMA
 //!   of slot k; uploads and downloads in flight at once); `import`: host-pointer import;
 //! - [`context`]: one device as the engine uses it (queues, rings, memory) and the cache that
@@ -33,6 +34,8 @@ pub mod device;
 pub mod engine;
 pub mod error;
 #[cfg(unix)]
+mod export;
+#[cfg(unix)]
 mod file_read;
 mod host;
 mod import;
@@ -48,8 +51,12 @@ mod tuning;
 mod workers;
 
 pub use cross::CrossPath;
+#[cfg(unix)]
+pub use engine::Retained;
 pub use engine::{Engine, HeapReport, Stats};
 pub use error::{EngineError, Result};
+#[cfg(unix)]
+pub use export::ExportInfo;
 pub use host::HostMemory;
 pub use properties::{DeviceExtensions, DeviceInfo, HeapInfo, MemoryTypeInfo, Strategy};
 

@@ -116,6 +116,24 @@ impl MemoryTypes {
     pub(crate) fn has_mapped(&self) -> bool {
         self.index[Kind::DeviceMapped.index()].is_some()
     }
+
+    /// The memory type chosen for `kind`, if the device has one.
+    pub(crate) fn type_of(&self, kind: Kind) -> Option<u32> {
+        self.index[kind.index()]
+    }
+
+    /// Whether every user allocation lands in host-visible, host-coherent memory (UMA and CPU
+    /// devices: even `Device` memory is mapped), so the CPU can always read it in place.
+    pub(crate) fn every_allocation_mapped(&self, memory_types: &[MemoryTypeInfo]) -> bool {
+        use vk::MemoryPropertyFlags as F;
+        let coherent = |kind: Kind| {
+            self.type_of(kind)
+                .and_then(|i| memory_types.get(i as usize))
+                .is_some_and(|t| F::from_raw(t.flags).contains(F::HOST_VISIBLE | F::HOST_COHERENT))
+        };
+        coherent(Kind::Device)
+            && (self.type_of(Kind::DeviceMapped).is_none() || coherent(Kind::DeviceMapped))
+    }
 }
 
 /// A `vk::Buffer` bound to gpu-allocator memory.

@@ -90,6 +90,8 @@ pub struct DeviceExtensions {
     pub pci_bus_info: bool,
     /// VK_EXT_external_memory_host.
     pub external_memory_host: bool,
+    /// VK_KHR_external_memory_fd (core VK_KHR_external_memory is Vulkan 1.1).
+    pub external_memory_fd: bool,
     /// VK_NV_shader_sm_builtins.
     pub nv_shader_sm_builtins: bool,
     /// VK_AMD_shader_core_properties.
@@ -104,6 +106,14 @@ pub struct DeviceExtensions {
     pub portability_subset: bool,
     /// VK_KHR_push_descriptor (the compute copy binds its buffers with it).
     pub push_descriptor: bool,
+}
+
+/// What vkGetPhysicalDeviceExternalBufferProperties says of opaque-fd buffers with the engine's
+/// usage: both directions are supported (else the device offers no sharing at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpaqueFdSupport {
+    /// The driver only exports and imports such memory as dedicated allocations.
+    pub dedicated_only: bool,
 }
 
 /// Everything `device_info` reports about one physical device.
@@ -129,6 +139,12 @@ pub struct DeviceInfo {
     pub driver_info: Option<String>,
     /// `VkPhysicalDeviceIDProperties::deviceUUID` (zeros if the device is older than 1.1).
     pub device_uuid: [u8; 16],
+    /// `VkPhysicalDeviceIDProperties::driverUUID`: memory shared as an opaque descriptor opens
+    /// only on a device with the same device and driver UUIDs.
+    pub driver_uuid: [u8; 16],
+    /// How buffers like the engine's allocations can be shared as opaque file descriptors
+    /// (`None`: not at all on this device).
+    pub opaque_fd: Option<OpaqueFdSupport>,
     /// (domain, bus, device, function), when VK_EXT_pci_bus_info is supported.
     pub pci_address: Option<(u32, u32, u32, u32)>,
     /// SMs (NVIDIA) or compute units (AMD), when the vendor extension reports them.
@@ -286,6 +302,7 @@ pub(crate) fn gather(
         memory_budget: has(ash::ext::memory_budget::NAME),
         pci_bus_info: has(ash::ext::pci_bus_info::NAME),
         external_memory_host: has(ash::ext::external_memory_host::NAME),
+        external_memory_fd: v11 && has(ash::khr::external_memory_fd::NAME),
         nv_shader_sm_builtins: has(ash::nv::shader_sm_builtins::NAME),
         amd_shader_core_properties: has(ash::amd::shader_core_properties::NAME),
         amd_shader_core_properties2: has(ash::amd::shader_core_properties2::NAME),
@@ -409,6 +426,12 @@ pub(crate) fn gather(
             .driver_properties
             .then(|| c_chars_to_string(&driver.driver_info)),
         device_uuid: id_props.device_uuid,
+        driver_uuid: id_props.driver_uuid,
+        opaque_fd: if extensions.external_memory_fd {
+            opaque_fd_support(inst, pd)
+        } else {
+            None
+        },
         pci_address: extensions.pci_bus_info.then_some((
             pci.pci_domain,
             pci.pci_bus,
@@ -444,6 +467,28 @@ pub(crate) fn gather(
         device_group: vec![index],
         device_group_subset_allocation: false,
     })
+}
+
+/// Whether buffers with the engine's usage can be exported and imported as opaque fds.
+fn opaque_fd_support(inst: &ash::Instance, pd: vk::PhysicalDevice) -> Option<OpaqueFdSupport> {
+    use vk::ExternalMemoryFeatureFlags as F;
+    let info = vk::PhysicalDeviceExternalBufferInfo::default()
+        .usage(
+            vk::BufferUsageFlags::TRANSFER_SRC
+                | vk::BufferUsageFlags::TRANSFER_DST
+                | vk::BufferUsageFlags::STORAGE_BUFFER,
+        )
+        .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+    let mut props = vk::ExternalBufferProperties::default();
+    // SAFETY: `pd` belongs to this live instance (API >= 1.1, checked by the caller through
+    // `external_memory_fd`); `props` is a valid out-struct.
+    unsafe { inst.get_physical_device_external_buffer_properties(pd, &info, &mut props) };
+    let features = props.external_memory_properties.external_memory_features;
+    features
+        .contains(F::EXPORTABLE | F::IMPORTABLE)
+        .then_some(OpaqueFdSupport {
+            dedicated_only: features.contains(F::DEDICATED_ONLY),
+        })
 }
 
 /// Fill `device_group` of every device from vkEnumeratePhysicalDeviceGroups (left as the device

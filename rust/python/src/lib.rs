@@ -11,6 +11,8 @@
 mod buffer;
 mod errors;
 mod host;
+#[cfg(unix)]
+mod interop;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -102,6 +104,8 @@ fn info_dict<'py>(py: Python<'py>, info: &DeviceInfo) -> PyResult<Bound<'py, PyD
     d.set_item("driver_name", info.driver_name.as_deref())?;
     d.set_item("driver_info", info.driver_info.as_deref())?;
     d.set_item("device_uuid", PyBytes::new(py, &info.device_uuid))?;
+    d.set_item("driver_uuid", PyBytes::new(py, &info.driver_uuid))?;
+    d.set_item("opaque_fd", info.opaque_fd.is_some())?;
     let pci = match info.pci_address {
         Some((a, b, c, e)) => PyTuple::new(py, [a, b, c, e])?.into_any(),
         None => py.None().into_bound(py),
@@ -238,18 +242,112 @@ impl PyEngine {
         })
     }
 
-    #[pyo3(signature = (index, size, zeroed = true))]
+    /// Allocate `size` bytes on device `index`: zero-filled unless `zeroed` is false, and as a
+    /// dedicated memory object that `export_fd` can share when `exportable`.
+    #[pyo3(signature = (index, size, zeroed = true, exportable = false))]
     fn allocate(
         &self,
         py: Python<'_>,
         index: &Bound<'_, PyAny>,
         size: &Bound<'_, PyAny>,
         zeroed: bool,
+        exportable: bool,
     ) -> PyResult<u64> {
         guarded(py, || {
             let i = self::index(index, "index")?;
             let size = uint(size, "size")?;
-            py.detach(|| self.engine.allocate_with(i, size, zeroed))
+            py.detach(|| {
+                #[cfg(unix)]
+                if exportable {
+                    return self.engine.allocate_exportable(i, size, zeroed);
+                }
+                #[cfg(not(unix))]
+                if exportable {
+                    return Err(EngineError::Interop(
+                        "exportable memory needs a POSIX system (file descriptors)".into(),
+                    ));
+                }
+                self.engine.allocate_with(i, size, zeroed)
+            })
+            .map_err(|e| self.err(py, Op::Other, e))
+        })
+    }
+
+    #[cfg(unix)]
+    /// A new opaque file descriptor of an exportable allocation's memory (the caller owns and
+    /// must close it), the allocation's size and `(allocation_size, memory_type, memory_flags)`,
+    /// which a receiver needs.
+    fn export_fd(
+        &self,
+        py: Python<'_>,
+        alloc: &Bound<'_, PyAny>,
+    ) -> PyResult<(i32, u64, u64, u32, u32)> {
+        guarded(py, || {
+            use std::os::fd::IntoRawFd;
+            let id = uint(alloc, "alloc")?;
+            let (fd, info, size) = py
+                .detach(|| -> exo_vk_engine::Result<_> {
+                    let (fd, info) = self.engine.export_fd(id)?;
+                    Ok((fd, info, self.engine.allocation_size(id)?))
+                })
+                .map_err(|e| self.err(py, Op::Other, e))?;
+            Ok((
+                fd.into_raw_fd(),
+                size,
+                info.allocation_size,
+                info.memory_type,
+                info.memory_flags,
+            ))
+        })
+    }
+
+    #[cfg(unix)]
+    /// Open memory exported elsewhere (`fd` borrowed: the engine imports a duplicate) as an
+    /// allocation of `size` bytes on device `index`; returns its id.
+    #[allow(clippy::too_many_arguments)]
+    fn import_fd(
+        &self,
+        py: Python<'_>,
+        index: &Bound<'_, PyAny>,
+        fd: i32,
+        size: &Bound<'_, PyAny>,
+        allocation_size: &Bound<'_, PyAny>,
+        memory_type: u32,
+        memory_flags: u32,
+    ) -> PyResult<u64> {
+        guarded(py, || {
+            let i = self::index(index, "index")?;
+            let size = uint(size, "size")?;
+            let info = exo_vk_engine::ExportInfo {
+                allocation_size: uint(allocation_size, "allocation_size")?,
+                memory_type,
+                memory_flags,
+            };
+            py.detach(|| self.engine.import_fd(i, fd, size, info))
+                .map_err(|e| self.err(py, Op::Other, e))
+        })
+    }
+
+    #[cfg(unix)]
+    /// Keep an allocation's memory alive beyond `free` and `close` (for an export's consumer).
+    fn retain(&self, py: Python<'_>, alloc: &Bound<'_, PyAny>) -> PyResult<interop::PyRetained> {
+        guarded(py, || {
+            let id = uint(alloc, "alloc")?;
+            let held = self
+                .engine
+                .retain(id)
+                .map_err(|e| self.err(py, Op::Other, e))?;
+            Ok(interop::PyRetained::new(held))
+        })
+    }
+
+    #[cfg(unix)]
+    /// Whether every allocation on device `index` is host-visible, coherent memory.
+    fn allocations_host_mapped(&self, py: Python<'_>, index: &Bound<'_, PyAny>) -> PyResult<bool> {
+        guarded(py, || {
+            let i = self::index(index, "index")?;
+            self.engine
+                .allocations_host_mapped(i)
                 .map_err(|e| self.err(py, Op::Other, e))
         })
     }
@@ -598,6 +696,8 @@ impl PyEngine {
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_class::<host::PyHostMemory>()?;
+    #[cfg(unix)]
+    m.add_class::<interop::PyRetained>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("FAULT_INJECTION", cfg!(feature = "fault-injection"))?;
     Ok(())
