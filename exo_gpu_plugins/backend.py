@@ -37,10 +37,15 @@ from exo_gpu_plugins.errors import (
     BackendClosedError,
     DeviceNotFoundError,
     GPUError,
+    InteropError,
     InvalidHandleError,
     OutOfMemoryError,
 )
 from exo_gpu_plugins.host_buffer import HostBuffer
+from exo_gpu_plugins.interop.dlpack import TensorView
+from exo_gpu_plugins.interop.memory import Retained
+from exo_gpu_plugins.interop.sharing import SharedMemory
+from exo_gpu_plugins.interop.views import CudaImports, ExportDevice, check_view, cpu_view
 from exo_gpu_plugins.models import (
     Capabilities,
     DeviceDescription,
@@ -193,6 +198,10 @@ HOOK_KINDS: dict[str, bool] = {
     "_allocate_unzeroed": True,
     "_allocate_host": True,
     "_register_host": True,
+    "_allocate_exportable": True,
+    "_import_fd": True,
+    "_export_fd": False,
+    "_retain": False,
 }
 
 # Hooks of version 0.1 that no longer exist, and what replaced them (docs/writing-a-backend.md).
@@ -244,6 +253,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         self._descriptions: tuple[DeviceDescription, ...] = ()
         self._device_ids: tuple[str, ...] = ()
         self._index_of: dict[str, int] = {}
+        self._cuda_imports = CudaImports()
 
     # ----------------------------------------------------------------------------------------------
     # Lifecycle
@@ -440,11 +450,15 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
     # Memory
 
     @final
-    async def allocate(self, device_id: str, size_bytes: int, *, zeroed: bool = True) -> MemoryHandle:
+    async def allocate(
+        self, device_id: str, size_bytes: int, *, zeroed: bool = True, exportable: bool = False
+    ) -> MemoryHandle:
         """Allocate `size_bytes` (> 0) on the device; the memory reads back as zeros.
 
         `zeroed=False` skips clearing it, for memory the caller overwrites whole before reading
-        any of it (a model's weights): its bytes are then unspecified."""
+        any of it (a model's weights): its bytes are then unspecified. `exportable=True` makes
+        memory that can leave the backend (`export_memory`, CUDA views): where the device cannot
+        (`"fd"` missing from `capabilities().export_kinds`) it raises `InteropError`."""
         with self._gate:
             index = self._device_index(device_id)
             size = arguments.integer(size_bytes, "size_bytes")
@@ -452,9 +466,13 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
                 raise ValueError(f"size_bytes must be > 0, got {size}")
             if zeroed is not True and zeroed is not False:
                 raise TypeError(f"zeroed must be a bool, got {type(zeroed).__name__}")
+            if exportable is not True and exportable is not False:
+                raise TypeError(f"exportable must be a bool, got {type(exportable).__name__}")
             if size > _MAX_ALLOCATION:
                 raise OutOfMemoryError(f"{size} bytes is more than any device can hold")
-            if zeroed:
+            if exportable:
+                native = await self._allocate_exportable(index, size, zeroed)
+            elif zeroed:
                 native = await self._allocate(index, size)
             else:
                 native = await self._allocate_unzeroed(index, size)
@@ -566,6 +584,83 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         """Return once every operation issued on the device before this call has finished."""
         with self._gate:
             await self._synchronize(self._device_index(device_id))
+
+    # ----------------------------------------------------------------------------------------------
+    # Memory used in place by frameworks and other processes (docs/interop.md)
+
+    @final
+    async def export_tensor(
+        self,
+        handle: MemoryHandle,
+        *,
+        dtype: str = "U8",
+        shape: Sequence[int] | None = None,
+        offset_bytes: int = 0,
+        device: ExportDevice = "auto",
+    ) -> TensorView:
+        """A DLPack view (`torch.from_dlpack(view)`, `numpy.from_dlpack(view)`, ...) of the
+        allocation's bytes from `offset_bytes`, as a C-contiguous `dtype` (a safetensors dtype
+        name) tensor of `shape` (default: the rest of the allocation, one dimension). No copy.
+
+        `device="cpu"` views host-visible memory in place; `"cuda"` imports an exportable
+        allocation into the CUDA device with the same UUID; `"auto"` takes CUDA where
+        `capabilities().export_kinds` has it, else the CPU. Every operation issued on the device
+        before this call has finished when it returns. The memory lives until the handle is
+        freed *and* every view and tensor made from it is gone."""
+        with self._gate:
+            entry = self._entry(handle, "handle")
+            offset = arguments.non_negative(offset_bytes, "offset_bytes")
+            dtype, dims, _ = check_view(dtype, shape, offset, entry.handle.size_bytes, "export_tensor")
+            if device not in ("auto", "cpu", "cuda"):
+                raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
+            index = entry.device_index
+            if device == "auto":
+                kinds = self._capabilities(index).export_kinds
+                device = "cuda" if "cuda" in kinds else "cpu"
+            await self._synchronize(index)
+            if device == "cpu":
+                return cpu_view(self._retain(entry.native), self._device_ids[index], dtype, dims, offset)
+            native = entry.native
+            return await asyncio.to_thread(
+                self._cuda_imports.view,
+                entry.handle.handle_id,
+                lambda: self._export_fd(native),
+                lambda: self._retain(native),
+                dtype,
+                dims,
+                offset,
+            )
+
+    @final
+    async def export_memory(self, handle: MemoryHandle) -> SharedMemory:
+        """The allocation's memory as a file descriptor for another process (`send_shared`):
+        a new `SharedMemory` that the caller owns and closes. The allocation must have been made
+        with `exportable=True` (else `InteropError`). Every operation issued on the device before
+        this call has finished when it returns."""
+        with self._gate:
+            entry = self._entry(handle, "handle")
+            await self._synchronize(entry.device_index)
+            return self._export_fd(entry.native)
+
+    @final
+    async def import_memory(self, device_id: str, shared: SharedMemory) -> MemoryHandle:
+        """Open memory another process (or instance) shared as a new allocation of this one, on
+        `device_id`; `shared` stays the caller's to close. A descriptor of the wrong kind, size
+        or device is refused with `InteropError` before anything is opened."""
+        with self._gate:
+            index = self._device_index(device_id)
+            if not isinstance(shared, SharedMemory):
+                raise TypeError(f"shared must be a SharedMemory, not {type(shared).__name__}")
+            if shared.backend != self.name:
+                raise InteropError(
+                    f"the memory was shared by the {shared.backend!r} backend; the {self.name!r} "
+                    "backend cannot open it"
+                )
+            shared.check_descriptor()
+            native = await self._import_fd(index, shared)
+            handle = _new_handle(self._device_ids[index], shared.size_bytes)
+            self._live[handle.handle_id] = _Live(handle, native, index)
+            return handle
 
     def live_handles(self) -> list[MemoryHandle]:
         """The handles allocated through this instance and not yet freed."""
@@ -751,6 +846,26 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         """Release what `_allocate_host` or `_register_host` returned (never called with memory
         the device may still touch: every operation on it has finished)."""
         return None
+
+    async def _allocate_exportable(self, index: int, size: int, zeroed: bool) -> NativeT:
+        """Allocate memory that `_export_fd` can share (zero-filled when `zeroed`). Backends
+        that declare `"fd"` in `export_kinds` override this."""
+        raise InteropError(f"the {self.name!r} backend cannot make exportable memory")
+
+    def _export_fd(self, native: NativeT) -> SharedMemory:
+        """A new descriptor of an exportable allocation's memory; `InteropError` for memory that
+        was not made exportable."""
+        raise InteropError(f"the {self.name!r} backend cannot share memory with another process")
+
+    async def _import_fd(self, index: int, shared: SharedMemory) -> NativeT:
+        """Open shared memory (already checked: this backend's, a plausible descriptor) on
+        device `index`; refuse, with `InteropError`, memory of another device or kind."""
+        raise InteropError(f"the {self.name!r} backend cannot open shared memory")
+
+    def _retain(self, native: NativeT) -> Retained:
+        """What keeps the allocation's memory alive for a consumer after `_free` (and after
+        `_close`), and where the CPU can use it in place (`host_address`, or None)."""
+        raise InteropError(f"the {self.name!r} backend cannot hand its memory to other code")
 
     def _temperature(self, index: int) -> float | None:
         """A temperature reading in degrees Celsius; backends with a sensor override this."""

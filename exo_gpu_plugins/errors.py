@@ -16,6 +16,7 @@ __all__ = [
     "DeviceNotFoundError",
     "FileReadError",
     "GPUError",
+    "InteropError",
     "InvalidHandleError",
     "OutOfBoundsError",
     "OutOfMemoryError",
@@ -56,6 +57,13 @@ class TransferError(GPUError):
 class FileReadError(TransferError):
     """A file could not be read into device memory: an I/O error, a short read, or a file that
     shrank during the copy. What was written before the failure is not rolled back."""
+
+
+class InteropError(GPUError):
+    """Memory cannot be handed to (or taken from) another framework or process this way: the
+    device or backend does not offer the export kind, the allocation was not made exportable, the
+    consumer's runtime (CUDA, say) is missing, or a shared descriptor does not match the device,
+    size or kind it claims. The message says which, and what would work instead."""
 
 
 class OutOfBoundsError(GPUError, ValueError):

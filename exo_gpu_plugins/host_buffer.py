@@ -2,14 +2,22 @@
 
 It comes from `allocate_host_buffer()` (memory the backend allocated, pinned where it can) or
 `register_host_buffer()` (the caller's own memory, registered once). Either way copies accept it
-wherever they accept a buffer, and the backend moves it by DMA when `pinned` is true. After
+wherever they accept a buffer, and the backend moves it by DMA when `pinned` is true. It is also a
+DLPack producer (`numpy.from_dlpack(hb)`, `hb.as_tensor(dtype=..., shape=...)`): host memory,
+viewed in place. After
 `release_host_buffer()` its `view` is refused; memoryviews already taken from it stay valid memory
 (the backend keeps the memory while they exist), they are just no longer pinned.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from exo_gpu_plugins.errors import InvalidHandleError
+from exo_gpu_plugins.interop.dlpack import DeviceKind, TensorView
+from exo_gpu_plugins.interop.memory import buffer_address
+from exo_gpu_plugins.interop.views import check_view
 
 __all__ = ["HostBuffer"]
 
@@ -46,6 +54,33 @@ class HostBuffer:
     def __buffer__(self, flags: int) -> memoryview:
         """The buffer protocol on Python >= 3.12: `memoryview(hb)`, `numpy.frombuffer(hb)`."""
         return self.view
+
+    def as_tensor(
+        self, *, dtype: str = "U8", shape: Sequence[int] | None = None, offset_bytes: int = 0
+    ) -> TensorView:
+        """A DLPack view (kDLCPU) of the buffer's memory from `offset_bytes`, as a `dtype`
+        tensor of `shape` (default: the rest, one dimension). The view keeps the memory alive,
+        also after the buffer is released."""
+        view = self.view
+        if type(offset_bytes) is not int or offset_bytes < 0:
+            raise ValueError(f"offset_bytes must be an int >= 0, got {offset_bytes!r}")
+        dtype, dims, _ = check_view(dtype, shape, offset_bytes, self.size_bytes, "as_tensor")
+        return TensorView(
+            address=buffer_address(view),
+            byte_offset=offset_bytes,
+            dtype=dtype,
+            shape=dims,
+            device=(DeviceKind.CPU, 0),
+            owner=view,
+            readonly=view.readonly,
+        )
+
+    def __dlpack__(self, **kwargs: Any) -> object:
+        """The whole buffer as a one-dimensional uint8 DLPack tensor."""
+        return self.as_tensor().__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (int(DeviceKind.CPU), 0)
 
     def __len__(self) -> int:
         return self.size_bytes

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -297,3 +297,9 @@ class Capabilities(BaseModel):
         default=None, description="how host<->device copies are carried out on this device"
     )
     transfer_strategies: tuple[str, ...] = ()
+    export_kinds: tuple[Literal["cpu", "fd", "cuda"], ...] = Field(
+        default=(),
+        description="how memory leaves the backend: 'cpu' (every allocation viewed in place from "
+        "the CPU), 'fd' (exportable allocations shared with other processes), 'cuda' (exportable "
+        "allocations viewed as CUDA memory)",
+    )

@@ -19,8 +19,10 @@ from typing import ClassVar
 
 from exo_gpu_plugins import file_copy
 from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.errors import OutOfMemoryError
+from exo_gpu_plugins.errors import InteropError, OutOfMemoryError
 from exo_gpu_plugins.host.system_memory import cpu_identity, read_ram
+from exo_gpu_plugins.interop.memory import Retained, buffer_address
+from exo_gpu_plugins.interop.sharing import SharedMemory
 from exo_gpu_plugins.models import Capabilities, DeviceDescription, DeviceType, MemoryReport
 
 __all__ = ["HostBackend"]
@@ -72,6 +74,33 @@ def _mapped_lazily(size: int) -> mmap.mmap:
     return memory
 
 
+class _SharedMapping(mmap.mmap):
+    """Host memory another process can map too: a memfd, mapped shared. `fd` stays open (for
+    more exports) until the allocation is freed; the mapping lives while anything views it."""
+
+    fd: int
+
+
+def _shared_mapping(fd: int, size: int) -> _SharedMapping:
+    memory = _SharedMapping(fd, size, flags=mmap.MAP_SHARED)
+    memory.fd = fd
+    return memory
+
+
+def _memfd(size: int) -> _SharedMapping:
+    """`size` zeroed bytes of shareable memory (Linux: memfd_create)."""
+    create = getattr(os, "memfd_create", None)
+    if create is None:
+        raise InteropError("host memory can be shared only where memfd_create exists (Linux)")
+    fd = create("exo-gpu-host", getattr(os, "MFD_CLOEXEC", 0))
+    try:
+        os.ftruncate(fd, size)
+        return _shared_mapping(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class HostBackend(GPUBackend[HostMemory]):
     """The contract on plain RAM. Pure Python, always available."""
 
@@ -112,6 +141,7 @@ class HostBackend(GPUBackend[HostMemory]):
             native_file_copy=True,
             transfer_strategy="memcpy",
             transfer_strategies=("memcpy",),
+            export_kinds=("cpu", "fd") if hasattr(os, "memfd_create") else ("cpu",),
         )
 
     def _memory_report(self, index: int) -> MemoryReport:
@@ -141,7 +171,18 @@ class HostBackend(GPUBackend[HostMemory]):
         # Not through `_allocate`: a subclass that overrides `_allocate` must override this too.
         return await self._allocation(index, size, _mapped_lazily)
 
-    async def _allocation(self, index: int, size: int, mapped: Callable[[int], mmap.mmap]) -> HostMemory:
+    async def _allocate_exportable(self, index: int, size: int, zeroed: bool) -> HostMemory:
+        # A fresh memfd reads as zeros either way.
+        return await self._allocation(index, size, _memfd, always_mapped=True)
+
+    async def _allocation(
+        self,
+        index: int,
+        size: int,
+        mapped: Callable[[int], mmap.mmap],
+        *,
+        always_mapped: bool = False,
+    ) -> HostMemory:
         if size >= _CHECKED_ALLOCATION:  # refuse what the OS cannot give rather than swap or die
             ram = read_ram()
             room = self._available(ram.total_bytes, ram.available_bytes)
@@ -151,7 +192,7 @@ class HostBackend(GPUBackend[HostMemory]):
                 )
         try:
             memory: HostMemory
-            if size >= _THREAD_THRESHOLD:
+            if always_mapped or size >= _THREAD_THRESHOLD:
                 memory = await asyncio.to_thread(mapped, size)
             else:
                 memory = bytearray(size)
@@ -162,6 +203,44 @@ class HostBackend(GPUBackend[HostMemory]):
 
     def _free(self, native: HostMemory) -> None:
         _usage.add(-len(native))
+        if isinstance(native, _SharedMapping):
+            os.close(native.fd)  # views keep the mapping itself
+
+    def _export_fd(self, native: HostMemory) -> SharedMemory:
+        if not isinstance(native, _SharedMapping):
+            raise InteropError(
+                "this host:0 allocation cannot be shared: allocate it with exportable=True"
+            )
+        size = len(native)
+        return SharedMemory(
+            fd=os.dup(native.fd),
+            backend=self.name,
+            handle_type="memfd",
+            size_bytes=size,
+            allocation_bytes=size,
+        )
+
+    async def _import_fd(self, index: int, shared: SharedMemory) -> HostMemory:
+        if shared.handle_type != "memfd":
+            raise InteropError(f"host:0 opens memory shared as memfd, not {shared.handle_type}")
+        found = os.fstat(shared.fd).st_size
+        if found != shared.allocation_bytes:
+            raise InteropError(
+                f"the shared descriptor holds {found} bytes, not the {shared.allocation_bytes} "
+                "it claims: wrong size"
+            )
+        fd = os.dup(shared.fd)
+        try:
+            memory = _shared_mapping(fd, shared.size_bytes)
+        except (OSError, ValueError) as exc:
+            os.close(fd)
+            raise InteropError(f"the shared descriptor cannot be mapped: {exc}") from None
+        _usage.add(shared.size_bytes)
+        return memory
+
+    def _retain(self, native: HostMemory) -> Retained:
+        view = memoryview(native)  # pins the memory for as long as the consumer holds it
+        return Retained(owner=view, host_address=buffer_address(view), size_bytes=len(native))
 
     async def _write(self, native: HostMemory, offset: int, data: memoryview) -> None:
         target = memoryview(native)[offset : offset + data.nbytes]

@@ -23,7 +23,7 @@ process; see rust/engine/src/tuning.rs).
 
 from typing import final
 
-__all__ = ["FAULT_INJECTION", "Engine", "HostMemory", "__version__"]
+__all__ = ["FAULT_INJECTION", "Engine", "HostMemory", "Retained", "__version__"]
 
 __version__: str
 FAULT_INJECTION: bool
@@ -50,6 +50,23 @@ class HostMemory:
         """Stop treating the memory as pinned; idempotent."""
 
 @final
+class Retained:
+    """An allocation's memory kept alive while this object lives (or until release()), also
+    after Engine.free() or close(): what an export hands its consumer (from Engine.retain)."""
+
+    @property
+    def host_address(self) -> int | None:
+        """Where the CPU reads and writes the memory in place (host-visible, coherent memory),
+        else None."""
+    @property
+    def size(self) -> int: ...
+    @property
+    def alive(self) -> bool:
+        """False after release()."""
+    def release(self) -> None:
+        """Let go of the memory now; idempotent."""
+
+@final
 class Engine:
     def __new__(cls, validation: bool = False, strategy: str = "auto") -> Engine:
         """strategy: "auto" (mapped on UMA/CPU devices; on discrete GPUs staging, with small
@@ -65,6 +82,8 @@ class Engine:
         """Keys: index, name, vendor_id, device_id, device_type ("discrete" | "integrated" |
         "virtual" | "cpu" | "other"), driver_version (raw u32), api_version (raw u32),
         driver_name (str | None), driver_info (str | None), device_uuid (bytes, 16),
+        driver_uuid (bytes, 16), opaque_fd (bool: buffers can be exported and imported as
+        opaque file descriptors, VK_KHR_external_memory_fd),
         pci_address ((domain, bus, device, function) | None), compute_units (int | None),
         max_compute_work_group_invocations, max_memory_allocation_size,
         max_buffer_size (int | None), heaps (list of {index, size, device_local}),
@@ -78,8 +97,31 @@ class Engine:
     def memory_heaps(self, index: int) -> list[dict[str, object]]:
         """Per heap: index, size, device_local, budget (int | None), usage (int | None),
         engine_allocated (bytes this engine's allocations hold on that heap)."""
-    def allocate(self, index: int, size: int, zeroed: bool = True) -> int:
-        """zeroed=False leaves the bytes as the memory held them (the caller overwrites all)."""
+    def allocate(self, index: int, size: int, zeroed: bool = True, exportable: bool = False) -> int:
+        """zeroed=False leaves the bytes as the memory held them (the caller overwrites all).
+        exportable=True: a dedicated memory object that export_fd can share (InteropError where
+        the device cannot)."""
+    def export_fd(self, alloc: int) -> tuple[int, int, int, int, int]:
+        """(fd, size, allocation_size, memory_type, memory_flags): a new opaque file descriptor of an
+        exportable (or imported) allocation, which the caller owns and closes, and what a
+        receiver needs to open it. InteropError for other allocations. Does not wait for work
+        on the device."""
+    def import_fd(
+        self,
+        index: int,
+        fd: int,
+        size: int,
+        allocation_size: int,
+        memory_type: int,
+        memory_flags: int,
+    ) -> int:
+        """Open memory exported elsewhere (fd borrowed: a duplicate is imported) as a new
+        allocation of `size` bytes on device `index`. InteropError when the memory type or size
+        cannot be this device's, or the driver refuses the descriptor."""
+    def retain(self, alloc: int) -> Retained:
+        """Keep the allocation's memory alive beyond free() and close()."""
+    def allocations_host_mapped(self, index: int) -> bool:
+        """Whether every allocation on the device is host-visible, coherent memory."""
     def free(self, alloc: int) -> None: ...
     def write(self, alloc: int, offset: int, src: object) -> None:
         """src: any C-contiguous buffer (bytes, bytearray, memoryview, numpy array, ...)."""

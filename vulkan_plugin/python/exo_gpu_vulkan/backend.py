@@ -19,10 +19,11 @@ import logging
 import os
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.errors import BackendUnavailableError, GPUError, OutOfMemoryError
+from exo_gpu_plugins.errors import BackendUnavailableError, GPUError, InteropError, OutOfMemoryError
+from exo_gpu_plugins.interop import Retained, SharedMemory
 from exo_gpu_plugins.models import (
     Capabilities,
     DeviceDescription,
@@ -65,6 +66,8 @@ _DEVICE_TYPES = {
 }
 
 T = TypeVar("T")
+
+_NVIDIA = 0x10DE
 
 
 def probe() -> str | None:
@@ -253,7 +256,24 @@ class VulkanBackend(GPUBackend[_Allocation]):
             native_file_copy=os.name == "posix",
             transfer_strategy=strategy,
             transfer_strategies=self._strategies(info),
+            export_kinds=self._export_kinds(index),
         )
+
+    def _export_kinds(self, index: int) -> tuple[Literal["cpu", "fd", "cuda"], ...]:
+        """'cpu' where every allocation is host-visible memory; 'fd' where the driver exports
+        and imports opaque fds; 'cuda' where, besides, a CUDA device has this device's UUID."""
+        info = self._infos[index]
+        kinds: list[Literal["cpu", "fd", "cuda"]] = []
+        if self._engine.allocations_host_mapped(index):
+            kinds.append("cpu")
+        if info.get("opaque_fd") and os.name == "posix":
+            kinds.append("fd")
+            if int(info["vendor_id"]) == _NVIDIA:
+                from exo_gpu_plugins.interop.cuda import cuda_ordinal
+
+                if cuda_ordinal(bytes(info["device_uuid"])) is not None:
+                    kinds.append("cuda")
+        return tuple(kinds)
 
     @staticmethod
     def _strategies(info: dict[str, Any]) -> tuple[str, ...]:
@@ -350,6 +370,64 @@ class VulkanBackend(GPUBackend[_Allocation]):
 
     async def _allocate_unzeroed(self, index: int, size: int) -> _Allocation:
         return await self._allocate(index, size, zeroed=False)
+
+    async def _allocate_exportable(self, index: int, size: int, zeroed: bool) -> _Allocation:
+        # Its own memory object (vkAllocateMemory): never on the loop thread.
+        try:
+            alloc = await self._offload_opening(index, self._engine.allocate, index, size, zeroed, True)
+        except OutOfMemoryError as exc:
+            raise _out_of_memory(self._infos[index], index, size, exc) from exc
+        return (alloc, index)
+
+    def _export_fd(self, native: _Allocation) -> SharedMemory:
+        fd, size, allocation_size, memory_type, memory_flags = self._engine.export_fd(native[0])
+        info = self._infos[native[1]]
+        try:
+            return SharedMemory(
+                fd=fd,
+                backend=self.name,
+                handle_type="opaque-fd",
+                size_bytes=size,
+                allocation_bytes=allocation_size,
+                device_uuid=bytes(info["device_uuid"]).hex(),
+                driver_uuid=bytes(info["driver_uuid"]).hex(),
+                memory_type=memory_type,
+                memory_flags=memory_flags,
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+
+    async def _import_fd(self, index: int, shared: SharedMemory) -> _Allocation:
+        info = self._infos[index]
+        if shared.handle_type != "opaque-fd":
+            raise InteropError(
+                f"vulkan:{index} opens memory shared as opaque-fd, not {shared.handle_type}"
+            )
+        for field, ours in (("device", info["device_uuid"]), ("driver", info["driver_uuid"])):
+            theirs = getattr(shared, f"{field}_uuid")
+            if theirs != bytes(ours).hex():
+                raise InteropError(
+                    f"the memory was shared from a {field} with UUID {theirs}, but vulkan:{index} "
+                    f"has {field} UUID {bytes(ours).hex()}: open it on the device it came from"
+                )
+        if shared.memory_type is None or shared.memory_flags is None:
+            raise InteropError("shared Vulkan memory must say its memory type and flags")
+        alloc = await self._offload_opening(
+            index,
+            self._engine.import_fd,
+            index,
+            shared.fd,
+            shared.size_bytes,
+            shared.allocation_bytes,
+            shared.memory_type,
+            shared.memory_flags,
+        )
+        return (alloc, index)
+
+    def _retain(self, native: _Allocation) -> Retained:
+        held = self._engine.retain(native[0])
+        return Retained(owner=held, host_address=held.host_address, size_bytes=int(held.size))
 
     def _free(self, native: _Allocation) -> None:
         self._engine.free(native[0])

@@ -1,0 +1,105 @@
+"""How `GPUBackend.export_tensor` turns an allocation into a `TensorView`: argument checks, the
+choice of device, and the one CUDA import per allocation that all its views share."""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from exo_gpu_plugins.errors import InteropError, OutOfBoundsError
+from exo_gpu_plugins.interop.dlpack import DeviceKind, TensorView, itemsize_of
+from exo_gpu_plugins.interop.memory import Retained
+from exo_gpu_plugins.interop.sharing import SharedMemory
+
+__all__ = ["CudaImports", "ExportDevice", "check_view", "cpu_view"]
+
+ExportDevice = Literal["auto", "cpu", "cuda"]
+
+
+def check_view(
+    dtype: object, shape: object, offset: int, size: int, what: str
+) -> tuple[str, tuple[int, ...], int]:
+    """(dtype, shape, byte count) of a view at `offset` of an allocation of `size` bytes; the
+    shape defaults to the rest of the allocation, as one dimension."""
+    if not isinstance(dtype, str):
+        raise TypeError(
+            f"dtype must be a str (a safetensors dtype such as 'F16'), not {type(dtype).__name__}"
+        )
+    itemsize = itemsize_of(dtype)
+    if shape is None:
+        rest = size - offset
+        if rest % itemsize:
+            raise ValueError(
+                f"{what}: the {rest} bytes from offset {offset} are not a whole number of {dtype} "
+                f"elements; give a shape"
+            )
+        dims: tuple[int, ...] = (rest // itemsize,)
+    else:
+        if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
+            raise TypeError(f"shape must be a sequence of ints, not {type(shape).__name__}")
+        dims = tuple(shape)
+        for n in dims:
+            if type(n) is not int or n < 0:
+                raise ValueError(f"shape must hold ints >= 0, got {list(dims)}")
+    nbytes = math.prod(dims) * itemsize
+    if offset + nbytes > size:
+        raise OutOfBoundsError(
+            f"{what}: {nbytes} bytes of {dtype}{list(dims)} at offset {offset} reach past the "
+            f"allocation's {size} bytes"
+        )
+    return dtype, dims, nbytes
+
+
+def cpu_view(
+    retained: Retained, device_id: str, dtype: str, shape: tuple[int, ...], offset: int
+) -> TensorView:
+    """A kDLCPU view of host-visible memory, in place."""
+    if retained.host_address is None:
+        raise InteropError(
+            f"this allocation on {device_id} is not host-visible memory, so the CPU cannot use it "
+            "in place: view it on CUDA (device='cuda', allocated with exportable=True) or copy it "
+            "with copy_from_device"
+        )
+    return TensorView(
+        address=retained.host_address,
+        byte_offset=offset,
+        dtype=dtype,
+        shape=shape,
+        device=(DeviceKind.CPU, 0),
+        owner=retained.owner,
+        readonly=retained.readonly,
+    )
+
+
+class CudaImports:
+    """One CUDA import per allocation, shared by all its views and dropped with the last."""
+
+    def __init__(self) -> None:
+        self._mappings: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
+
+    def view(
+        self,
+        handle_id: str,
+        share: Callable[[], SharedMemory],
+        retain: Callable[[], Retained],
+        dtype: str,
+        shape: tuple[int, ...],
+        offset: int,
+    ) -> TensorView:
+        from exo_gpu_plugins.interop.cuda import CudaMapping, import_into_cuda
+
+        mapping = self._mappings.get(handle_id)
+        if not isinstance(mapping, CudaMapping):
+            with share() as shared:
+                mapping = import_into_cuda(shared, retain().owner)
+            self._mappings[handle_id] = mapping
+        return TensorView(
+            address=mapping.pointer,
+            byte_offset=offset,
+            dtype=dtype,
+            shape=shape,
+            device=(DeviceKind.CUDA, mapping.ordinal),
+            owner=mapping,
+        )
