@@ -47,11 +47,13 @@ async def load_weights(
     select: Callable[[str], bool] | None = None,
     pack: Pack = "file",
     progress: ProgressCallback | None = None,
+    exportable: bool = False,
 ) -> LoadedWeights:
     """Load the safetensors checkpoint at `paths` (a file, a folder, an index, or a list of them)
     onto `device_id`: the tensors of `layers` (exo's range; see `LayerRange`) for which `select`
     is true, packed one allocation per file (`pack="file"`; more where the device caps the size
-    of one allocation) or per tensor (`pack="tensor"`).
+    of one allocation) or per tensor (`pack="tensor"`). `exportable=True` makes every allocation
+    exportable, so that `loaded.to_torch(backend)` can view the tensors on CUDA in place.
 
     The headers are read, and `select` is called, in a worker thread, so planning a large
     checkpoint does not stall the event loop. Raises `CheckpointError` (a `ValueError`) for a
@@ -64,7 +66,9 @@ async def load_weights(
     plan = await asyncio.to_thread(
         plan_checkpoint, paths, layers, select, pack=pack, max_allocation_bytes=limit
     )
-    return await load_plan(backend, device_id, plan, progress=progress, started=started)
+    return await load_plan(
+        backend, device_id, plan, progress=progress, started=started, exportable=exportable
+    )
 
 
 async def load_plan(
@@ -74,6 +78,7 @@ async def load_plan(
     *,
     progress: ProgressCallback | None = None,
     started: float | None = None,
+    exportable: bool = False,
 ) -> LoadedWeights:
     """Carry out a plan from `plan_checkpoint`; the files must not have changed since."""
     begun = time.perf_counter() if started is None else started
@@ -91,12 +96,12 @@ async def load_plan(
         report = _Reporter(progress, plan, begun)
         tensors_before = 0
         if allocations:
-            pending.append(_allocate(backend, device_id, allocations[0]))
+            pending.append(_allocate(backend, device_id, allocations[0], exportable))
         for number, allocation in enumerate(allocations):
             handles.append(await asyncio.shield(pending[0]))
             pending.clear()
             if number + 1 < len(allocations):  # the next allocation is made while this one fills
-                pending.append(_allocate(backend, device_id, allocations[number + 1]))
+                pending.append(_allocate(backend, device_id, allocations[number + 1], exportable))
             if number == 0:
                 report.step(0, 0)
             fd = descriptors[allocation.file]
@@ -114,7 +119,7 @@ async def load_plan(
             await _finish_oldest(copies, report)
         if not allocations:  # only zero-byte tensors: nothing to copy, but say so once
             report.step(0, 0)
-        result = _result(plan, device_id, handles, time.perf_counter() - begun)
+        result = _result(plan, device_id, handles, time.perf_counter() - begun, exportable)
         loaded = True
         return result
     finally:
@@ -144,12 +149,15 @@ class _Copy(NamedTuple):
 
 
 def _allocate(
-    backend: GPUBackend[Any], device_id: str, allocation: AllocationPlan
+    backend: GPUBackend[Any], device_id: str, allocation: AllocationPlan, exportable: bool
 ) -> asyncio.Future[MemoryHandle]:
     """Start making the allocation; memory the copies overwrite whole is not zeroed first."""
-    return asyncio.ensure_future(
-        backend.allocate(device_id, allocation.size_bytes, zeroed=not allocation.fills_whole)
-    )
+    zeroed = not allocation.fills_whole
+    if exportable:
+        return asyncio.ensure_future(
+            backend.allocate(device_id, allocation.size_bytes, zeroed=zeroed, exportable=True)
+        )
+    return asyncio.ensure_future(backend.allocate(device_id, allocation.size_bytes, zeroed=zeroed))
 
 
 async def _finish_oldest(copies: collections.deque[_Copy], report: _Reporter) -> None:
@@ -238,7 +246,11 @@ async def _free_all(backend: GPUBackend[Any], handles: list[MemoryHandle], inter
 
 
 def _result(
-    plan: CheckpointPlan, device_id: str, handles: list[MemoryHandle], seconds: float
+    plan: CheckpointPlan,
+    device_id: str,
+    handles: list[MemoryHandle],
+    seconds: float,
+    exportable: bool,
 ) -> LoadedWeights:
     tensors: dict[str, LoadedTensor] = {}
     for tensor in plan.tensors:
@@ -261,4 +273,5 @@ def _result(
         files=plan.files,
         pack=plan.pack,
         layers=plan.layers,
+        exportable=exportable,
     )

@@ -13,6 +13,8 @@ from exo_gpu_plugins.weights.selection import LayerRange
 
 if TYPE_CHECKING:
     from exo_gpu_plugins.backend import GPUBackend
+    from exo_gpu_plugins.interop.dlpack import TensorView
+    from exo_gpu_plugins.interop.views import ExportDevice
 
 __all__ = ["LoadProgress", "LoadedTensor", "LoadedWeights"]
 
@@ -66,6 +68,9 @@ class LoadedWeights(BaseModel):
     layers: LayerRange | None = Field(
         default=None, description="the range loaded, with end and count resolved; None = every tensor"
     )
+    exportable: bool = Field(
+        default=False, description="the allocations were made exportable (CUDA views possible)"
+    )
 
     @property
     def bytes_per_second(self) -> float | None:
@@ -78,6 +83,26 @@ class LoadedWeights(BaseModel):
         if tensor.handle is None:
             return b""
         return await backend.copy_from_device(tensor.handle, tensor.offset_bytes, tensor.size_bytes)
+
+    async def views(
+        self, backend: GPUBackend[Any], *, device: ExportDevice = "auto"
+    ) -> dict[str, TensorView]:
+        """Every tensor as a DLPack view of its bytes on the device (`backend.export_tensor`),
+        with its safetensors dtype and shape, by name: no copy. A dtype DLPack cannot carry is an
+        `InteropError` naming the tensor."""
+        from exo_gpu_plugins.weights.tensors import tensor_views
+
+        return await tensor_views(backend, self, device)
+
+    async def to_torch(
+        self, backend: GPUBackend[Any], *, device: ExportDevice = "auto"
+    ) -> dict[str, Any]:
+        """`dict[str, torch.Tensor]` over the loaded memory (torch is imported only here): the
+        same names, dtypes, shapes and bytes as `safetensors.torch.load_file` gives, on CUDA
+        where the backend exports there (`load_weights(..., exportable=True)`), else the CPU."""
+        from exo_gpu_plugins.weights.tensors import torch_tensors
+
+        return await torch_tensors(backend, self, device)
 
     async def verify(self, backend: GPUBackend[Any]) -> list[str]:
         """Read every tensor back and compare it with the file; returns the names that differ

@@ -1,0 +1,78 @@
+"""Loaded weights as framework tensors in place: a DLPack view per tensor, and torch tensors made
+from them (torch is imported only when asked for)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from exo_gpu_plugins.errors import InteropError
+from exo_gpu_plugins.interop.dlpack import DeviceKind, TensorView, itemsize_of
+from exo_gpu_plugins.interop.views import ExportDevice
+
+if TYPE_CHECKING:
+    from exo_gpu_plugins.backend import GPUBackend
+    from exo_gpu_plugins.weights.models import LoadedWeights
+
+__all__ = ["tensor_views", "torch_tensors"]
+
+
+async def tensor_views(
+    backend: GPUBackend[Any], loaded: LoadedWeights, device: ExportDevice
+) -> dict[str, TensorView]:
+    """One view per tensor, by name; zero-byte tensors get an empty view of no memory."""
+    views: dict[str, TensorView] = {}
+    empty: list[str] = []
+    for name, tensor in loaded.tensors.items():
+        try:
+            itemsize_of(tensor.dtype)
+        except InteropError as exc:
+            raise InteropError(f"tensor {name!r}: {exc}") from None
+        if tensor.handle is None:
+            empty.append(name)
+            continue
+        views[name] = await backend.export_tensor(
+            tensor.handle,
+            dtype=tensor.dtype,
+            shape=tensor.shape,
+            offset_bytes=tensor.offset_bytes,
+            device=device,
+        )
+    # An empty tensor lives where its neighbours do (the CPU when there are none).
+    where = next(iter(views.values())).device if views else (DeviceKind.CPU, 0)
+    for name in empty:
+        tensor = loaded.tensors[name]
+        views[name] = TensorView(
+            address=0, byte_offset=0, dtype=tensor.dtype, shape=tensor.shape, device=where, owner=None
+        )
+    return {name: views[name] for name in loaded.tensors}
+
+
+async def torch_tensors(
+    backend: GPUBackend[Any], loaded: LoadedWeights, device: ExportDevice
+) -> dict[str, Any]:
+    """`torch.from_dlpack` of every view: tensors sharing the loaded memory."""
+    try:
+        from torch.utils.dlpack import from_dlpack
+    except ImportError as exc:
+        raise InteropError(f"to_torch needs torch, which cannot be imported: {exc}") from None
+    views = await tensor_views(backend, loaded, device)
+    tensors: dict[str, Any] = {}
+    for name, view in views.items():
+        try:
+            if view.nbytes == 0:  # no memory behind it: made on the CPU, moved (0 bytes) beside the rest
+                kind, ordinal = view.device
+                on_cpu = TensorView(
+                    address=0,
+                    byte_offset=0,
+                    dtype=view.dtype,
+                    shape=view.shape,
+                    device=(DeviceKind.CPU, 0),
+                    owner=None,
+                )
+                where = f"cuda:{ordinal}" if kind is DeviceKind.CUDA else "cpu"
+                tensors[name] = from_dlpack(on_cpu).to(where)
+            else:
+                tensors[name] = from_dlpack(view)
+        except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+            raise InteropError(f"tensor {name!r} ({view.dtype}): torch cannot take it: {exc}") from exc
+    return tensors
