@@ -14,7 +14,7 @@ demo: setup
 	$(BIN)/exo-gpu roundtrip --size 64M
 
 test:
-	@MATURIN_FEATURES=fault-injection scripts/setup.sh
+	@MATURIN_FEATURES=fault-injection EXTRAS=interop-tests scripts/setup.sh
 	@scripts/test.sh
 
 # Both distributions as manylinux wheels (glibc >= 2.17/2.28, checked by auditwheel) + sdists, in dist/.

@@ -2,7 +2,8 @@
 # Installs everything the project needs, idempotently, into .venv (override with VENV=...):
 #   1. Debian's Vulkan packages (loader, lavapipe = Vulkan on the CPU, validation layer), via
 #      apt-get as root or through sudo; skipped when already present.
-#   2. The core package (editable) with its test and lint tools.
+#   2. The core package (editable) with its test and lint tools (EXTRAS=interop-tests adds torch,
+#      which `make test` needs for the DLPack tests: about 5 GB with its CUDA libraries).
 #   3. The Vulkan plugin, built from rust/ by maturin (needs cargo: https://rustup.rs).
 # Usage: scripts/setup.sh            (what `make demo` and `make test` call)
 set -euo pipefail
@@ -42,8 +43,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-say "installing exo-gpu-plugins (editable) with dev tools"
-"$PY" -m pip install -q --disable-pip-version-check -e '.[dev,testing]'
+say "installing exo-gpu-plugins (editable) with dev tools${EXTRAS:+ and $EXTRAS}"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[dev,testing${EXTRAS:+,$EXTRAS}]"
 # An older `make test` installed the example plugin here, where it became a user's backend.
 if "$PY" -m pip show -q exo-gpu-example >/dev/null 2>&1; then
   say "removing exo-gpu-example from $VENV (tests install it into a temporary folder)"

@@ -37,6 +37,7 @@ from exo_gpu_plugins.testing.contract.concurrency import ConcurrencyContract
 from exo_gpu_plugins.testing.contract.copies import CopyContract
 from exo_gpu_plugins.testing.contract.device_to_device import DeviceToDeviceContract
 from exo_gpu_plugins.testing.contract.devices import DeviceContract
+from exo_gpu_plugins.testing.contract.exports import ExportContract
 from exo_gpu_plugins.testing.contract.file_copy import FileCopyContract
 from exo_gpu_plugins.testing.contract.handles import HandleContract
 from exo_gpu_plugins.testing.contract.host_buffers import HostBufferContract
@@ -54,6 +55,7 @@ __all__ = [
     "CopyContract",
     "DeviceContract",
     "DeviceToDeviceContract",
+    "ExportContract",
     "FileCopyContract",
     "HandleContract",
     "HostBufferContract",
@@ -76,6 +78,7 @@ class BackendContract(
     # first-to-last (cheap lifecycle checks first, the state machine last).
     StateMachineContract,
     ConcurrencyContract,
+    ExportContract,
     MemoryReportContract,
     HandleContract,
     DeviceToDeviceContract,

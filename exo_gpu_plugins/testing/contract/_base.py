@@ -53,6 +53,9 @@ CLAUSES: tuple[str, ...] = (
     "memory report",
     "memory accounting",
     "live free memory",
+    "exports",
+    "export lifetime",
+    "shared memory",
     "concurrency",
     "state machine",
 )

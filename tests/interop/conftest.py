@@ -1,0 +1,52 @@
+"""Backends for the interop tests: host always, Vulkan where a device exists (required in CI by
+EXO_GPU_REQUIRE_VULKAN=1). torch-based tests need torch (installed by `make test`); CUDA tests
+need a CUDA device that imports the backend's memory, and fail instead of skipping when
+EXO_GPU_REQUIRE_CUDA=1 (set on the GPU machine)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from exo_gpu_plugins.backend import GPUBackend
+from tests.backends import FACTORIES, _vulkan_reason
+
+
+def make_backend(name: str) -> GPUBackend[Any]:
+    if name == "vulkan":
+        reason = _vulkan_reason()
+        if reason is not None:
+            if os.environ.get("EXO_GPU_REQUIRE_VULKAN") == "1":
+                pytest.fail(f"Vulkan required but unavailable: {reason}")
+            pytest.skip(reason)
+    return FACTORIES[name]()
+
+
+@pytest.fixture(params=list(FACTORIES))
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def backend(backend_name: str) -> AsyncIterator[GPUBackend[Any]]:
+    opened = make_backend(backend_name)
+    await opened.initialize()
+    yield opened
+    await opened.shutdown()
+
+
+def device_of(backend: GPUBackend[Any]) -> str:
+    return backend.list_devices()[0].device_id
+
+
+def require_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        if os.environ.get("EXO_GPU_REQUIRE_VULKAN") == "1":
+            pytest.fail(f"torch is required for the interop tests (make test installs it): {exc}")
+        pytest.skip(f"torch is not installed: {exc}")
+    return torch

@@ -1,0 +1,142 @@
+"""Vulkan memory as CUDA tensors (NVIDIA): the opaque fd imported with the CUDA driver API into
+the device with the same UUID, viewed by torch in place, written by both sides, alive after free
+and shutdown, and 1,000 export/drop cycles leaving descriptors and device memory flat.
+
+These run where a Vulkan device declares the "cuda" export kind (the GPU machine); elsewhere they
+skip, unless EXO_GPU_REQUIRE_CUDA=1, which makes that a failure."""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exo_gpu_plugins.backend import GPUBackend
+from exo_gpu_plugins.errors import InteropError
+from exo_gpu_plugins.interop import live_exports
+from exo_gpu_plugins.weights import load_weights
+from exo_gpu_plugins.weights.synthetic import LlamaShape, write_llama
+from tests.interop.conftest import device_of, make_backend, require_torch
+
+
+@pytest.fixture
+async def vulkan() -> AsyncIterator[GPUBackend[Any]]:
+    backend = make_backend("vulkan")
+    await backend.initialize()
+    kinds = backend.capabilities(device_of(backend)).export_kinds
+    if "cuda" not in kinds:
+        from exo_gpu_plugins.interop.cuda import cuda_unavailable_reason
+
+        reason = cuda_unavailable_reason() or f"{device_of(backend)} has no CUDA twin ({kinds})"
+        await backend.shutdown()
+        if os.environ.get("EXO_GPU_REQUIRE_CUDA") == "1":
+            pytest.fail(f"EXO_GPU_REQUIRE_CUDA=1 but CUDA cannot import Vulkan memory: {reason}")
+        pytest.skip(reason)
+    yield backend
+    await backend.shutdown()
+
+
+PATTERN = bytes((i * 13 + 1) % 256 for i in range(1 << 20))
+
+
+async def test_torch_cuda_tensor_is_the_vulkan_memory(vulkan: GPUBackend[Any]) -> None:
+    torch = require_torch()
+    handle = await vulkan.allocate(device_of(vulkan), len(PATTERN), exportable=True)
+    await vulkan.copy_to_device(PATTERN, handle)
+    view = await vulkan.export_tensor(handle, dtype="U8", device="cuda")
+    tensor = torch.from_dlpack(view)
+    assert tensor.is_cuda and tensor.data_ptr() == view.data_pointer
+    assert tensor.cpu().numpy().tobytes() == PATTERN
+    # CUDA writes, synchronizes (the documented rule), Vulkan reads.
+    tensor[:16].fill_(0xAB)
+    torch.cuda.synchronize()
+    assert await vulkan.copy_from_device(handle, 0, 16) == b"\xab" * 16
+    # Vulkan writes (done when the await returns), CUDA reads.
+    await vulkan.copy_to_device(b"\x01\x02", handle, 100)
+    assert tensor[100:102].tolist() == [1, 2]
+    typed = torch.from_dlpack(
+        await vulkan.export_tensor(
+            handle, dtype="BF16", shape=(256, 256), offset_bytes=4096, device="cuda"
+        )
+    )
+    assert typed.dtype == torch.bfloat16 and typed.data_ptr() == tensor.data_ptr() + 4096
+
+
+async def test_non_exportable_memory_says_so(vulkan: GPUBackend[Any]) -> None:
+    handle = await vulkan.allocate(device_of(vulkan), 4096)
+    with pytest.raises(InteropError, match="exportable=True"):
+        await vulkan.export_tensor(handle, device="cuda")
+
+
+@pytest.mark.parametrize("ending", ["deallocate", "shutdown"])
+async def test_cuda_tensor_outlives_free_and_shutdown(ending: str) -> None:
+    torch = require_torch()
+    backend = make_backend("vulkan")
+    await backend.initialize()
+    device = device_of(backend)
+    if "cuda" not in backend.capabilities(device).export_kinds:
+        await backend.shutdown()
+        if os.environ.get("EXO_GPU_REQUIRE_CUDA") == "1":
+            pytest.fail("EXO_GPU_REQUIRE_CUDA=1 but the device exports no CUDA memory")
+        pytest.skip("no CUDA export here")
+    handle = await backend.allocate(device, len(PATTERN), exportable=True)
+    await backend.copy_to_device(PATTERN, handle)
+    tensor = torch.from_dlpack(await backend.export_tensor(handle, device="cuda"))
+    if ending == "deallocate":
+        await backend.deallocate(handle)
+        for _ in range(4):
+            other = await backend.allocate(device, len(PATTERN), exportable=True)
+            await backend.copy_to_device(b"\x55" * len(PATTERN), other)
+    await backend.shutdown()
+    assert tensor.cpu().numpy().tobytes() == PATTERN, "memory a CUDA tensor still uses was freed"
+    tensor.add_(1)
+    torch.cuda.synchronize()
+
+
+async def test_a_thousand_cuda_export_drop_cycles_leak_nothing(vulkan: GPUBackend[Any]) -> None:
+    torch = require_torch()
+    device = device_of(vulkan)
+
+    async def cycle() -> None:
+        handle = await vulkan.allocate(device, 4 << 20, exportable=True)
+        tensor = torch.from_dlpack(await vulkan.export_tensor(handle, dtype="F32", device="cuda"))
+        tensor.add_(1)
+        await vulkan.deallocate(handle)
+        del tensor
+
+    for _ in range(20):
+        await cycle()
+    gc.collect()
+    torch.cuda.synchronize()
+    fds = len(os.listdir("/proc/self/fd"))
+    free_before, _ = torch.cuda.mem_get_info()
+    exports = live_exports()
+    for _ in range(1000):
+        await cycle()
+    gc.collect()
+    torch.cuda.synchronize()
+    free_after, _ = torch.cuda.mem_get_info()
+    assert live_exports() == exports
+    assert len(os.listdir("/proc/self/fd")) == fds, "CUDA export cycles leak descriptors"
+    assert free_before - free_after < 64 << 20, (
+        f"device memory fell by {(free_before - free_after) >> 20} MiB over 1000 cycles"
+    )
+
+
+async def test_checkpoint_to_cuda_tensors_equals_load_file(
+    vulkan: GPUBackend[Any], tmp_path: Path
+) -> None:
+    torch = require_torch()
+    from safetensors.torch import load_file
+
+    path = write_llama(tmp_path, LlamaShape(layers=2))
+    loaded = await load_weights(vulkan, device_of(vulkan), path, exportable=True)
+    tensors = await loaded.to_torch(vulkan)
+    expected = load_file(path, device="cuda")
+    for name, tensor in tensors.items():
+        assert tensor.is_cuda and tensor.dtype == expected[name].dtype, name
+        assert torch.equal(tensor.view(torch.uint8), expected[name].view(torch.uint8)), name

@@ -1,0 +1,190 @@
+"""DLPack views of allocations and host buffers on the CPU: zero-copy (the consumer's address is
+the view's), byte-exact both ways, alive after free and shutdown, and nothing leaks."""
+
+from __future__ import annotations
+
+import gc
+import os
+import resource
+from typing import Any
+
+import numpy as np
+import pytest
+
+from exo_gpu_plugins.backend import GPUBackend
+from exo_gpu_plugins.errors import InteropError, OutOfBoundsError
+from exo_gpu_plugins.interop import DLPACK_DTYPES, TensorView, live_exports, read_dlpack_bytes
+from tests.interop.conftest import device_of, make_backend, require_torch
+
+PATTERN = bytes((i * 7 + 3) % 256 for i in range(4096))
+
+
+async def _filled(backend: GPUBackend[Any], size: int = 4096) -> Any:
+    handle = await backend.allocate(device_of(backend), size)
+    await backend.copy_to_device(PATTERN[:size], handle)
+    return handle
+
+
+async def test_numpy_view_is_the_memory_itself(backend: GPUBackend[Any]) -> None:
+    assert "cpu" in backend.capabilities(device_of(backend)).export_kinds
+    handle = await _filled(backend)
+    view = await backend.export_tensor(handle, device="cpu")
+    array = np.from_dlpack(view)
+    assert array.ctypes.data == view.data_pointer, "numpy copied instead of viewing in place"
+    assert array.tobytes() == PATTERN
+    array[:4] = [1, 2, 3, 4]  # the consumer writes; the backend reads it
+    assert await backend.copy_from_device(handle, 0, 4) == bytes([1, 2, 3, 4])
+    await backend.copy_to_device(b"\xff\xfe", handle, 10)  # the backend writes; the view sees it
+    assert array[10] == 0xFF and array[11] == 0xFE
+
+
+async def test_torch_cpu_view_is_the_memory_itself(backend: GPUBackend[Any]) -> None:
+    torch = require_torch()
+    handle = await _filled(backend)
+    view = await backend.export_tensor(handle, dtype="I32", shape=(32, 32), device="cpu")
+    tensor = torch.from_dlpack(view)
+    assert tensor.data_ptr() == view.data_pointer, "torch copied instead of viewing in place"
+    assert tensor.shape == (32, 32) and tensor.dtype == torch.int32
+    assert tensor.numpy().tobytes() == PATTERN
+    tensor.add_(1)
+    expected = np.frombuffer(PATTERN, dtype=np.int32) + 1
+    assert await backend.copy_from_device(handle, 0, 4096) == expected.tobytes()
+
+
+async def test_offset_shape_and_both_capsule_versions(backend: GPUBackend[Any]) -> None:
+    handle = await _filled(backend)
+    view = await backend.export_tensor(handle, dtype="U16", shape=(4, 8), offset_bytes=64)
+    assert read_dlpack_bytes(view) == PATTERN[64 : 64 + 64]
+    legacy = np.from_dlpack(_LegacyOnly(view))
+    assert legacy.tobytes() == PATTERN[64:128] and legacy.shape == (4, 8)
+    rest = await backend.export_tensor(handle, dtype="F32", offset_bytes=4000)
+    assert np.from_dlpack(rest).shape == (24,)
+
+
+class _LegacyOnly:
+    """A producer as seen by a consumer that knows only unversioned capsules."""
+
+    def __init__(self, view: TensorView) -> None:
+        self._view = view
+
+    def __dlpack__(self, **kwargs: object) -> object:
+        return self._view.__dlpack__()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._view.__dlpack_device__()
+
+
+@pytest.mark.parametrize("dtype", sorted(DLPACK_DTYPES))
+async def test_every_dtype_reaches_torch(backend: GPUBackend[Any], dtype: str) -> None:
+    torch = require_torch()
+    handle = await _filled(backend, 64)
+    view = await backend.export_tensor(handle, dtype=dtype, device="cpu")
+    tensor = torch.from_dlpack(view)
+    assert tensor.data_ptr() == view.data_pointer
+    assert tensor.view(torch.uint8).numpy().tobytes() == PATTERN[:64]
+
+
+@pytest.mark.parametrize("dtype", ["F4", "F6_E2M3", "C64", "Q8"])
+async def test_dtype_without_dlpack_form_is_named(backend: GPUBackend[Any], dtype: str) -> None:
+    handle = await _filled(backend, 64)
+    with pytest.raises(InteropError, match=dtype):
+        await backend.export_tensor(handle, dtype=dtype)
+
+
+async def test_bad_arguments(backend: GPUBackend[Any]) -> None:
+    handle = await _filled(backend, 64)
+    with pytest.raises(OutOfBoundsError):
+        await backend.export_tensor(handle, dtype="F32", shape=(17,))
+    with pytest.raises(OutOfBoundsError):
+        await backend.export_tensor(handle, dtype="U8", shape=(8,), offset_bytes=60)
+    with pytest.raises(ValueError, match="whole number"):
+        await backend.export_tensor(handle, dtype="F32", offset_bytes=2)
+    with pytest.raises(TypeError):
+        await backend.export_tensor(handle, dtype=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=">= 0"):
+        await backend.export_tensor(handle, dtype="U8", shape=(-1,))
+    with pytest.raises(ValueError, match="device"):
+        await backend.export_tensor(handle, device="metal")  # type: ignore[arg-type]
+    view = await backend.export_tensor(handle)
+    with pytest.raises(BufferError):
+        view.__dlpack__(copy=True)
+    with pytest.raises(BufferError):
+        view.__dlpack__(dl_device=(2, 0))
+
+
+async def test_cuda_view_without_cuda_says_why(backend: GPUBackend[Any]) -> None:
+    if "cuda" in backend.capabilities(device_of(backend)).export_kinds:
+        pytest.skip("this device has CUDA: tests/interop/test_cuda.py covers it")
+    handle = await backend.allocate(device_of(backend), 64)
+    with pytest.raises(InteropError):
+        await backend.export_tensor(handle, device="cuda")
+
+
+@pytest.mark.parametrize("ending", ["deallocate", "shutdown"])
+async def test_memory_outlives_free_and_shutdown_while_viewed(backend_name: str, ending: str) -> None:
+    torch = require_torch()
+    backend = make_backend(backend_name)
+    await backend.initialize()
+    device = device_of(backend)
+    handle = await _filled(backend)
+    array = np.from_dlpack(await backend.export_tensor(handle))
+    tensor = torch.from_dlpack(await backend.export_tensor(handle, dtype="F32"))
+    if ending == "deallocate":
+        await backend.deallocate(handle)
+        # Memory handed out next must not be the viewed memory.
+        for _ in range(8):
+            other = await backend.allocate(device, 4096)
+            await backend.copy_to_device(b"\x55" * 4096, other)
+    await backend.shutdown()
+    assert array.tobytes() == PATTERN, "memory a view still uses was freed or reused"
+    assert tensor.numpy().tobytes() == PATTERN
+    array[0] = 7  # still writable memory, not a dangling mapping
+    assert tensor.view(torch.uint8)[0].item() == 7
+
+
+async def test_host_buffer_views(backend: GPUBackend[Any]) -> None:
+    buffer = await backend.allocate_host_buffer(device_of(backend), 4096)
+    buffer.view[:] = PATTERN
+    array = np.from_dlpack(buffer.as_tensor(dtype="U8"))
+    assert array.tobytes() == PATTERN
+    assert array.ctypes.data == buffer.as_tensor().data_pointer
+    await backend.release_host_buffer(buffer)
+    assert array.tobytes() == PATTERN  # released host memory stays valid while viewed
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+async def test_a_thousand_export_drop_cycles_leak_nothing(backend: GPUBackend[Any]) -> None:
+    torch = require_torch()
+    device = device_of(backend)
+
+    async def cycle() -> None:
+        handle = await backend.allocate(device, 64 * 1024)
+        view = await backend.export_tensor(handle, dtype="F32")
+        tensor = torch.from_dlpack(view)
+        array = np.from_dlpack(view)
+        assert tensor.shape == array.shape
+        await backend.deallocate(handle)
+        del tensor, array, view
+
+    for _ in range(50):  # warm-up: allocator pools, torch's first calls
+        await cycle()
+    gc.collect()
+    fds, rss, exports = _open_fds(), _rss_kib(), live_exports()
+    for _ in range(1000):
+        await cycle()
+    gc.collect()
+    assert live_exports() == exports, "a consumer's capsule was never released"
+    assert _open_fds() == fds, "export/drop cycles leak file descriptors"
+    grown = _rss_kib() - rss
+    assert grown < 16 * 1024, f"RSS grew by {grown} KiB over 1000 export/drop cycles"

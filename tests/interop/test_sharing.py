@@ -1,0 +1,216 @@
+"""Memory shared with a second process over a Unix socket (SCM_RIGHTS): byte-exact both ways,
+each side's memory alive until its own handle and views are gone, and every descriptor of the
+wrong kind, size or device refused with `InteropError` before anything is opened."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exo_gpu_plugins.backend import GPUBackend
+from exo_gpu_plugins.errors import InteropError
+from exo_gpu_plugins.interop import SharedMemory, receive_shared, send_shared
+from tests.interop.conftest import device_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The second process: receives the memory, checks what the first wrote, writes its own bytes,
+# synchronizes, says so; then frees its handle and exits when told.
+CHILD = textwrap.dedent(
+    """
+    import asyncio, json, socket, sys
+    from exo_gpu_plugins.interop import receive_shared
+
+    async def main():
+        name, fd = sys.argv[1], int(sys.argv[2])
+        sock = socket.socket(fileno=fd)
+        if name == "vulkan":
+            from exo_gpu_vulkan.backend import VulkanBackend as Backend
+        else:
+            from exo_gpu_plugins.host.backend import HostBackend as Backend
+        backend = Backend()
+        await backend.initialize()
+        device = backend.list_devices()[0].device_id
+        with receive_shared(sock) as shared:
+            handle = await backend.import_memory(device, shared)
+        seen = await backend.copy_from_device(handle, 0, 64)
+        await backend.copy_to_device(bytes(range(100, 164)), handle, 64)
+        await backend.synchronize(device)
+        sock.sendall(json.dumps({"seen": seen.hex()}).encode() + b"\\n")
+        assert sock.recv(1) == b"q"
+        await backend.deallocate(handle)
+        await backend.shutdown()
+
+    asyncio.run(main())
+    """
+)
+
+
+def _child(name: str, sock: socket.socket) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, name, str(sock.fileno())],
+        pass_fds=[sock.fileno()],
+        env=env,
+    )
+
+
+def _line(sock: socket.socket) -> dict[str, Any]:
+    data = b""
+    while not data.endswith(b"\n"):
+        part = sock.recv(4096)
+        assert part, "the second process died before answering"
+        data += part
+    answer: dict[str, Any] = json.loads(data)
+    return answer
+
+
+async def test_a_second_process_reads_and_writes_the_same_memory(
+    backend: GPUBackend[Any], backend_name: str
+) -> None:
+    device = device_of(backend)
+    assert "fd" in backend.capabilities(device).export_kinds
+    handle = await backend.allocate(device, 1 << 20, exportable=True)
+    await backend.copy_to_device(bytes(range(64)), handle)
+    ours, theirs = socket.socketpair()
+    child = _child(backend_name, theirs)
+    theirs.close()
+    try:
+        with await backend.export_memory(handle) as shared:
+            send_shared(ours, shared)
+        answer = _line(ours)
+        assert bytes.fromhex(answer["seen"]) == bytes(range(64)), "the second process read other bytes"
+        assert await backend.copy_from_device(handle, 64, 64) == bytes(range(100, 164))
+        # Our side outlives the other's handle: free it there, then read here again.
+        ours.sendall(b"q")
+        assert child.wait(timeout=60) == 0
+        assert await backend.copy_from_device(handle, 0, 64) == bytes(range(64))
+    finally:
+        ours.close()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+async def test_exported_memory_survives_the_exporters_free(backend: GPUBackend[Any]) -> None:
+    device = device_of(backend)
+    handle = await backend.allocate(device, 4096, exportable=True)
+    await backend.copy_to_device(b"kept" * 16, handle)
+    shared = await backend.export_memory(handle)
+    await backend.deallocate(handle)
+    try:
+        again = await backend.import_memory(device, shared)
+    finally:
+        shared.close()
+    assert await backend.copy_from_device(again, 0, 64) == b"kept" * 16
+
+
+async def test_only_exportable_allocations_are_shared(backend: GPUBackend[Any]) -> None:
+    handle = await backend.allocate(device_of(backend), 4096)
+    with pytest.raises(InteropError, match="exportable=True"):
+        await backend.export_memory(handle)
+
+
+async def _shared(backend: GPUBackend[Any], size: int = 8192) -> SharedMemory:
+    handle = await backend.allocate(device_of(backend), size, exportable=True)
+    return await backend.export_memory(handle)
+
+
+async def test_wrong_size_is_refused(backend: GPUBackend[Any]) -> None:
+    with await _shared(backend) as shared:
+        too_big = dataclasses.replace(
+            shared, fd=os.dup(shared.fd), allocation_bytes=1 << 30, size_bytes=1 << 30
+        )
+        with too_big, pytest.raises(InteropError, match="size"):
+            await backend.import_memory(device_of(backend), too_big)
+
+
+async def test_wrong_kind_of_descriptor_is_refused(backend: GPUBackend[Any]) -> None:
+    with await _shared(backend) as shared:
+        read_end, write_end = os.pipe()
+        os.close(write_end)
+        pipe = dataclasses.replace(shared, fd=read_end)
+        with pipe, pytest.raises(InteropError, match="pipe"):
+            await backend.import_memory(device_of(backend), pipe)
+        left, right = socket.socketpair()
+        right.close()
+        sock = dataclasses.replace(shared, fd=left.detach())
+        with sock, pytest.raises(InteropError, match="socket"):
+            await backend.import_memory(device_of(backend), sock)
+        other_kind = "memfd" if shared.handle_type == "opaque-fd" else "opaque-fd"
+        kind = dataclasses.replace(shared, fd=os.dup(shared.fd), handle_type=other_kind)
+        with kind, pytest.raises(InteropError, match=other_kind):
+            await backend.import_memory(device_of(backend), kind)
+        foreign = dataclasses.replace(shared, fd=os.dup(shared.fd), backend="metal")
+        with foreign, pytest.raises(InteropError, match="metal"):
+            await backend.import_memory(device_of(backend), foreign)
+
+
+async def test_memory_of_another_device_is_refused() -> None:
+    from tests.interop.conftest import make_backend
+
+    backend = make_backend("vulkan")
+    await backend.initialize()
+    try:
+        with await _shared(backend) as shared:
+            elsewhere = dataclasses.replace(shared, fd=os.dup(shared.fd), device_uuid="ab" * 16)
+            with elsewhere, pytest.raises(InteropError, match="UUID"):
+                await backend.import_memory(device_of(backend), elsewhere)
+            driver = dataclasses.replace(shared, fd=os.dup(shared.fd), driver_uuid="cd" * 16)
+            with driver, pytest.raises(InteropError, match="driver UUID"):
+                await backend.import_memory(device_of(backend), driver)
+            bad_type = dataclasses.replace(shared, fd=os.dup(shared.fd), memory_type=999)
+            with bad_type, pytest.raises(InteropError, match="memory type"):
+                await backend.import_memory(device_of(backend), bad_type)
+    finally:
+        await backend.shutdown()
+
+
+def test_malformed_messages_are_refused_and_close_their_descriptors() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for payload, with_fd, expected in (
+        (b"E", False, "one descriptor"),
+        (b"EXOSHM1\0" + b"\0\0\0\2{}", True, "fields"),
+        (b"EXOSHM1\0" + b"\0\0\0\3{x}", True, "JSON"),
+        (b"NOTOURS!" + b"\0\0\0\0", True, "not a shared-memory message"),
+    ):
+        left, right = socket.socketpair()
+        with left, right:
+            read_end, write_end = os.pipe()
+            if with_fd:
+                socket.send_fds(left, [payload[:1]], [read_end])
+            else:
+                left.sendall(payload[:1])
+            left.sendall(payload[1:])
+            os.close(read_end)
+            os.close(write_end)
+            with pytest.raises(InteropError, match=expected):
+                receive_shared(right)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_descriptions_are_strict() -> None:
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    try:
+        for field, value in (("size_bytes", 0), ("size_bytes", "1"), ("handle_type", "dmabuf")):
+            fields: dict[str, Any] = {
+                "backend": "host",
+                "handle_type": "memfd",
+                "size_bytes": 16,
+                "allocation_bytes": 16,
+            }
+            fields[field] = value
+            with pytest.raises(InteropError, match=field):
+                SharedMemory(fd=read_end, **fields)
+    finally:
+        os.close(read_end)
