@@ -320,7 +320,7 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
         )
     bits = math.prod(shape) * DTYPE_BITS[dtype]
     if bits % 8 or bits // 8 != end - begin:
-        need = f"{bits / 8:g}"
+        need = f"{bits // 8}" + (f".{bits % 8 * 125:03d}".rstrip("0") if bits % 8 else "")  # exact
         raise CheckpointError(
             f"{where}: dtype {dtype} and shape {shape} need {need} bytes, "
             f"but data_offsets [{begin}, {end}] hold {end - begin}"
