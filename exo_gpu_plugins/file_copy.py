@@ -110,13 +110,14 @@ def open_source(src: object) -> Iterator[tuple[int, int, str]]:
         fd, _ = open_regular_file(src, FileReadError)
         owned = True
     elif isinstance(src, int) and not isinstance(src, bool):
-        fd, label = src, f"file descriptor {src}"
+        fd, label = src, _descriptor_label(src)
     elif callable(getattr(src, "fileno", None)):
         try:
             fd = int(src.fileno())  # type: ignore[attr-defined]
         except (OSError, ValueError) as exc:
             raise FileReadError(f"{type(src).__name__} has no usable file descriptor: {exc}") from exc
-        label = str(getattr(src, "name", f"file descriptor {fd}"))
+        name = getattr(src, "name", None)
+        label = os.fsdecode(name) if isinstance(name, (str, bytes)) else _descriptor_label(fd)
     else:
         raise TypeError(
             f"src must be a path, an open file or a file descriptor, not {type(src).__name__}"
@@ -131,6 +132,14 @@ def open_source(src: object) -> Iterator[tuple[int, int, str]]:
     finally:
         if owned:
             os.close(fd)
+
+
+def _descriptor_label(fd: int) -> str:
+    """ "file descriptor 7 (/models/a.safetensors)": the path where the system says (Linux)."""
+    try:
+        return f"file descriptor {fd} ({os.readlink(f'/proc/self/fd/{fd}')})"
+    except OSError:
+        return f"file descriptor {fd}"
 
 
 def name_file(exc: FileReadError, label: str, start: int, size: int, file_size: int) -> None:
