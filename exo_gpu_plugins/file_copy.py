@@ -135,7 +135,8 @@ def open_source(src: object) -> Iterator[tuple[int, int, str]]:
 
 
 def _descriptor_label(fd: int) -> str:
-    """ "file descriptor 7 (/models/a.safetensors)": the path where the system says (Linux)."""
+    """A descriptor named by its path where the system says (Linux's /proc/self/fd), as in
+    "file descriptor 7 (/models/a.safetensors)"."""
     try:
         return f"file descriptor {fd} ({os.readlink(f'/proc/self/fd/{fd}')})"
     except OSError:
