@@ -36,6 +36,7 @@ from exo_gpu_plugins import arguments, file_copy
 from exo_gpu_plugins.errors import (
     BackendClosedError,
     DeviceNotFoundError,
+    FileReadError,
     GPUError,
     InteropError,
     InvalidHandleError,
@@ -527,7 +528,11 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
                 )
                 arguments.check_range(offset, size, entry.handle.size_bytes, "copy_file_to_device")
                 if size:
-                    await self._write_from_file(entry.native, offset, fd, start, size)
+                    try:
+                        await self._write_from_file(entry.native, offset, fd, start, size)
+                    except FileReadError as exc:
+                        file_copy.name_file(exc, label, start, size, file_size)
+                        raise
             return size
 
     @final

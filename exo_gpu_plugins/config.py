@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exo_gpu_plugins.errors import ConfigError
+from exo_gpu_plugins.file_copy import open_regular_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,10 +73,15 @@ def requested_backend(name: str | None = None, env: Mapping[str, str] | None = N
 
 def _backend_from_file(path: Path) -> str | None:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
+        fd, _ = open_regular_file(path, ConfigError)  # a FIFO or a device is refused, not waited on
+    except ConfigError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            return None
+        raise ConfigError(f"cannot read exo config {exc}") from exc.__cause__
+    try:
+        with open(fd, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read exo config {path}: {exc}") from exc
     try:
         document = tomllib.loads(text)

@@ -11,7 +11,6 @@ with status 0.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import inspect
 import logging
 import os
@@ -107,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Entry point of `exo-gpu`; returns the exit status."""
+    from exo_gpu_plugins.cli import interrupt
     from exo_gpu_plugins.cli.render import Screen
 
     out = out or sys.stdout
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     screen = Screen(out, err)
     try:
         result = args.handler(args, screen)
-        status: int = asyncio.run(result) if inspect.iscoroutine(result) else result
+        status: int = interrupt.run(result) if inspect.iscoroutine(result) else result
         out.flush()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -17,15 +17,17 @@ tensor in a shard the index does not name, or one name in two files is a `Checkp
 
 from __future__ import annotations
 
-import json
+import errno
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Union
 
 from exo_gpu_plugins.errors import CheckpointError
-from exo_gpu_plugins.weights.format import SafetensorsFile, read_header
+from exo_gpu_plugins.file_copy import file_kind, open_regular_file
+from exo_gpu_plugins.weights.format import SafetensorsFile, load_json, lone_surrogate, read_header
 
 __all__ = ["Checkpoint", "MissingShard", "PathsArg", "open_checkpoint"]
 
@@ -60,6 +62,13 @@ class Checkpoint:
         for shard in self.missing:
             yield from shard.tensor_names
 
+    def locate(self, name: str) -> str:
+        """The file that holds (or, for a missing shard, would hold) tensor `name` ("" if none)."""
+        for file in self.files:
+            if any(tensor.name == name for tensor in file.tensors):
+                return file.path
+        return next((shard.path for shard in self.missing if name in shard.tensor_names), "")
+
 
 @dataclass(frozen=True, slots=True)
 class _Index:
@@ -83,7 +92,7 @@ def open_checkpoint(paths: PathsArg) -> Checkpoint:
                 continue
             seen.add(key)
             expected = index.shards[shard_path] if index is not None else None
-            if index is not None and not os.path.exists(shard_path):
+            if index is not None and _stat(shard_path) is None:
                 missing.append(MissingShard(shard_path, index.path, tuple(expected or ())))
                 names: Iterable[str] = expected or ()
             else:
@@ -115,29 +124,58 @@ def _as_list(paths: PathsArg) -> list[str]:
     return result
 
 
+def _stat(path: str) -> os.stat_result | None:
+    """`os.stat` of `path`, `None` when nothing is there (also a dangling link); any other
+    failure (a symbolic link loop, no permission, a name too long) is a `CheckpointError` saying
+    which, never "missing"."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:  # a NUL byte, or a name the file system encoding cannot hold
+        raise CheckpointError(f"{path!r}: not a usable path: {exc}") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = f"a symbolic link loop ({exc.strerror})"
+        else:
+            reason = exc.strerror or str(exc)
+        raise CheckpointError(f"{path}: cannot open: {reason}") from exc
+
+
 def _expand(source: str) -> list[tuple[str, _Index | None]]:
     """The shard files `source` stands for, each with the index that named it (if any)."""
-    if os.path.isdir(source):
+    info = _stat(source)
+    if info is None:
+        raise CheckpointError(f"{source}: no such file or folder")
+    if stat.S_ISDIR(info.st_mode):
         index = _folder_index(source)
         if index is not None:
             return _index_shards(index)
-        found = sorted(p for p in os.listdir(source) if p.endswith(".safetensors"))
-        files = [os.path.join(source, p) for p in found if os.path.isfile(os.path.join(source, p))]
-        if not files:
+        # Every *.safetensors entry, whatever it is: `read_header` refuses one that is not a
+        # regular file (a FIFO, a dangling link) by name, where skipping it would load less.
+        found = sorted(p for p in _list(source) if p.endswith(".safetensors"))
+        if not found:
             raise CheckpointError(f"{source}: folder holds no *.safetensors file and no index")
-        return [(path, None) for path in files]
-    if not os.path.exists(source):
-        raise CheckpointError(f"{source}: no such file or folder")
+        return [(os.path.join(source, p), None) for p in found]
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{source}: not a regular file or folder: it is {file_kind(info.st_mode)}")
     if source.endswith(".json"):
         return _index_shards(source)
     return [(source, None)]
 
 
+def _list(folder: str) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError as exc:
+        raise CheckpointError(f"{folder}: cannot list the folder: {exc.strerror or exc}") from exc
+
+
 def _folder_index(folder: str) -> str | None:
     preferred = os.path.join(folder, INDEX_NAME)
-    if os.path.isfile(preferred):
+    if os.path.lexists(preferred):  # whatever it is: `_read_index` refuses a special file
         return preferred
-    indexes = sorted(p for p in os.listdir(folder) if p.endswith(_INDEX_SUFFIX))
+    indexes = sorted(p for p in _list(folder) if p.endswith(_INDEX_SUFFIX))
     if len(indexes) == 1:
         return os.path.join(folder, indexes[0])
     if len(indexes) > 1:
@@ -153,16 +191,17 @@ def _index_shards(path: str) -> list[tuple[str, _Index | None]]:
 
 
 def _read_index(path: str) -> _Index:
+    fd, _ = open_regular_file(path, CheckpointError)
     try:
-        with open(path, "rb") as handle:
+        with os.fdopen(fd, "rb") as handle:
             raw = handle.read(_MAX_INDEX_BYTES + 1)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the index: {exc.strerror or exc}") from exc
     if len(raw) > _MAX_INDEX_BYTES:
         raise CheckpointError(f"{path}: larger than {_MAX_INDEX_BYTES} bytes; not a checkpoint index")
     try:
-        document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        document = load_json(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError
         raise CheckpointError(f"{path}: index is not valid JSON: {exc}") from None
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict):
@@ -170,6 +209,11 @@ def _read_index(path: str) -> _Index:
     folder = Path(path).parent
     shards: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
+        if lone_surrogate(name) is not None or lone_surrogate(shard) is not None:
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: the name or its shard {shard!r} is not valid Unicode "
+                "(it holds a lone surrogate)"
+            )
         if not isinstance(shard, str) or not _is_plain_relative(shard):
             raise CheckpointError(
                 f"{path}: tensor {name!r}: shard {shard!r} must be a file name relative to the index"
@@ -181,9 +225,15 @@ def _read_index(path: str) -> _Index:
 
 
 def _is_plain_relative(name: str) -> bool:
-    """Inside the index's folder: not absolute, no `..`, no empty or drive-qualified parts."""
+    """Inside the index's folder: not absolute, no `..`, no empty or drive-qualified parts, no NUL."""
     parts = PurePosixPath(name.replace("\\", "/")).parts
-    return bool(parts) and not name.startswith(("/", "\\")) and ".." not in parts and ":" not in name
+    return (
+        bool(parts)
+        and not name.startswith(("/", "\\"))
+        and ".." not in parts
+        and ":" not in name
+        and "\0" not in name
+    )
 
 
 def _check_agrees(header: SafetensorsFile, expected: list[str], index: str) -> None:

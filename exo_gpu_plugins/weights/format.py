@@ -14,18 +14,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat as stat_module
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from exo_gpu_plugins.errors import CheckpointError
+from exo_gpu_plugins.file_copy import open_regular_file
 
 __all__ = [
     "DTYPE_BITS",
     "MAX_HEADER_BYTES",
     "SafetensorsFile",
     "TensorEntry",
+    "load_json",
+    "lone_surrogate",
     "parse_header",
     "read_header",
 ]
@@ -59,6 +62,15 @@ MAX_HEADER_BYTES = 100_000_000
 
 _PREFIX = 8
 _TENSOR_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+# Shapes and offsets are 64-bit unsigned in the format (the reference parser's `usize`).
+_COUNT_LIMIT = 1 << 64
+# An integer longer than this cannot be a size on any machine (2**64 has 20 digits); it is kept as
+# a `HugeInteger` rather than converted, which for thousands of digits would be Python's own
+# `ValueError` (its int conversion limit) or seconds of work.
+_MAX_DIGITS = 20
+# A lone UTF-16 surrogate: JSON's `\ud800` escape decodes to one, raw UTF-8 cannot hold one.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,14 +104,8 @@ class SafetensorsFile:
 def read_header(path: str | os.PathLike[str]) -> SafetensorsFile:
     """Open `path`, read and check its header. Unreadable files raise `CheckpointError` too."""
     name = os.fspath(path)
+    fd, stat = open_regular_file(name, CheckpointError)
     try:
-        fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise CheckpointError(f"{name}: cannot open: {exc.strerror or exc}") from exc
-    try:
-        stat = os.fstat(fd)
-        if not stat_module.S_ISREG(stat.st_mode):
-            raise CheckpointError(f"{name}: not a regular file")
         size = stat.st_size
         prefix = _pread_exact(fd, _PREFIX, 0, name, "the header length")
         length = int.from_bytes(prefix, "little") if len(prefix) == _PREFIX else None
@@ -185,14 +191,76 @@ def _decode(raw: bytes, path: str) -> dict[str, Any]:
             f"{path}: header is not UTF-8 ({exc.reason} at byte {exc.start})"
         ) from None
     try:
-        document = json.loads(text, object_pairs_hook=_no_duplicates)
+        document = load_json(text, object_pairs_hook=_no_duplicates)
     except _DuplicateKey as exc:
         raise CheckpointError(f"{path}: tensor {exc.key!r}: named twice in the header") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: header is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise CheckpointError(f"{path}: header is JSON but not an object")
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            _refuse_lone_surrogates(document, path)
+        except RecursionError:
+            raise CheckpointError(f"{path}: header nests too deeply to check") from None
     return document
+
+
+def _refuse_lone_surrogates(document: dict[str, Any], path: str) -> None:
+    """Refuse a string holding a lone surrogate (a `\\ud800` escape with no partner), as the
+    reference parser does: it is not Unicode, and cannot be written back as UTF-8."""
+    for name, value in document.items():
+        where = "__metadata__" if name == "__metadata__" else f"tensor {name!r}"
+        if _SURROGATE.search(name):
+            raise CheckpointError(
+                f"{path}: {where}: the name is not valid Unicode (it holds a lone surrogate)"
+            )
+        bad = lone_surrogate(value)
+        if bad is not None:
+            raise CheckpointError(
+                f"{path}: {where}: the entry holds a string that is not valid Unicode ({bad!r} "
+                "holds a lone surrogate)"
+            )
+
+
+def lone_surrogate(value: object) -> str | None:
+    """The first string in `value` (a string, or JSON lists and objects, keys included) that holds
+    a lone surrogate, else `None`."""
+    if isinstance(value, str):
+        return value if _SURROGATE.search(value) else None
+    items: list[object] = []
+    if isinstance(value, dict):
+        items = [item for pair in value.items() for item in pair]
+    elif isinstance(value, list):
+        items = value
+    for item in items:
+        bad = lone_surrogate(item)
+        if bad is not None:
+            return bad
+    return None
+
+
+class HugeInteger:
+    """A JSON integer of more than 20 digits, kept as its digit count: never a valid size."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def _parse_int(text: str) -> int | HugeInteger:
+    digits = len(text) - text.startswith("-")
+    return HugeInteger(digits) if digits > _MAX_DIGITS else int(text)
+
+
+def load_json(text: str, **hooks: Any) -> Any:
+    """`json.loads` for checkpoint headers and indexes: integers too long to be a size come back as
+    `HugeInteger` (never Python's int-conversion `ValueError`)."""
+    return json.loads(text, parse_int=_parse_int, **hooks)
 
 
 class _DuplicateKey(Exception):
@@ -216,9 +284,8 @@ def _metadata(value: object, path: str) -> dict[str, str]:
         )
     for key, item in value.items():
         if not isinstance(item, str):
-            raise CheckpointError(
-                f"{path}: __metadata__ entry {key!r} must be a string, not {type(item).__name__}"
-            )
+            found = repr(item) if isinstance(item, HugeInteger) else type(item).__name__
+            raise CheckpointError(f"{path}: __metadata__ entry {key!r} must be a string, not {found}")
     return dict(value)
 
 
@@ -235,10 +302,14 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
         raise CheckpointError(f"{where}: unknown dtype {dtype!r} (known: {known})")
     shape = value["shape"]
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise CheckpointError(f"{where}: shape must be a list of integers >= 0, got {shape!r}")
+        raise CheckpointError(
+            f"{where}: shape must be a list of integers from 0 to 2**64 - 1, got {shape!r}"
+        )
     offsets = value["data_offsets"]
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
-        raise CheckpointError(f"{where}: data_offsets must be two integers >= 0, got {offsets!r}")
+        raise CheckpointError(
+            f"{where}: data_offsets must be two integers from 0 to 2**64 - 1, got {offsets!r}"
+        )
     begin, end = offsets
     if begin > end:
         raise CheckpointError(f"{where}: data_offsets [{begin}, {end}] end before they begin")
@@ -249,7 +320,7 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
         )
     bits = math.prod(shape) * DTYPE_BITS[dtype]
     if bits % 8 or bits // 8 != end - begin:
-        need = f"{bits / 8:g}"
+        need = f"{bits // 8}" + (f".{bits % 8 * 125:03d}".rstrip("0") if bits % 8 else "")  # exact
         raise CheckpointError(
             f"{where}: dtype {dtype} and shape {shape} need {need} bytes, "
             f"but data_offsets [{begin}, {end}] hold {end - begin}"
@@ -258,7 +329,7 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
 
 
 def _is_count(value: object) -> bool:
-    return type(value) is int and value >= 0
+    return type(value) is int and 0 <= value < _COUNT_LIMIT
 
 
 def _check_coverage(tensors: list[TensorEntry], path: str, data_start: int, file_size: int) -> None:

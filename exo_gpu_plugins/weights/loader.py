@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.errors import CheckpointError, InvalidHandleError
+from exo_gpu_plugins.errors import BackendClosedError, CheckpointError, InvalidHandleError
+from exo_gpu_plugins.file_copy import open_regular_file
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.weights.checkpoint import PathsArg
 from exo_gpu_plugins.weights.models import LoadedTensor, LoadedWeights, LoadProgress
@@ -84,7 +85,7 @@ async def load_plan(
     begun = time.perf_counter() if started is None else started
     allocations = plan.allocations
     handles: list[MemoryHandle] = []
-    descriptors: dict[str, int] = {}
+    descriptors: dict[str, _OpenFile] = {}
     pending: list[asyncio.Future[MemoryHandle]] = []  # the allocation being made, if any
     copies: collections.deque[_Copy] = collections.deque()  # in flight, oldest first
     loaded = False
@@ -104,10 +105,10 @@ async def load_plan(
                 pending.append(_allocate(backend, device_id, allocations[number + 1], exportable))
             if number == 0:
                 report.step(0, 0)
-            fd = descriptors[allocation.file]
+            source = descriptors[allocation.file]
             for step in allocation.steps:
                 copy = backend.copy_file_to_device(
-                    fd, handles[-1], step.offset, file_offset=step.file_offset, size_bytes=step.size
+                    source, handles[-1], step.offset, file_offset=step.file_offset, size_bytes=step.size
                 )
                 copies.append(
                     _Copy(asyncio.ensure_future(copy), step.size, tensors_before + step.tensors_done)
@@ -131,8 +132,8 @@ async def load_plan(
                 interrupted = await _settle(future) or interrupted
                 if not future.cancelled() and future.exception() is None:
                     handles.append(future.result())
-        for fd in descriptors.values():
-            os.close(fd)
+        for file in descriptors.values():
+            os.close(file.fd)
         if not loaded:
             await _free_all(backend, handles, interrupted)
 
@@ -197,19 +198,23 @@ class _Reporter:
         )
 
 
-def _open_unchanged(path: str, identity: tuple[int, int, int, int]) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot open: {exc.strerror or exc}") from exc
-    try:
-        stat = os.fstat(fd)
-        if (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns) != identity:
-            raise CheckpointError(f"{path}: the file changed after its header was checked; plan again")
-    except BaseException:
+class _OpenFile(NamedTuple):
+    """A checkpoint file opened for the load: what `copy_file_to_device` reads (by `fileno()`),
+    and its path (`name`), which every error of the copy names."""
+
+    fd: int
+    name: str
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+def _open_unchanged(path: str, identity: tuple[int, int, int, int]) -> _OpenFile:
+    fd, stat = open_regular_file(path, CheckpointError)
+    if (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns) != identity:
         os.close(fd)
-        raise
-    return fd
+        raise CheckpointError(f"{path}: the file changed after its header was checked; plan again")
+    return _OpenFile(fd, path)
 
 
 async def _settle(task: asyncio.Future[Any]) -> bool:
@@ -238,6 +243,9 @@ async def _free_all(backend: GPUBackend[Any], handles: list[MemoryHandle], inter
                 continue
             except InvalidHandleError:
                 pass  # freed by a deallocate the cancellation interrupted after it took the handle
+            except BackendClosedError:
+                # shutdown() ran meanwhile, and freed every allocation itself.
+                log.debug("%s was freed by the backend's shutdown", handle.handle_id)
             except Exception:
                 log.exception("freeing %s after a failed load failed", handle.handle_id)
             break

@@ -127,7 +127,9 @@ def plan_checkpoint(
         raise TypeError(f"select must be a callable taking a tensor name, not {type(select).__name__}")
     checkpoint = open_checkpoint(paths)
     where = _describe(checkpoint, paths)
-    selection = make_selection(checkpoint.tensor_names(), layers, select, where)
+    selection = make_selection(
+        checkpoint.tensor_names(), layers, select, where, locate=checkpoint.locate
+    )
     _check_missing(checkpoint, selection)
     tensors: list[PlannedTensor] = []
     allocations: list[AllocationPlan] = []

@@ -36,15 +36,27 @@ from exo_gpu_plugins.errors import CheckpointError
 
 __all__ = ["LayerRange", "Selection", "layer_index", "make_selection"]
 
-_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+_LAYER = re.compile(r"model\.layers\.([0-9]+)\.")
 _HEAD_PREFIXES = ("model.norm.", "model.final_layernorm.", "lm_head.")
 _EMBED_PREFIX = "model.embed_tokens."
+# A layer index of more digits than this (10**19 > 2**63) cannot be a layer of any model; it is
+# refused rather than converted (thousands of digits would be Python's own int-limit ValueError).
+_MAX_LAYER_DIGITS = 19
 
 
 def layer_index(name: str) -> int | None:
-    """The decoder layer a tensor belongs to (`model.layers.{i}.`), or None outside the stack."""
+    """The decoder layer a tensor belongs to (`model.layers.{i}.`), or None outside the stack.
+    An index of more than 19 digits raises `CheckpointError` naming the tensor."""
     match = _LAYER.match(name)
-    return int(match.group(1)) if match else None
+    if match is None:
+        return None
+    digits = match.group(1).lstrip("0") or "0"
+    if len(digits) > _MAX_LAYER_DIGITS:
+        shown = name if len(name) <= 80 else f"{name[:60]}...{name[-12:]}"
+        raise CheckpointError(
+            f"tensor {shown!r}: a layer index of {len(digits)} digits cannot be a layer number"
+        )
+    return int(digits)
 
 
 class LayerRange(BaseModel):
@@ -128,14 +140,20 @@ def make_selection(
     layers: LayerRange | None,
     select: Callable[[str], bool] | None,
     where: str,
+    locate: Callable[[str], str] | None = None,
 ) -> Selection:
-    """Resolve `layers` against the checkpoint's tensor `names` (`where` names it in errors)."""
+    """Resolve `layers` against the checkpoint's tensor `names` (`where` names it in errors, and
+    `locate(name)`, when given, the file of one tensor)."""
     if layers is None:
         return Selection(None, None, None, select if select is not None else _everything)
     indexes: set[int] = set()
     has_head = False
     for name in names:
-        index = layer_index(name)
+        try:
+            index = layer_index(name)
+        except CheckpointError as exc:
+            file = locate(name) if locate is not None else where
+            raise CheckpointError(f"{file}: {exc}") from None
         if index is not None:
             indexes.add(index)
         elif name.startswith("lm_head."):
@@ -149,11 +167,13 @@ def make_selection(
         raise CheckpointError(
             f"{where}: layer range {start}:{end} reaches past the model's {count} layers"
         )
-    absent = [i for i in range(start, end) if i not in indexes]
-    if absent:
+    # Counted from the layers present, never by walking the range (a count can be 10**18).
+    present = sum(1 for i in indexes if start <= i < end)
+    if present < end - start:
+        first_absent = next(i for i in range(start, end) if i not in indexes)
         raise CheckpointError(
-            f"{where}: layer range {start}:{end} of {count} includes layer {absent[0]}, which has no "
-            f"tensor in the checkpoint ({len(absent)} such layer(s))"
+            f"{where}: layer range {start}:{end} of {count} includes layer {first_absent}, which has "
+            f"no tensor in the checkpoint ({end - start - present} such layer(s))"
         )
     first = start == 0
     last = end == count

@@ -10,7 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from exo_gpu_plugins.errors import FileReadError
-from exo_gpu_plugins.file_copy import read_exact
+from exo_gpu_plugins.file_copy import open_regular_file, read_exact
 
 if TYPE_CHECKING:
     from exo_gpu_plugins.backend import GPUBackend
@@ -34,10 +34,8 @@ async def mismatched_tensors(backend: GPUBackend[Any], loaded: LoadedWeights) ->
                 continue
             fd = descriptors.get(tensor.file)
             if fd is None:
-                try:
-                    fd = descriptors[tensor.file] = os.open(tensor.file, os.O_RDONLY)
-                except OSError as exc:
-                    raise FileReadError(f"{tensor.file}: cannot open: {exc.strerror or exc}") from exc
+                fd, _ = open_regular_file(tensor.file, FileReadError)
+                descriptors[tensor.file] = fd
             done = 0
             while done < tensor.size_bytes:
                 size = min(chunk, tensor.size_bytes - done)

@@ -18,7 +18,8 @@ def test_kit_catches_memory_freed_under_a_view() -> None:
     result = run_kit(FreesExportedMemory, extra_args=["-k", "test_export"])
     assert not result.errors, result.errors
     summary = result.clauses["export lifetime"]
-    assert summary.failed, f"the kit passed a backend that frees viewed memory: {result.failed_clauses()}"
+    failing = result.failed_clauses()
+    assert summary.failed, f"the kit passed a backend that frees viewed memory: {failing}"
     assert "freed or reused" in (summary.first_reason or ""), summary.first_reason
     assert not result.clauses["exports"].failed, result.clauses["exports"].first_reason
     assert result.clauses["shared memory"].failed, "memory freed under an importer went unnoticed"

@@ -176,6 +176,8 @@ pub(crate) fn new_allocation(
         Kind::Device
     };
     let make = |kind: Kind| -> Result<(BufView, Backing)> {
+        // Some drivers (lavapipe) grant allocations far past a heap's size: refuse those here.
+        let _room = ctx.mem.reserve(ctx.raw(), kind, buffer_size)?;
         if buffer_size <= plan.small_max {
             let (view, r) = ctx.mem.allocate_slab(ctx.raw(), kind, buffer_size)?;
             Ok((view, Backing::Slab(r)))

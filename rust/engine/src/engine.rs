@@ -44,6 +44,9 @@ pub struct HeapReport {
     pub usage: Option<u64>,
     /// Bytes of this heap this engine's allocations hold.
     pub engine_allocated: u64,
+    /// Bytes of this heap the whole process's engines hold (allocations, pools, staging): the
+    /// engine refuses an allocation that would take it past `size`.
+    pub process_allocated: u64,
 }
 
 /// Per-device counters reported by `Engine::stats`.
@@ -216,6 +219,10 @@ impl Engine {
                 .map(|d| d.heap_usage())
                 .unwrap_or_else(|| vec![0; info.heaps.len()]);
             let budgets = query_budgets(&i.instance, i.physical[index], info);
+            let process: Vec<u64> = crate::memory::process_heaps(info)
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect();
             Ok(info
                 .heaps
                 .iter()
@@ -229,6 +236,7 @@ impl Engine {
                         budget: b.map(|b| b.budget),
                         usage: b.map(|b| b.usage),
                         engine_allocated: own.get(h).copied().unwrap_or(0),
+                        process_allocated: process.get(h).copied().unwrap_or(0),
                     }
                 })
                 .collect())

@@ -9,7 +9,6 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering;
 
 use ash::vk;
 
@@ -57,6 +56,8 @@ impl ExternalMemory {
     /// type the engine uses for device allocations.
     pub(crate) fn allocate(dev: &RawDevice, mem: &Memory, buffer_size: u64) -> Result<Self> {
         functions(dev)?;
+        // Some drivers (lavapipe) grant allocations far past a heap's size: refuse those here.
+        let _room = mem.reserve(dev, Kind::Device, buffer_size)?;
         let (buffer, requirements) = external_buffer(dev, buffer_size)?;
         let chosen = mem
             .types
@@ -125,6 +126,7 @@ impl ExternalMemory {
                 info.memory_type, found.flags, info.memory_flags
             )));
         }
+        let _room = mem.reserve(dev, Kind::Device, buffer_size)?;
         let (buffer, requirements) = external_buffer(dev, buffer_size)?;
         let fail = |e: EngineError| {
             destroy_buffer(dev, buffer);
@@ -222,9 +224,7 @@ impl ExternalMemory {
         } else {
             None
         };
-        if let Some(h) = mem.heap_bytes.get(heap) {
-            h.fetch_add(allocation_size, Ordering::Relaxed);
-        }
+        mem.account(heap, allocation_size);
         Ok(ExternalMemory {
             buffer,
             memory,
@@ -295,9 +295,7 @@ impl ExternalMemory {
             dev.device.free_memory(self.memory, None);
         }
         self.memory = vk::DeviceMemory::null();
-        if let Some(h) = mem.heap_bytes.get(self.heap) {
-            h.fetch_sub(self.info.allocation_size, Ordering::Relaxed);
-        }
+        mem.unaccount(self.heap, self.info.allocation_size);
     }
 }
 

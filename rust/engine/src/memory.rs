@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ash::vk;
 use gpu_allocator::vulkan::{AllocationCreateDesc, AllocationScheme, Allocator};
@@ -13,7 +13,7 @@ use gpu_allocator::MemoryLocation;
 
 use crate::device::RawDevice;
 use crate::error::{EngineError, Result};
-use crate::properties::{DeviceInfo, MemoryTypeInfo};
+use crate::properties::{query_budgets, DeviceInfo, MemoryTypeInfo};
 use crate::sync::lock;
 
 /// Buffers at least this large get their own (dedicated) memory allocation.
@@ -134,6 +134,46 @@ impl MemoryTypes {
         coherent(Kind::Device)
             && (self.type_of(Kind::DeviceMapped).is_none() || coherent(Kind::DeviceMapped))
     }
+
+    /// The heap memory of `kind` comes from, when the type is pinned (not left to gpu-allocator).
+    fn heap_of(&self, kind: Kind) -> Option<usize> {
+        self.index[kind.index()].map(|_| self.heap[kind.index()])
+    }
+}
+
+/// Bytes held on each heap of a physical device by the whole process: engines with and without
+/// validation open separate logical devices of one physical device, and some drivers (lavapipe)
+/// grant allocations far past a heap's size, so the engine holds the heaps itself.
+type ProcessHeaps = Arc<[AtomicU64]>;
+/// A physical device: its UUID and its index in the device list.
+type PhysicalKey = ([u8; 16], usize);
+static PROCESS_HEAPS: Mutex<Vec<(PhysicalKey, ProcessHeaps)>> = Mutex::new(Vec::new());
+
+/// The process-wide heap counters of the physical device `info` describes.
+pub(crate) fn process_heaps(info: &DeviceInfo) -> ProcessHeaps {
+    let key = (info.device_uuid, info.index);
+    let mut all = lock(&PROCESS_HEAPS);
+    if let Some((_, heaps)) = all.iter().find(|(k, _)| *k == key) {
+        return Arc::clone(heaps);
+    }
+    let heaps: ProcessHeaps = info.heaps.iter().map(|_| AtomicU64::new(0)).collect();
+    all.push((key, Arc::clone(&heaps)));
+    heaps
+}
+
+/// Room for `size` more bytes on a heap, held from the check until the buffer made with it is
+/// counted (then dropped): two threads cannot both take the heap's last bytes.
+pub(crate) struct Reservation<'a> {
+    counter: Option<&'a AtomicU64>,
+    size: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.counter {
+            c.fetch_sub(self.size, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A `vk::Buffer` bound to gpu-allocator memory.
@@ -232,6 +272,8 @@ pub(crate) struct Memory {
     pub(crate) types: MemoryTypes,
     /// Bytes held per heap (allocations, staging, pools, temporaries).
     pub(crate) heap_bytes: Vec<AtomicU64>,
+    /// Bytes held per heap by the whole process (`process_heaps`).
+    process: ProcessHeaps,
     /// Live buffers per memory object: its length is the number of memory objects in use.
     blocks: Mutex<HashMap<vk::DeviceMemory, u32>>,
     /// Pools of small buffers.
@@ -254,6 +296,7 @@ impl Memory {
             allocator: Mutex::new(Some(allocator)),
             types: MemoryTypes::choose(&dev.info.memory_types, upload_cached),
             heap_bytes: dev.info.heaps.iter().map(|_| AtomicU64::new(0)).collect(),
+            process: process_heaps(&dev.info),
             blocks: Mutex::new(HashMap::new()),
             slabs: Mutex::new(Slabs::default()),
         })
@@ -356,9 +399,7 @@ impl Memory {
         let flags = alloc.memory_properties();
         let heap = heap.unwrap_or_else(|| heap_of(&dev.info, requirements.memory_type_bits, flags));
         let accounted = alloc.size();
-        if let Some(h) = self.heap_bytes.get(heap) {
-            h.fetch_add(accounted, Ordering::Relaxed);
-        }
+        self.account(heap, accounted);
         // SAFETY: the handle is only used as a map key.
         *lock(&self.blocks)
             .entry(unsafe { alloc.memory() })
@@ -394,9 +435,73 @@ impl Memory {
         }
         let mut guard = lock(&self.allocator);
         destroy_buffer_with(&dev.device, guard.as_mut(), buf);
-        if let Some(h) = self.heap_bytes.get(buf.heap) {
-            h.fetch_sub(std::mem::take(&mut buf.accounted), Ordering::Relaxed);
+        let accounted = std::mem::take(&mut buf.accounted);
+        self.unaccount(buf.heap, accounted);
+    }
+
+    /// Count `bytes` as held on `heap`, by this device and by the whole process.
+    pub(crate) fn account(&self, heap: usize, bytes: u64) {
+        for counters in [&self.heap_bytes[..], &self.process[..]] {
+            if let Some(h) = counters.get(heap) {
+                h.fetch_add(bytes, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Stop counting `bytes` on `heap` (the memory was freed).
+    pub(crate) fn unaccount(&self, heap: usize, bytes: u64) {
+        for counters in [&self.heap_bytes[..], &self.process[..]] {
+            if let Some(h) = counters.get(heap) {
+                h.fetch_sub(bytes, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Reserve `size` bytes on the heap memory of `kind` comes from, or refuse with
+    /// `OutOfMemory` when the process's bytes there would pass the heap's size, or (for an
+    /// allocation of its own memory object, where the query costs nothing next to
+    /// vkAllocateMemory) the driver's VK_EXT_memory_budget budget.
+    pub(crate) fn reserve(
+        &self,
+        dev: &RawDevice,
+        kind: Kind,
+        size: u64,
+    ) -> Result<Reservation<'_>> {
+        let found = self.types.heap_of(kind).and_then(|heap| {
+            let counter = self.process.get(heap)?;
+            Some((heap, counter, dev.info.heaps.get(heap)?.size))
+        });
+        let Some((heap, counter, heap_size)) = found else {
+            return Ok(Reservation {
+                counter: None,
+                size: 0,
+            });
+        };
+        let held = counter.fetch_add(size, Ordering::Relaxed);
+        let reservation = Reservation {
+            counter: Some(counter),
+            size,
+        };
+        let device = dev.info.index;
+        if held.saturating_add(size) > heap_size {
+            return Err(EngineError::OutOfMemory(format!(
+                "{size} bytes do not fit in memory heap {heap} of device {device}: this process \
+                 holds {held} of its {heap_size} bytes"
+            )));
+        }
+        if size >= DEDICATED_THRESHOLD {
+            let budgets = query_budgets(&dev.instance, dev.physical, &dev.info);
+            if let Some(Some(b)) = budgets.get(heap) {
+                if b.usage.saturating_add(size) > b.budget {
+                    return Err(EngineError::OutOfMemory(format!(
+                        "{size} bytes exceed the driver's budget for memory heap {heap} of device \
+                         {device}: this process uses {} of its budget of {} bytes",
+                        b.usage, b.budget
+                    )));
+                }
+            }
+        }
+        Ok(reservation)
     }
 
     /// Destroy the pools and the allocator (device idle); on a hung device, leak them.

@@ -236,6 +236,7 @@ impl PyEngine {
                 d.set_item("budget", h.budget)?;
                 d.set_item("usage", h.usage)?;
                 d.set_item("engine_allocated", h.engine_allocated)?;
+                d.set_item("process_allocated", h.process_allocated)?;
                 list.append(d)?;
             }
             Ok(list)

@@ -96,7 +96,9 @@ class Engine:
         device group), device_group_subset_allocation (bool)."""
     def memory_heaps(self, index: int) -> list[dict[str, object]]:
         """Per heap: index, size, device_local, budget (int | None), usage (int | None),
-        engine_allocated (bytes this engine's allocations hold on that heap)."""
+        engine_allocated (bytes this engine's allocations hold on that heap), process_allocated
+        (bytes every engine of the process holds there, pools and staging included: an
+        allocation that would take it past size, or past the budget, is OutOfMemoryError)."""
     def allocate(self, index: int, size: int, zeroed: bool = True, exportable: bool = False) -> int:
         """zeroed=False leaves the bytes as the memory held them (the caller overwrites all).
         exportable=True: a dedicated memory object that export_fd can share (InteropError where

@@ -301,13 +301,18 @@ class VulkanBackend(GPUBackend[_Allocation]):
 
     @staticmethod
     def _heap_report(heap: dict[str, Any], own_bytes: int) -> HeapReport:
+        """The driver's figures where it has a budget; else what this process's allocations hold
+        (used) and what the engine will still grant (available: it refuses past the heap's size,
+        counting its own pools and staging too, which are then `reserved`). The engine keeps the
+        process within the heap, so `used` is never cut down to fit."""
         total = int(heap["size"])
+        held = max(own_bytes, int(heap.get("process_allocated", 0)))
         if heap["budget"] is not None and heap["usage"] is not None:
-            used = min(int(heap["usage"]), total)
-            available = max(0, min(int(heap["budget"]) - used, total - used))
+            used = min(max(int(heap["usage"]), own_bytes), total)
+            available = max(0, min(int(heap["budget"]) - used, total - max(used, held)))
         else:
             used = min(own_bytes, total)
-            available = total - used
+            available = max(0, total - held)
         return HeapReport(
             index=int(heap["index"]),
             device_local=bool(heap["device_local"]),
