@@ -9,6 +9,9 @@
 #                                   PCIe, host memory on one side)             (about 3 minutes)
 #   bash scripts/gpu-run.sh load    loading weights: 8 GiB cached and cold beside torch and
 #                                   fastsafetensors, 1 file against 4 shards  (about 5 minutes)
+#   bash scripts/gpu-run.sh torch   a checkpoint into torch tensors on CUDA (interop), 8 GiB from
+#                                   the page cache and tmpfs beside torch, fastsafetensors and
+#                                   InstantTensor                              (about 5 minutes)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -34,7 +37,7 @@ tests)
   } 2>&1 | tee "$OUT/devices.txt"
   {
     log "pytest: whole suite, validation on"
-    EXO_VULKAN_VALIDATION=1 EXO_GPU_REQUIRE_VULKAN=1 timeout ${SUITE_TIMEOUT:-300} python3 -m pytest tests -q -p no:cacheprovider 2>&1 | tail -30
+    EXO_VULKAN_VALIDATION=1 EXO_GPU_REQUIRE_VULKAN=1 EXO_GPU_REQUIRE_CUDA=1 timeout ${SUITE_TIMEOUT:-300} python3 -m pytest tests -q -p no:cacheprovider 2>&1 | tail -30
   } 2>&1 | tee "$OUT/tests.txt"
   ;;
 bench)
@@ -64,5 +67,12 @@ load)
     timeout 120 python3 benchmarks/load_weights.py --backend vulkan --size 2G --no-cold --repeat 2 --dir /tmp --json "$OUT/load2.json"
   } 2>&1 | tee "$OUT/load.txt"
   ;;
-*) echo "usage: scripts/gpu-run.sh tests|bench|load" >&2; exit 2 ;;
+torch)
+  {
+    log "interop: a checkpoint into dict[str, torch.Tensor] on CUDA, beside the peers"
+    (cd benchmarks && timeout ${TORCH_TIMEOUT:-420} python3 load_to_torch.py --size ${TORCH_SIZE:-8G} \
+      --dir /tmp --repeat ${TORCH_REPEAT:-2} --json "$OUT/torch.json")
+  } 2>&1 | tee "$OUT/torch.txt"
+  ;;
+*) echo "usage: scripts/gpu-run.sh tests|bench|load|torch" >&2; exit 2 ;;
 esac
