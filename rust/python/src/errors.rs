@@ -15,6 +15,7 @@ pyo3::import_exception!(exo_gpu_plugins.errors, DeviceNotFoundError);
 pyo3::import_exception!(exo_gpu_plugins.errors, BackendClosedError);
 pyo3::import_exception!(exo_gpu_plugins.errors, TransferError);
 pyo3::import_exception!(exo_gpu_plugins.errors, FileReadError);
+pyo3::import_exception!(exo_gpu_plugins.errors, ConfigError);
 
 /// What kind of call failed (transfers map device failures to `TransferError`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,7 @@ pub fn to_pyerr(_py: Python<'_>, op: Op, e: EngineError) -> PyErr {
         EngineError::NoSuchDevice(_) => DeviceNotFoundError::new_err(msg),
         EngineError::Closed => BackendClosedError::new_err(msg),
         EngineError::InvalidArgument(_) => PyValueError::new_err(msg),
+        EngineError::Config(_) => ConfigError::new_err(msg),
         EngineError::FileRead(_) => FileReadError::new_err(msg),
         EngineError::Vulkan { .. } if op == Op::Transfer => TransferError::new_err(msg),
         EngineError::DeviceLost(_)
