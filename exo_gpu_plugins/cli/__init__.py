@@ -89,7 +89,17 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from exo_gpu_plugins.cli import bench, check, devices, info, load, monitor, plugins, roundtrip
+    from exo_gpu_plugins.cli import (
+        bench,
+        check,
+        devices,
+        info,
+        load,
+        monitor,
+        plugins,
+        ps,
+        roundtrip,
+    )
 
     parser = _Parser(
         prog="exo-gpu",
@@ -118,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    for module in (plugins, devices, info, roundtrip, load, check, bench, monitor):
+    for module in (plugins, devices, ps, info, roundtrip, load, check, bench, monitor):
         module.register(add)
     return parser
 
