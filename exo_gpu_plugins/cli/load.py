@@ -83,7 +83,7 @@ async def cmd_load(args: argparse.Namespace, screen: Screen) -> int:
                 with screen.status(f"reading {format_bytes(loaded.total_bytes)} back from {device}"):
                     mismatched = await loaded.verify(backend)
         finally:
-            await loaded.free(backend)
+            await loaded.deallocate(backend)
     finally:
         await backend.shutdown()
     verified = None if mismatched is None else not mismatched
