@@ -142,6 +142,9 @@ def device_usage(
     elif device.vendor == "nvidia":
         missing.append("NVML is not available (install nvidia-ml-py and the NVIDIA driver)")
     pci = device.pci_bus_id
+    if pci and used is None:
+        used = sysfs_vram_used(pci, sysfs_root)
+        used_source = "sysfs:mem_info_vram_used" if used is not None else None
     if pci and processes is None and device.device_type is not DeviceType.HOST:
         scan = scan_drm_clients(pci, proc_root)
         has_drm = (sysfs_root / "bus" / "pci" / "devices" / pci.lower() / "drm").is_dir()
@@ -155,9 +158,6 @@ def device_usage(
         elif scan.processes and scan.memory_known and used is None:
             used = sum(p.used_bytes or 0 for p in scan.processes)
             used_source = "drm-fdinfo (sum over processes)"
-    if pci and used is None:
-        used = sysfs_vram_used(pci, sysfs_root)
-        used_source = "sysfs:mem_info_vram_used" if used is not None else None
     if used is None and (report.source == BUDGET_SOURCE or report.source.startswith("os:")):
         # The budget (or the OS) accounts for every process: what is not available is in use.
         used = report.total_bytes - report.available_bytes

@@ -6,8 +6,8 @@ and collects every report. It isolates that run from the caller's project: an em
 plugin autoloading, no cache, no Hypothesis database in the working directory.
 
 pytest, Hypothesis and numpy are optional dependencies (the `testing` extra:
-`pip install 'exo-gpu-plugins[testing]'`, or `pip install -e '.[testing]'` in a checkout), so they are imported only when a check runs, and their
-absence is a one-line message with exit status 2.
+`pip install 'exo-gpu-plugins[testing]'`, or `pip install -e '.[testing]'` in a checkout), so they
+are imported only when a check runs, and their absence is a one-line message with exit status 2.
 
 Exit status: 0 when nothing failed (skips and expected failures are fine), 1 when a test failed, 2
 when the backend (or the kit) cannot be loaded.
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["ClauseSummary", "KitResult", "TestOutcome", "format_table", "run_check", "run_kit"]
 
 BackendFactory = Callable[[], "GPUBackend[Any]"]
+
 
 def _install_advice() -> str:
     """How to install the kit's dependencies, for the way this package was installed: from a

@@ -50,8 +50,9 @@ class LoadProgress(BaseModel):
 
 class LoadedWeights(BaseModel):
     """The tensors of a load and the allocations holding them; `await loaded.deallocate(backend)`
-    frees every allocation (the verb of `GPUBackend.deallocate`; `free` is the older name). `total_bytes` counts tensor bytes; `allocated_bytes` adds the alignment
-    padding between runs; `seconds` runs from the call to the last byte on the device."""
+    frees every allocation (the verb of `GPUBackend.deallocate`; `free` is the older name).
+    `total_bytes` counts tensor bytes; `allocated_bytes` adds the alignment padding between runs;
+    `seconds` runs from the call to the last byte on the device."""
 
     model_config = _FROZEN
 
