@@ -124,7 +124,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
         elif strategy.strip().lower() in STRATEGIES:
             self.strategy = strategy.strip().lower()
         else:
-            raise ConfigError(f"strategy={strategy!r} is not one of {', '.join(STRATEGIES)}")
+            raise ConfigError(f"transfer strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
         self._engine: Any = None
         self._infos: list[dict[str, Any]] = []
         self._usage_keys: list[str] = []
