@@ -131,7 +131,7 @@ async def child_load(spec: dict[str, Any]) -> dict[str, Any]:
         # reuse the warm-up's pages, as the peer reuses its array. The array is in `before`.
         numpy = NumpyPeer(files) if spec["numpy"] else None
         warmup = await load_weights(backend, device, paths, pack=spec["pack"])
-        await warmup.free(backend)
+        await warmup.deallocate(backend)
         times: list[float] = []
         before = rss()
         loaded = None
@@ -139,7 +139,7 @@ async def child_load(spec: dict[str, Any]) -> dict[str, Any]:
             if spec["cold"]:
                 evict(files)
             if loaded is not None:
-                await loaded.free(backend)
+                await loaded.deallocate(backend)
             start = time.perf_counter()
             loaded = await load_weights(backend, device, paths, pack=spec["pack"])
             times.append(time.perf_counter() - start)
@@ -160,7 +160,7 @@ async def child_load(spec: dict[str, Any]) -> dict[str, Any]:
             "native_file_copy": getattr(backend.capabilities(device), "native_file_copy", None),
         }
         result["exact"] = not await loaded.verify(backend) if spec["verify"] else None
-        await loaded.free(backend)
+        await loaded.deallocate(backend)
         if numpy is not None:
             result["numpy"] = numpy.results(spec["repeat"])
             del numpy

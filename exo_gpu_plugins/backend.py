@@ -537,13 +537,18 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
 
     @final
     async def copy_from_device(
-        self, src_handle: MemoryHandle, offset_bytes: int, size_bytes: int
+        self, src_handle: MemoryHandle, offset_bytes: int = 0, size_bytes: int | None = None
     ) -> bytes:
-        """The `size_bytes` bytes at `offset_bytes`, exactly as last written."""
+        """The `size_bytes` bytes at `offset_bytes` (default: from the start to the end of the
+        allocation), exactly as last written."""
         with self._gate:
             entry = self._entry(src_handle, "src_handle")
             offset = arguments.non_negative(offset_bytes, "offset_bytes")
-            size = arguments.non_negative(size_bytes, "size_bytes")
+            if size_bytes is None:
+                arguments.check_range(offset, 0, entry.handle.size_bytes, "copy_from_device")
+                size = entry.handle.size_bytes - offset
+            else:
+                size = arguments.non_negative(size_bytes, "size_bytes")
             arguments.check_range(offset, size, entry.handle.size_bytes, "copy_from_device")
             if size == 0:
                 return b""

@@ -486,10 +486,16 @@ async def run_benchmark(
     else:
         out.write(
             f"{description.name} via {label}; {time.strftime('%Y-%m-%d')}; "
-            f"{os.cpu_count()} CPUs; peers: {_peer_versions()}\n\n"
+            f"{os.cpu_count()} CPUs; peers: "
+            f"{_versions_text(_peer_versions()) if peers else 'not measured'}\n\n"
         )
         render(figures, present, backend.name, out)
     return 0
+
+
+def _versions_text(versions: dict[str, str]) -> str:
+    """`numpy 1.26.4, torch 2.3.0`, or `none`."""
+    return ", ".join(f"{name} {version}" for name, version in versions.items()) or "none"
 
 
 def _peer_versions() -> dict[str, str]:

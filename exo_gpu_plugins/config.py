@@ -1,9 +1,12 @@
 """Which backend the user asked for: explicit name > EXO_GPU_BACKEND > exo's TOML config > automatic.
 
 exo's config file is `EXO_CONFIG_FILE`, else `~/.config/exo/config.toml`; its `[gpu]` table may say
-`backend = "vulkan"` (or "auto"). A missing file means automatic; a broken one is a `ConfigError`,
-since silently ignoring a config the user wrote would pick a backend they did not ask for. A key of
-`[gpu]` this package does not know (a misspelling) is logged as a warning naming the known ones.
+`backend = "vulkan"` (or "auto"). The default file missing means automatic; a broken one, a key of
+`[gpu]` this package does not know (a misspelling) or an `EXO_CONFIG_FILE` that names no file is a
+`ConfigError`, since silently ignoring what a user wrote would pick a backend they did not ask for.
+
+Every setting read from the environment goes through `env_flag` or `env_choice`: a value they do not
+know is a `ConfigError` naming the variable, the value and the valid ones, never a default.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +26,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["AUTO", "Selection", "config_path", "requested_backend"]
+__all__ = [
+    "AUTO",
+    "FLAG_WORDS",
+    "Selection",
+    "config_path",
+    "env_choice",
+    "env_flag",
+    "requested_backend",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +42,38 @@ AUTO = "auto"
 KNOWN_GPU_KEYS = ("backend",)
 ENV_BACKEND = "EXO_GPU_BACKEND"
 ENV_CONFIG_FILE = "EXO_CONFIG_FILE"
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+FLAG_WORDS = _TRUE + _FALSE
+
+
+def env_flag(name: str, env: Mapping[str, str] | None = None) -> bool:
+    """A yes/no setting: unset or empty is False; any other word than FLAG_WORDS (any case) is a
+    `ConfigError` naming the variable, its value and the valid words."""
+    env = os.environ if env is None else env
+    raw = env.get(name, "")
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if not value or value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a yes/no setting; valid: {', '.join(FLAG_WORDS)}")
+
+
+def env_choice(
+    name: str, choices: Sequence[str], default: str, env: Mapping[str, str] | None = None
+) -> str:
+    """One of `choices` (compared in lower case); unset or empty is `default`. Anything else is a
+    `ConfigError` naming the variable, its value and the choices."""
+    env = os.environ if env is None else env
+    raw = env.get(name, "")
+    value = raw.strip().lower()
+    if not value:
+        return default
+    if value not in choices:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(choices)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -65,17 +108,19 @@ def requested_backend(name: str | None = None, env: Mapping[str, str] | None = N
     if from_env:
         return Selection(from_env, ENV_BACKEND)
     path = config_path(env)
-    from_file = _backend_from_file(path)
+    from_file = _backend_from_file(path, explicit=bool(env.get(ENV_CONFIG_FILE)))
     if from_file:
         return Selection(from_file, f"config file {path}")
     return Selection(AUTO, "automatic")
 
 
-def _backend_from_file(path: Path) -> str | None:
+def _backend_from_file(path: Path, *, explicit: bool = False) -> str | None:
     try:
         fd, _ = open_regular_file(path, ConfigError)  # a FIFO or a device is refused, not waited on
     except ConfigError as exc:
         if isinstance(exc.__cause__, FileNotFoundError):
+            if explicit:
+                raise ConfigError(f"{ENV_CONFIG_FILE}={str(path)!r} names no file") from None
             return None
         raise ConfigError(f"cannot read exo config {exc}") from exc.__cause__
     try:
@@ -94,11 +139,9 @@ def _backend_from_file(path: Path) -> str | None:
         raise ConfigError(f"exo config {path}: [gpu] must be a table")
     unknown = sorted(key for key in gpu if key not in KNOWN_GPU_KEYS)
     if unknown:
-        log.warning(
-            "exo config %s: unknown key %s in [gpu], ignored (known keys: %s)",
-            path,
-            ", ".join(f"gpu.{key}" for key in unknown),
-            ", ".join(KNOWN_GPU_KEYS),
+        raise ConfigError(
+            f"exo config {path}: unknown key {', '.join(f'gpu.{key}' for key in unknown)} in [gpu]; "
+            f"known keys: {', '.join(KNOWN_GPU_KEYS)}"
         )
     backend = gpu.get("backend")
     if backend is None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exo_gpu_plugins.backend import GPUBackend
+from exo_gpu_plugins.machine import device_state
 
 __all__ = ["GpuProfile", "read_gpu_profiles"]
 
@@ -29,19 +30,19 @@ class GpuProfile:
 
 
 async def read_gpu_profiles(backend: GPUBackend[Any]) -> list[GpuProfile]:
-    """Readings of every device of an open backend (a memory report and three telemetry reads)."""
+    """Readings of every device of an open backend (`machine.device_state` of each)."""
     profiles = []
     for device in backend.list_devices():
-        report = await backend.get_device_memory_info(device.device_id)
+        state = await device_state(backend, device.device_id)
         profiles.append(
             GpuProfile(
                 device_id=device.device_id,
                 name=device.name,
-                memory_total_bytes=report.total_bytes,
-                memory_available_bytes=report.available_bytes,
-                gpu_usage=await backend.get_device_utilization(device.device_id),
-                temp=await backend.get_device_temperature(device.device_id),
-                sys_power=await backend.get_device_power_usage(device.device_id),
+                memory_total_bytes=state.memory.total_bytes,
+                memory_available_bytes=state.memory.available_bytes,
+                gpu_usage=state.telemetry.utilization_percent,
+                temp=state.telemetry.temperature_c,
+                sys_power=state.telemetry.power_w,
             )
         )
     return profiles

@@ -5,7 +5,8 @@ plugin: one that fails to import, register or answer its hook is recorded (distr
 error), logged and skipped, and the others still load. `EXO_GPU_STRICT_PLUGINS=1` re-raises instead,
 for plugin authors. `EXO_GPU_LOAD_PLUGINS` (allow-list) and `EXO_GPU_DISABLED_PLUGINS` (block-list)
 take comma-separated entry-point or distribution names; the built-in host plugin is always loaded.
-An allow-list name that matches no installed plugin is logged as a warning. Backend names are
+A name in either list that matches no installed plugin is a `ConfigError` listing the installed
+ones (a misspelt block-list would load what the user meant to block). Backend names are
 compared case-insensitively. A backend whose `BackendInfo.automatic` is False (an example, a test
 fixture) is used only when named, never chosen automatically.
 
@@ -29,6 +30,7 @@ import pluggy
 from exo_gpu_plugins import config
 from exo_gpu_plugins.errors import (
     BackendUnavailableError,
+    ConfigError,
     PluginError,
     UnknownBackendError,
 )
@@ -139,6 +141,7 @@ class Registry:
 
     plugins: list[PluginRecord] = field(default_factory=list)
     backends: dict[str, BackendEntry] = field(default_factory=dict)
+    _warned: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
     def discover(
@@ -148,7 +151,7 @@ class Registry:
     ) -> Registry:
         """Load the built-in host plugin and every installed plugin entry point."""
         env = os.environ if env is None else env
-        strict = env.get(ENV_STRICT, "").strip().lower() in {"1", "true", "yes", "on"}
+        strict = config.env_flag(ENV_STRICT, env)
         allow = _name_set(env.get(ENV_ALLOW))
         block = _name_set(env.get(ENV_BLOCK)) or set()
         registry = cls()
@@ -159,8 +162,8 @@ class Registry:
         )
         registry._load(manager, builtin, lambda: importlib.import_module(_BUILTIN), strict=True)
         found = list(entry_points if entry_points is not None else _entry_points())
-        if allow is not None:
-            _warn_unmatched(allow, found)
+        _refuse_unmatched(ENV_ALLOW, allow or set(), found, env)
+        _refuse_unmatched(ENV_BLOCK, block, found, env)
         for entry_point in sorted(found, key=lambda ep: (_dist_name(ep), ep.name)):
             record = PluginRecord(
                 entry_point.name,
@@ -311,16 +314,26 @@ class Registry:
         skipped: list[str] = []
         for entry, reason in self.by_priority():
             if reason is None:
-                if skipped and entry.name == "host":
-                    log.warning(
-                        "no GPU backend is available (%s); falling back to host memory",
-                        "; ".join(skipped),
-                    )
+                if skipped:
+                    self.warn_fallback(entry.name, skipped)
                 else:
                     log.info("GPU backend %s chosen automatically", entry.name)
                 return entry.name
             skipped.append(f"{entry.name}: {reason}")
         raise BackendUnavailableError("no backend can run here: " + "; ".join(skipped))
+
+    def warn_fallback(self, chosen: str, skipped: Sequence[str]) -> None:
+        """The one warning of automatic selection passing over backends that cannot run here (no
+        driver, no device), said once per process however often selection runs."""
+        reasons = "; ".join(skipped)
+        message = (
+            f"falling back to host memory: {reasons}"
+            if chosen == "host"
+            else f"using GPU backend {chosen}, passed over {reasons}"
+        )
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("%s", message)
 
     def by_priority(self) -> Iterator[tuple[BackendEntry, str | None]]:
         """Each backend open to automatic selection, highest priority first, with why it cannot run
@@ -343,18 +356,19 @@ def _name_set(value: str | None) -> set[str] | None:
     return names or None
 
 
-def _warn_unmatched(allow: set[str], found: Sequence[metadata.EntryPoint]) -> None:
-    """An allow-list name that matches nothing installed is a typo or a missing install: say so."""
+def _refuse_unmatched(
+    variable: str, names: set[str], found: Sequence[metadata.EntryPoint], env: Mapping[str, str]
+) -> None:
+    """A list name that matches nothing installed is a typo or a missing install: a `ConfigError`
+    naming the variable, its value and the installed plugins."""
     known = {"host", "exo-gpu-plugins"}
     for entry_point in found:
         known |= {entry_point.name.lower(), _dist_name(entry_point).lower()}
-    unmatched = sorted(allow - known)
+    unmatched = sorted(names - known)
     if unmatched:
-        log.warning(
-            "%s names %s, which no installed plugin has; installed: %s",
-            ENV_ALLOW,
-            ", ".join(unmatched),
-            ", ".join(sorted(known)),
+        raise ConfigError(
+            f"{variable}={env.get(variable, '')!r} names {', '.join(unmatched)}, which no installed "
+            f"plugin has; installed: {', '.join(sorted(known))}"
         )
 
 
@@ -398,8 +412,10 @@ def get_registry(*, reload: bool = False) -> Registry:
 
 async def open_backend(name: str | None = None, *, registry: Registry | None = None) -> GPUBackend[Any]:
     """exo's one call at startup: select a backend (by name, env, config or automatically),
-    create it and initialize it. In automatic mode a backend whose probe passes but whose
-    initialization fails is skipped, with a warning, in favour of the next one."""
+    create it and initialize it. In automatic mode a backend that cannot run here (its probe says
+    so, or its initialization raises `BackendUnavailableError`: no driver, no device) is passed
+    over with one warning; any other error, a `ConfigError` above all, is raised: nothing falls
+    back to another backend because of a setting it does not understand."""
     registry = registry or get_registry()
     selection = config.requested_backend(name)
     if not selection.automatic:
@@ -414,10 +430,10 @@ async def open_backend(name: str | None = None, *, registry: Registry | None = N
         try:
             backend = entry.load_class()()
             await backend.initialize()
-        except Exception as exc:
-            failures.append(f"{entry.name}: {type(exc).__name__}: {exc}")
+        except BackendUnavailableError as exc:
+            failures.append(f"{entry.name}: {exc}")
             continue
         if failures:
-            log.warning("GPU backend %s in use; skipped: %s", entry.name, "; ".join(failures))
+            registry.warn_fallback(entry.name, failures)
         return backend
     raise BackendUnavailableError("no backend could be opened: " + "; ".join(failures))

@@ -5,11 +5,25 @@
 # `auditwheel show` then has to agree with the tag. Usage (after scripts/setup.sh):
 #   scripts/wheels.sh            wheels + sdists, checked by auditwheel
 #   scripts/wheels.sh --sdist-check   also build a wheel from each sdist in a clean folder
+#   scripts/wheels.sh --vulkan-sdist DIR   only the Vulkan plugin's sdist, into DIR (absolute)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY="$PWD/$VENV/bin/python"
 say() { printf 'wheels: %s\n' "$*" >&2; }
+
+# maturin sdist, from vulkan_plugin/, first prints "error: manifest path `Cargo.toml` does not
+# exist" and then builds a complete sdist from ../rust: that line is noise and is dropped (any other
+# output, and maturin's exit status, pass through).
+vulkan_sdist() {
+  (cd vulkan_plugin && maturin sdist --out "${1:-../dist}" 2>&1) \
+    | { grep -v 'manifest path `Cargo.toml` does not exist' || true; } >&2
+}
+if [ "${1:-}" = --vulkan-sdist ]; then
+  export PATH="$PWD/$VENV/bin:$PATH"
+  vulkan_sdist "$2"
+  exit
+fi
 
 "$PY" -m pip install -q --disable-pip-version-check 'maturin>=1.5,<2' ziglang auditwheel build
 mkdir -p dist && rm -f dist/exo_gpu_*.whl dist/exo_gpu_*.tar.gz
@@ -28,8 +42,7 @@ for policy in manylinux2014 manylinux_2_28; do
   say "maturin --zig --compatibility $policy failed; trying the next policy"
 done
 [ -n "$built" ] || { say "no manylinux wheel could be built"; exit 1; }
-# (maturin first prints "manifest path `Cargo.toml` does not exist": noise, the sdist is complete)
-(cd vulkan_plugin && maturin sdist --out ../dist >&2)
+vulkan_sdist
 
 say "auditwheel show (policy must be manylinux_2_28 or older)"
 for wheel in dist/exo_gpu_vulkan-*.whl; do

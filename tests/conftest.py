@@ -42,10 +42,11 @@ def run_fresh(
 ) -> subprocess.CompletedProcess[str]:
     """Run `code` in a new interpreter with `site` on its path; the last stdout line is JSON."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EXO_")}
-    environ["EXO_CONFIG_FILE"] = os.devnull + "-missing"
-    # Only the fixture plugins: other installed plugins (vulkan, the example) must not change results.
-    environ["EXO_GPU_LOAD_PLUGINS"] = "good,badimport,badhook,duplicate"
+    environ["EXO_CONFIG_FILE"] = os.devnull  # empty: no [gpu] table, whatever the user's config says
     if site is not None:
+        # Only the fixture plugins: other installed plugins (vulkan, the example) must not change
+        # results.
+        environ["EXO_GPU_LOAD_PLUGINS"] = "good,badimport,badhook,duplicate"
         environ["PYTHONPATH"] = os.pathsep.join([str(site), environ.get("PYTHONPATH", "")])
     environ.update(env or {})
     result = subprocess.run(

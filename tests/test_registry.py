@@ -161,7 +161,7 @@ def test_automatic_falls_back_to_host_with_a_warning(plugin_site: Path) -> None:
     result = run_fresh(SELECT, site=plugin_site, env={**QUIET, "FIXTURE_UNAVAILABLE": "no card"})
     data = last_json(result)
     assert isinstance(data, dict) and data["backend"] == "host"
-    assert "falling back to host" in result.stderr or "skipped: fixture: no card" in result.stderr
+    assert result.stderr.count("falling back to host memory: fixture: no card") == 1
 
 
 def test_unknown_name_lists_choices(plugin_site: Path) -> None:
@@ -195,8 +195,18 @@ def test_broken_config_is_a_config_error(tmp_path: Path, text: str) -> None:
         requested_backend(env={"EXO_CONFIG_FILE": str(config)})
 
 
-def test_missing_config_means_automatic(tmp_path: Path) -> None:
+def test_missing_default_config_means_automatic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from exo_gpu_plugins.config import requested_backend
 
-    selection = requested_backend(env={"EXO_CONFIG_FILE": str(tmp_path / "absent.toml")})
+    monkeypatch.setenv("HOME", str(tmp_path))
+    selection = requested_backend(env={})
     assert selection.automatic and selection.source == "automatic"
+
+
+def test_config_file_variable_naming_no_file_is_an_error(tmp_path: Path) -> None:
+    from exo_gpu_plugins.config import requested_backend
+    from exo_gpu_plugins.errors import ConfigError
+
+    absent = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError, match=f"EXO_CONFIG_FILE='{absent}' names no file"):
+        requested_backend(env={"EXO_CONFIG_FILE": str(absent)})

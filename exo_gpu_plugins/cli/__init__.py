@@ -2,22 +2,24 @@
 load weights.
 
 One module per command (each defines `register(add)` and its handler `cmd_<name>`); render.py draws
-the output. Every command takes `--json` for scripts. An error prints one line on stderr and exits
-with status 2 (`--debug`, before or after the command, adds the traceback and verbose logs but
-never changes the status). A closed pipe (`exo-gpu devices | head -1`) ends the command quietly,
-with status 0.
+the output. Every command (and `--version`) takes `--json` for scripts. Every error, argparse's
+included, prints one line on stderr (with `--json`, one JSON object) and exits with status 2
+(`--debug`, before or after the command, adds the traceback and verbose logs but never changes
+the status). No command prints the help. A closed pipe (`exo-gpu devices | head -1`) ends the
+command quietly, with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from exo_gpu_plugins.errors import GPUError
 from exo_gpu_plugins.sizes import parse_size
@@ -31,6 +33,18 @@ AddCommand = Callable[[str, str, Handler], argparse.ArgumentParser]
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """The command line itself is wrong (argparse's complaint), reported like any other error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a bad command line raises `UsageError` instead of printing the usage
+    and exiting: `main` reports it in one line, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def size_argument(text: str) -> int:
@@ -74,9 +88,19 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from exo_gpu_plugins.cli import bench, check, devices, info, load, monitor, plugins, roundtrip
+    from exo_gpu_plugins.cli import (
+        bench,
+        check,
+        devices,
+        info,
+        load,
+        monitor,
+        plugins,
+        ps,
+        roundtrip,
+    )
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="exo-gpu",
         description="GPU memory backends for exo: list plugins and devices, inspect a device, "
         "round-trip bytes, load weights, check a backend against the contract, measure copy speed.",
@@ -84,22 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
         "[gpu] backend in exo's config (EXO_CONFIG_FILE or ~/.config/exo/config.toml) > automatic. "
         "Sizes: 4096, 64K, 256M, 1G (binary units).",
     )
-    parser.add_argument("--version", action="version", version=f"exo-gpu {_version()}")
+    parser.add_argument("--version", action="store_true", help="print the installed version")
     parser.add_argument("--debug", action="store_true", help="log verbosely, show tracebacks")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--json", action="store_true", help="print JSON (with --version)")
+    common = _Parser(add_help=False)
+    # SUPPRESS: a --json given before the command is not reset by the command's default.
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of a table"
+    )
     # SUPPRESS: a --debug given before the command is not reset by the command's default.
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
         sub.set_defaults(handler=handler)
         return sub
 
-    for module in (plugins, devices, info, roundtrip, load, check, bench, monitor):
+    for module in (plugins, devices, ps, info, roundtrip, load, check, bench, monitor):
         module.register(add)
     return parser
 
@@ -111,8 +139,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
 
     out = out or sys.stdout
     err = err or sys.stderr
-    args = build_parser().parse_args(argv)
-    debug = bool(getattr(args, "debug", False))
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Known before parsing, so that a bad command line is reported the way the user asked.
+    debug = "--debug" in words
+    as_json = "--json" in words
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="exo-gpu: %(levelname)s: %(message)s",
@@ -120,7 +150,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         force=True,
     )
     screen = Screen(out, err)
+    parser = build_parser()
     try:
+        args = parser.parse_args(words)
+        if args.version:
+            version = _version()
+            if args.json:
+                screen.json({"version": version})
+            else:
+                screen.line(f"exo-gpu {version}")
+            return 0
+        if args.command is None:
+            parser.print_help(out)
+            return 0
         result = args.handler(args, screen)
         status: int = interrupt.run(result) if inspect.iscoroutine(result) else result
         out.flush()
@@ -129,12 +171,38 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except BrokenPipeError:
         _silence_stdout(out)
         return 0
-    except (GPUError, ValueError, TypeError, OSError) as exc:
+    except Exception as exc:
         if debug:
             traceback.print_exc(file=err)
-        err.write(f"exo-gpu: error: {exc}\n")
+        _report(exc, err, as_json=as_json)
         return EXIT_ERROR
     return status
+
+
+def _report(exc: Exception, err: TextIO, *, as_json: bool) -> None:
+    """One line on stderr (one JSON object with `--json`): the message, never a traceback."""
+    message = error_text(exc)
+    if as_json:
+        record = {"error": message, "type": type(exc).__name__, "exit_status": EXIT_ERROR}
+        err.write(json.dumps(record) + "\n")
+    else:
+        err.write(f"exo-gpu: error: {message}\n")
+    err.flush()
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception as one line: pydantic's validation errors as their messages alone (no
+    locations, no URL), an unexpected exception type named, every line joined."""
+    errors = getattr(exc, "errors", None)
+    if type(exc).__name__ == "ValidationError" and callable(errors):
+        parts = [str(e.get("msg", "")).removeprefix("Value error, ") for e in errors()]
+        text = "; ".join(part for part in parts if part)
+    else:
+        text = str(exc)
+        expected = (GPUError, ValueError, TypeError, OSError, UsageError)
+        if not isinstance(exc, expected):
+            text = f"{type(exc).__name__}: {text} (an unexpected error; --debug shows where)"
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
 
 
 def _silence_stdout(out: TextIO) -> None:

@@ -30,7 +30,9 @@ def register(add: AddCommand) -> None:
     sub.add_argument("--device", help="device id, e.g. host:0 (default: the backend's first device)")
     sub.add_argument("--sizes", type=size_argument, nargs="+", help="bulk copy sizes (default 64M 256M)")
     sub.add_argument(
-        "--d2d-size", type=size_argument, default=1 << 30, help="device-to-device size (1G)"
+        "--d2d-size",
+        type=size_argument,
+        help="device-to-device size (default: the largest of --sizes; 1G without --sizes)",
     )
     sub.add_argument("--repeats", type=positive_int, default=5, help="repetitions per figure (median)")
     sub.add_argument("--no-peers", action="store_true", help="measure this project only")
@@ -40,6 +42,7 @@ async def cmd_bench(args: argparse.Namespace, screen: Screen) -> int:
     from exo_gpu_plugins.bench import MiB, run_benchmark, step_count
 
     sizes = list(dict.fromkeys(args.sizes or (64 * MiB, 256 * MiB)))
+    d2d_size = args.d2d_size or (max(sizes) if args.sizes else 1 << 30)
     target = resolve(args.backend, args.device)
     backend = await open_target(target)
     try:
@@ -56,7 +59,7 @@ async def cmd_bench(args: argparse.Namespace, screen: Screen) -> int:
             backend,
             device,
             sizes=sizes,
-            d2d_size=args.d2d_size,
+            d2d_size=d2d_size,
             repeats=args.repeats,
             peers=not args.no_peers,
             json_output=args.json,

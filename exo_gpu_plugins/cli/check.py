@@ -30,7 +30,7 @@ def cmd_check(args: argparse.Namespace, screen: Screen) -> int:
         from exo_gpu_plugins.testing.check import run_check
     except ImportError as exc:
         raise GPUError(
-            f"the conformance kit needs pytest and hypothesis: pip install "
+            f"the conformance kit needs pytest, hypothesis and numpy: pip install "
             f"'exo-gpu-plugins[testing]' ({exc})"
         ) from exc
     status: int = run_check(

@@ -4,17 +4,18 @@ capabilities and telemetry of one device."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from exo_gpu_plugins.cli.target import Target, device_id, open_target
+from exo_gpu_plugins.machine import device_state
 from exo_gpu_plugins.sizes import format_bytes
 
 if TYPE_CHECKING:
-    from exo_gpu_plugins.backend import GPUBackend
     from exo_gpu_plugins.cli import AddCommand
     from exo_gpu_plugins.cli.render import Screen
 
-__all__ = ["cmd_info", "register", "telemetry"]
+__all__ = ["cmd_info", "register"]
 
 
 def register(add: AddCommand) -> None:
@@ -24,35 +25,26 @@ def register(add: AddCommand) -> None:
     sub.add_argument("device", help="device id, e.g. vulkan:0 or host:0")
 
 
-async def telemetry(backend: GPUBackend[Any], device: str) -> dict[str, float | int | None]:
-    """Live readings; None where the device has no source for one."""
-    readings: dict[str, float | int | None] = {
-        "temperature_c": await backend.get_device_temperature(device),
-        "power_w": await backend.get_device_power_usage(device),
-        "clock_mhz": await backend.get_device_clock_rate(device),
-        "utilization_percent": await backend.get_device_utilization(device),
-    }
-    return readings
-
-
 async def cmd_info(args: argparse.Namespace, screen: Screen) -> int:
     device = device_id(args.device)
     backend = await open_target(Target(device.partition(":")[0], f"device id {device}", device))
     try:
-        properties = await backend.get_device_properties(device)
-        report = await backend.get_device_memory_info(device)
+        state = await device_state(backend, device)
         caps = backend.capabilities(device)
-        readings = await telemetry(backend, device)
     finally:
         await backend.shutdown()
-    data: dict[str, dict[str, Any]] = {
+    properties = state.device
+    usage = asdict(state.usage)
+    processes = usage.pop("processes")
+    data: dict[str, Any] = {
         "device": properties.model_dump(mode="json"),
-        "memory": report.model_dump(mode="json"),
+        "memory": state.memory.model_dump(mode="json"),
+        "machine": usage,
         "capabilities": caps.model_dump(mode="json"),
-        "telemetry": readings,
+        "telemetry": asdict(state.telemetry),
     }
     if args.json:
-        screen.json(data)
+        screen.json({**data, "machine": {**usage, "processes": processes}})
         return 0
     sources = dict(properties.field_sources)
     device_rows = [
@@ -65,7 +57,12 @@ async def cmd_info(args: argparse.Namespace, screen: Screen) -> int:
         _trim(device_rows, sources),
         "device",
     )
-    for title in ("memory", "capabilities", "telemetry"):
+    usage["processes"] = (
+        None
+        if processes is None
+        else ", ".join(f"{p['pid']} ({format_bytes(p['used_bytes'])})" for p in processes) or "none"
+    )
+    for title in ("memory", "machine", "capabilities", "telemetry"):
         rows: list[list[object]] = []
         for key, value in data[title].items():
             if key == "heaps":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from exo_gpu_plugins.cli import error_text
 from exo_gpu_plugins.cli.target import first_device, open_target, resolve
 from exo_gpu_plugins.sizes import format_bytes
 
@@ -35,7 +36,9 @@ def register(add: AddCommand) -> None:
     )
     sub.add_argument("--device", help="device id, e.g. vulkan:0 (default: the backend's first device)")
     sub.add_argument(
-        "--layers", metavar="START:END", help="decoder layers START <= i < END only (END may be empty)"
+        "--layers",
+        metavar="START:END",
+        help="decoder layers START <= i < END only (either may be left out: 16:, :16)",
     )
     sub.add_argument(
         "--verify", action="store_true", help="read every tensor back and compare with the file"
@@ -47,10 +50,10 @@ def _layers(text: str | None) -> LayerRange | None:
 
     if text is None:
         return None
-    start, sep, end = text.partition(":")
-    if not sep or not start.strip().isdigit() or (end.strip() and not end.strip().isdigit()):
-        raise ValueError(f"--layers must be START:END (e.g. 0:16, or 16: for the rest), not {text!r}")
-    return LayerRange(int(start), int(end) if end.strip() else None)
+    try:
+        return LayerRange.parse(text)
+    except ValueError as exc:
+        raise ValueError(f"--layers {text}: {error_text(exc)}") from exc
 
 
 async def cmd_load(args: argparse.Namespace, screen: Screen) -> int:
@@ -80,7 +83,7 @@ async def cmd_load(args: argparse.Namespace, screen: Screen) -> int:
                 with screen.status(f"reading {format_bytes(loaded.total_bytes)} back from {device}"):
                     mismatched = await loaded.verify(backend)
         finally:
-            await loaded.free(backend)
+            await loaded.deallocate(backend)
     finally:
         await backend.shutdown()
     verified = None if mismatched is None else not mismatched
@@ -107,8 +110,13 @@ async def cmd_load(args: argparse.Namespace, screen: Screen) -> int:
             False: f"; BYTES DIFFER in {', '.join(mismatched or [])}",
         }[verified]
         screen.line(
-            f"loaded {summary['tensors']} tensors, {format_bytes(summary['bytes'])} from "
-            f"{len(loaded.files)} file(s) onto {device} in {loaded.seconds:.2f} s ({rate}), "
-            f"{summary['allocations']} allocation(s){check}"
+            f"loaded {_count(summary['tensors'], 'tensor')}, {format_bytes(summary['bytes'])} from "
+            f"{_count(len(loaded.files), 'file')} onto {device} in {loaded.seconds:.2f} s ({rate}), "
+            f"{_count(summary['allocations'], 'allocation')}{check}"
         )
     return 1 if verified is False else 0
+
+
+def _count(number: int, noun: str) -> str:
+    """`1 tensor`, `3 tensors`."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

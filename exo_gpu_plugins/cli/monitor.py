@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from exo_gpu_plugins.cli import positive_float, positive_int
-from exo_gpu_plugins.cli.info import telemetry
 from exo_gpu_plugins.cli.render import Column
 from exo_gpu_plugins.cli.target import Target, device_id, open_target
+from exo_gpu_plugins.machine import device_state
 from exo_gpu_plugins.sizes import format_bytes
 
 if TYPE_CHECKING:
@@ -31,7 +31,8 @@ __all__ = ["cmd_monitor", "register", "sample"]
 COLUMNS = [
     Column("time"),
     Column("device"),
-    Column("used", "right"),
+    Column("device used", "right"),
+    Column("this process", "right"),
     Column("available", "right"),
     Column("total", "right"),
     Column("util %", "right"),
@@ -51,17 +52,20 @@ def register(add: AddCommand) -> None:
 
 
 async def sample(backend: GPUBackend[Any], device: str) -> dict[str, Any]:
-    """One reading of a device: memory figures and telemetry (None where there is no source)."""
-    report = await backend.get_device_memory_info(device)
+    """One reading of a device as a flat row: the time (ISO 8601), this process's memory figures,
+    the whole device's used memory (None where the system cannot tell) and telemetry."""
+    state = await device_state(backend, device)
     return {
-        "time": time.strftime("%H:%M:%S"),
+        "time": state.time,
         "device_id": device,
-        "total_bytes": report.total_bytes,
-        "used_bytes": report.used_bytes,
-        "available_bytes": report.available_bytes,
-        "reserved_bytes": report.reserved_bytes,
-        "memory_source": report.source,
-        **await telemetry(backend, device),
+        "total_bytes": state.memory.total_bytes,
+        "used_bytes": state.memory.used_bytes,
+        "available_bytes": state.memory.available_bytes,
+        "reserved_bytes": state.memory.reserved_bytes,
+        "memory_source": state.memory.source,
+        "device_used_bytes": state.usage.device_used_bytes,
+        "device_used_source": state.usage.device_used_source,
+        **asdict(state.telemetry),
     }
 
 
@@ -70,8 +74,9 @@ def _table(screen: Screen, rows: list[dict[str, Any]]) -> Table:
         COLUMNS,
         [
             [
-                r["time"],
+                r["time"][11:19],
                 r["device_id"],
+                format_bytes(r["device_used_bytes"]),
                 format_bytes(r["used_bytes"]),
                 format_bytes(r["available_bytes"]),
                 format_bytes(r["total_bytes"]),

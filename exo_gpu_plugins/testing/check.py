@@ -5,9 +5,9 @@ The kit is plain pytest, so the check runs `pytest.main` on the kit's own module
 and collects every report. It isolates that run from the caller's project: an empty ini file, no
 plugin autoloading, no cache, no Hypothesis database in the working directory.
 
-pytest and Hypothesis are optional dependencies (the `testing` extra, installed from a checkout
-with `pip install -e '.[testing]'`), so they are imported only when a check runs, and their
-absence is a one-line message with exit status 2.
+pytest, Hypothesis and numpy are optional dependencies (the `testing` extra:
+`pip install 'exo-gpu-plugins[testing]'`, or `pip install -e '.[testing]'` in a checkout), so they
+are imported only when a check runs, and their absence is a one-line message with exit status 2.
 
 Exit status: 0 when nothing failed (skips and expected failures are fine), 1 when a test failed, 2
 when the backend (or the kit) cannot be loaded.
@@ -37,10 +37,22 @@ __all__ = ["ClauseSummary", "KitResult", "TestOutcome", "format_table", "run_che
 
 BackendFactory = Callable[[], "GPUBackend[Any]"]
 
-_MISSING_DEPS = (
-    "the conformance kit needs pytest and hypothesis: pip install -e '.[testing]' in an "
-    "exo-gpu-plugins checkout"
-)
+
+def _install_advice() -> str:
+    """How to install the kit's dependencies, for the way this package was installed: from a
+    checkout (an editable install) or from an index or wheel."""
+    from importlib import metadata
+
+    advice = "the conformance kit needs pytest, hypothesis and numpy: "
+    try:
+        origin = metadata.distribution("exo-gpu-plugins").read_text("direct_url.json") or ""
+    except metadata.PackageNotFoundError:
+        origin = ""
+    if '"editable": true' in origin.replace("'", '"'):
+        return advice + "pip install -e '.[testing]' in an exo-gpu-plugins checkout"
+    return advice + "pip install 'exo-gpu-plugins[testing]'"
+
+
 _FAILING = ("failed", "error")
 _AUTOLOAD_ENV = "PYTEST_DISABLE_PLUGIN_AUTOLOAD"
 
@@ -76,6 +88,7 @@ class ClauseSummary:
     first_failure: str | None = None
     first_reason: str | None = None
     failures: list[str] = field(default_factory=list)
+    first_skip_reason: str | None = None
 
 
 @dataclass
@@ -266,6 +279,7 @@ def _summarize(tests: list[TestOutcome], order: Sequence[str]) -> dict[str, Clau
                 summary.first_failure, summary.first_reason = test.name, test.reason
         elif test.outcome == "skipped":
             summary.skipped += 1
+            summary.first_skip_reason = summary.first_skip_reason or test.reason
         elif test.outcome == "xfailed":
             summary.xfailed += 1
         else:
@@ -330,14 +344,14 @@ def run_check(
         if json_output:
             _write_json({"backend": backend, "status": "error", "exit_code": 2, "error": message}, out)
         else:
-            err.write(f"exo-gpu check: {message}\n")
+            err.write(f"exo-gpu: error: {message}\n")
         return 2
 
     try:
         import hypothesis  # noqa: F401
         import pytest  # noqa: F401
     except ImportError as exc:
-        return cannot(f"{_MISSING_DEPS} ({exc})")
+        return cannot(f"{_install_advice()} ({exc})")
     if xfail_file is not None and not Path(xfail_file).is_file():
         return cannot(f"expected-failures file {xfail_file} does not exist")
     try:
@@ -378,12 +392,14 @@ def format_table(
     out.write(
         f"exo-gpu check {result.label}{what}: {len(result.tests)} tests in {result.duration_s:.1f} s\n\n"
     )
-    headers = ("clause", "pass", "fail", "skip", "xfail", "first failure")
+    headers = ("clause", "pass", "fail", "skip", "xfail", "first failure, or why skipped")
     rows: list[tuple[str, ...]] = []
     for summary in result.clauses.values():
         first = ""
         if summary.first_failure:
             first = f"{summary.first_failure}: {summary.first_reason}"
+        elif summary.first_skip_reason:
+            first = f"skipped: {summary.first_skip_reason}"
         rows.append(
             (
                 summary.clause,

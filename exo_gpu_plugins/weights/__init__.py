@@ -2,7 +2,7 @@
 
     loaded = await load_weights(backend, "vulkan:0", "model/", layers=LayerRange(0, 16, 32))
     ...
-    await loaded.free(backend)
+    await loaded.deallocate(backend)
 
 `format` checks a file's header, `checkpoint` resolves files, folders and indexes, `selection`
 picks tensors by layer range and name, `plan` lays them out in allocations, `loader` copies them

@@ -354,7 +354,8 @@ def _check_coverage(tensors: list[TensorEntry], path: str, data_start: int, file
         if tensor.nbytes or previous is None:
             previous = tensor
     if position != file_size:
-        last = f"after tensor {previous.name!r}" if previous is not None else "and no tensor"
+        where = f"after tensor {previous.name!r} " if previous is not None else ""
         raise CheckpointError(
-            f"{path}: {file_size - position} bytes at the end of the file {last} belong to no tensor"
+            f"{path}: {file_size - position} bytes at the end of the file {where}belong to no "
+            "tensor" + ("" if previous is not None else " (the header lists none)")
         )

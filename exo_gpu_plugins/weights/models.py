@@ -51,9 +51,10 @@ class LoadProgress(BaseModel):
 
 
 class LoadedWeights(BaseModel):
-    """The tensors of a load and the allocations holding them; `await loaded.free(backend)` frees
-    every allocation. `total_bytes` counts tensor bytes; `allocated_bytes` adds the alignment
-    padding between runs; `seconds` runs from the call to the last byte on the device."""
+    """The tensors of a load and the allocations holding them; `await loaded.deallocate(backend)`
+    frees every allocation (the verb of `GPUBackend.deallocate`; `free` is the older name).
+    `total_bytes` counts tensor bytes; `allocated_bytes` adds the alignment padding between runs;
+    `seconds` runs from the call to the last byte on the device."""
 
     model_config = _FROZEN
 
@@ -111,9 +112,9 @@ class LoadedWeights(BaseModel):
 
         return await mismatched_tensors(backend, self)
 
-    async def free(self, backend: GPUBackend[Any]) -> None:
+    async def deallocate(self, backend: GPUBackend[Any]) -> None:
         """Free every allocation of the load. Each handle is attempted even if one fails; the first
-        failure is raised afterwards (a second `free` raises `InvalidHandleError`)."""
+        failure is raised afterwards (a second `deallocate` raises `InvalidHandleError`)."""
         first: GPUError | None = None
         for handle in self.handles:
             try:
@@ -123,3 +124,8 @@ class LoadedWeights(BaseModel):
                 first = first or exc
         if first is not None:
             raise first
+
+    async def free(self, backend: GPUBackend[Any]) -> None:
+        """The older name of `deallocate`, kept for exo code written against docs/exo-integration.md
+        before version 0.3."""
+        await self.deallocate(backend)

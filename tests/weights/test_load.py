@@ -90,7 +90,7 @@ def test_byte_exact(
     assert loaded.allocated_bytes == sum(h.size_bytes for h in loaded.handles) >= loaded.total_bytes
     assert loaded.device_id == device and loaded.pack == pack and loaded.seconds > 0
     assert {h.handle_id for h in backend.live_handles()} >= {h.handle_id for h in loaded.handles}
-    loop.run_until_complete(loaded.free(backend))
+    loop.run_until_complete(loaded.deallocate(backend))
     assert backend.live_handles() == []
     assert loop.run_until_complete(backend.get_device_memory_info(device)).used_bytes == before
 
@@ -104,7 +104,7 @@ def test_alignment_kept(
     for tensor in loaded.tensors.values():
         assert tensor.offset_bytes % 64 == (tensor.file_offset - 8 - length) % 64
     check_exact(loop, backend, loaded)
-    loop.run_until_complete(loaded.free(backend))
+    loop.run_until_complete(loaded.deallocate(backend))
 
 
 def test_one_copy_per_run(
@@ -124,13 +124,13 @@ def test_one_copy_per_run(
     whole = loop.run_until_complete(load_weights(backend, device, single))
     assert len(calls) == 1  # the whole data section is one run
     assert calls[0][1] == whole.total_bytes == single.stat().st_size - calls[0][0]
-    loop.run_until_complete(whole.free(backend))
+    loop.run_until_complete(whole.deallocate(backend))
 
     # One layer: its nine tensors are adjacent in the file (sorted by name), so one run.
     calls.clear()
     part = loop.run_until_complete(load_weights(backend, device, single, layers=LayerRange(3, 4)))
     assert len(calls) == 1 and calls[0][1] == part.total_bytes
-    loop.run_until_complete(part.free(backend))
+    loop.run_until_complete(part.deallocate(backend))
 
     # Layers 0 and 2: layer 1 lies between them in the file, so two runs.
     calls.clear()
@@ -145,7 +145,7 @@ def test_one_copy_per_run(
     assert len(calls) == 2
     assert sum(c[1] for c in calls) == two.total_bytes
     check_exact(loop, backend, two)
-    loop.run_until_complete(two.free(backend))
+    loop.run_until_complete(two.deallocate(backend))
 
 
 def test_zeroed_only_where_padding_remains(
@@ -167,7 +167,7 @@ def test_zeroed_only_where_padding_remains(
     backend.allocate = spy  # type: ignore[method-assign]
     whole = loop.run_until_complete(load_weights(backend, device, single))
     assert asked == [False]
-    loop.run_until_complete(whole.free(backend))
+    loop.run_until_complete(whole.deallocate(backend))
 
     # Without "b" (33 bytes), "c" keeps its offset modulo 64: 33 bytes of padding follow "a".
     # Dirty memory first, so a missing zero-fill would show there.
@@ -187,7 +187,7 @@ def test_zeroed_only_where_padding_remains(
     for end, begin in gaps:
         assert content[end:begin] == bytes(begin - end)
     check_exact(loop, backend, two)
-    loop.run_until_complete(two.free(backend))
+    loop.run_until_complete(two.deallocate(backend))
 
 
 def test_fills_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,7 +229,7 @@ def test_progress(
     assert (last.bytes_done, last.bytes_total) == (loaded.total_bytes, loaded.total_bytes)
     assert last.tensors_done == last.tensors_total == len(loaded.tensors)
     assert all(r.bytes_total == loaded.total_bytes for r in reports)
-    loop.run_until_complete(loaded.free(backend))
+    loop.run_until_complete(loaded.deallocate(backend))
 
 
 def test_large_runs_are_split(
@@ -249,7 +249,7 @@ def test_large_runs_are_split(
     assert [r.bytes_done for r in reports] == [0, 4096, 8192, 12288, 15003]
     assert [r.tensors_done for r in reports] == [0, 0, 0, 2, 3]
     check_exact(loop, backend, loaded)
-    loop.run_until_complete(loaded.free(backend))
+    loop.run_until_complete(loaded.deallocate(backend))
 
 
 def test_empty_tensors(
@@ -267,16 +267,16 @@ def test_empty_tensors(
         assert len(loaded.handles) == 1
         assert reports[0].tensors_done == 2 and reports[-1].tensors_done == 3
         check_exact(loop, backend, loaded)
-        loop.run_until_complete(loaded.free(backend))
+        loop.run_until_complete(loaded.deallocate(backend))
 
 
 def test_free_twice(
     single: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
 ) -> None:
     loaded = loop.run_until_complete(load_weights(backend, device, single, pack="tensor"))
-    loop.run_until_complete(loaded.free(backend))
+    loop.run_until_complete(loaded.deallocate(backend))
     with pytest.raises(InvalidHandleError):
-        loop.run_until_complete(loaded.free(backend))
+        loop.run_until_complete(loaded.deallocate(backend))
     assert backend.live_handles() == []
 
 
@@ -475,7 +475,7 @@ def test_device_allocation_cap(
     assert all(h.size_bytes <= cap for h in loaded.handles)
     assert len(loaded.handles) > len(loaded.files)
     check_exact(loop, backend, loaded)
-    loop.run_until_complete(loaded.free(backend))
+    loop.run_until_complete(loaded.deallocate(backend))
 
     cap = 30000  # below the embedding and the head
     with pytest.raises(OutOfMemoryError, match=r"lm_head\.weight|embed_tokens"):
@@ -497,7 +497,7 @@ def test_verify_finds_a_changed_byte(
     original = loop.run_until_complete(backend.copy_from_device(tensor.handle, last, 1))
     loop.run_until_complete(backend.copy_to_device(bytes([original[0] ^ 1]), tensor.handle, last))
     assert loop.run_until_complete(loaded.verify(backend)) == [name]
-    loop.run_until_complete(loaded.free(backend))
+    loop.run_until_complete(loaded.deallocate(backend))
 
 
 def test_only_empty_tensors(
@@ -509,4 +509,4 @@ def test_only_empty_tensors(
     loaded = loop.run_until_complete(load_weights(backend, device, path, progress=reports.append))
     assert loaded.handles == () and loaded.total_bytes == 0 and set(loaded.tensors) == {"a", "b"}
     assert [(r.bytes_done, r.tensors_done, r.tensors_total) for r in reports] == [(0, 2, 2)]
-    loop.run_until_complete(loaded.free(backend))
+    loop.run_until_complete(loaded.deallocate(backend))

@@ -360,7 +360,7 @@ def test_refused_before_allocating(
     (tmp_path / "ok").mkdir()
     loaded = loop.run_until_complete(load_weights(backend, device, good(tmp_path / "ok")))
     assert loop.run_until_complete(loaded.read(backend, T)) == bytes(8)
-    loop.run_until_complete(loaded.free(backend))
+    loop.run_until_complete(loaded.deallocate(backend))
     assert backend.live_handles() == []
 
 

@@ -215,5 +215,5 @@ def test_loaded_tensors_match_the_range(
         )
         assert set(loaded.tensors) == expected(start, end)
         assert loaded.layers == LayerRange(start, end, 6)
-        loop.run_until_complete(loaded.free(backend))
+        loop.run_until_complete(loaded.deallocate(backend))
     assert backend.live_handles() == []

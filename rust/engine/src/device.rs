@@ -394,20 +394,20 @@ mod tests {
         };
         let moved = base.overridden(
             &families,
-            &Tuning::parse("upload_family=2,download_family=3"),
+            &Tuning::parse("upload_family=2,download_family=3").unwrap(),
         );
         assert_eq!((moved.upload, moved.download), ((2, 0), (1, 1)));
         // Its own family: the role keeps its queue rather than taking the other role's.
-        let same = base.overridden(&families, &Tuning::parse("upload_family=1"));
+        let same = base.overridden(&families, &Tuning::parse("upload_family=1").unwrap());
         assert_eq!((same.upload, same.download), ((1, 0), (1, 1)));
         // The universal family: the next queue after the universal one.
         let both = base.overridden(
             &families,
-            &Tuning::parse("upload_family=0,download_family=0"),
+            &Tuning::parse("upload_family=0,download_family=0").unwrap(),
         );
         assert_eq!((both.upload, both.download), ((0, 1), (0, 2)));
         assert_eq!(
-            base.overridden(&families, &Tuning::parse("upload_family=9")),
+            base.overridden(&families, &Tuning::parse("upload_family=9").unwrap()),
             base
         );
     }

@@ -133,6 +133,7 @@ impl Engine {
     /// Open the process-wide instance (optionally the one with the validation layer) and
     /// enumerate devices. `strategy`: `None`/`"auto"`, `"mapped"`, `"staging"` or `"import"`.
     pub fn new(validation: bool, strategy: Option<&str>) -> Result<Self> {
+        crate::tuning::check()?;
         let request = StrategyRequest::parse(strategy)?;
         let instance = InstanceContext::shared(validation)?;
         let log = CallLog::default();

@@ -19,6 +19,9 @@ pub enum EngineError {
     NoSuchDevice(usize),
     /// A malformed argument (size 0, unknown strategy name, ...).
     InvalidArgument(String),
+    /// A setting read from the environment (`EXO_VULKAN_TUNE`) is malformed; the message names
+    /// the variable, its value and what is valid.
+    Config(String),
     /// The device was lost (or hung); every later call on it fails fast with this. The
     /// caller's own memory passed to the call was not reached by any DMA still in flight.
     DeviceLost(String),
@@ -94,6 +97,7 @@ impl EngineError {
             EngineError::OutOfBounds(_) => "out_of_bounds",
             EngineError::NoSuchDevice(_) => "no_such_device",
             EngineError::InvalidArgument(_) => "invalid_argument",
+            EngineError::Config(_) => "config",
             EngineError::DeviceLost(_) | EngineError::DeviceLostInFlight(_) => "device_lost",
             EngineError::Validation(_) => "validation",
             EngineError::Vulkan { .. } => "vulkan",
@@ -128,6 +132,7 @@ impl fmt::Display for EngineError {
             EngineError::OutOfBounds(m) => write!(f, "out of bounds: {m}"),
             EngineError::NoSuchDevice(i) => write!(f, "no Vulkan device with index {i}"),
             EngineError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            EngineError::Config(m) => write!(f, "{m}"),
             EngineError::DeviceLost(m) => write!(f, "device lost: {m}"),
             EngineError::DeviceLostInFlight(m) => write!(
                 f,

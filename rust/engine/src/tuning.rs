@@ -11,7 +11,10 @@
 //! ~1.25-1.35 TB/s.
 //!
 //! `EXO_VULKAN_TUNE="key=value,key=value"` overrides the defaults, for measuring other machines
-//! (sizes accept `k`/`m`/`g` suffixes and `max`, booleans `0`/`1`). Unknown keys are ignored.
+//! (sizes accept `k`/`m`/`g` suffixes and `max`, booleans `0`/`1`). An item that is not
+//! `key=value`, an unknown key or a value its key does not take is an error naming the item and
+//! what is valid: `Engine::new` refuses to start with it (`EngineError::Config`), so a misspelt
+//! setting never runs silently on the defaults. Numbers outside a key's range are clamped to it.
 //! `rust/engine/tools/transfer_sweep.py` measures a list of settings side by side. Keys:
 //!
 //! | key | meaning |
@@ -149,82 +152,187 @@ fn parse_size(v: &str) -> Option<u64> {
     num.trim().parse::<u64>().ok()?.checked_mul(mult)
 }
 
-impl Tuning {
-    /// Defaults overridden by `spec` (`key=value,...`).
-    pub(crate) fn parse(spec: &str) -> Tuning {
-        let mut t = Tuning::default();
-        for item in spec.split(',') {
-            let Some((k, v)) = item.split_once('=') else {
-                continue;
-            };
-            let size = parse_size(v);
-            let flag = size.map(|s| s != 0);
-            match k.trim() {
-                "slot" => t.slot_size = size.unwrap_or(t.slot_size).clamp(64 * KIB, 1 << 30),
-                "slots" => t.slots = size.map_or(t.slots, |s| s.clamp(2, 64) as usize),
-                "threads" => t.threads = size.map_or(t.threads, |s| s.clamp(1, 64) as usize),
-                "part" => {
-                    t.min_part = size.map_or(t.min_part, |s| s.clamp(4 * KIB, 1 << 30) as usize)
-                }
-                "map_write" => t.map_write_max = size.unwrap_or(t.map_write_max),
-                "map_read" => t.map_read_max = size.unwrap_or(t.map_read_max),
-                "map_alloc" => t.map_alloc_max = size.unwrap_or(t.map_alloc_max),
-                "map_zero" => t.map_zero_max = size.unwrap_or(t.map_zero_max),
-                "small" => t.small_max = size.unwrap_or(t.small_max).min(16 * MIB),
-                "import" => t.import_min = size.unwrap_or(t.import_min).max(4 * KIB),
-                "auto_import" => t.auto_import = flag.unwrap_or(t.auto_import),
-                "hugepages" => t.hugepages = flag.unwrap_or(t.hugepages),
-                "upload_cached" => t.upload_cached = flag.unwrap_or(t.upload_cached),
-                "d2d_transfer" => t.d2d_transfer = flag.unwrap_or(t.d2d_transfer),
-                "stream_reads" => t.stream_reads = size.map_or(t.stream_reads, |s| s.min(2) as u8),
-                "plan" => t.force_discrete_plan = v.trim() == "discrete",
-                "spin" => t.spin_us = size.map_or(t.spin_us, |s| s.min(10_000)),
-                "fence_spin" => t.fence_spin_us = size.map_or(t.fence_spin_us, |s| s.min(100_000)),
-                "d2d_compute" => t.d2d_compute = flag.unwrap_or(t.d2d_compute),
-                "compute_min" => t.compute_min = size.unwrap_or(t.compute_min),
-                "file_direct" => t.file_direct = size.map_or(t.file_direct, |s| s.min(2) as u8),
-                "direct_min" => t.direct_min = size.unwrap_or(t.direct_min),
-                "upload_family" => {
-                    t.upload_family = size.and_then(|s| u32::try_from(s).ok()).or(t.upload_family)
-                }
-                "download_family" => {
-                    t.download_family = size
-                        .and_then(|s| u32::try_from(s).ok())
-                        .or(t.download_family)
-                }
-                "nt_min" => t.nt_min = size.unwrap_or(t.nt_min),
-                "xpath" => t.cross_path = v.trim().to_ascii_lowercase(),
-                "xsame" => t.cross_same_device = flag.unwrap_or(t.cross_same_device),
-                "xslot" => {
-                    t.cross_slot_size = size
-                        .unwrap_or(t.cross_slot_size)
-                        .clamp(64 * KIB, 1 << 30)
-                        .next_multiple_of(64 * KIB)
-                }
-                "xslots" => t.cross_slots = size.map_or(t.cross_slots, |s| s.clamp(2, 64) as usize),
-                "timeout_ms" => {
-                    t.timeout = size.map_or(t.timeout, |s| {
-                        std::time::Duration::from_millis(s.clamp(10, 3_600_000))
-                    })
-                }
-                "hybrid" => t.hybrid_percent = size.map_or(t.hybrid_percent, |s| s.min(100)),
-                "diag" => match v.trim() {
-                    "nomemcpy" => t.diag_no_memcpy = true,
-                    "nodma" => t.diag_no_dma = true,
-                    _ => {}
-                },
-                _ => {}
-            }
-        }
-        t
+/// Every key `EXO_VULKAN_TUNE` takes, in the order of the table above (for error messages).
+pub(crate) const KEYS: &[&str] = &[
+    "slot",
+    "slots",
+    "threads",
+    "part",
+    "map_write",
+    "map_read",
+    "map_alloc",
+    "map_zero",
+    "small",
+    "import",
+    "auto_import",
+    "hugepages",
+    "upload_cached",
+    "d2d_transfer",
+    "fence_spin",
+    "d2d_compute",
+    "compute_min",
+    "file_direct",
+    "direct_min",
+    "upload_family",
+    "download_family",
+    "hybrid",
+    "diag",
+    "nt_min",
+    "spin",
+    "stream_reads",
+    "plan",
+    "xpath",
+    "xsame",
+    "xslot",
+    "xslots",
+    "timeout_ms",
+];
+
+/// One `key=value` item's value, read as its key requires; `Err` says what the key takes.
+fn size_of(v: &str) -> Result<u64, String> {
+    parse_size(v).ok_or_else(|| "a size (e.g. 4096, 64k, 16m, 1g or max)".to_string())
+}
+
+fn flag_of(v: &str) -> Result<bool, String> {
+    match v.trim() {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err("0 or 1".to_string()),
     }
 }
 
-static TUNING: OnceLock<Tuning> = OnceLock::new();
+fn level_of(v: &str, max: u8) -> Result<u8, String> {
+    match v.trim().parse::<u8>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("a number from 0 to {max}")),
+    }
+}
 
-/// The process-wide tunables (`EXO_VULKAN_TUNE`, read on first use).
+fn choice_of<'a>(v: &str, choices: &[&'a str]) -> Result<&'a str, String> {
+    let v = v.trim().to_ascii_lowercase();
+    choices
+        .iter()
+        .find(|c| **c == v)
+        .copied()
+        .ok_or_else(|| choices.join(" or "))
+}
+
+impl Tuning {
+    /// Defaults overridden by `spec` (`key=value,...`; empty items are allowed). `Err` names the
+    /// first bad item: not `key=value`, an unknown key (listing the known ones), or a value its
+    /// key does not take (saying what it takes).
+    pub(crate) fn parse(spec: &str) -> Result<Tuning, String> {
+        let mut t = Tuning::default();
+        for item in spec.split(',') {
+            if item.trim().is_empty() {
+                continue;
+            }
+            let Some((k, v)) = item.split_once('=') else {
+                return Err(format!("{:?} is not key=value", item.trim()));
+            };
+            let key = k.trim();
+            t.set(key, v).map_err(|valid| {
+                if KEYS.contains(&key) {
+                    format!("{key}={:?}: {key} takes {valid}", v.trim())
+                } else {
+                    format!("unknown key {key:?}; known keys: {}", KEYS.join(", "))
+                }
+            })?;
+        }
+        Ok(t)
+    }
+
+    /// Set one key; `Err` says what the key takes (or is empty for an unknown key).
+    fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
+        let t = self;
+        match key {
+            "slot" => t.slot_size = size_of(v)?.clamp(64 * KIB, 1 << 30),
+            "slots" => t.slots = size_of(v)?.clamp(2, 64) as usize,
+            "threads" => t.threads = size_of(v)?.clamp(1, 64) as usize,
+            "part" => t.min_part = size_of(v)?.clamp(4 * KIB, 1 << 30) as usize,
+            "map_write" => t.map_write_max = size_of(v)?,
+            "map_read" => t.map_read_max = size_of(v)?,
+            "map_alloc" => t.map_alloc_max = size_of(v)?,
+            "map_zero" => t.map_zero_max = size_of(v)?,
+            "small" => t.small_max = size_of(v)?.min(16 * MIB),
+            "import" => t.import_min = size_of(v)?.max(4 * KIB),
+            "auto_import" => t.auto_import = flag_of(v)?,
+            "hugepages" => t.hugepages = flag_of(v)?,
+            "upload_cached" => t.upload_cached = flag_of(v)?,
+            "d2d_transfer" => t.d2d_transfer = flag_of(v)?,
+            "stream_reads" => t.stream_reads = level_of(v, 2)?,
+            "plan" => t.force_discrete_plan = choice_of(v, &["auto", "discrete"])? == "discrete",
+            "spin" => t.spin_us = size_of(v)?.min(10_000),
+            "fence_spin" => t.fence_spin_us = size_of(v)?.min(100_000),
+            "d2d_compute" => t.d2d_compute = flag_of(v)?,
+            "compute_min" => t.compute_min = size_of(v)?,
+            "file_direct" => t.file_direct = level_of(v, 2)?,
+            "direct_min" => t.direct_min = size_of(v)?,
+            "upload_family" | "download_family" => {
+                let family =
+                    u32::try_from(size_of(v)?).map_err(|_| "a queue family index".to_string())?;
+                if key == "upload_family" {
+                    t.upload_family = Some(family);
+                } else {
+                    t.download_family = Some(family);
+                }
+            }
+            "nt_min" => t.nt_min = size_of(v)?,
+            "xpath" => {
+                let valid = ["auto", "import", "host-import", "staging", "host-staging"];
+                t.cross_path = choice_of(v, &valid)?.to_string();
+            }
+            "xsame" => t.cross_same_device = flag_of(v)?,
+            "xslot" => {
+                t.cross_slot_size = size_of(v)?
+                    .clamp(64 * KIB, 1 << 30)
+                    .next_multiple_of(64 * KIB)
+            }
+            "xslots" => t.cross_slots = size_of(v)?.clamp(2, 64) as usize,
+            "timeout_ms" => {
+                t.timeout = std::time::Duration::from_millis(size_of(v)?.clamp(10, 3_600_000))
+            }
+            "hybrid" => t.hybrid_percent = size_of(v)?.min(100),
+            "diag" => match choice_of(v, &["nomemcpy", "nodma"])? {
+                "nomemcpy" => t.diag_no_memcpy = true,
+                _ => t.diag_no_dma = true,
+            },
+            _ => return Err(String::new()),
+        }
+        Ok(())
+    }
+}
+
+/// The environment variable the tunables are read from.
+pub const ENV_TUNE: &str = "EXO_VULKAN_TUNE";
+
+static TUNING: OnceLock<(Tuning, Option<String>)> = OnceLock::new();
+
+fn read_env() -> &'static (Tuning, Option<String>) {
+    TUNING.get_or_init(|| {
+        let spec = std::env::var(ENV_TUNE).unwrap_or_default();
+        match Tuning::parse(&spec) {
+            Ok(t) => (t, None),
+            Err(why) => (
+                Tuning::default(),
+                Some(format!("{ENV_TUNE}={spec:?}: {why}")),
+            ),
+        }
+    })
+}
+
+/// The process-wide tunables (`EXO_VULKAN_TUNE`, read on first use). `Engine::new` calls
+/// [`check`] first, so no engine runs on defaults that stand in for a malformed setting.
 pub(crate) fn tuning() -> &'static Tuning {
-    TUNING.get_or_init(|| Tuning::parse(&std::env::var("EXO_VULKAN_TUNE").unwrap_or_default()))
+    &read_env().0
+}
+
+/// `Err(EngineError::Config)` naming the variable, its value and what is wrong with it.
+pub(crate) fn check() -> crate::error::Result<()> {
+    match &read_env().1 {
+        None => Ok(()),
+        Some(message) => Err(crate::error::EngineError::Config(message.clone())),
+    }
 }
 
 #[cfg(test)]
@@ -233,20 +341,38 @@ mod tests {
 
     #[test]
     fn parses_overrides() {
-        let t =
-            Tuning::parse("slot=32m, slots=8,threads=3,map_write=0,auto_import=1,bogus=5,small=x");
+        let t = Tuning::parse("slot=32m, slots=8,threads=3,map_write=0,auto_import=1,,").unwrap();
         assert_eq!(t.slot_size, 32 * MIB);
         assert_eq!(t.slots, 8);
         assert_eq!(t.threads, 3);
         assert_eq!(t.map_write_max, 0);
         assert!(t.auto_import);
-        assert_eq!(t.small_max, Tuning::default().small_max);
         assert_eq!(parse_size("max"), Some(u64::MAX));
         assert_eq!(parse_size("4k"), Some(4096));
-        let x = Tuning::parse("xpath=Staging,xsame=1,xslot=100k,xslots=1");
+        let x = Tuning::parse("xpath=Staging,xsame=1,xslot=100k,xslots=1").unwrap();
         assert_eq!(x.cross_path, "staging");
         assert!(x.cross_same_device);
         assert_eq!(x.cross_slot_size, 128 * KIB);
         assert_eq!(x.cross_slots, 2);
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_know() {
+        let unknown = Tuning::parse("slot=32m,nosuch=1").unwrap_err();
+        assert!(unknown.contains("unknown key \"nosuch\""), "{unknown}");
+        assert!(unknown.contains("known keys: slot, slots"), "{unknown}");
+        let garbage = Tuning::parse("garbage").unwrap_err();
+        assert!(
+            garbage.contains("\"garbage\" is not key=value"),
+            "{garbage}"
+        );
+        let value = Tuning::parse("small=x").unwrap_err();
+        assert!(value.contains("small takes a size"), "{value}");
+        assert!(Tuning::parse("hugepages=2").unwrap_err().contains("0 or 1"));
+        assert!(Tuning::parse("file_direct=3").is_err());
+        assert!(Tuning::parse("xpath=nowhere").is_err());
+        assert!(Tuning::parse("diag=x").is_err());
+        assert!(Tuning::parse("").is_ok());
+        assert!(Tuning::parse(" , ").is_ok());
     }
 }

@@ -16,6 +16,7 @@ pyo3::import_exception!(exo_gpu_plugins.errors, BackendClosedError);
 pyo3::import_exception!(exo_gpu_plugins.errors, TransferError);
 pyo3::import_exception!(exo_gpu_plugins.errors, FileReadError);
 pyo3::import_exception!(exo_gpu_plugins.errors, InteropError);
+pyo3::import_exception!(exo_gpu_plugins.errors, ConfigError);
 
 /// What kind of call failed (transfers map device failures to `TransferError`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,7 @@ pub fn to_pyerr(_py: Python<'_>, op: Op, e: EngineError) -> PyErr {
         EngineError::NoSuchDevice(_) => DeviceNotFoundError::new_err(msg),
         EngineError::Closed => BackendClosedError::new_err(msg),
         EngineError::InvalidArgument(_) => PyValueError::new_err(msg),
+        EngineError::Config(_) => ConfigError::new_err(msg),
         EngineError::FileRead(_) => FileReadError::new_err(msg),
         EngineError::Interop(_) => InteropError::new_err(msg),
         EngineError::Vulkan { .. } if op == Op::Transfer => TransferError::new_err(msg),

@@ -8,7 +8,8 @@ loop for the length of a big memcpy or DMA.
 Settings (environment): `EXO_VULKAN_VALIDATION=1` turns on VK_LAYER_KHRONOS_validation and makes
 each validation error an error of the call that caused it;
 `EXO_VULKAN_TRANSFER=auto|mapped|staging|import` forces a transfer strategy (CI runs the suite under
-each on lavapipe).
+each on lavapipe). A value either does not know is a `ConfigError` when the backend is created (and
+`EXO_VULKAN_TUNE`'s, when it is initialized), so exo never falls back to host memory over a typo.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal, TypeVar
 
 from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.errors import BackendUnavailableError, GPUError, InteropError, OutOfMemoryError
+from exo_gpu_plugins.config import env_choice, env_flag
+from exo_gpu_plugins.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    GPUError,
+    InteropError,
+    OutOfMemoryError,
+)
 from exo_gpu_plugins.interop import Retained, SharedMemory
 from exo_gpu_plugins.models import (
     Capabilities,
@@ -80,10 +88,6 @@ def probe() -> str | None:
     return reason
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 # Every open VulkanBackend of this process: on drivers without VK_EXT_memory_budget the report's
 # "used" is what all of them hold on a device (the driver's usage figure is per process too). It is
 # summed when a report is asked for, so allocate and free pay nothing for it.
@@ -123,11 +127,13 @@ class VulkanBackend(GPUBackend[_Allocation]):
 
     def __init__(self, *, validation: bool | None = None, strategy: str | None = None) -> None:
         super().__init__()
-        self.validation = _flag(ENV_VALIDATION) if validation is None else validation
-        chosen = (strategy or os.environ.get(ENV_TRANSFER) or "auto").strip().lower()
-        if chosen not in STRATEGIES:
-            raise ValueError(f"transfer strategy must be one of {', '.join(STRATEGIES)}, not {chosen!r}")
-        self.strategy = chosen
+        self.validation = env_flag(ENV_VALIDATION) if validation is None else validation
+        if strategy is None:
+            self.strategy = env_choice(ENV_TRANSFER, STRATEGIES, "auto")
+        elif strategy.strip().lower() in STRATEGIES:
+            self.strategy = strategy.strip().lower()
+        else:
+            raise ConfigError(f"transfer strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
         self._engine: Any = None
         self._infos: list[dict[str, Any]] = []
         self._usage_keys: list[str] = []
