@@ -6,6 +6,11 @@ runs), that is `FlakyStrategyDefinition` or `FlakyFailure`, which point at the k
 was raised earlier and showed only with `-v`. `History` keeps, per bound machine, the first error
 any example raised and the contents of freed allocations, so that stray bytes in new memory can be
 traced to where they were written (this instance, an earlier instance, another live allocation).
+
+`invalid_model` does the same for every clause: a model the backend built that refused its own
+figures (a `MemoryReport` that does not add up) is reported by its validator's message, not by
+pydantic's wrapper. The module imports no Hypothesis (it is loaded only to tell Hypothesis' own
+exceptions apart, when one is raised), so every clause can use it.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import functools
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from hypothesis.errors import Flaky, HypothesisException
+from pydantic import ValidationError
 
-__all__ = ["History", "flaky_report", "recording"]
+if TYPE_CHECKING:
+    from hypothesis.errors import Flaky
+
+__all__ = ["OUTLIVES", "History", "flaky_report", "invalid_model", "recording"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,10 +112,11 @@ def recording(method: F) -> F:
     def recorded(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except HypothesisException:
-            raise  # Hypothesis' own control flow, not the backend's error
         except Exception as exc:
-            type(self).history.record(exc, getattr(self, "instance", 0))
+            from hypothesis.errors import HypothesisException
+
+            if not isinstance(exc, HypothesisException):  # not Hypothesis' own control flow
+                type(self).history.record(exc, getattr(self, "instance", 0))
             raise
 
     return recorded  # type: ignore[return-value]
@@ -136,3 +145,16 @@ def flaky_report(history: History, flaky: Flaky) -> str | None:
         f"{history.first_error_instance} of {history.instances})"
     )
     return "\n".join(lines)
+
+
+def invalid_model(error: ValidationError) -> str:
+    """The message of a model a backend built and its validators refused, without pydantic's
+    wrapper: `MemoryReport refused the backend's values: impossible memory report: used +
+    available + reserved = 285212672 != total = 268435456`."""
+    problems = []
+    for detail in error.errors(include_url=False, include_input=False):
+        cause = detail.get("ctx", {}).get("error")
+        text = str(cause) if cause is not None else str(detail.get("msg", ""))
+        where = ".".join(str(part) for part in detail.get("loc", ()))
+        problems.append(f"{where}: {text}" if where else text)
+    return f"{error.title} refused the backend's values: " + "; ".join(problems)

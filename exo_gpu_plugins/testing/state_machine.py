@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import unittest
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
@@ -44,6 +43,7 @@ from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import InvalidHandleError
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.testing.first_cause import History, flaky_report, recording
+from exo_gpu_plugins.testing.support import close_loop, pattern
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -104,24 +104,6 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
-
-
-def close_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Close a kit-owned event loop after its async generators and executor threads finished."""
-    try:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        loop.close()
-
-
-def pattern(seed: int, size: int) -> bytes:
-    """`size` pseudo-random bytes, none of them zero (so a missing write never reads as 'right')."""
-    data = random.Random(seed).randbytes(size)
-    return data.translate(_NO_ZERO)
-
-
-_NO_ZERO = bytes([1, *range(1, 256)])
 
 
 class BackendStateMachine(RuleBasedStateMachine):

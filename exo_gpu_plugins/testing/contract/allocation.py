@@ -12,7 +12,7 @@ from exo_gpu_plugins.errors import DeviceNotFoundError, OutOfMemoryError
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.testing.contract._base import KitBase, assert_bytes_equal, clause
 from exo_gpu_plugins.testing.contract._helpers import SIZE, KiB, MiB, deferred, unknown_device_ids
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import pattern
 
 
 class AllocationContract(KitBase):

@@ -11,7 +11,7 @@ import pytest
 from exo_gpu_plugins.testing.contract._base import KitBase, assert_bytes_equal, clause
 from exo_gpu_plugins.testing.contract._helpers import SIZE, deferred
 from exo_gpu_plugins.testing.contract.copy_checks import CopyChecks
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import pattern
 
 
 def _sources(data: bytes) -> dict[str, Callable[[], object]]:

@@ -10,7 +10,7 @@ import pytest
 from exo_gpu_plugins.errors import DeviceNotFoundError, OutOfBoundsError
 from exo_gpu_plugins.testing.contract._base import KitBase, assert_bytes_equal, clause
 from exo_gpu_plugins.testing.contract._helpers import SIZE, KiB, deferred, unknown_device_ids
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import pattern
 
 
 class CopyChecks(KitBase):

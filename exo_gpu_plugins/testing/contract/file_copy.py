@@ -15,7 +15,7 @@ import pytest
 from exo_gpu_plugins.errors import FileReadError, OutOfBoundsError
 from exo_gpu_plugins.testing.contract._base import KitBase, assert_bytes_equal, clause
 from exo_gpu_plugins.testing.contract._helpers import SIZE, MiB, deferred
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import pattern
 
 FILE_BYTES = 5 * 1024 + 9
 

@@ -8,7 +8,7 @@ from exo_gpu_plugins.errors import BackendClosedError, InvalidHandleError
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.testing.contract._base import KitBase, clause
 from exo_gpu_plugins.testing.contract._helpers import MiB
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import pattern
 
 
 class HandleContract(KitBase):

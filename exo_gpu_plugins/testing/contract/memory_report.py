@@ -7,8 +7,8 @@ import pytest
 from exo_gpu_plugins.errors import DeviceNotFoundError
 from exo_gpu_plugins.models import Capabilities
 from exo_gpu_plugins.testing.contract._base import KitBase, clause
-from exo_gpu_plugins.testing.contract._helpers import MiB, deferred, plain_int, unknown_device_ids
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.contract._helpers import MiB, deferred, unknown_device_ids
+from exo_gpu_plugins.testing.support import available_follows_allocations, pattern, plain_int
 
 
 class MemoryReportContract(KitBase):
@@ -143,20 +143,6 @@ class MemoryReportContract(KitBase):
             f"memory_available fell only ({worst} bytes) as {len(data)} were allocated: the core "
             f"fills it from _memory_report(), whose available_bytes must follow allocations"
         )
-
-
-def available_follows_allocations(caps: Capabilities) -> bool:
-    """Whether the kit holds available_bytes to falling with this process's allocations.
-
-    Yes with `memory_budget` (live driver figures) or `available_tracks_allocations`, and also when
-    the backend left `available_tracks_allocations` out: falling is the contract's default, so a
-    backend that says nothing is checked. Only an explicit `available_tracks_allocations=False`
-    (without `memory_budget`) opts out, for a figure taken from outside the process, such as the
-    OS's estimate of free RAM, which on virtual machines lags allocations by seconds.
-    """
-    if caps.memory_budget or caps.available_tracks_allocations:
-        return True
-    return "available_tracks_allocations" not in caps.model_fields_set
 
 
 def _promise(caps: Capabilities) -> str:

@@ -1,11 +1,13 @@
-"""Clause "state machine": random call sequences checked against a model (Hypothesis)."""
+"""Clause "state machine": random call sequences checked against a model (Hypothesis).
+
+Hypothesis is imported when this clause runs, not when the kit is imported: the other clauses
+need none of it."""
 
 from __future__ import annotations
 
 from exo_gpu_plugins.testing.contract._base import KitBase, clause
 from exo_gpu_plugins.testing.contract._helpers import BackendFactory
 from exo_gpu_plugins.testing.pytest_plugin import NO_DATABASE_KEY
-from exo_gpu_plugins.testing.state_machine import kit_settings, run_state_machine
 
 
 class StateMachineContract(KitBase):
@@ -13,6 +15,8 @@ class StateMachineContract(KitBase):
 
     @clause("state machine")
     def test_state_machine(self, backend_factory: BackendFactory) -> None:
+        from exo_gpu_plugins.testing.state_machine import kit_settings, run_state_machine
+
         config = self._request.config
         run_state_machine(
             backend_factory,
