@@ -49,6 +49,7 @@ class History:
     first_error_instance: int = 0
     outlives: str | None = None
     _freed: deque[tuple[int, bytes]] = field(default_factory=deque)
+    _failed: set[int] = field(default_factory=set)
     _freed_bytes: int = 0
 
     def new_instance(self) -> int:
@@ -58,9 +59,14 @@ class History:
 
     def record(self, error: BaseException, instance: int) -> None:
         """Keep the first error; later ones are usually its consequences or replays."""
+        self._failed.add(instance)
         if self.first_error is None:
             self.first_error = error
             self.first_error_instance = instance
+
+    def failed(self, instance: int) -> bool:
+        """Whether `instance` raised an error already (its teardown then checks no more)."""
+        return instance in self._failed
 
     def freed(self, instance: int, content: bytes) -> None:
         """An allocation with these contents was freed (or left to shutdown) by `instance`."""

@@ -5,9 +5,15 @@ particular sequence (a reused block that is not cleared, a copy that clobbers a 
 read cache, a handle table that loses an entry) need random sequences; Hypothesis generates them,
 and when one diverges it shrinks the sequence to a short program that reproduces the bug.
 
-The model is a `bytearray` per live allocation. Rules: allocate, free, write, read, read into a
-buffer, copy between allocations, copy inside one allocation (overlapping, memmove), synchronize.
-Every rule compares the backend with the model; teardown compares every allocation in full.
+The model is a `bytearray` per live allocation, and the memory figures of the instance when it
+opened. Rules: allocate, free, write, read, read into a buffer, copy between allocations, copy
+inside one allocation (overlapping, memmove), synchronize. Every rule compares the backend with the
+model; after each allocate and free the memory report must add up and `used_bytes` (and
+`available_bytes`, where it follows allocations) must be back at the opening level plus what the
+live allocations hold, within the declared granularity; teardown compares every allocation in full,
+frees them all and checks that the figures came back. Before any of this, the first instance of a
+run checks the backend's reads on their own (`support.check_reads`), so that a wrong read is
+reported as a wrong read, not as a divergence of whatever it was reading.
 
     class TestMyBackendMachine(make_state_machine(MyBackend)): ...   # a unittest TestCase
     run_state_machine(MyBackend)                                       # or run it directly
@@ -41,9 +47,15 @@ from hypothesis.stateful import (
 
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import InvalidHandleError
-from exo_gpu_plugins.models import MemoryHandle
+from exo_gpu_plugins.models import MemoryHandle, MemoryReport
 from exo_gpu_plugins.testing.first_cause import History, flaky_report, recording
-from exo_gpu_plugins.testing.support import close_loop, pattern
+from exo_gpu_plugins.testing.support import (
+    available_follows_allocations,
+    check_reads,
+    check_report,
+    close_loop,
+    pattern,
+)
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -120,6 +132,8 @@ class BackendStateMachine(RuleBasedStateMachine):
     steps_checked: ClassVar[int] = 0
     # The first error and the freed contents seen by this class's examples (see first_cause.py).
     history: ClassVar[History] = History()
+    # Whether this (bound) class checked the backend's reads on their own yet (first instance).
+    reads_checked: ClassVar[bool] = False
 
     allocations = Bundle("allocations")
 
@@ -138,6 +152,14 @@ class BackendStateMachine(RuleBasedStateMachine):
             self.backend = factory()
             self._run(self.backend.initialize())
             self.device = type(self).device_id or self.backend.list_devices()[0].device_id
+            if not type(self).reads_checked:
+                self._run(check_reads(self.backend, self.device))
+                type(self).reads_checked = True
+            caps = self.backend.capabilities(self.device)
+            self._granularity = caps.allocation_granularity_bytes
+            # A driver's live budget moves with other processes: there used_bytes alone is held.
+            self._tracks_available = available_follows_allocations(caps) and not caps.memory_budget
+            self._opened = self._report("when the instance opened")
         except BaseException as exc:
             if isinstance(exc, Exception):
                 type(self).history.record(exc, self.instance)
@@ -147,6 +169,7 @@ class BackendStateMachine(RuleBasedStateMachine):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.history = History()  # each bound class (each run) traces its own examples
+        cls.reads_checked = False
 
     @classmethod
     def bind(cls, factory: BackendFactory, *, device_id: str | None = None) -> type[BackendStateMachine]:
@@ -168,10 +191,44 @@ class BackendStateMachine(RuleBasedStateMachine):
     def _close_loop(self) -> None:
         close_loop(self._loop)
 
+    def _report(self, when: str) -> MemoryReport:
+        report = self._run(self.backend.get_device_memory_info(self.device))
+        check_report(report, f"memory report of {self.device} {when}")
+        return report
+
+    def _check_accounting(self, after: str) -> None:
+        """The figures add up, and used (and available) bytes are where the live allocations put
+        them: at the opening level plus at most their sizes rounded up to the granularity, plus
+        one granule (an allocator may keep a block). What is above that was freed and not given
+        back."""
+        report = self._report(f"after {after}")
+        g = self._granularity
+        held = sum(-(-len(content) // g) * g for content in self._model.values())
+        live = f"{len(self._model)} live allocations hold at most {held} bytes (granularity {g})"
+        figures = [("used_bytes", report.used_bytes - self._opened.used_bytes, "above")]
+        if self._tracks_available:
+            fell = self._opened.available_bytes - report.available_bytes
+            figures.append(("available_bytes", fell, "below"))
+        for name, moved, direction in figures:
+            if moved > held + g:
+                raise AssertionError(
+                    f"{name} did not come back after {after}: it is {moved} bytes {direction} its "
+                    f"level when this instance opened, while the {live}: {moved - held} bytes "
+                    "freed were not given back (a free list that does not take freed memory back?)"
+                )
+
     def _expect(self, got: bytes, handle: MemoryHandle, offset: int, what: str) -> None:
         want = bytes(self._model[handle.handle_id][offset : offset + len(got)])
         if got == want:
             return
+        if offset or len(got) != handle.size_bytes:  # a ranged read: is the read itself wrong?
+            whole = self._run(self.backend.copy_from_device(handle, 0, handle.size_bytes))
+            if whole[offset : offset + len(got)] == want:
+                raise AssertionError(
+                    f"wrong read: copy_from_device(offset={offset}, size={len(got)}) of the "
+                    f"{handle.size_bytes}-byte allocation differs from the model, while a read of "
+                    f"the whole allocation agrees with it: the read is wrong, not {what}"
+                )
         first = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
         message = (
             f"{what}: backend diverges from the model at byte {offset + first} of the "
@@ -214,6 +271,7 @@ class BackendStateMachine(RuleBasedStateMachine):
         self._expect(
             self._run(self.backend.copy_from_device(handle, 0, size)), handle, 0, "fresh allocation"
         )
+        self._check_accounting(f"allocate({size})")
         return handle
 
     @rule(handle=consumes(allocations))
@@ -228,6 +286,7 @@ class BackendStateMachine(RuleBasedStateMachine):
             pass
         else:
             raise AssertionError("a freed handle was still accepted by copy_from_device")
+        self._check_accounting(f"freeing a {handle.size_bytes}-byte allocation")
 
     @rule(handle=allocations, data=st.data())
     @recording
@@ -330,12 +389,21 @@ class BackendStateMachine(RuleBasedStateMachine):
 
     @recording
     def teardown(self) -> None:
-        """Compare every allocation in full, then free everything and shut the backend down."""
+        """Compare every allocation in full, free every other one and check that the memory
+        figures came back, then shut the backend down (which frees the rest: both ways of freeing
+        are exercised). After an error only the shutdown is left."""
         try:
-            for handle in self.backend.live_handles():
-                if handle.handle_id in self._model:
+            if not type(self).history.failed(self.instance):
+                for number, handle in enumerate(self.backend.live_handles()):
+                    if handle.handle_id not in self._model:
+                        continue
                     got = self._run(self.backend.copy_from_device(handle, 0, handle.size_bytes))
                     self._expect(got, handle, 0, "final full read")
+                    if number % 2 == 0:
+                        self._run(self.backend.deallocate(handle))
+                        content = self._model.pop(handle.handle_id)
+                        type(self).history.freed(self.instance, bytes(content))
+                self._check_accounting("the final frees")
         finally:
             for content in self._model.values():  # shutdown frees these
                 type(self).history.freed(self.instance, bytes(content))
