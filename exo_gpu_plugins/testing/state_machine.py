@@ -48,8 +48,9 @@ from hypothesis.stateful import (
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import InvalidHandleError
 from exo_gpu_plugins.models import MemoryHandle, MemoryReport
-from exo_gpu_plugins.testing.first_cause import History, flaky_report, recording
+from exo_gpu_plugins.testing.first_cause import OUTLIVES, History, flaky_report, recording
 from exo_gpu_plugins.testing.support import (
+    WRONG_READ,
     available_follows_allocations,
     check_reads,
     check_report,
@@ -148,6 +149,7 @@ class BackendStateMachine(RuleBasedStateMachine):
         self.instance = type(self).history.new_instance()
         self._loop = asyncio.new_event_loop()
         self._model: dict[str, bytearray] = {}
+        self._written = False  # whether this instance was given any bytes to write yet
         try:
             self.backend = factory()
             self._run(self.backend.initialize())
@@ -222,10 +224,10 @@ class BackendStateMachine(RuleBasedStateMachine):
         if got == want:
             return
         if offset or len(got) != handle.size_bytes:  # a ranged read: is the read itself wrong?
-            whole = self._run(self.backend.copy_from_device(handle, 0, handle.size_bytes))
-            if whole[offset : offset + len(got)] == want:
+            entire = self._run(self.backend.copy_from_device(handle, 0, handle.size_bytes))
+            if entire[offset : offset + len(got)] == want:
                 raise AssertionError(
-                    f"wrong read: copy_from_device(offset={offset}, size={len(got)}) of the "
+                    f"{WRONG_READ}copy_from_device(offset={offset}, size={len(got)}) of the "
                     f"{handle.size_bytes}-byte allocation differs from the model, while a read of "
                     f"the whole allocation agrees with it: the read is wrong, not {what}"
                 )
@@ -243,6 +245,13 @@ class BackendStateMachine(RuleBasedStateMachine):
             }
             whole = got if offset == 0 and len(got) == handle.size_bytes else None
             origin = type(self).history.origin(self.instance, stray, others, whole)
+            if origin is None and not self._written:
+                origin = (
+                    f"{OUTLIVES}: instance {self.instance} has written nothing yet, so these bytes "
+                    "were written through an earlier instance (a pool, cache or arena kept at "
+                    "module or class level, handed on uncleared?)"
+                )
+                type(self).history.outlives = type(self).history.outlives or origin
             if origin is not None:
                 message += "\n" + origin
         raise AssertionError(message)
@@ -294,6 +303,7 @@ class BackendStateMachine(RuleBasedStateMachine):
         """copy_to_device of a random range."""
         offset, length = self._range(data, handle.size_bytes)
         payload = pattern(data.draw(st.integers(0, 1 << 16), label="seed"), length)
+        self._written = True
         self._run(self.backend.copy_to_device(payload, handle, offset))
         self._model[handle.handle_id][offset : offset + length] = payload
 

@@ -15,6 +15,7 @@ from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.models import Capabilities, MemoryReport
 
 __all__ = [
+    "WRONG_READ",
     "available_follows_allocations",
     "check_figures",
     "check_reads",
@@ -25,6 +26,9 @@ __all__ = [
 ]
 
 _NO_ZERO = bytes([1, *range(1, 256)])
+
+#: How `check_reads` begins the message of a read that disagrees with a whole read.
+WRONG_READ = "wrong read: "
 
 
 def pattern(seed: int, size: int) -> bytes:
@@ -147,7 +151,7 @@ def _same_read(got: bytes, want: bytes, whole: bytes, call: str, offset: int) ->
     if got == want:
         return
     if len(got) != len(want):
-        raise AssertionError(f"wrong read: {call} returned {len(got)} bytes")
+        raise AssertionError(f"{WRONG_READ}{call} returned {len(got)} bytes")
     first = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
     found = whole.find(got)
     source = (
@@ -157,7 +161,7 @@ def _same_read(got: bytes, want: bytes, whole: bytes, call: str, offset: int) ->
         else ""
     )
     raise AssertionError(
-        f"wrong read: {call} disagrees with a read of the whole allocation, which matches what was "
+        f"{WRONG_READ}{call} disagrees with a read of the whole allocation, which matches what was "
         f"written: byte {offset + first} reads {got[first]:#04x}, not {want[first]:#04x}{source} "
         "(the kit checks reads on their own first, so that a wrong read is not blamed on what it "
         "was reading)"
