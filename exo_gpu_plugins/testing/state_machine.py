@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import unittest
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
 
 from hypothesis import HealthCheck, Phase
 from hypothesis import settings as HypothesisSettings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir, storage_directory
 from hypothesis.errors import Flaky
 from hypothesis.stateful import (
     Bundle,
@@ -68,6 +71,7 @@ __all__ = [
     "kit_settings",
     "make_state_machine",
     "run_state_machine",
+    "scratch_storage",
 ]
 
 T = TypeVar("T")
@@ -107,6 +111,20 @@ def kit_settings(
         phases=_PHASES,
         **extra,
     )
+
+
+@contextmanager
+def scratch_storage() -> Iterator[None]:
+    """Hypothesis' storage (its `.hypothesis/` directory: the example database, the constants it
+    caches from source files) in a temporary directory while the block runs, then where it was.
+    With `kit_settings(database=False)` this keeps a run from writing into the working directory."""
+    previous = storage_directory(intent_to_write=False).home_directory
+    with tempfile.TemporaryDirectory(prefix="exo-gpu-kit-hypothesis-") as scratch:
+        set_hypothesis_home_dir(scratch)
+        try:
+            yield
+        finally:
+            set_hypothesis_home_dir(previous)
 
 
 def _env_int(name: str, default: int) -> int:
