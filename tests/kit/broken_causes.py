@@ -13,7 +13,6 @@ import os
 from typing import ClassVar, NamedTuple
 
 from exo_gpu_plugins.host.backend import HostBackend, HostMemory
-from exo_gpu_plugins.models import MemoryReport
 
 from .free_list import ARENA_BYTES, FreeListBackend
 
@@ -38,16 +37,9 @@ class ReportDoesNotAddUp(FreeListBackend):
     """Reports available memory as total minus reserved, forgetting what this process holds: right
     while nothing is held, impossible (the model refuses it) once something is."""
 
-    def _memory_report(self, index: int) -> MemoryReport:
+    def figures(self) -> tuple[int, int, int]:
         used, _ = self.arena.figures()
-        return MemoryReport(
-            device_id=self._device_ids[index],
-            total_bytes=ARENA_BYTES,
-            used_bytes=used,
-            available_bytes=ARENA_BYTES,
-            reserved_bytes=0,
-            source="free-list accounting",
-        )
+        return used, ARENA_BYTES, 0
 
 
 class ShortReadsIgnored(HostBackend):

@@ -102,15 +102,20 @@ class FreeListBackend(HostBackend):
         )
 
     def _memory_report(self, index: int) -> MemoryReport:
-        used, available = self.arena.figures()
+        used, available, reserved = self.figures()
         return MemoryReport(
             device_id=self._device_ids[index],
             total_bytes=ARENA_BYTES,
             used_bytes=used,
             available_bytes=available,
-            reserved_bytes=ARENA_BYTES - used - available,
+            reserved_bytes=reserved,
             source="free-list accounting",
         )
+
+    def figures(self) -> tuple[int, int, int]:
+        """(used, available, reserved) bytes of the arena, as the report gives them."""
+        used, available = self.arena.figures()
+        return used, available, ARENA_BYTES - used - available
 
     async def _allocate(self, index: int, size: int) -> HostMemory:
         pages = -(-size // PAGE)
