@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import re
 
 import pytest
@@ -58,3 +59,17 @@ def test_free_list_backend_passes() -> None:
     hold it to nothing a real free list cannot keep."""
     status, table, _ = check(FreeListBackend)
     assert status == 0, f"exo-gpu check failed the correct free-list backend:\n{table}"
+
+
+def test_json_carries_each_whole_message() -> None:
+    """`--json` has the same whole message as the table, every line of it."""
+    backend = CAUSES["small reads ignore the offset"].backend
+    registry = registry_with(**{backend.name: BackendInfo(name=backend.name, backend=backend)})
+    out = io.StringIO()
+    assert run_check(backend.name, json_output=True, out=out, registry=registry) == 1, out.getvalue()
+    clauses = {summary["clause"]: summary for summary in json.loads(out.getvalue())["clauses"]}
+    reason = clauses["allocation"]["first_reason"]
+    lines = reason.splitlines()
+    assert len(lines) >= 2, f"the JSON's first_reason is not the whole message: {reason!r}"
+    assert lines[0].startswith("AssertionError: wrong read: copy_from_device(offset="), reason
+    assert lines[1].startswith("(found when this test failed with: "), reason
