@@ -175,7 +175,8 @@ def _outcome(report: pytest.TestReport) -> str | None:
 
 
 def _reason(report: pytest.TestReport | pytest.CollectReport) -> str:
-    """One line: the exception's message, the skip reason, or the xfail reason."""
+    """The exception's whole message (every line: the kit's messages put the first cause first
+    and what it found after it), the skip reason, or the xfail reason."""
     wasxfail = getattr(report, "wasxfail", None)
     if report.skipped and wasxfail is not None:
         return str(wasxfail)
@@ -185,9 +186,8 @@ def _reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     else:
         crash = getattr(longrepr, "reprcrash", None)
         text = str(crash.message) if crash is not None else str(longrepr)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    line = lines[0] if lines else "no message"
-    return line if len(line) <= 160 else line[:157] + "..."
+    lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(lines) if lines else "no message"
 
 
 def _short(nodeid: str) -> str:
@@ -387,7 +387,8 @@ def _qualified(factory: BackendFactory) -> str:
 def format_table(
     result: KitResult, out: TextIO, *, verbose: bool = False, backend_class: str | None = None
 ) -> None:
-    """The check's report: one row per clause, the first failure of each failing clause."""
+    """The check's report: one row per clause, the first failure of each failing clause with its
+    whole message (lines after the first go under it)."""
     what = f" ({backend_class})" if backend_class else ""
     out.write(
         f"exo-gpu check {result.label}{what}: {len(result.tests)} tests in {result.duration_s:.1f} s\n\n"
@@ -417,15 +418,19 @@ def format_table(
     )
     out.write(f"{line}  {headers[5]}\n")
     out.write("  ".join("-" * w for w in widths) + "  " + "-" * 13 + "\n")
+    indent = " " * (sum(widths) + 10)
     for row in rows:
         cells = "  ".join(
             c.ljust(w) if i == 0 else c.rjust(w)
             for i, (c, w) in enumerate(zip(row[:5], widths, strict=True))
         )
-        out.write(f"{cells}  {row[5]}".rstrip() + "\n")
+        first, *more = row[5].split("\n")
+        out.write(f"{cells}  {first}".rstrip() + "\n")
+        for line in more:  # the rest of the message, under its first line
+            out.write(f"{indent}{line}\n")
         if verbose:
             for name in result.clauses[row[0]].failures[1:]:
-                out.write(f"{'':{sum(widths) + 10}}{name}\n")
+                out.write(f"{indent}{name}\n")
     for message in result.errors:
         out.write(f"\nerror: {message}\n")
     for message in result.warnings:

@@ -6,6 +6,11 @@ runs), that is `FlakyStrategyDefinition` or `FlakyFailure`, which point at the k
 was raised earlier and showed only with `-v`. `History` keeps, per bound machine, the first error
 any example raised and the contents of freed allocations, so that stray bytes in new memory can be
 traced to where they were written (this instance, an earlier instance, another live allocation).
+
+`invalid_model` does the same for every clause: a model the backend built that refused its own
+figures (a `MemoryReport` that does not add up) is reported by its validator's message, not by
+pydantic's wrapper. The module imports no Hypothesis (it is loaded only to tell Hypothesis' own
+exceptions apart, when one is raised), so every clause can use it.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import functools
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from hypothesis.errors import Flaky, HypothesisException
+from pydantic import ValidationError
 
-__all__ = ["History", "flaky_report", "recording"]
+if TYPE_CHECKING:
+    from hypothesis.errors import Flaky
+
+__all__ = ["OUTLIVES", "History", "flaky_report", "invalid_model", "recording"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,6 +49,7 @@ class History:
     first_error_instance: int = 0
     outlives: str | None = None
     _freed: deque[tuple[int, bytes]] = field(default_factory=deque)
+    _failed: set[int] = field(default_factory=set)
     _freed_bytes: int = 0
 
     def new_instance(self) -> int:
@@ -50,9 +59,14 @@ class History:
 
     def record(self, error: BaseException, instance: int) -> None:
         """Keep the first error; later ones are usually its consequences or replays."""
+        self._failed.add(instance)
         if self.first_error is None:
             self.first_error = error
             self.first_error_instance = instance
+
+    def failed(self, instance: int) -> bool:
+        """Whether `instance` raised an error already (its teardown then checks no more)."""
+        return instance in self._failed
 
     def freed(self, instance: int, content: bytes) -> None:
         """An allocation with these contents was freed (or left to shutdown) by `instance`."""
@@ -104,10 +118,11 @@ def recording(method: F) -> F:
     def recorded(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except HypothesisException:
-            raise  # Hypothesis' own control flow, not the backend's error
         except Exception as exc:
-            type(self).history.record(exc, getattr(self, "instance", 0))
+            from hypothesis.errors import HypothesisException
+
+            if not isinstance(exc, HypothesisException):  # not Hypothesis' own control flow
+                type(self).history.record(exc, getattr(self, "instance", 0))
             raise
 
     return recorded  # type: ignore[return-value]
@@ -136,3 +151,16 @@ def flaky_report(history: History, flaky: Flaky) -> str | None:
         f"{history.first_error_instance} of {history.instances})"
     )
     return "\n".join(lines)
+
+
+def invalid_model(error: ValidationError) -> str:
+    """The message of a model a backend built and its validators refused, without pydantic's
+    wrapper: `MemoryReport refused the backend's values: impossible memory report: used +
+    available + reserved = 285212672 != total = 268435456`."""
+    problems = []
+    for detail in error.errors(include_url=False, include_input=False):
+        cause = detail.get("ctx", {}).get("error")
+        text = str(cause) if cause is not None else str(detail.get("msg", ""))
+        where = ".".join(str(part) for part in detail.get("loc", ()))
+        problems.append(f"{where}: {text}" if where else text)
+    return f"{error.title} refused the backend's values: " + "; ".join(problems)

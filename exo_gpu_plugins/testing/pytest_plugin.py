@@ -48,7 +48,8 @@ ACTIVE_KEY = pytest.StashKey[bool]()
 FACTORY_KEY = pytest.StashKey["Callable[[], GPUBackend[Any]]"]()
 #: The device id chosen with `--exo-gpu-device`.
 DEVICE_KEY = pytest.StashKey[str]()
-#: Set by `run_kit` so that a CLI check does not write a Hypothesis database into the user's cwd.
+#: Set by `run_kit` and `--exo-gpu-backend`: the kit writes nothing into the working directory (no
+#: Hypothesis database, Hypothesis' other storage in a temporary directory).
 NO_DATABASE_KEY = pytest.StashKey[bool]()
 
 SELECTED_MODULE = Path(__file__).with_name("selected.py")
@@ -114,9 +115,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_load_initial_conftests(
     early_config: pytest.Config, parser: pytest.Parser, args: list[str]
 ) -> None:
-    """With `--exo-gpu-backend`, collect the kit's own module (pytest parses `args` after this)."""
+    """With `--exo-gpu-backend`, collect the kit's own module (pytest parses `args` after this),
+    and turn pytest's cache off as `-p no:cacheprovider` does: a check run from any directory
+    leaves nothing there (no `.pytest_cache/`)."""
     if getattr(early_config.known_args_namespace, "exo_gpu_backend", None):
         args.append(str(SELECTED_MODULE))
+        early_config.pluginmanager.consider_pluginarg("no:cacheprovider")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -125,6 +129,7 @@ def pytest_configure(config: pytest.Config) -> None:
     name = config.getoption("exo_gpu_backend", None)
     if name:
         config.stash[FACTORY_KEY] = _load_backend_class(str(name))
+        config.stash[NO_DATABASE_KEY] = True
     device = config.getoption("exo_gpu_device", None)
     if device:
         config.stash[DEVICE_KEY] = str(device)

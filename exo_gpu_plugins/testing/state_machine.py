@@ -5,9 +5,15 @@ particular sequence (a reused block that is not cleared, a copy that clobbers a 
 read cache, a handle table that loses an entry) need random sequences; Hypothesis generates them,
 and when one diverges it shrinks the sequence to a short program that reproduces the bug.
 
-The model is a `bytearray` per live allocation. Rules: allocate, free, write, read, read into a
-buffer, copy between allocations, copy inside one allocation (overlapping, memmove), synchronize.
-Every rule compares the backend with the model; teardown compares every allocation in full.
+The model is a `bytearray` per live allocation, and the memory figures of the instance when it
+opened. Rules: allocate, free, write, read, read into a buffer, copy between allocations, copy
+inside one allocation (overlapping, memmove), synchronize. Every rule compares the backend with the
+model; after each free the memory report must add up and `used_bytes` (and `available_bytes`,
+where it follows allocations) must be back at the opening level plus what the live allocations
+hold, within the declared granularity; teardown compares every allocation in full, frees every
+other one and checks the figures again. Before any of this, the first instance of a
+run checks the backend's reads on their own (`support.check_reads`), so that a wrong read is
+reported as a wrong read, not as a divergence of whatever it was reading.
 
     class TestMyBackendMachine(make_state_machine(MyBackend)): ...   # a unittest TestCase
     run_state_machine(MyBackend)                                       # or run it directly
@@ -21,14 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
+import tempfile
 import unittest
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
 
 from hypothesis import HealthCheck, Phase
 from hypothesis import settings as HypothesisSettings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir, storage_directory
 from hypothesis.errors import Flaky
 from hypothesis.stateful import (
     Bundle,
@@ -42,8 +50,16 @@ from hypothesis.stateful import (
 
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import InvalidHandleError
-from exo_gpu_plugins.models import MemoryHandle
-from exo_gpu_plugins.testing.first_cause import History, flaky_report, recording
+from exo_gpu_plugins.models import MemoryHandle, MemoryReport
+from exo_gpu_plugins.testing.first_cause import OUTLIVES, History, flaky_report, recording
+from exo_gpu_plugins.testing.support import (
+    WRONG_READ,
+    available_follows_allocations,
+    check_reads,
+    check_report,
+    close_loop,
+    pattern,
+)
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -55,6 +71,7 @@ __all__ = [
     "kit_settings",
     "make_state_machine",
     "run_state_machine",
+    "scratch_storage",
 ]
 
 T = TypeVar("T")
@@ -96,6 +113,20 @@ def kit_settings(
     )
 
 
+@contextmanager
+def scratch_storage() -> Iterator[None]:
+    """Hypothesis' storage (its `.hypothesis/` directory: the example database, the constants it
+    caches from source files) in a temporary directory while the block runs, then where it was.
+    With `kit_settings(database=False)` this keeps a run from writing into the working directory."""
+    previous = storage_directory(intent_to_write=False).home_directory
+    with tempfile.TemporaryDirectory(prefix="exo-gpu-kit-hypothesis-") as scratch:
+        set_hypothesis_home_dir(scratch)
+        try:
+            yield
+        finally:
+            set_hypothesis_home_dir(previous)
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "").strip()
     if not value:
@@ -104,24 +135,6 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
-
-
-def close_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Close a kit-owned event loop after its async generators and executor threads finished."""
-    try:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        loop.close()
-
-
-def pattern(seed: int, size: int) -> bytes:
-    """`size` pseudo-random bytes, none of them zero (so a missing write never reads as 'right')."""
-    data = random.Random(seed).randbytes(size)
-    return data.translate(_NO_ZERO)
-
-
-_NO_ZERO = bytes([1, *range(1, 256)])
 
 
 class BackendStateMachine(RuleBasedStateMachine):
@@ -138,6 +151,8 @@ class BackendStateMachine(RuleBasedStateMachine):
     steps_checked: ClassVar[int] = 0
     # The first error and the freed contents seen by this class's examples (see first_cause.py).
     history: ClassVar[History] = History()
+    # Whether this (bound) class checked the backend's reads on their own yet (first instance).
+    reads_checked: ClassVar[bool] = False
 
     allocations = Bundle("allocations")
 
@@ -152,10 +167,19 @@ class BackendStateMachine(RuleBasedStateMachine):
         self.instance = type(self).history.new_instance()
         self._loop = asyncio.new_event_loop()
         self._model: dict[str, bytearray] = {}
+        self._written = False  # whether this instance was given any bytes to write yet
         try:
             self.backend = factory()
             self._run(self.backend.initialize())
             self.device = type(self).device_id or self.backend.list_devices()[0].device_id
+            if not type(self).reads_checked:
+                self._run(check_reads(self.backend, self.device))
+                type(self).reads_checked = True
+            caps = self.backend.capabilities(self.device)
+            self._granularity = caps.allocation_granularity_bytes
+            # A driver's live budget moves with other processes: there used_bytes alone is held.
+            self._tracks_available = available_follows_allocations(caps) and not caps.memory_budget
+            self._opened = self._report("when the instance opened")
         except BaseException as exc:
             if isinstance(exc, Exception):
                 type(self).history.record(exc, self.instance)
@@ -165,6 +189,7 @@ class BackendStateMachine(RuleBasedStateMachine):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.history = History()  # each bound class (each run) traces its own examples
+        cls.reads_checked = False
 
     @classmethod
     def bind(cls, factory: BackendFactory, *, device_id: str | None = None) -> type[BackendStateMachine]:
@@ -186,10 +211,44 @@ class BackendStateMachine(RuleBasedStateMachine):
     def _close_loop(self) -> None:
         close_loop(self._loop)
 
+    def _report(self, when: str) -> MemoryReport:
+        report = self._run(self.backend.get_device_memory_info(self.device))
+        check_report(report, f"memory report of {self.device} {when}")
+        return report
+
+    def _check_accounting(self, after: str) -> None:
+        """The figures add up, and used (and available) bytes are where the live allocations put
+        them: at the opening level plus at most their sizes rounded up to the granularity, plus
+        one granule (an allocator may keep a block). What is above that was freed and not given
+        back."""
+        report = self._report(f"after {after}")
+        g = self._granularity
+        held = sum(-(-len(content) // g) * g for content in self._model.values())
+        live = f"{len(self._model)} live allocations hold at most {held} bytes (granularity {g})"
+        figures = [("used_bytes", report.used_bytes - self._opened.used_bytes, "above")]
+        if self._tracks_available:
+            fell = self._opened.available_bytes - report.available_bytes
+            figures.append(("available_bytes", fell, "below"))
+        for name, moved, direction in figures:
+            if moved > held + g:
+                raise AssertionError(
+                    f"{name} did not come back after {after}: it is {moved} bytes {direction} its "
+                    f"level when this instance opened, while the {live}: {moved - held} bytes "
+                    "freed were not given back (a free list that does not take freed memory back?)"
+                )
+
     def _expect(self, got: bytes, handle: MemoryHandle, offset: int, what: str) -> None:
         want = bytes(self._model[handle.handle_id][offset : offset + len(got)])
         if got == want:
             return
+        if offset or len(got) != handle.size_bytes:  # a ranged read: is the read itself wrong?
+            entire = self._run(self.backend.copy_from_device(handle, 0, handle.size_bytes))
+            if entire[offset : offset + len(got)] == want:
+                raise AssertionError(
+                    f"{WRONG_READ}copy_from_device(offset={offset}, size={len(got)}) of the "
+                    f"{handle.size_bytes}-byte allocation differs from the model, while a read of "
+                    f"the whole allocation agrees with it: the read is wrong, not {what}"
+                )
         first = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
         message = (
             f"{what}: backend diverges from the model at byte {offset + first} of the "
@@ -204,6 +263,13 @@ class BackendStateMachine(RuleBasedStateMachine):
             }
             whole = got if offset == 0 and len(got) == handle.size_bytes else None
             origin = type(self).history.origin(self.instance, stray, others, whole)
+            if origin is None and not self._written:
+                origin = (
+                    f"{OUTLIVES}: instance {self.instance} has written nothing yet, so these bytes "
+                    "were written through an earlier instance (a pool, cache or arena kept at "
+                    "module or class level, handed on uncleared?)"
+                )
+                type(self).history.outlives = type(self).history.outlives or origin
             if origin is not None:
                 message += "\n" + origin
         raise AssertionError(message)
@@ -246,6 +312,7 @@ class BackendStateMachine(RuleBasedStateMachine):
             pass
         else:
             raise AssertionError("a freed handle was still accepted by copy_from_device")
+        self._check_accounting(f"freeing a {handle.size_bytes}-byte allocation")
 
     @rule(handle=allocations, data=st.data())
     @recording
@@ -253,6 +320,7 @@ class BackendStateMachine(RuleBasedStateMachine):
         """copy_to_device of a random range."""
         offset, length = self._range(data, handle.size_bytes)
         payload = pattern(data.draw(st.integers(0, 1 << 16), label="seed"), length)
+        self._written = True
         self._run(self.backend.copy_to_device(payload, handle, offset))
         self._model[handle.handle_id][offset : offset + length] = payload
 
@@ -348,12 +416,21 @@ class BackendStateMachine(RuleBasedStateMachine):
 
     @recording
     def teardown(self) -> None:
-        """Compare every allocation in full, then free everything and shut the backend down."""
+        """Compare every allocation in full, free every other one and check that the memory
+        figures came back, then shut the backend down (which frees the rest: both ways of freeing
+        are exercised). After an error only the shutdown is left."""
         try:
-            for handle in self.backend.live_handles():
-                if handle.handle_id in self._model:
+            if not type(self).history.failed(self.instance):
+                for number, handle in enumerate(self.backend.live_handles()):
+                    if handle.handle_id not in self._model:
+                        continue
                     got = self._run(self.backend.copy_from_device(handle, 0, handle.size_bytes))
                     self._expect(got, handle, 0, "final full read")
+                    if number % 2 == 0:
+                        self._run(self.backend.deallocate(handle))
+                        content = self._model.pop(handle.handle_id)
+                        type(self).history.freed(self.instance, bytes(content))
+                self._check_accounting("the final frees")
         finally:
             for content in self._model.values():  # shutdown frees these
                 type(self).history.freed(self.instance, bytes(content))

@@ -80,3 +80,14 @@ def _check_options() -> set[str]:
 @pytest.mark.parametrize("option", sorted(_check_options()))
 def test_every_check_option_is_in_the_guide(option: str) -> None:
     assert f"`{option}" in GUIDE, f"exo-gpu check {option} is not documented in writing-a-backend.md"
+
+
+def test_the_guide_shows_the_example_backend_as_it_is() -> None:
+    """The guide's copy of the example backend is the file itself, not a version of it."""
+    example = DOCS.parent / "examples" / "minimal_plugin" / "exo_gpu_example" / "backend.py"
+    section = GUIDE[GUIDE.index("### The whole example backend") :]
+    start = section.index("```python\n") + len("```python\n")
+    shown = section[start : section.index("```\n", start)]
+    assert shown == example.read_text(encoding="utf-8"), (
+        f"the code under 'The whole example backend' in writing-a-backend.md differs from {example}"
+    )

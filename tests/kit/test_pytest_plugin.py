@@ -129,7 +129,21 @@ def test_loading_the_plugin_imports_neither_kit_nor_hypothesis() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.strip() == "[]", f"loading the plugin imported {result.stdout.strip()}"
+
+
+def test_the_contract_imports_no_hypothesis_until_the_state_machine_runs() -> None:
+    """Every clause module but the state machine's runs without Hypothesis, so importing the kit
+    (or running its example-based clauses) must not import it."""
+    code = textwrap.dedent("""
+        import sys
+        import exo_gpu_plugins.testing.contract, exo_gpu_plugins.testing.selected
+        print(sorted(m for m in sys.modules if m.split(".")[0] == "hypothesis")[:3])
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]", f"importing the kit imported {result.stdout.strip()}"
 
 
 def test_expected_failures_without_the_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

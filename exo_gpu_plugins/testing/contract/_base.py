@@ -4,19 +4,28 @@ byte-exact assertions."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import pytest
+from pydantic import ValidationError
 
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.models import Capabilities, MemoryHandle, MemoryReport
 from exo_gpu_plugins.testing import expected_failures
-from exo_gpu_plugins.testing.contract._helpers import SIZE, BackendFactory, KiB, MiB, check_figures
+from exo_gpu_plugins.testing.contract._helpers import SIZE, BackendFactory, KiB, MiB
+from exo_gpu_plugins.testing.first_cause import invalid_model
 from exo_gpu_plugins.testing.pytest_plugin import DEVICE_KEY, xfail_applied_at_collection
-from exo_gpu_plugins.testing.state_machine import close_loop, pattern
+from exo_gpu_plugins.testing.support import (
+    WRONG_READ,
+    check_reads,
+    check_report,
+    close_loop,
+    pattern,
+)
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -64,13 +73,34 @@ _CLAUSE_ATTR = "__exo_gpu_clause__"
 
 
 def clause(name: str) -> Callable[[F], F]:
-    """Tag a test with the contract clause it checks (the `exo-gpu check` table groups by it)."""
+    """Tag a test with the contract clause it checks (the `exo-gpu check` table groups by it).
+
+    The tagged test reports first causes wherever it fails: a model the backend built and pydantic
+    refused (a `MemoryReport` that does not add up) by the validator's message, not pydantic's
+    wrapper; and a failed assertion, after the backend's reads are checked on their own on a new
+    instance (`KitBase.wrong_read`), as the wrong read when they are wrong, since every comparison
+    of the kit reads through them."""
     if name not in CLAUSES:
         raise ValueError(f"unknown clause {name!r}")
 
     def tag(function: F) -> F:
-        setattr(function, _CLAUSE_ATTR, name)
-        return function
+        @functools.wraps(function)
+        def test(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except ValidationError as exc:
+                raise AssertionError(invalid_model(exc)) from exc
+            except AssertionError as exc:
+                kit = args[0] if args else None
+                if not isinstance(kit, KitBase) or str(exc).startswith(WRONG_READ):
+                    raise
+                wrong = kit.wrong_read()
+                if wrong is None:
+                    raise
+                raise AssertionError(f"{wrong}\n(found when this test failed with: {exc})") from exc
+
+        setattr(test, _CLAUSE_ATTR, name)
+        return test  # type: ignore[return-value]
 
     return tag
 
@@ -237,6 +267,18 @@ class KitBase:
         """The device asked for by `device_id` or `--exo-gpu-device`; `None` means the first."""
         return type(self).device_id or self._request.config.stash.get(DEVICE_KEY, None)
 
+    def wrong_read(self) -> str | None:
+        """After a test failed: the message of `check_reads` on a new instance when it finds a
+        wrong read, else None (the reads are right, or the check could not run)."""
+        try:
+            backend = self.open_backend()
+            self.run(check_reads(backend, self.device_of(backend)))
+        except AssertionError as exc:
+            return str(exc) if str(exc).startswith(WRONG_READ) else None
+        except Exception:
+            return None
+        return None
+
     def device_of(self, backend: GPUBackend[Any]) -> str:
         """The id of the device the kit tests on this backend."""
         chosen = self.chosen_device_id()
@@ -368,20 +410,6 @@ class KitBase:
             f"get_device_memory_info returned {type(report).__name__}, not MemoryReport"
         )
         assert report.device_id == device, f"report.device_id {report.device_id!r} != {device!r}"
-        check_figures(
-            f"memory report of {device}",
-            report.total_bytes,
-            report.used_bytes,
-            report.available_bytes,
-            report.reserved_bytes,
-        )
+        check_report(report, f"memory report of {device}")
         assert isinstance(report.source, str) and report.source, "report.source must be non-empty"
-        for heap in report.heaps:
-            check_figures(
-                f"heap {heap.index} of {device}",
-                heap.total_bytes,
-                heap.used_bytes,
-                heap.available_bytes,
-                heap.reserved_bytes,
-            )
         return report

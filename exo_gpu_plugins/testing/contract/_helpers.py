@@ -20,11 +20,6 @@ def deferred(function: Callable[..., object], *args: object) -> Callable[[], obj
     return lambda: function(*args)
 
 
-def plain_int(value: object) -> bool:
-    """An int that is not a bool (True is an int to Python, never a byte count to the contract)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def unknown_device_ids(backend: GPUBackend[Any]) -> list[str]:
     """Ids that look like this backend's but name no listed device (near misses on purpose)."""
     listed = {device.device_id for device in backend.list_devices()}
@@ -43,18 +38,6 @@ def unknown_device_ids(backend: GPUBackend[Any]) -> list[str]:
         "no-such-backend:0",
     ]
     return [candidate for candidate in candidates if candidate not in listed]
-
-
-def check_figures(what: str, total: object, used: object, available: object, reserved: object) -> None:
-    """Plain non-negative ints that add up: used + available + reserved == total."""
-    figures = {"total": total, "used": used, "available": available, "reserved": reserved}
-    for name, value in figures.items():
-        assert plain_int(value), f"{what}: {name}_bytes is {value!r}, not an int"
-        assert value >= 0, f"{what}: {name}_bytes is negative ({value})"  # type: ignore[operator]
-    t, u, a, r = (int(v) for v in figures.values())  # type: ignore[call-overload]
-    assert u <= t, f"{what}: used_bytes {u} > total_bytes {t}"
-    assert a <= t, f"{what}: available_bytes {a} > total_bytes {t}"
-    assert u + a + r == t, f"{what}: used {u} + available {a} + reserved {r} != total {t}"
 
 
 def described(device: GPUDevice) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from exo_gpu_plugins.errors import DeviceNotFoundError, OutOfMemoryError
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.testing.contract._base import KitBase, assert_bytes_equal, clause
 from exo_gpu_plugins.testing.contract._helpers import SIZE, KiB, MiB, deferred, unknown_device_ids
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.first_cause import OUTLIVES
+from exo_gpu_plugins.testing.support import pattern
 
 
 class AllocationContract(KitBase):
@@ -67,7 +68,8 @@ class AllocationContract(KitBase):
         handle = self.alloc(64, b"h" * 64)
         copy = pickle.loads(pickle.dumps(handle))
         assert copy == handle and copy is not handle, "a pickled handle must compare equal"
-        assert self.run(self.backend.copy_from_device(copy, 0, 64)) == b"h" * 64
+        got = self.run(self.backend.copy_from_device(copy, 0, 64))
+        assert_bytes_equal(got, b"h" * 64, "read through an equal (unpickled) copy of the handle")
         self.run(self.backend.deallocate(copy))
 
     @clause("allocation")
@@ -81,18 +83,32 @@ class AllocationContract(KitBase):
                 src_handle=src, dst_handle=dst, size_bytes=8, src_offset_bytes=4, dst_offset_bytes=20
             )
         )
-        assert self.run(b.copy_from_device(src_handle=dst, offset_bytes=20, size_bytes=8)) == b"a" * 8
+        got = self.run(b.copy_from_device(src_handle=dst, offset_bytes=20, size_bytes=8))
+        assert_bytes_equal(
+            got, b"a" * 8, "copy_to_device, copy_device_to_device and copy_from_device by keyword"
+        )
         out = bytearray(8)
-        assert self.run(b.copy_from_device_into(src_handle=src, offset_bytes=4, dst=out)) == 8
-        assert out == b"a" * 8, "copy_from_device_into with keyword arguments read wrong bytes"
+        count = self.run(b.copy_from_device_into(src_handle=src, offset_bytes=4, dst=out))
+        assert count == 8, f"copy_from_device_into by keyword returned {count!r}, not 8"
+        assert_bytes_equal(bytes(out), b"a" * 8, "copy_from_device_into by keyword")
         self.run(b.synchronize(device_id=self.device))
         self.run(b.deallocate(handle=src))
 
     @clause("allocation zero-fill")
     @pytest.mark.parametrize("size", [1, 255, 4096, SIZE, 1 * MiB])
     def test_fresh_allocation_reads_zeros(self, size: int) -> None:
+        """The first allocation of a new instance: anything but zeros there was written through
+        another instance, so that, not the zero-filling, is named as the cause."""
         handle = self.alloc(size)
-        assert_bytes_equal(self.read_all(handle), bytes(size), f"fresh {size}-byte allocation")
+        got = self.read_all(handle)
+        if any(got):
+            first = next(i for i, byte in enumerate(got) if byte)
+            raise AssertionError(
+                f"{OUTLIVES}: the first allocation of a new instance ({size} bytes) holds bytes "
+                f"it never wrote (byte {first} reads {got[first]:#04x}): they were written through "
+                "an earlier instance, which had been shut down (a pool, cache or arena kept at "
+                "module or class level, handed on uncleared?)"
+            )
         out = bytearray(b"\xff") * size
         self.run(self.backend.copy_from_device_into(handle, 0, out))
         assert_bytes_equal(bytes(out), bytes(size), f"fresh {size}-byte allocation (read into)")

@@ -14,7 +14,7 @@ from exo_gpu_plugins.testing.contract._base import (
     clause,
 )
 from exo_gpu_plugins.testing.contract._helpers import KiB
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import pattern
 
 
 class ConcurrencyContract(KitBase):

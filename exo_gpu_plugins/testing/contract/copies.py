@@ -11,7 +11,7 @@ import pytest
 from exo_gpu_plugins.testing.contract._base import KitBase, assert_bytes_equal, clause
 from exo_gpu_plugins.testing.contract._helpers import SIZE, deferred
 from exo_gpu_plugins.testing.contract.copy_checks import CopyChecks
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import check_reads, pattern
 
 
 def _sources(data: bytes) -> dict[str, Callable[[], object]]:
@@ -104,6 +104,12 @@ class _HostTransfers(KitBase):
                 ],
             )
         self.assert_content(handle, model, "allocation after refused writes")
+
+    @clause("copy from device")
+    def test_reads_agree_with_a_whole_read(self) -> None:
+        """Reads on their own: ranges read back as the same bytes of one whole read (first, so that
+        a wrong read is named as one before other tests compare through it)."""
+        self.run(check_reads(self.backend, self.device))
 
     @clause("copy from device")
     @pytest.mark.parametrize(("offset", "length"), _WRITE_RANGES)

@@ -10,7 +10,7 @@ import pytest
 from exo_gpu_plugins.errors import DeviceNotFoundError, OutOfBoundsError
 from exo_gpu_plugins.testing.contract._base import KitBase, assert_bytes_equal, clause
 from exo_gpu_plugins.testing.contract._helpers import SIZE, KiB, deferred, unknown_device_ids
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import pattern
 
 
 class CopyChecks(KitBase):
@@ -59,8 +59,10 @@ class CopyChecks(KitBase):
     def test_zero_length_at_end(self) -> None:
         handle, model = self.filled()
         self.run(self.backend.copy_to_device(b"", handle, SIZE))
-        assert self.run(self.backend.copy_from_device(handle, SIZE, 0)) == b""
-        assert self.run(self.backend.copy_from_device_into(handle, SIZE, bytearray())) == 0
+        got = self.run(self.backend.copy_from_device(handle, SIZE, 0))
+        assert got == b"", f"copy_from_device of 0 bytes at the end returned {got!r:.60}, not b''"
+        count = self.run(self.backend.copy_from_device_into(handle, SIZE, bytearray()))
+        assert count == 0, f"copy_from_device_into of 0 bytes at the end returned {count!r}, not 0"
         self.assert_content(handle, model, "allocation after zero-length copies at its end")
 
     @clause("copy arguments")

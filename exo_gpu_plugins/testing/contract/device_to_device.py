@@ -6,7 +6,7 @@ import pytest
 
 from exo_gpu_plugins.testing.contract._base import KitBase, clause
 from exo_gpu_plugins.testing.contract._helpers import SIZE
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import pattern
 
 _D2D_CASES = [
     (SIZE, 0, 0),

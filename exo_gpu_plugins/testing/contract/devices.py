@@ -9,7 +9,8 @@ import pytest
 from exo_gpu_plugins.errors import DeviceNotFoundError
 from exo_gpu_plugins.models import Capabilities, GPUDevice
 from exo_gpu_plugins.testing.contract._base import KitBase, clause
-from exo_gpu_plugins.testing.contract._helpers import deferred, described, plain_int, unknown_device_ids
+from exo_gpu_plugins.testing.contract._helpers import deferred, described, unknown_device_ids
+from exo_gpu_plugins.testing.support import plain_int
 
 _TELEMETRY = {
     # capability: (method, plausible range, unit)

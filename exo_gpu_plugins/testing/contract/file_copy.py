@@ -15,7 +15,7 @@ import pytest
 from exo_gpu_plugins.errors import FileReadError, OutOfBoundsError
 from exo_gpu_plugins.testing.contract._base import KitBase, assert_bytes_equal, clause
 from exo_gpu_plugins.testing.contract._helpers import SIZE, MiB, deferred
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import pattern
 
 FILE_BYTES = 5 * 1024 + 9
 
@@ -97,9 +97,12 @@ class FileCopyContract(KitBase):
         empty.write_bytes(b"")
         path, _ = self.source_file(tmp_path)
         handle, model = self.filled(seed=54)
-        assert self.run(self.backend.copy_file_to_device(empty, handle, 0)) == 0
-        assert self.run(self.backend.copy_file_to_device(empty, handle, SIZE)) == 0
-        assert self.run(self.backend.copy_file_to_device(path, handle, 9, size_bytes=0)) == 0
+        for source, offset, size in ((empty, 0, None), (empty, SIZE, None), (path, 9, 0)):
+            count = self.run(self.backend.copy_file_to_device(source, handle, offset, size_bytes=size))
+            assert count == 0, (
+                f"copy_file_to_device of {source.name} at offset {offset} (size_bytes={size}) "
+                f"returned {count!r}, not 0"
+            )
         self.assert_content(handle, model, "allocation after copies of zero bytes")
 
     @clause("file copy errors")
@@ -131,6 +134,45 @@ class FileCopyContract(KitBase):
                 f"of a {FILE_BYTES}-byte file into {SIZE} bytes",
             )
         self.assert_content(handle, model, "allocation after a refused file copy (nothing written)")
+
+    @clause("file copy errors")
+    @pytest.mark.parametrize(
+        ("size", "missing"),
+        [(FILE_BYTES, 1), (FILE_BYTES, FILE_BYTES // 2), (16 * MiB + 5000, 4096 + 3)],
+    )
+    def test_file_that_ends_early(self, tmp_path: Path, size: int, missing: int) -> None:
+        """A file that holds fewer bytes than its size said when the copy began, as when it
+        shrinks during the copy: a read comes back short, and that must be a `FileReadError`, not
+        a copy that returns as if it were complete. The core learns the size from `os.fstat` of
+        the descriptor; for this one descriptor the kit makes it report `missing` bytes more than
+        the file holds, so the shrinking happens at a known point, the same for every backend."""
+        path, _ = self.source_file(tmp_path, size - missing, seed=58)
+        handle = self.alloc(size)
+        real_fstat = os.fstat
+        with open(path, "rb") as opened:
+            fd = opened.fileno()
+            held = real_fstat(fd)
+            claimed = os.stat_result((*held[:6], size, *held[7:]))
+
+            def fstat(target: int) -> os.stat_result:
+                return claimed if target == fd else real_fstat(target)
+
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(os, "fstat", fstat)
+                try:
+                    count = self.run(self.backend.copy_file_to_device(fd, handle, 0))
+                except FileReadError:
+                    return
+                except Exception as exc:
+                    raise AssertionError(
+                        f"a file that ended {missing} bytes short of its size during the copy: "
+                        f"expected FileReadError, got {type(exc).__name__}: {exc}"
+                    ) from exc
+        raise AssertionError(
+            f"a file that ended {missing} bytes short of its {size} bytes during the copy (as when "
+            f"it shrinks): copy_file_to_device returned {count!r} instead of raising FileReadError "
+            "(a short read taken for a complete one?)"
+        )
 
     @clause("file copy errors")
     def test_unreadable_sources(self, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from exo_gpu_plugins.errors import BackendClosedError, InvalidHandleError
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.testing.contract._base import KitBase, clause
 from exo_gpu_plugins.testing.contract._helpers import MiB
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import available_follows_allocations, pattern
 
 
 class HandleContract(KitBase):
@@ -83,7 +83,8 @@ class HandleContract(KitBase):
         granularity = probe.capabilities(device).allocation_granularity_bytes
         total = self.checked_report(probe, device).total_bytes
         size = min(max(4 * MiB, 2 * granularity + 1), max(total // 16, 1))
-        before = self.checked_report(probe, device).used_bytes
+        opened = self.checked_report(probe, device)
+        before, available_before = opened.used_bytes, opened.available_bytes
         self.run(probe.shutdown())
 
         doomed = self.open_backend()
@@ -103,8 +104,16 @@ class HandleContract(KitBase):
         )
 
         fresh = self.open_backend()
-        after = self.checked_report(fresh, device).used_bytes
-        assert after - before <= granularity, (
-            f"after shutdown, used_bytes is {after - before} bytes above its level before the "
-            f"allocations (granularity {granularity}): shutdown did not free them"
+        after = self.checked_report(fresh, device)
+        assert after.used_bytes - before <= granularity, (
+            f"after shutdown, used_bytes is {after.used_bytes - before} bytes above its "
+            f"level before the allocations (granularity {granularity}): shutdown did not free them"
         )
+        caps = fresh.capabilities(device)
+        if available_follows_allocations(caps) and not caps.memory_budget:
+            fell = available_before - after.available_bytes
+            assert fell <= granularity, (
+                f"after shutdown, available_bytes is {fell} bytes below its level before the "
+                f"allocations (granularity {granularity}): the memory shutdown freed was not given "
+                "back to the allocator"
+            )

@@ -15,7 +15,7 @@ from exo_gpu_plugins.errors import DeviceNotFoundError, InvalidHandleError, OutO
 from exo_gpu_plugins.host_buffer import HostBuffer
 from exo_gpu_plugins.testing.contract._base import KitBase, assert_bytes_equal, clause
 from exo_gpu_plugins.testing.contract._helpers import SIZE, MiB, deferred, unknown_device_ids
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import pattern
 
 
 class HostBufferContract(KitBase):

@@ -7,8 +7,14 @@ import pytest
 from exo_gpu_plugins.errors import DeviceNotFoundError
 from exo_gpu_plugins.models import Capabilities
 from exo_gpu_plugins.testing.contract._base import KitBase, clause
-from exo_gpu_plugins.testing.contract._helpers import MiB, deferred, plain_int, unknown_device_ids
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.contract._helpers import KiB, MiB, deferred, unknown_device_ids
+from exo_gpu_plugins.testing.support import available_follows_allocations, pattern, plain_int
+
+# Sizes an allocator is likely to file under different classes: bytes, pages, tens of kilobytes,
+# around a MiB, and past the host backend's mapping threshold; each allocated and freed _CYCLES
+# times, so that a leak of a granule or less per cycle adds up past the granularity.
+_SIZE_CLASSES = (1, 100, 4 * KiB, 40_000, 256 * KiB + 1, 1 * MiB, 4 * MiB + 1)
+_CYCLES = 4
 
 
 class MemoryReportContract(KitBase):
@@ -19,7 +25,10 @@ class MemoryReportContract(KitBase):
         for device in self.backend.list_devices():
             report = self.checked_report(device=device.device_id)
             assert report["total_bytes"] == report.total_bytes, "report['total_bytes'] differs"
-            assert set(report.keys()) >= {"total_bytes", "used_bytes", "available_bytes"}
+            keys = set(report.keys())
+            assert keys >= {"total_bytes", "used_bytes", "available_bytes"}, (
+                f"report.keys() is {sorted(keys)}: the mapping lacks figures"
+            )
 
     @clause("memory report")
     def test_report_refuses_unknown_device(self) -> None:
@@ -31,6 +40,17 @@ class MemoryReportContract(KitBase):
                 for bad in unknown_device_ids(b)[:3]
             ],
         )
+
+    @clause("memory report")
+    def test_report_adds_up_while_memory_is_held(self) -> None:
+        """Consistent figures with allocations live, not only at rest."""
+        handles = []
+        for size in _SIZE_CLASSES:
+            handles.append(self.alloc(size))
+            self.checked_report()
+        for handle in handles:
+            self.run(self.backend.deallocate(handle))
+            self.checked_report()
 
     def probe_size(self) -> tuple[int, int]:
         """(bytes to allocate, granularity): 64 MiB, or 1/16 of a small device."""
@@ -55,6 +75,34 @@ class MemoryReportContract(KitBase):
         assert left <= granularity, (
             f"used_bytes stays {left} bytes up after freeing (granularity {granularity})"
         )
+
+    @clause("memory accounting")
+    def test_every_free_gives_memory_back(self) -> None:
+        """After each free, used_bytes and (where it follows allocations) available_bytes are back
+        at their level before, within the granularity: a free list that keeps freed memory, of
+        one size class or of all, loses a little on every cycle, and the cycles add up.
+
+        A driver's live budget (`memory_budget`) moves with other processes, so there only
+        used_bytes, this process's own figure, is held to it."""
+        caps = self.caps
+        granularity = caps.allocation_granularity_bytes
+        tracks_available = available_follows_allocations(caps) and not caps.memory_budget
+        before = self.checked_report()
+        for size in _SIZE_CLASSES:
+            for cycle in range(1, _CYCLES + 1):
+                self.run(self.backend.deallocate(self.alloc(size)))
+                after = self.checked_report()
+                moved = [("used_bytes", after.used_bytes - before.used_bytes, "above")]
+                if tracks_available:
+                    fell = before.available_bytes - after.available_bytes
+                    moved.append(("available_bytes", fell, "below"))
+                for name, by, where in moved:
+                    assert by <= granularity, (
+                        f"{name} is {by} bytes {where} its level after {cycle} cycles of allocating "
+                        f"and freeing {size} bytes (granularity {granularity}): freed memory is not "
+                        "given back (a free list that keeps what is freed, of this size class or "
+                        "of every size?)"
+                    )
 
     @clause("memory accounting")
     def test_allocation_lowers_available_bytes(self) -> None:
@@ -143,20 +191,6 @@ class MemoryReportContract(KitBase):
             f"memory_available fell only ({worst} bytes) as {len(data)} were allocated: the core "
             f"fills it from _memory_report(), whose available_bytes must follow allocations"
         )
-
-
-def available_follows_allocations(caps: Capabilities) -> bool:
-    """Whether the kit holds available_bytes to falling with this process's allocations.
-
-    Yes with `memory_budget` (live driver figures) or `available_tracks_allocations`, and also when
-    the backend left `available_tracks_allocations` out: falling is the contract's default, so a
-    backend that says nothing is checked. Only an explicit `available_tracks_allocations=False`
-    (without `memory_budget`) opts out, for a figure taken from outside the process, such as the
-    OS's estimate of free RAM, which on virtual machines lags allocations by seconds.
-    """
-    if caps.memory_budget or caps.available_tracks_allocations:
-        return True
-    return "available_tracks_allocations" not in caps.model_fields_set
 
 
 def _promise(caps: Capabilities) -> str:
