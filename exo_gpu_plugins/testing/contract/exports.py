@@ -18,7 +18,7 @@ from exo_gpu_plugins.errors import InteropError
 from exo_gpu_plugins.interop import TensorView, read_dlpack_bytes
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.testing.contract._base import KitBase, assert_bytes_equal, clause
-from exo_gpu_plugins.testing.state_machine import pattern
+from exo_gpu_plugins.testing.support import pattern
 
 _SIZE = 64 * 1024
 
