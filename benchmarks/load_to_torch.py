@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib.util
 import json
 import os
@@ -43,30 +44,44 @@ from load_weights import GIB, data_files, parse_size, warm
 LOADERS = ("ours", "torch", "fastsafetensors", "instanttensor")
 
 
+def device_used() -> tuple[Any, str]:
+    """A reader of CUDA device 0's memory in use, device-wide (Vulkan's allocations too), and its
+    source: NVML where it loads (what nvidia-smi shows), else cudaMemGetInfo."""
+    import torch
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        uuid = str(torch.cuda.get_device_properties(0).uuid)
+        handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+        return (lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)), "NVML"
+    except Exception:  # no NVML here: the CUDA runtime's figure
+        info = torch.cuda.mem_get_info
+        return (lambda: int(info()[1] - info()[0])), "cudaMemGetInfo"
+
+
 class GpuPeak:
-    """The device's memory in use, sampled in a thread: `peak_growth()` above the first sample."""
+    """The device's memory in use, sampled every millisecond in a thread: `peak_growth()` is the
+    highest reading above the one taken at the start."""
 
     def __init__(self) -> None:
-        import torch
-
-        self._info = torch.cuda.mem_get_info
-        free, total = self._info()
-        self._base = total - free
-        self._peak = self._base
+        gc.collect()
+        self._read, self.source = device_used()
+        self.base = self._read()
+        self._peak = self.base
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(0.001):
-            free, total = self._info()
-            self._peak = max(self._peak, total - free)
+            self._peak = max(self._peak, self._read())
 
     def peak_growth(self) -> int:
         self._stop.set()
         self._thread.join()
-        free, total = self._info()
-        return max(self._peak, total - free) - self._base
+        return max(self._peak, self._read()) - self.base
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,28 +98,36 @@ async def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         device = backend.list_devices()[0].device_id
         paths = spec["paths"]
+        read, _ = device_used()
+        before_warmup = read()
         warmup = await load_weights(backend, device, paths, exportable=True)
         tensors = await warmup.to_torch(backend)  # the CUDA import path, once
         del tensors
-        await warmup.free(backend)
+        await warmup.deallocate(backend)
         torch.cuda.synchronize()
         peak = GpuPeak()
         start = time.perf_counter()
         loaded = await load_weights(backend, device, paths, exportable=True)
+        loaded_at = time.perf_counter()
         tensors = await loaded.to_torch(backend)
         torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        done = time.perf_counter()
         result: dict[str, Any] = {
             "bytes": loaded.total_bytes,
-            "times": [seconds],
+            "times": [done - start],
+            "load_s": loaded_at - start,
+            "to_torch_s": done - loaded_at,
             "gpu_growth": peak.peak_growth(),
+            "gpu_source": peak.source,
+            "warmup_left": peak.base - before_warmup,
             "tensors": len(tensors),
+            "allocations": len(loaded.handles),
             "on": str(next(iter(tensors.values())).device),
         }
         if spec["verify"]:
             result.update(await verify(backend, loaded, tensors, spec["files"]))
         del tensors
-        await loaded.free(backend)
+        await loaded.deallocate(backend)
         return result
     finally:
         await backend.shutdown()
@@ -325,6 +348,9 @@ def summarize(kind: str, medium: str, readings: list[dict[str, Any]]) -> dict[st
     if errors:
         return {"loader": kind, "medium": medium, "error": errors[0]}
     rates = [r["bytes"] / r["times"][0] / 1e9 for r in readings]
+    for part in ("load_s", "to_torch_s"):
+        if all(part in r for r in readings):
+            readings[0][f"median_{part}"] = statistics.median(r[part] for r in readings)
     row: dict[str, Any] = {
         "loader": kind,
         "medium": medium,
@@ -334,7 +360,7 @@ def summarize(kind: str, medium: str, readings: list[dict[str, Any]]) -> dict[st
         "gpu_growth": max(r["gpu_growth"] for r in readings),
         "readings": readings,
     }
-    for key in ("exact", "inplace", "differ", "on", "setting"):
+    for key in ("exact", "inplace", "differ", "on", "setting", "gpu_source", "warmup_left"):
         found = [r[key] for r in readings if key in r]
         if found:
             row[key] = found[0]
@@ -349,8 +375,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             continue
         checks = ""
         if "exact" in row:
+            first = row["readings"][0]
             checks = f"equal to load_file: {'yes' if row['exact'] else 'NO'}; "
-            checks += f"in-place write read back: {'yes' if row['inplace'] else 'NO'}; on {row['on']}"
+            checks += f"in-place write read back: {'yes' if row['inplace'] else 'NO'}; on {row['on']}; "
+            checks += f"load_weights {first['median_load_s']:.3f} s + to_torch "
+            checks += f"{first['median_to_torch_s']:.3f} s; memory by {row['gpu_source']}"
         if "setting" in row:
             checks = f"INSTANTTENSOR_BACKEND={row['setting']}"
         print(

@@ -20,6 +20,7 @@ import abc
 import asyncio
 import collections
 import enum
+import functools
 import inspect
 import logging
 import os
@@ -46,7 +47,13 @@ from exo_gpu_plugins.host_buffer import HostBuffer
 from exo_gpu_plugins.interop.dlpack import TensorView
 from exo_gpu_plugins.interop.memory import Retained
 from exo_gpu_plugins.interop.sharing import SharedMemory
-from exo_gpu_plugins.interop.views import CudaImports, ExportDevice, check_view, cpu_view
+from exo_gpu_plugins.interop.views import (
+    CudaImports,
+    ExportDevice,
+    TensorRequest,
+    check_view,
+    cpu_view,
+)
 from exo_gpu_plugins.models import (
     Capabilities,
     DeviceDescription,
@@ -617,29 +624,67 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         `capabilities().export_kinds` has it, else the CPU. Every operation issued on the device
         before this call has finished when it returns. The memory lives until the handle is
         freed *and* every view and tensor made from it is gone."""
+        request = TensorRequest(handle, dtype, shape, offset_bytes)
+        (view,) = await self.export_tensors([request], device=device)
+        return view
+
+    @final
+    async def export_tensors(
+        self, requests: Sequence[TensorRequest], *, device: ExportDevice = "auto"
+    ) -> list[TensorView]:
+        """`export_tensor` for many views at once (a checkpoint's tensors), in order: each device
+        is synchronized once and each allocation imported into CUDA once."""
         with self._gate:
-            entry = self._entry(handle, "handle")
-            offset = arguments.non_negative(offset_bytes, "offset_bytes")
-            dtype, dims, _ = check_view(dtype, shape, offset, entry.handle.size_bytes, "export_tensor")
+            checked: list[tuple[_Live[NativeT], str, tuple[int, ...], int]] = []
+            for request in requests:
+                if not isinstance(request, TensorRequest):
+                    raise TypeError(f"requests must hold TensorRequest, not {type(request).__name__}")
+                entry = self._entry(request.handle, "handle")
+                offset = arguments.non_negative(request.offset_bytes, "offset_bytes")
+                size = entry.handle.size_bytes
+                dtype, dims, _ = check_view(request.dtype, request.shape, offset, size, "export_tensor")
+                checked.append((entry, dtype, dims, offset))
             if device not in ("auto", "cpu", "cuda"):
                 raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
-            index = entry.device_index
-            if device == "auto":
-                kinds = self._capabilities(index).export_kinds
-                device = "cuda" if "cuda" in kinds else "cpu"
-            await self._synchronize(index)
-            if device == "cpu":
-                return cpu_view(self._retain(entry.native), self._device_ids[index], dtype, dims, offset)
-            native = entry.native
-            return await asyncio.to_thread(
-                self._cuda_imports.view,
+            kinds: dict[int, str] = {}
+            for entry, *_ in checked:
+                index = entry.device_index
+                if index not in kinds:
+                    found = self._capabilities(index).export_kinds
+                    kinds[index] = device if device != "auto" else ("cuda" if "cuda" in found else "cpu")
+                    await self._synchronize(index)
+            views: list[TensorView | None] = [None] * len(checked)
+            retained: dict[str, Retained] = {}
+            on_cuda: list[tuple[int, _Live[NativeT], str, tuple[int, ...], int]] = []
+            for position, (entry, dtype, dims, offset) in enumerate(checked):
+                if kinds[entry.device_index] == "cuda":
+                    on_cuda.append((position, entry, dtype, dims, offset))
+                    continue
+                key = entry.handle.handle_id
+                if key not in retained:
+                    retained[key] = self._retain(entry.native)
+                device_id = self._device_ids[entry.device_index]
+                views[position] = cpu_view(retained[key], device_id, dtype, dims, offset)
+            if on_cuda:  # imports take a while: off the event loop, all in one hop
+                for position, view in await asyncio.to_thread(self._cuda_views, on_cuda):
+                    views[position] = view
+            return [view for view in views if view is not None]
+
+    def _cuda_views(
+        self, wanted: list[tuple[int, _Live[NativeT], str, tuple[int, ...], int]]
+    ) -> list[tuple[int, TensorView]]:
+        made = []
+        for position, entry, dtype, dims, offset in wanted:
+            view = self._cuda_imports.view(
                 entry.handle.handle_id,
-                lambda: self._export_fd(native),
-                lambda: self._retain(native),
+                functools.partial(self._export_fd, entry.native),
+                functools.partial(self._retain, entry.native),
                 dtype,
                 dims,
                 offset,
             )
+            made.append((position, view))
+        return made
 
     @final
     async def export_memory(self, handle: MemoryHandle) -> SharedMemory:

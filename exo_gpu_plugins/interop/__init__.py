@@ -13,6 +13,7 @@ from exo_gpu_plugins.interop.dlpack import (
 )
 from exo_gpu_plugins.interop.memory import Retained
 from exo_gpu_plugins.interop.sharing import SharedMemory, receive_shared, send_shared
+from exo_gpu_plugins.interop.views import TensorRequest
 
 __all__ = [
     "DLPACK_DTYPES",
@@ -20,6 +21,7 @@ __all__ = [
     "DeviceKind",
     "Retained",
     "SharedMemory",
+    "TensorRequest",
     "TensorView",
     "live_exports",
     "read_dlpack_bytes",

@@ -6,16 +6,29 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from exo_gpu_plugins.errors import InteropError, OutOfBoundsError
 from exo_gpu_plugins.interop.dlpack import DeviceKind, TensorView, itemsize_of
 from exo_gpu_plugins.interop.memory import Retained
 from exo_gpu_plugins.interop.sharing import SharedMemory
 
-__all__ = ["CudaImports", "ExportDevice", "check_view", "cpu_view"]
+__all__ = ["CudaImports", "ExportDevice", "TensorRequest", "check_view", "cpu_view"]
+
+if TYPE_CHECKING:
+    from exo_gpu_plugins.models import MemoryHandle
 
 ExportDevice = Literal["auto", "cpu", "cuda"]
+
+
+class TensorRequest(NamedTuple):
+    """One view `GPUBackend.export_tensors` should make: `dtype`/`shape` at `offset_bytes` of
+    `handle` (shape None: the rest of the allocation, one dimension)."""
+
+    handle: MemoryHandle
+    dtype: str = "U8"
+    shape: Sequence[int] | None = None
+    offset_bytes: int = 0
 
 
 def check_view(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from exo_gpu_plugins.errors import InteropError
 from exo_gpu_plugins.interop.dlpack import DeviceKind, TensorView, itemsize_of
-from exo_gpu_plugins.interop.views import ExportDevice
+from exo_gpu_plugins.interop.views import ExportDevice, TensorRequest
 
 if TYPE_CHECKING:
     from exo_gpu_plugins.backend import GPUBackend
@@ -20,7 +20,8 @@ async def tensor_views(
     backend: GPUBackend[Any], loaded: LoadedWeights, device: ExportDevice
 ) -> dict[str, TensorView]:
     """One view per tensor, by name; zero-byte tensors get an empty view of no memory."""
-    views: dict[str, TensorView] = {}
+    requests: list[TensorRequest] = []
+    names: list[str] = []
     empty: list[str] = []
     for name, tensor in loaded.tensors.items():
         try:
@@ -30,13 +31,10 @@ async def tensor_views(
         if tensor.handle is None:
             empty.append(name)
             continue
-        views[name] = await backend.export_tensor(
-            tensor.handle,
-            dtype=tensor.dtype,
-            shape=tensor.shape,
-            offset_bytes=tensor.offset_bytes,
-            device=device,
-        )
+        names.append(name)
+        requests.append(TensorRequest(tensor.handle, tensor.dtype, tensor.shape, tensor.offset_bytes))
+    made = await backend.export_tensors(requests, device=device)
+    views: dict[str, TensorView] = dict(zip(names, made, strict=True))
     # An empty tensor lives where its neighbours do (the CPU when there are none).
     where = next(iter(views.values())).device if views else (DeviceKind.CPU, 0)
     for name in empty:

@@ -42,6 +42,24 @@ def device_of(backend: GPUBackend[Any]) -> str:
     return backend.list_devices()[0].device_id
 
 
+def view_device(backend: GPUBackend[Any]) -> str:
+    """Where this backend's views of loaded weights go: the CPU where every allocation is
+    host-visible, else CUDA (exportable allocations); skip where neither is offered."""
+    kinds = backend.capabilities(device_of(backend)).export_kinds
+    if "cpu" in kinds:
+        return "cpu"
+    if "cuda" in kinds:
+        return "cuda"
+    pytest.skip(f"{device_of(backend)} exports neither to the CPU nor to CUDA ({kinds})")
+
+
+def require_cpu_views(backend: GPUBackend[Any]) -> None:
+    """Skip (by capability) where the CPU cannot view every allocation in place."""
+    kinds = backend.capabilities(device_of(backend)).export_kinds
+    if "cpu" not in kinds:
+        pytest.skip(f"{device_of(backend)} has no 'cpu' export kind ({kinds}): test_cuda.py covers it")
+
+
 def require_torch() -> Any:
     try:
         import torch

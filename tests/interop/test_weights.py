@@ -14,7 +14,7 @@ from exo_gpu_plugins.errors import InteropError
 from exo_gpu_plugins.interop import DLPACK_DTYPES
 from exo_gpu_plugins.weights import load_weights
 from exo_gpu_plugins.weights.synthetic import LlamaShape, write_llama, write_safetensors
-from tests.interop.conftest import device_of, require_torch
+from tests.interop.conftest import device_of, require_torch, view_device
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,14 @@ async def test_loaded_tensors_equal_safetensors(
     torch = require_torch()
     from safetensors.torch import load_file
 
+    where = view_device(backend)
+    if where == "cuda" and not exportable:
+        pytest.skip("CUDA views need exportable allocations")
     loaded = await load_weights(backend, device_of(backend), llama, exportable=exportable)
-    tensors = await loaded.to_torch(backend, device="cpu")
+    tensors = await loaded.to_torch(backend, device=where)
     expected: dict[str, Any] = {}
     for file in loaded.files:
-        expected.update(load_file(file))
+        expected.update(load_file(file, device=str(next(iter(tensors.values())).device)))
     assert tensors.keys() == expected.keys()
     for name, tensor in tensors.items():
         assert tensor.dtype == expected[name].dtype and tensor.shape == expected[name].shape, name
@@ -43,11 +46,13 @@ async def test_loaded_tensors_equal_safetensors(
     # The tensors are the loaded memory: an in-place write is read back from the device.
     name, entry = next((n, t) for n, t in loaded.tensors.items() if t.dtype == "BF16")
     tensors[name].fill_(1.0)
+    if tensors[name].is_cuda:
+        torch.cuda.synchronize()  # the consumer's writes finish before the backend reads
     assert entry.handle is not None
     raw = await backend.copy_from_device(entry.handle, entry.offset_bytes, entry.size_bytes)
     assert raw == torch.ones(entry.shape, dtype=torch.bfloat16).view(torch.uint8).numpy().tobytes()
-    await loaded.free(backend)
-    assert torch.equal(tensors[name], torch.ones(entry.shape, dtype=torch.bfloat16))
+    await loaded.deallocate(backend)
+    assert torch.equal(tensors[name].cpu(), torch.ones(entry.shape, dtype=torch.bfloat16))
 
 
 async def test_every_dtype_of_a_checkpoint(backend: GPUBackend[Any], tmp_path: Path) -> None:
@@ -56,22 +61,24 @@ async def test_every_dtype_of_a_checkpoint(backend: GPUBackend[Any], tmp_path: P
 
     path = tmp_path / "dtypes.safetensors"
     write_safetensors(path, [(f"t.{dtype}", dtype, (3, 5)) for dtype in DLPACK_DTYPES])
-    loaded = await load_weights(backend, device_of(backend), path)
-    views = await loaded.views(backend, device="cpu")
-    tensors = await loaded.to_torch(backend, device="cpu")
+    where = view_device(backend)
+    loaded = await load_weights(backend, device_of(backend), path, exportable=where == "cuda")
+    views = await loaded.views(backend, device=where)
+    tensors = await loaded.to_torch(backend, device=where)
     expected = load_file(path)
     for name, tensor in tensors.items():
         assert views[name].dtype == loaded.tensors[name].dtype
         assert tensor.dtype == expected[name].dtype, name
-        assert torch.equal(tensor.view(torch.uint8), expected[name].view(torch.uint8)), name
+        assert torch.equal(tensor.cpu().view(torch.uint8), expected[name].view(torch.uint8)), name
 
 
 async def test_empty_tensors_come_out_empty(backend: GPUBackend[Any], tmp_path: Path) -> None:
     torch = require_torch()
     path = tmp_path / "empty.safetensors"
     write_safetensors(path, [("a", "F16", (0, 4)), ("b", "F32", (2, 2))])
-    loaded = await load_weights(backend, device_of(backend), path)
-    tensors = await loaded.to_torch(backend, device="cpu")
+    where = view_device(backend)
+    loaded = await load_weights(backend, device_of(backend), path, exportable=where == "cuda")
+    tensors = await loaded.to_torch(backend, device=where)
     assert tensors["a"].shape == (0, 4) and tensors["a"].dtype == torch.float16
     assert tensors["b"].shape == (2, 2)
 
@@ -84,4 +91,4 @@ async def test_a_dtype_without_dlpack_form_names_the_tensor(
     write_safetensors(path, [("odd.weight", dtype, (4, 4)), ("fine.weight", "F16", (4,))])
     loaded = await load_weights(backend, device_of(backend), path)
     with pytest.raises(InteropError, match=rf"'odd\.weight'.*{dtype}"):
-        await loaded.views(backend, device="cpu")
+        await loaded.views(backend)
