@@ -115,6 +115,8 @@ def requested_backend(name: str | None = None, env: Mapping[str, str] | None = N
 
 
 def _backend_from_file(path: Path, *, explicit: bool = False) -> str | None:
+    if str(path) == os.devnull:  # EXO_CONFIG_FILE=/dev/null: no config file, said on purpose
+        return None
     try:
         fd, _ = open_regular_file(path, ConfigError)  # a FIFO or a device is refused, not waited on
     except ConfigError as exc:

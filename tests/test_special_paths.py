@@ -274,9 +274,14 @@ def test_config_file(kind: str, tmp_path: Path, specials: Specials) -> None:
     )
 
 
-def test_missing_config_file_still_means_automatic(tmp_path: Path) -> None:
-    selection = requested_backend(env={"EXO_CONFIG_FILE": str(tmp_path / "absent.toml")})
-    assert selection.automatic
+def test_missing_config_file_still_means_automatic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~/.config/exo/config.toml does not exist
+    assert requested_backend(env={}).automatic
+    # Named explicitly, a missing file is a mistake to report (configuration is strict).
+    with pytest.raises(ConfigError, match="names no file"):
+        requested_backend(env={"EXO_CONFIG_FILE": str(tmp_path / "absent.toml")})
 
 
 # --------------------------------------------------------------------------------------------------

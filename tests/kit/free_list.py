@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import ClassVar
 
-from exo_gpu_plugins.errors import OutOfMemoryError
+from exo_gpu_plugins.errors import InteropError, OutOfMemoryError
 from exo_gpu_plugins.host.backend import HostBackend, HostMemory
 from exo_gpu_plugins.models import Capabilities, DeviceDescription, MemoryReport
 
@@ -97,6 +97,8 @@ class FreeListBackend(HostBackend):
                     "allocation_granularity_bytes": PAGE,
                     "available_tracks_allocations": True,
                     "native_file_copy": False,
+                    # Its pages are not memfd-backed: CPU views only, no sharing.
+                    "export_kinds": ("cpu",),
                 }
             )
         )
@@ -131,6 +133,9 @@ class FreeListBackend(HostBackend):
 
     async def _allocate_unzeroed(self, index: int, size: int) -> HostMemory:
         return await self._allocate(index, size)
+
+    async def _allocate_exportable(self, index: int, size: int, zeroed: bool) -> HostMemory:
+        raise InteropError("the free-list arena's memory cannot be shared with another process")
 
     def _free(self, native: HostMemory) -> None:
         offset, pages = self._blocks.pop(id(native))
