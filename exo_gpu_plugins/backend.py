@@ -368,6 +368,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
                 except Exception:
                     log.exception("backend %s: releasing a host buffer at shutdown failed", self.name)
             self._close()
+            self._cuda_imports.forget()
             log.debug(
                 "backend %s closed; freed %d allocation(s), %d host buffer(s)",
                 self.name,
@@ -496,6 +497,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
             if self._live.pop(entry.handle.handle_id, None) is None:
                 raise InvalidHandleError(f"handle {entry.handle.handle_id} was freed concurrently")
             self._free(entry.native)
+            self._cuda_imports.forget(entry.handle.handle_id)
 
     @final
     async def copy_to_device(self, src: object, dst_handle: MemoryHandle, offset_bytes: int = 0) -> None:
@@ -685,6 +687,27 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
             )
             made.append((position, view))
         return made
+
+    @final
+    async def prepare_export(self, handle: MemoryHandle) -> None:
+        """Do now, without waiting for the device, what a later CUDA view of this exportable
+        allocation needs first (importing it into CUDA), so that the view is quick: the weights
+        loader calls it while its copies still fill the allocation. Nothing happens where the
+        device has no "cuda" export kind; a failure is left for the view to report."""
+        with self._gate:
+            entry = self._entry(handle, "handle")
+            if "cuda" not in self._capabilities(entry.device_index).export_kinds:
+                return
+            native = entry.native
+            try:
+                await asyncio.to_thread(
+                    self._cuda_imports.prepare,
+                    entry.handle.handle_id,
+                    functools.partial(self._export_fd, native),
+                    functools.partial(self._retain, native),
+                )
+            except GPUError as exc:
+                log.debug("preparing the CUDA import of %s failed: %s", handle.handle_id, exc)
 
     @final
     async def export_memory(self, handle: MemoryHandle) -> SharedMemory:

@@ -4,6 +4,7 @@ choice of device, and the one CUDA import per allocation that all its views shar
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -16,6 +17,7 @@ from exo_gpu_plugins.interop.sharing import SharedMemory
 __all__ = ["CudaImports", "ExportDevice", "TensorRequest", "check_view", "cpu_view"]
 
 if TYPE_CHECKING:
+    from exo_gpu_plugins.interop.cuda import CudaMapping
     from exo_gpu_plugins.models import MemoryHandle
 
 ExportDevice = Literal["auto", "cpu", "cuda"]
@@ -87,10 +89,46 @@ def cpu_view(
 
 
 class CudaImports:
-    """One CUDA import per allocation, shared by all its views and dropped with the last."""
+    """One CUDA import per allocation, shared by all its views and dropped with the last. An
+    import made ahead of its views (`prepare`) is held until a view takes it or the allocation
+    is freed (`forget`)."""
 
     def __init__(self) -> None:
-        self._mappings: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
+        self._mappings: weakref.WeakValueDictionary[str, CudaMapping] = weakref.WeakValueDictionary()
+        self._prepared: dict[str, CudaMapping] = {}
+        self._lock = threading.Lock()
+
+    def _mapping(
+        self, handle_id: str, share: Callable[[], SharedMemory], retain: Callable[[], Retained]
+    ) -> CudaMapping:
+        from exo_gpu_plugins.interop.cuda import import_into_cuda
+
+        with self._lock:
+            found = self._prepared.get(handle_id) or self._mappings.get(handle_id)
+        if found is not None:
+            return found
+        with share() as shared:
+            mapping = import_into_cuda(shared, retain().owner)
+        with self._lock:
+            self._mappings[handle_id] = mapping
+        return mapping
+
+    def prepare(
+        self, handle_id: str, share: Callable[[], SharedMemory], retain: Callable[[], Retained]
+    ) -> None:
+        """Import now (blocking: call it from a worker thread) and hold the import."""
+        mapping = self._mapping(handle_id, share, retain)
+        with self._lock:
+            self._prepared[handle_id] = mapping
+
+    def forget(self, handle_id: str | None = None) -> None:
+        """Drop the held import of an allocation that was freed (all of them: None); views
+        already made keep theirs."""
+        with self._lock:
+            if handle_id is None:
+                self._prepared.clear()
+            else:
+                self._prepared.pop(handle_id, None)
 
     def view(
         self,
@@ -101,13 +139,9 @@ class CudaImports:
         shape: tuple[int, ...],
         offset: int,
     ) -> TensorView:
-        from exo_gpu_plugins.interop.cuda import CudaMapping, import_into_cuda
-
-        mapping = self._mappings.get(handle_id)
-        if not isinstance(mapping, CudaMapping):
-            with share() as shared:
-                mapping = import_into_cuda(shared, retain().owner)
-            self._mappings[handle_id] = mapping
+        mapping = self._mapping(handle_id, share, retain)
+        with self._lock:
+            self._prepared.pop(handle_id, None)  # the views hold it from now on
         return TensorView(
             address=mapping.pointer,
             byte_offset=offset,

@@ -88,6 +88,9 @@ async def load_plan(
     descriptors: dict[str, _OpenFile] = {}
     pending: list[asyncio.Future[MemoryHandle]] = []  # the allocation being made, if any
     copies: collections.deque[_Copy] = collections.deque()  # in flight, oldest first
+    # Exportable memory is imported into CUDA (where the device exports there) while the copies
+    # fill it, so that `to_torch` afterwards only makes views.
+    preparing: list[asyncio.Future[None]] = []
     loaded = False
     interrupted = False  # a cancellation arrived while the clean-up waited
     try:
@@ -101,6 +104,8 @@ async def load_plan(
         for number, allocation in enumerate(allocations):
             handles.append(await asyncio.shield(pending[0]))
             pending.clear()
+            if exportable:
+                preparing.append(asyncio.ensure_future(backend.prepare_export(handles[-1])))
             if number + 1 < len(allocations):  # the next allocation is made while this one fills
                 pending.append(_allocate(backend, device_id, allocations[number + 1], exportable))
             if number == 0:
@@ -118,6 +123,8 @@ async def load_plan(
             tensors_before += allocation.tensor_count
         while copies:
             await _finish_oldest(copies, report)
+        for preparation in preparing:
+            await asyncio.shield(preparation)
         if not allocations:  # only zero-byte tensors: nothing to copy, but say so once
             report.step(0, 0)
         result = _result(plan, device_id, handles, time.perf_counter() - begun, exportable)
@@ -128,6 +135,8 @@ async def load_plan(
             # A copy still running may be writing into the memory: let each finish first.
             for running in copies:
                 interrupted = await _settle(running.future) or interrupted
+            for preparation in preparing:
+                interrupted = await _settle(preparation) or interrupted
             for future in pending:  # an allocation still being made: take it, to free it
                 interrupted = await _settle(future) or interrupted
                 if not future.cancelled() and future.exception() is None:

@@ -140,3 +140,31 @@ async def test_checkpoint_to_cuda_tensors_equals_load_file(
     for name, tensor in tensors.items():
         assert tensor.is_cuda and tensor.dtype == expected[name].dtype, name
         assert torch.equal(tensor.view(torch.uint8), expected[name].view(torch.uint8)), name
+
+
+async def test_imports_prepared_ahead_are_dropped_with_their_allocation(vulkan: GPUBackend[Any]) -> None:
+    torch = require_torch()
+    device = device_of(vulkan)
+
+    async def cycle() -> None:
+        handle = await vulkan.allocate(device, 64 << 20, exportable=True)
+        await vulkan.prepare_export(handle)  # imported into CUDA, no view taken
+        await vulkan.deallocate(handle)
+
+    for _ in range(5):
+        await cycle()
+    gc.collect()
+    free_before, _ = torch.cuda.mem_get_info()
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(100):
+        await cycle()
+    gc.collect()
+    free_after, _ = torch.cuda.mem_get_info()
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert free_before - free_after < 64 << 20, "prepared imports outlive their allocations"
+    # And one prepared ahead is the one a view then uses.
+    handle = await vulkan.allocate(device, 1 << 20, exportable=True)
+    await vulkan.prepare_export(handle)
+    await vulkan.copy_to_device(b"\x07" * 16, handle)
+    tensor = torch.from_dlpack(await vulkan.export_tensor(handle, device="cuda"))
+    assert tensor[:16].tolist() == [7] * 16
