@@ -214,3 +214,26 @@ def test_descriptions_are_strict() -> None:
                 SharedMemory(fd=read_end, **fields)
     finally:
         os.close(read_end)
+
+
+async def test_a_thousand_share_cycles_leak_no_descriptor(backend: GPUBackend[Any]) -> None:
+    device = device_of(backend)
+
+    async def cycle() -> None:
+        handle = await backend.allocate(device, 64 * 1024, exportable=True)
+        with await backend.export_memory(handle) as shared:
+            opened = await backend.import_memory(device, shared)
+        await backend.deallocate(handle)
+        await backend.deallocate(opened)
+
+    for _ in range(20):
+        await cycle()
+    fds = len(os.listdir("/proc/self/fd"))
+    used = (await backend.get_device_memory_info(device)).used_bytes
+    for _ in range(1000):
+        await cycle()
+    assert len(os.listdir("/proc/self/fd")) == fds, "share cycles leak file descriptors"
+    after = (await backend.get_device_memory_info(device)).used_bytes
+    assert after <= used + backend.capabilities(device).allocation_granularity_bytes, (
+        f"share cycles leak memory: used {used} -> {after} bytes"
+    )
