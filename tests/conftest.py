@@ -1,5 +1,9 @@
 """Fixtures shared by the suite: fixture plugin distributions, pip-installed into a private target,
-and a helper that runs Python in a fresh process (the way exo starts)."""
+and a helper that runs Python in a fresh process (the way exo starts). The per-backend fixtures
+(`factory`, `backend`) come from tests/backends.py, registered here as a plugin.
+
+Tests that await are `async def test_...`, run by pytest-asyncio (asyncio_mode = "auto"), each on
+a fresh event loop; async fixtures share the test's loop."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["tests.backends"]
 
 FIXTURE_PLUGINS = Path(__file__).parent / "fixture_plugins"
 

@@ -279,6 +279,7 @@ def test_nvml_gives_used_memory_and_processes(monkeypatch: pytest.MonkeyPatch, t
     assert usage.processes_note and "other pid namespaces" in usage.processes_note
 
 
+# Run by a fresh interpreter (subprocess), so asyncio.run: that process's one event loop.
 HOLDER = """
 import asyncio, sys
 from exo_gpu_plugins.registry import get_registry
@@ -306,7 +307,8 @@ def test_ps_and_devices_see_another_process_or_say_they_cannot() -> None:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().startswith("holding")
-        # One observing process reads both views, as `devices` and `ps` render them.
+        # One observing process reads both views, as `devices` and `ps` render them (a fresh
+        # interpreter, so asyncio.run).
         code = (
             "import asyncio, json, dataclasses; from exo_gpu_plugins.machine import machine_state\n"
             "states = asyncio.run(machine_state(['vulkan']))\n"
