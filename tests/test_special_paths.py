@@ -274,9 +274,13 @@ def test_config_file(kind: str, tmp_path: Path, specials: Specials) -> None:
     )
 
 
-def test_missing_config_file_still_means_automatic(tmp_path: Path) -> None:
-    selection = requested_backend(env={"EXO_CONFIG_FILE": str(tmp_path / "absent.toml")})
-    assert selection.automatic
+def test_missing_config_file_still_means_automatic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The default path, ~/.config/exo/config.toml, absent. (EXO_CONFIG_FILE naming no file is an
+    # error since the configuration became strict: tests/test_registry.py checks that.)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert requested_backend(env={}).automatic
 
 
 # --------------------------------------------------------------------------------------------------
