@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,11 @@ import pytest
 pytest_plugins = ["tests.backends"]
 
 FIXTURE_PLUGINS = Path(__file__).parent / "fixture_plugins"
+
+# An empty exo config (no [gpu] table) for fresh processes, whatever the user's says. A regular
+# file: /dev/null is refused since the configuration became strict (not a regular file).
+EMPTY_CONFIG = str(Path(tempfile.mkdtemp(prefix="exo-gpu-tests-")) / "config.toml")
+Path(EMPTY_CONFIG).write_text("")
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +54,7 @@ def run_fresh(
 ) -> subprocess.CompletedProcess[str]:
     """Run `code` in a new interpreter with `site` on its path; the last stdout line is JSON."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EXO_")}
-    environ["EXO_CONFIG_FILE"] = os.devnull  # empty: no [gpu] table, whatever the user's config says
+    environ["EXO_CONFIG_FILE"] = EMPTY_CONFIG
     if site is not None:
         # Only the fixture plugins: other installed plugins (vulkan, the example) must not change
         # results.

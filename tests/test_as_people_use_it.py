@@ -20,6 +20,7 @@ import pytest
 
 from exo_gpu_plugins.models import DeviceType, GPUDevice, MemoryReport
 
+from .conftest import EMPTY_CONFIG
 from .test_cli_load import write_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def exo_gpu(
     """The installed `exo-gpu ARGV` in a fresh process: the user's environment without EXO_*
     settings, this checkout first on the path, plus `env`."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EXO_")}
-    environ["EXO_CONFIG_FILE"] = os.devnull
+    environ["EXO_CONFIG_FILE"] = EMPTY_CONFIG
     environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), environ.get("PYTHONPATH", "")])
     environ.update(env or {})
     return subprocess.run(
@@ -504,7 +505,7 @@ def test_roundtrip_peak_memory_stays_under_twice_the_size() -> None:
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "EXO_CONFIG_FILE": os.devnull},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "EXO_CONFIG_FILE": EMPTY_CONFIG},
     )
     peak = int(result.stdout.splitlines()[-1])
     assert "bytes identical" in result.stdout
