@@ -1,11 +1,11 @@
 """Fixtures for tests that run against every backend that can run here: host always, Vulkan where
-a device exists (required in CI through EXO_GPU_REQUIRE_VULKAN=1). A conftest imports them."""
+a device exists (required in CI through EXO_GPU_REQUIRE_VULKAN=1). tests/conftest.py registers
+this module as a plugin (`pytest_plugins`), so every test can ask for `factory` and `backend`."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -44,17 +44,8 @@ def factory(request: pytest.FixtureRequest) -> Callable[[], GPUBackend[Any]]:
 
 
 @pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture
-def backend(
-    factory: Callable[[], GPUBackend[Any]], loop: asyncio.AbstractEventLoop
-) -> Iterator[GPUBackend[Any]]:
+async def backend(factory: Callable[[], GPUBackend[Any]]) -> AsyncIterator[GPUBackend[Any]]:
     backend = factory()
-    loop.run_until_complete(backend.initialize())
+    await backend.initialize()
     yield backend
-    loop.run_until_complete(backend.shutdown())
+    await backend.shutdown()

@@ -1,5 +1,9 @@
 """Fixtures shared by the suite: fixture plugin distributions, pip-installed into a private target,
-and a helper that runs Python in a fresh process (the way exo starts)."""
+and a helper that runs Python in a fresh process (the way exo starts). The per-backend fixtures
+(`factory`, `backend`) come from tests/backends.py, registered here as a plugin.
+
+Tests that await are `async def test_...`, run by pytest-asyncio (asyncio_mode = "auto"), each on
+a fresh event loop; async fixtures share the test's loop."""
 
 from __future__ import annotations
 
@@ -7,11 +11,19 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.backends"]
+
 FIXTURE_PLUGINS = Path(__file__).parent / "fixture_plugins"
+
+# An empty exo config (no [gpu] table) for fresh processes, whatever the user's says. A regular
+# file: /dev/null is refused since the configuration became strict (not a regular file).
+EMPTY_CONFIG = str(Path(tempfile.mkdtemp(prefix="exo-gpu-tests-")) / "config.toml")
+Path(EMPTY_CONFIG).write_text("")
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +54,7 @@ def run_fresh(
 ) -> subprocess.CompletedProcess[str]:
     """Run `code` in a new interpreter with `site` on its path; the last stdout line is JSON."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EXO_")}
-    environ["EXO_CONFIG_FILE"] = os.devnull  # empty: no [gpu] table, whatever the user's config says
+    environ["EXO_CONFIG_FILE"] = EMPTY_CONFIG
     if site is not None:
         # Only the fixture plugins: other installed plugins (vulkan, the example) must not change
         # results.

@@ -20,6 +20,7 @@ import pytest
 
 from exo_gpu_plugins.models import DeviceType, GPUDevice, MemoryReport
 
+from .conftest import EMPTY_CONFIG
 from .test_cli_load import write_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def exo_gpu(
     """The installed `exo-gpu ARGV` in a fresh process: the user's environment without EXO_*
     settings, this checkout first on the path, plus `env`."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EXO_")}
-    environ["EXO_CONFIG_FILE"] = os.devnull
+    environ["EXO_CONFIG_FILE"] = EMPTY_CONFIG
     environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), environ.get("PYTHONPATH", "")])
     environ.update(env or {})
     return subprocess.run(
@@ -279,6 +280,7 @@ def test_nvml_gives_used_memory_and_processes(monkeypatch: pytest.MonkeyPatch, t
     assert usage.processes_note and "other pid namespaces" in usage.processes_note
 
 
+# Run by a fresh interpreter (subprocess), so asyncio.run: that process's one event loop.
 HOLDER = """
 import asyncio, sys
 from exo_gpu_plugins.registry import get_registry
@@ -306,7 +308,8 @@ def test_ps_and_devices_see_another_process_or_say_they_cannot() -> None:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().startswith("holding")
-        # One observing process reads both views, as `devices` and `ps` render them.
+        # One observing process reads both views, as `devices` and `ps` render them (a fresh
+        # interpreter, so asyncio.run).
         code = (
             "import asyncio, json, dataclasses; from exo_gpu_plugins.machine import machine_state\n"
             "states = asyncio.run(machine_state(['vulkan']))\n"
@@ -502,7 +505,7 @@ def test_roundtrip_peak_memory_stays_under_twice_the_size() -> None:
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "EXO_CONFIG_FILE": os.devnull},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "EXO_CONFIG_FILE": EMPTY_CONFIG},
     )
     peak = int(result.stdout.splitlines()[-1])
     assert "bytes identical" in result.stdout

@@ -18,7 +18,7 @@ import pytest
 from exo_gpu_plugins.cli import main
 from exo_gpu_plugins.sizes import exact_label, exact_tag, format_bytes, parse_size
 
-from .conftest import last_json, run_fresh
+from .conftest import EMPTY_CONFIG, last_json, run_fresh
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = ROOT / "examples" / "minimal_plugin"
@@ -42,7 +42,7 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     """`exo-gpu ARGV` in a fresh process, with the environment a user has (plus `env`)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EXO_")}
-    environ["EXO_CONFIG_FILE"] = os.devnull  # empty: no [gpu] table, whatever the user's config says
+    environ["EXO_CONFIG_FILE"] = EMPTY_CONFIG  # no [gpu] table, whatever the user's config says
     environ.update(env or {})
     streams = kwargs or {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     return subprocess.run(

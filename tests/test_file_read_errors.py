@@ -6,7 +6,6 @@ checked its size and before the backend reads it: a file that shrank during the 
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import FileReadError
 from exo_gpu_plugins.weights import load_weights
 from exo_gpu_plugins.weights.synthetic import write_safetensors
-from tests.backends import backend, factory, loop  # noqa: F401 (fixtures)
 
 SIZE = 1 << 20
 KEPT = 1000
@@ -42,16 +40,15 @@ def found(message: str) -> bool:
 
 
 @pytest.mark.parametrize("source", ["path", "str", "file object", "descriptor"])
-def test_short_read_names_the_file(
+async def test_short_read_names_the_file(
     source: str,
-    backend: GPUBackend[Any],  # noqa: F811 (the imported fixture)
-    loop: asyncio.AbstractEventLoop,  # noqa: F811
+    backend: GPUBackend[Any],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = tmp_path / "data.bin"
     path.write_bytes(bytes(range(256)) * (SIZE // 256))
-    handle = loop.run_until_complete(backend.allocate(backend.list_devices()[0].device_id, SIZE))
+    handle = await backend.allocate(backend.list_devices()[0].device_id, SIZE)
     cut_short_before_reading(backend, path, monkeypatch)
     with open(path, "rb") as opened:
         src: object = {
@@ -61,17 +58,16 @@ def test_short_read_names_the_file(
             "descriptor": opened.fileno(),
         }[source]
         with pytest.raises(FileReadError) as caught:
-            loop.run_until_complete(backend.copy_file_to_device(src, handle))
+            await backend.copy_file_to_device(src, handle)
     message = str(caught.value)
     assert str(path) in message, message  # a descriptor is named by its path too (Linux)
     assert f"reading bytes [0, {SIZE}) of what was a {SIZE}-byte file" in message, message
     assert found(message), message
-    loop.run_until_complete(backend.deallocate(handle))
+    await backend.deallocate(handle)
 
 
-def test_load_names_the_shard(
-    backend: GPUBackend[Any],  # noqa: F811 (the imported fixture)
-    loop: asyncio.AbstractEventLoop,  # noqa: F811
+async def test_load_names_the_shard(
+    backend: GPUBackend[Any],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -80,7 +76,7 @@ def test_load_names_the_shard(
     cut_short_before_reading(backend, path, monkeypatch)
     device = backend.list_devices()[0].device_id
     with pytest.raises(FileReadError) as caught:
-        loop.run_until_complete(load_weights(backend, device, path))
+        await load_weights(backend, device, path)
     message = str(caught.value)
     assert message.startswith(f"{path}: reading bytes ["), message
     assert found(message), message

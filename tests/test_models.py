@@ -82,19 +82,14 @@ def test_capabilities_require_the_facts() -> None:
         Capabilities(device_id="x:0")  # type: ignore[call-arg]
 
 
-def test_handles_from_the_core_behave_like_validated_ones() -> None:
-    import asyncio
-
+async def test_handles_from_the_core_behave_like_validated_ones() -> None:
     from exo_gpu_plugins.host.backend import HostBackend
 
-    async def check() -> None:
-        backend = HostBackend()
-        await backend.initialize()
-        handle = await backend.allocate("host:0", 16)
-        rebuilt = MemoryHandle(**handle.model_dump())
-        assert rebuilt == handle and hash(rebuilt) == hash(handle)
-        assert handle.model_copy(update={"size_bytes": 8}).size_bytes == 8
-        assert MemoryHandle.model_validate_json(handle.model_dump_json()) == handle
-        await backend.shutdown()
-
-    asyncio.run(check())
+    backend = HostBackend()
+    await backend.initialize()
+    handle = await backend.allocate("host:0", 16)
+    rebuilt = MemoryHandle(**handle.model_dump())
+    assert rebuilt == handle and hash(rebuilt) == hash(handle)
+    assert handle.model_copy(update={"size_bytes": 8}).size_bytes == 8
+    assert MemoryHandle.model_validate_json(handle.model_dump_json()) == handle
+    await backend.shutdown()

@@ -82,6 +82,7 @@ def test_allow_list_and_block_list(plugin_site: Path) -> None:
     assert blocked["plugins"]["host"]["status"] == "loaded"  # the built-in cannot be blocked
 
 
+# Run by a fresh interpreter (subprocess), so asyncio.run: that process's one event loop.
 SELECT = """
 import asyncio, json, sys
 import exo_gpu_plugins

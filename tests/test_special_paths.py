@@ -33,7 +33,6 @@ from exo_gpu_plugins.errors import CheckpointError, ConfigError, FileReadError, 
 from exo_gpu_plugins.host.backend import HostBackend
 from exo_gpu_plugins.weights import load_plan, load_weights, plan_checkpoint
 from exo_gpu_plugins.weights.synthetic import write_safetensors
-from tests.backends import backend, factory, loop  # noqa: F401 (fixtures)
 
 T = "model.layers.0.mlp.weight"
 DEADLINE = 5.0  # seconds a refusal may take before the call counts as blocked (it takes ~1 ms)
@@ -201,13 +200,14 @@ def test_file_replaced_after_planning(
     kind: str,
     tmp_path: Path,
     specials: Specials,
-    backend: GPUBackend[Any],  # noqa: F811 (the imported fixture)
+    backend: GPUBackend[Any],
 ) -> None:
     path = good_file(tmp_path / "model.safetensors")
     plan = plan_checkpoint(path)
     path.unlink()
     specials.make(kind, path)
     device = backend.list_devices()[0].device_id
+    # refused() runs this in a worker thread with a deadline: that thread needs a loop of its own.
     expect(
         CheckpointError,
         lambda: asyncio.run(load_plan(backend, device, plan)),
@@ -220,7 +220,6 @@ def test_file_replaced_after_planning(
 def test_verify_of_a_file_replaced_by_a_fifo(
     tmp_path: Path,
     specials: Specials,
-    loop: asyncio.AbstractEventLoop,  # noqa: F811
 ) -> None:
     path = good_file(tmp_path / "model.safetensors")
     host = HostBackend()
@@ -235,6 +234,7 @@ def test_verify_of_a_file_replaced_by_a_fifo(
             finally:
                 await loaded.free(host)
 
+    # refused() runs this in a worker thread with a deadline: that thread needs a loop of its own.
     expect(FileReadError, lambda: asyncio.run(load_then_replace_then_verify()), specials, path, "fifo")
 
 
@@ -243,23 +243,23 @@ def test_verify_of_a_file_replaced_by_a_fifo(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_copy_file_to_device(
+async def test_copy_file_to_device(
     kind: str,
     tmp_path: Path,
     specials: Specials,
-    backend: GPUBackend[Any],  # noqa: F811 (the imported fixture)
-    loop: asyncio.AbstractEventLoop,  # noqa: F811
+    backend: GPUBackend[Any],
 ) -> None:
     path = specials.make(kind, tmp_path / "source.bin")
     device = backend.list_devices()[0].device_id
-    handle = loop.run_until_complete(backend.allocate(device, 4096))
+    handle = await backend.allocate(device, 4096)
     for src in (path, str(path)):
 
         def copy(src: object = src) -> int:
+            # refused() runs this in a worker thread, which needs a loop of its own.
             return asyncio.run(backend.copy_file_to_device(src, handle))
 
         expect(FileReadError, copy, specials, path, kind)
-    loop.run_until_complete(backend.deallocate(handle))
+    await backend.deallocate(handle)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -312,17 +312,16 @@ def test_symlink_loop_as_shard_is_not_a_missing_shard(tmp_path: Path) -> None:
     assert str(shard) in str(caught.value)
 
 
-def test_symlink_loop_as_copy_source(
+async def test_symlink_loop_as_copy_source(
     tmp_path: Path,
-    backend: GPUBackend[Any],  # noqa: F811 (the imported fixture)
-    loop: asyncio.AbstractEventLoop,  # noqa: F811
+    backend: GPUBackend[Any],
 ) -> None:
     path = loop_at(tmp_path / "source.bin")
-    handle = loop.run_until_complete(backend.allocate(backend.list_devices()[0].device_id, 64))
+    handle = await backend.allocate(backend.list_devices()[0].device_id, 64)
     with pytest.raises(FileReadError, match="symbolic links") as caught:
-        loop.run_until_complete(backend.copy_file_to_device(path, handle))
+        await backend.copy_file_to_device(path, handle)
     assert str(path) in str(caught.value)
-    loop.run_until_complete(backend.deallocate(handle))
+    await backend.deallocate(handle)
 
 
 def test_symlink_loop_as_config_file(tmp_path: Path) -> None:

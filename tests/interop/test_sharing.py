@@ -24,7 +24,8 @@ from tests.interop.conftest import device_of
 ROOT = Path(__file__).resolve().parents[2]
 
 # The second process: receives the memory, checks what the first wrote, writes its own bytes,
-# synchronizes, says so; then frees its handle and exits when told.
+# synchronizes, says so; then frees its handle and exits when told. A process of its own, so
+# asyncio.run.
 CHILD = textwrap.dedent(
     """
     import asyncio, json, socket, sys

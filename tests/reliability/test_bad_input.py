@@ -3,7 +3,6 @@ allocation still holds its bytes and the backend keeps working."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -180,9 +179,7 @@ CASES: list[tuple[str, Call, type[BaseException]]] = [
 
 
 @pytest.fixture
-def env(
-    backend: GPUBackend[Any], factory: Callable[[], GPUBackend[Any]], loop: asyncio.AbstractEventLoop
-) -> Any:
+async def env(backend: GPUBackend[Any], factory: Callable[[], GPUBackend[Any]]) -> Any:
     other = factory()
 
     async def setup() -> Env:
@@ -195,8 +192,8 @@ def env(
         foreign = await other.allocate(device, SIZE)
         return Env(backend, device, handle, freed, foreign)
 
-    yield loop.run_until_complete(setup())
-    loop.run_until_complete(other.shutdown())
+    yield await setup()
+    await other.shutdown()
 
 
 def test_there_are_enough_cases() -> None:
@@ -205,45 +202,35 @@ def test_there_are_enough_cases() -> None:
 
 
 @pytest.mark.parametrize(("name", "call", "expected"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input(
-    env: Env, loop: asyncio.AbstractEventLoop, name: str, call: Call, expected: type[BaseException]
-) -> None:
-    async def check() -> None:
-        with pytest.raises(expected) as caught:
-            await call(env)
-        assert type(caught.value).__module__.startswith(("exo_gpu_plugins", "builtins")), name
-        expected_bytes = CANARY[:SIZE] * (SIZE // len(CANARY[:SIZE]))
-        assert await env.backend.copy_from_device(env.handle, 0, SIZE) == expected_bytes
-        probe = await env.backend.allocate(env.device, 64)
-        await env.backend.copy_to_device(b"still fine", probe, 3)
-        assert await env.backend.copy_from_device(probe, 0, 13) == b"\0\0\0still fine"
-        await env.backend.deallocate(probe)
-
-    loop.run_until_complete(check())
+async def test_bad_input(env: Env, name: str, call: Call, expected: type[BaseException]) -> None:
+    with pytest.raises(expected) as caught:
+        await call(env)
+    assert type(caught.value).__module__.startswith(("exo_gpu_plugins", "builtins")), name
+    expected_bytes = CANARY[:SIZE] * (SIZE // len(CANARY[:SIZE]))
+    assert await env.backend.copy_from_device(env.handle, 0, SIZE) == expected_bytes
+    probe = await env.backend.allocate(env.device, 64)
+    await env.backend.copy_to_device(b"still fine", probe, 3)
+    assert await env.backend.copy_from_device(probe, 0, 13) == b"\0\0\0still fine"
+    await env.backend.deallocate(probe)
 
 
-def test_use_after_shutdown(
-    factory: Callable[[], GPUBackend[Any]], loop: asyncio.AbstractEventLoop
-) -> None:
-    async def check() -> None:
-        backend = factory()
+async def test_use_after_shutdown(factory: Callable[[], GPUBackend[Any]]) -> None:
+    backend = factory()
+    await backend.initialize()
+    device = backend.list_devices()[0].device_id
+    handle = await backend.allocate(device, 64)
+    await backend.shutdown()
+    for call in (
+        backend.allocate(device, 64),
+        backend.deallocate(handle),
+        backend.copy_to_device(b"x", handle),
+        backend.copy_from_device(handle, 0, 1),
+        backend.synchronize(device),
+        backend.get_device_memory_info(device),
+    ):
+        with pytest.raises(BackendClosedError):
+            await call
+    with pytest.raises(BackendClosedError):
+        backend.list_devices()
+    with pytest.raises(BackendClosedError):
         await backend.initialize()
-        device = backend.list_devices()[0].device_id
-        handle = await backend.allocate(device, 64)
-        await backend.shutdown()
-        for call in (
-            backend.allocate(device, 64),
-            backend.deallocate(handle),
-            backend.copy_to_device(b"x", handle),
-            backend.copy_from_device(handle, 0, 1),
-            backend.synchronize(device),
-            backend.get_device_memory_info(device),
-        ):
-            with pytest.raises(BackendClosedError):
-                await call
-        with pytest.raises(BackendClosedError):
-            backend.list_devices()
-        with pytest.raises(BackendClosedError):
-            await backend.initialize()
-
-    loop.run_until_complete(check())

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -14,7 +13,7 @@ native = pytest.importorskip("exo_gpu_vulkan._native")
 
 
 @pytest.fixture
-def vulkan(loop: asyncio.AbstractEventLoop):  # type: ignore[no-untyped-def]
+async def vulkan():  # type: ignore[no-untyped-def]
     from exo_gpu_vulkan.backend import VulkanBackend, probe
 
     if probe() is not None:
@@ -22,38 +21,32 @@ def vulkan(loop: asyncio.AbstractEventLoop):  # type: ignore[no-untyped-def]
     if not native.FAULT_INJECTION:
         pytest.skip("engine built without the fault-injection feature")
     backend = VulkanBackend()
-    loop.run_until_complete(backend.initialize())
+    await backend.initialize()
     yield backend
-    loop.run_until_complete(backend.shutdown())
+    await backend.shutdown()
 
 
-def test_panic_becomes_gpu_error(vulkan, loop: asyncio.AbstractEventLoop) -> None:  # type: ignore[no-untyped-def]
-    async def check() -> None:
-        handle = await vulkan.allocate("vulkan:0", 4096)
-        await vulkan.copy_to_device(b"kept", handle)
-        with pytest.raises(GPUError, match=r"panic|internal"):
-            vulkan._engine._inject_fault("panic", 0)
-        assert await vulkan.copy_from_device(handle, 0, 4) == b"kept"
-
-    loop.run_until_complete(check())
+async def test_panic_becomes_gpu_error(vulkan) -> None:  # type: ignore[no-untyped-def]
+    handle = await vulkan.allocate("vulkan:0", 4096)
+    await vulkan.copy_to_device(b"kept", handle)
+    with pytest.raises(GPUError, match=r"panic|internal"):
+        vulkan._engine._inject_fault("panic", 0)
+    assert await vulkan.copy_from_device(handle, 0, 4) == b"kept"
 
 
-def test_lost_device_fails_fast(vulkan, loop: asyncio.AbstractEventLoop) -> None:  # type: ignore[no-untyped-def]
-    async def check() -> None:
-        handle = await vulkan.allocate("vulkan:0", 4096)
-        vulkan._engine._inject_fault("device_lost", 0)
-        for call in (
-            lambda: vulkan.copy_to_device(b"x", handle),
-            lambda: vulkan.copy_from_device(handle, 0, 1),
-            lambda: vulkan.allocate("vulkan:0", 64),
-            lambda: vulkan.synchronize("vulkan:0"),
-        ):
-            start = time.perf_counter()
-            with pytest.raises(GPUError, match="lost"):
-                await call()
-            assert time.perf_counter() - start < 1.0
-
-    loop.run_until_complete(check())
+async def test_lost_device_fails_fast(vulkan) -> None:  # type: ignore[no-untyped-def]
+    handle = await vulkan.allocate("vulkan:0", 4096)
+    vulkan._engine._inject_fault("device_lost", 0)
+    for call in (
+        lambda: vulkan.copy_to_device(b"x", handle),
+        lambda: vulkan.copy_from_device(handle, 0, 1),
+        lambda: vulkan.allocate("vulkan:0", 64),
+        lambda: vulkan.synchronize("vulkan:0"),
+    ):
+        start = time.perf_counter()
+        with pytest.raises(GPUError, match="lost"):
+            await call()
+        assert time.perf_counter() - start < 1.0
 
 
 def test_lost_device_releases_untouched_buffers(vulkan) -> None:  # type: ignore[no-untyped-def]

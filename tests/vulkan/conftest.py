@@ -4,9 +4,7 @@ turns the skip into a failure so CI can never pass without having run them."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -31,10 +29,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if str(item.path).startswith(here):
             item.add_marker(pytest.mark.skip(reason=f"no Vulkan device: {REASON}"))
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()

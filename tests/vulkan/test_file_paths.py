@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+# Run by a fresh interpreter (subprocess), so asyncio.run: that process's one event loop.
 SCRIPT = r"""
 import asyncio, os, sys
 from exo_gpu_vulkan.backend import VulkanBackend

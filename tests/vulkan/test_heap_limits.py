@@ -8,8 +8,6 @@ an 80 GB device takes seconds, not minutes."""
 
 from __future__ import annotations
 
-import asyncio
-
 from exo_gpu_vulkan.backend import VulkanBackend
 
 from exo_gpu_plugins.errors import OutOfMemoryError
@@ -19,12 +17,11 @@ STEP = 256 << 20
 DEVICE = "vulkan:0"
 
 
-def report(loop: asyncio.AbstractEventLoop, backend: VulkanBackend) -> MemoryReport:
-    return loop.run_until_complete(backend.get_device_memory_info(DEVICE))
+async def report(backend: VulkanBackend) -> MemoryReport:
+    return await backend.get_device_memory_info(DEVICE)
 
 
-def fill(
-    loop: asyncio.AbstractEventLoop,
+async def fill(
     backends: list[VulkanBackend],
     before: MemoryReport,
     slack: int,
@@ -36,27 +33,27 @@ def fill(
     while True:
         backend = backends[len(held) % len(backends)]
         try:
-            handle = loop.run_until_complete(backend.allocate(DEVICE, STEP, zeroed=False))
+            handle = await backend.allocate(DEVICE, STEP, zeroed=False)
         except OutOfMemoryError as exc:
             return held, exc
         held.append((backend, handle))
         live = len(held) * STEP
         assert len(held) <= most, f"{len(held)} x 256 MiB granted on a {before.total_bytes}-byte heap"
         for each in backends:
-            now = report(loop, each)
+            now = await report(each)
             assert abs(now.used_bytes - before.used_bytes - live) <= slack, (
                 f"after {len(held)} allocations: used {now.used_bytes}, "
                 f"expected {before.used_bytes} + {live}"
             )
 
 
-def check_heap_held(loop: asyncio.AbstractEventLoop, backends: list[VulkanBackend]) -> None:
+async def check_heap_held(backends: list[VulkanBackend]) -> None:
     first = backends[0]
     capabilities = first.capabilities(DEVICE)
     # The driver's own figure moves in its allocation granularity; ours is exact.
     slack = capabilities.allocation_granularity_bytes if capabilities.memory_budget else 0
-    before = report(loop, first)
-    held, error = fill(loop, backends, before, slack)
+    before = await report(first)
+    held, error = await fill(backends, before, slack)
     live = len(held) * STEP
     assert DEVICE in str(error)
     assert before.used_bytes + live <= before.total_bytes, "stopped past the heap's size"
@@ -66,39 +63,39 @@ def check_heap_held(loop: asyncio.AbstractEventLoop, backends: list[VulkanBacken
     )
     count = len(held)
     for backend, handle in held:
-        loop.run_until_complete(backend.deallocate(handle))
-    after = report(loop, first)
+        await backend.deallocate(handle)
+    after = await report(first)
     assert abs(after.used_bytes - before.used_bytes) <= slack
     # Reusable: the same allocations again, and the backends still copy.
     again: list[tuple[VulkanBackend, MemoryHandle]] = []
     for number in range(count):
         backend = backends[number % len(backends)]
-        again.append((backend, loop.run_until_complete(backend.allocate(DEVICE, STEP, zeroed=False))))
+        again.append((backend, await backend.allocate(DEVICE, STEP, zeroed=False)))
     backend, handle = again[-1]
-    loop.run_until_complete(backend.copy_to_device(b"still usable", handle, STEP - 12))
-    assert loop.run_until_complete(backend.copy_from_device(handle, STEP - 12, 12)) == b"still usable"
+    await backend.copy_to_device(b"still usable", handle, STEP - 12)
+    assert await backend.copy_from_device(handle, STEP - 12, 12) == b"still usable"
     for backend, handle in again:
-        loop.run_until_complete(backend.deallocate(handle))
-    assert abs(report(loop, first).used_bytes - before.used_bytes) <= slack
+        await backend.deallocate(handle)
+    assert abs((await report(first)).used_bytes - before.used_bytes) <= slack
 
 
-def test_allocating_until_out_of_memory(loop: asyncio.AbstractEventLoop) -> None:
+async def test_allocating_until_out_of_memory() -> None:
     backend = VulkanBackend()
-    loop.run_until_complete(backend.initialize())
+    await backend.initialize()
     try:
-        check_heap_held(loop, [backend])
+        await check_heap_held([backend])
     finally:
-        loop.run_until_complete(backend.shutdown())
+        await backend.shutdown()
 
 
-def test_two_backends_share_one_heap(loop: asyncio.AbstractEventLoop) -> None:
+async def test_two_backends_share_one_heap() -> None:
     """Backends with and without validation open separate Vulkan devices of one physical device:
     the heap is still held for the process as a whole, and each reports what the process holds."""
     backends = [VulkanBackend(), VulkanBackend(validation=False)]
     for backend in backends:
-        loop.run_until_complete(backend.initialize())
+        await backend.initialize()
     try:
-        check_heap_held(loop, backends)
+        await check_heap_held(backends)
     finally:
         for backend in backends:
-            loop.run_until_complete(backend.shutdown())
+            await backend.shutdown()

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -36,11 +36,11 @@ def pattern(seed: int, size: int) -> bytes:
 
 
 @pytest.fixture
-def backend(loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+async def backend() -> AsyncIterator[Any]:
     b = make_backend()
-    loop.run_until_complete(b.initialize())
+    await b.initialize()
     yield b
-    loop.run_until_complete(b.shutdown())
+    await b.shutdown()
 
 
 def devices_of(backend: Any) -> list[str]:
@@ -96,7 +96,7 @@ async def check_concurrent(backend: Any, first: str, second: str, size: int) -> 
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_forced_pipeline_on_one_device(backend: Any, loop: asyncio.AbstractEventLoop, path: str) -> None:
+async def test_forced_pipeline_on_one_device(backend: Any, path: str) -> None:
     device = devices_of(backend)[0]
     engine = backend._engine
     engine._force_cross_device(path, True)
@@ -104,8 +104,8 @@ def test_forced_pipeline_on_one_device(backend: Any, loop: asyncio.AbstractEvent
     expected = "host-staging" if path == "host-import" and not can_import else path
     assert backend.engine_stats(device)["cross_device_path"] == expected
     # 6 slots of 16 MiB by default: 100 MiB wraps the ring.
-    loop.run_until_complete(check_copies(backend, device, device, 100 * MiB + 3))
-    loop.run_until_complete(check_concurrent(backend, device, device, 9 * MiB + 1))
+    await check_copies(backend, device, device, 100 * MiB + 3)
+    await check_concurrent(backend, device, device, 9 * MiB + 1)
     stats = backend.engine_stats(device)
     assert stats["cross_device_path"] == expected
     assert stats["cross_device_bytes"] >= 2 * (100 * MiB + 3)
@@ -113,31 +113,29 @@ def test_forced_pipeline_on_one_device(backend: Any, loop: asyncio.AbstractEvent
     assert backend.capabilities(device).peer_to_peer is (expected == "p2p")
 
 
-def test_forced_pipeline_errors_write_nothing(backend: Any, loop: asyncio.AbstractEventLoop) -> None:
+async def test_forced_pipeline_errors_write_nothing(backend: Any) -> None:
     device = devices_of(backend)[0]
     backend._engine._force_cross_device("host-import", True)
 
-    async def main() -> None:
-        a = await backend.allocate(device, 4096)
-        b = await backend.allocate(device, 4096)
-        await backend.copy_to_device(b"x" * 4096, b)
-        with pytest.raises(OutOfBoundsError):
-            await backend.copy_device_to_device(a, b, 4096, 1, 0)
-        with pytest.raises(OutOfBoundsError):
-            await backend.copy_device_to_device(a, b, 4000, 0, 100)
-        assert await backend.copy_from_device(b, 0, 4096) == b"x" * 4096
-        # Within one allocation a copy stays a memmove (never through the pipeline).
-        await backend.copy_to_device(pattern(3, 4096), a)
-        await backend.copy_device_to_device(a, a, 4000, 0, 96)
-        model = bytearray(pattern(3, 4096))
-        model[96:4096] = pattern(3, 4096)[:4000]
-        assert await backend.copy_from_device(a, 0, 4096) == model
-
-    loop.run_until_complete(main())
+    a = await backend.allocate(device, 4096)
+    b = await backend.allocate(device, 4096)
+    await backend.copy_to_device(b"x" * 4096, b)
+    with pytest.raises(OutOfBoundsError):
+        await backend.copy_device_to_device(a, b, 4096, 1, 0)
+    with pytest.raises(OutOfBoundsError):
+        await backend.copy_device_to_device(a, b, 4000, 0, 100)
+    assert await backend.copy_from_device(b, 0, 4096) == b"x" * 4096
+    # Within one allocation a copy stays a memmove (never through the pipeline).
+    await backend.copy_to_device(pattern(3, 4096), a)
+    await backend.copy_device_to_device(a, a, 4000, 0, 96)
+    model = bytearray(pattern(3, 4096))
+    model[96:4096] = pattern(3, 4096)[:4000]
+    assert await backend.copy_from_device(a, 0, 4096) == model
 
 
 def test_tunable_forces_pipeline_in_a_fresh_process() -> None:
     """EXO_VULKAN_TUNE=xsame=1,xpath=... sets the same switch for a whole process."""
+    # A fresh interpreter (the tunable is read at start-up), so asyncio.run in it.
     script = (
         "import asyncio\n"
         "from exo_gpu_vulkan.backend import VulkanBackend\n"
@@ -162,7 +160,7 @@ def test_tunable_forces_pipeline_in_a_fresh_process() -> None:
     assert done.stdout.split() == ["host-staging", str((3 << 20) - 1)]
 
 
-def test_every_device_usable_at_once(backend: Any, loop: asyncio.AbstractEventLoop) -> None:
+async def test_every_device_usable_at_once(backend: Any) -> None:
     """Each listed device has its own queues and allocator: work on all of them at once."""
     ids = devices_of(backend)
     for index, device in enumerate(ids):
@@ -184,53 +182,47 @@ def test_every_device_usable_at_once(backend: Any, loop: asyncio.AbstractEventLo
         await backend.synchronize(device)
         await backend.deallocate(handle)
 
-    async def main() -> None:
-        await asyncio.gather(*(on(d, i) for i, d in enumerate(ids)))
-
-    loop.run_until_complete(main())
+    await asyncio.gather(*(on(d, i) for i, d in enumerate(ids)))
     for device in ids:
         assert backend.engine_stats(device)["device_created"] == 1
 
 
-def test_across_real_devices(backend: Any, loop: asyncio.AbstractEventLoop) -> None:
+async def test_across_real_devices(backend: Any) -> None:
     ids = devices_of(backend)
     if len(ids) < 2:
         pytest.skip("one Vulkan device; the forced-pipeline tests cover the copy path")
     first, second = ids[0], ids[1]
     path = backend.engine_stats(first)["cross_device_path"]
-    loop.run_until_complete(check_copies(backend, first, second, 100 * MiB + 3))
-    loop.run_until_complete(check_concurrent(backend, first, second, 64 * MiB + 1))
+    await check_copies(backend, first, second, 100 * MiB + 3)
+    await check_concurrent(backend, first, second, 64 * MiB + 1)
     for forced in PATHS:
         backend._engine._force_cross_device(forced, False)
-        loop.run_until_complete(check_copies(backend, first, second, 40 * MiB + 7))
+        await check_copies(backend, first, second, 40 * MiB + 7)
     backend._engine._force_cross_device("auto", False)
     assert backend.engine_stats(second)["cross_device_bytes"] > 0
     assert backend.capabilities(first).peer_to_peer is (path == "p2p")
 
 
-def test_one_gib_across_devices(backend: Any, loop: asyncio.AbstractEventLoop) -> None:
+async def test_one_gib_across_devices(backend: Any) -> None:
     """1 GiB between the first two devices, byte-exact at both ends; the rate is printed."""
     ids = devices_of(backend)
     if len(ids) < 2:
         pytest.skip("needs two devices")
     size = 1 << 30
 
-    async def main() -> None:
-        data = os.urandom(size)
-        a = await backend.allocate(ids[0], size)
-        b = await backend.allocate(ids[1], size)
-        await backend.copy_to_device(data, a)
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            await backend.copy_device_to_device(a, b, size)
-            times.append(time.perf_counter() - start)
-        got = await backend.copy_from_device(b, 0, size)
-        assert got == data
-        rate = size / sorted(times)[len(times) // 2] / 1e9
-        path = backend.engine_stats(ids[0])["cross_device_path"]
-        print(f"\n1 GiB {ids[0]} -> {ids[1]} ({path}): {rate:.1f} GB/s (median of 5)")
-        await backend.deallocate(a)
-        await backend.deallocate(b)
-
-    loop.run_until_complete(main())
+    data = os.urandom(size)
+    a = await backend.allocate(ids[0], size)
+    b = await backend.allocate(ids[1], size)
+    await backend.copy_to_device(data, a)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        await backend.copy_device_to_device(a, b, size)
+        times.append(time.perf_counter() - start)
+    got = await backend.copy_from_device(b, 0, size)
+    assert got == data
+    rate = size / sorted(times)[len(times) // 2] / 1e9
+    path = backend.engine_stats(ids[0])["cross_device_path"]
+    print(f"\n1 GiB {ids[0]} -> {ids[1]} ({path}): {rate:.1f} GB/s (median of 5)")
+    await backend.deallocate(a)
+    await backend.deallocate(b)

@@ -10,14 +10,13 @@ import pytest
 
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.weights.synthetic import LlamaShape, write_llama
-from tests.backends import FACTORIES, backend, factory, loop  # noqa: F401 (fixtures)
 
 # Six layers in three shards: layers 0-1 with the embedding, 2-3, 4-5 with the norm and head.
 SHAPE = LlamaShape(layers=6)
 
 
 @pytest.fixture
-def device(backend: GPUBackend[Any]) -> str:  # noqa: F811 (the imported fixture)
+def device(backend: GPUBackend[Any]) -> str:
     return backend.list_devices()[0].device_id
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,15 +20,11 @@ def doc_functions() -> dict[str, Any]:
     return namespace
 
 
-def test_load_shard_from_the_docs(
-    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_load_shard_from_the_docs(sharded: Path, backend: GPUBackend[Any], device: str) -> None:
     functions = doc_functions()
     # exo's PipelineShardMetadata for the last of two nodes of a 6-layer model: layers [3, 6).
     shard = SimpleNamespace(start_layer=3, end_layer=6, n_layers=6)
-    weights = loop.run_until_complete(
-        functions["load_shard"](backend, device, str(sharded.parent), shard)
-    )
+    weights = await functions["load_shard"](backend, device, str(sharded.parent), shard)
     layers = {name.split(".")[2] for name in weights.tensors if name.startswith("model.layers.")}
     assert layers == {"3", "4", "5"}
     assert {"model.norm.weight", "lm_head.weight"} <= set(weights.tensors)
@@ -37,6 +32,6 @@ def test_load_shard_from_the_docs(
     name = "model.layers.4.mlp.up_proj.weight"
     tensor = weights.tensors[name]
     assert tensor.shape == (176, 64) and tensor.dtype == "BF16"
-    assert loop.run_until_complete(weights.read(backend, name)) == tensor_bytes(name, tensor.size_bytes)
-    loop.run_until_complete(functions["unload_shard"](backend, weights))
+    assert await weights.read(backend, name) == tensor_bytes(name, tensor.size_bytes)
+    await functions["unload_shard"](backend, weights)
     assert backend.live_handles() == []

@@ -37,16 +37,14 @@ def file_tensors(path: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def check_exact(
-    loop: asyncio.AbstractEventLoop, backend: GPUBackend[Any], loaded: LoadedWeights
-) -> None:
+async def check_exact(backend: GPUBackend[Any], loaded: LoadedWeights) -> None:
     """Every tensor reads back as its bytes in the file (and as the generator made them)."""
     files = {f: (Path(f).read_bytes(), file_tensors(Path(f))) for f in loaded.files}
     for name, tensor in loaded.tensors.items():
         raw, offsets = files[tensor.file]
         begin, end = offsets[name]
         assert (tensor.file_offset, tensor.size_bytes) == (begin, end - begin)
-        got = loop.run_until_complete(loaded.read(backend, name))
+        got = await loaded.read(backend, name)
         assert got == raw[begin:end], name
         assert got == tensor_bytes(name, end - begin), name
     # Tensors of one allocation never overlap and lie inside it; each keeps its file alignment.
@@ -66,17 +64,16 @@ def check_exact(
 
 @pytest.mark.parametrize("pack", ["file", "tensor"])
 @pytest.mark.parametrize("layers", [None, LayerRange(0, 2), LayerRange(2, 4), LayerRange(4, 6)], ids=str)
-def test_byte_exact(
+async def test_byte_exact(
     sharded: Path,
     backend: GPUBackend[Any],
     device: str,
-    loop: asyncio.AbstractEventLoop,
     pack: Any,
     layers: LayerRange | None,
 ) -> None:
-    before = loop.run_until_complete(backend.get_device_memory_info(device)).used_bytes
-    loaded = loop.run_until_complete(load_weights(backend, device, sharded, layers=layers, pack=pack))
-    check_exact(loop, backend, loaded)
+    before = (await backend.get_device_memory_info(device)).used_bytes
+    loaded = await load_weights(backend, device, sharded, layers=layers, pack=pack)
+    await check_exact(backend, loaded)
     nonempty = [t for t in loaded.tensors.values() if t.size_bytes]
     if pack == "tensor":
         assert len(loaded.handles) == len(nonempty)
@@ -90,26 +87,22 @@ def test_byte_exact(
     assert loaded.allocated_bytes == sum(h.size_bytes for h in loaded.handles) >= loaded.total_bytes
     assert loaded.device_id == device and loaded.pack == pack and loaded.seconds > 0
     assert {h.handle_id for h in backend.live_handles()} >= {h.handle_id for h in loaded.handles}
-    loop.run_until_complete(loaded.deallocate(backend))
+    await loaded.deallocate(backend)
     assert backend.live_handles() == []
-    assert loop.run_until_complete(backend.get_device_memory_info(device)).used_bytes == before
+    assert (await backend.get_device_memory_info(device)).used_bytes == before
 
 
-def test_alignment_kept(
-    single: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_alignment_kept(single: Path, backend: GPUBackend[Any], device: str) -> None:
     """Each tensor sits at an allocation offset congruent to its data-section offset modulo 64."""
-    loaded = loop.run_until_complete(load_weights(backend, device, single, layers=LayerRange(1, 3)))
+    loaded = await load_weights(backend, device, single, layers=LayerRange(1, 3))
     length = int.from_bytes(single.read_bytes()[:8], "little")
     for tensor in loaded.tensors.values():
         assert tensor.offset_bytes % 64 == (tensor.file_offset - 8 - length) % 64
-    check_exact(loop, backend, loaded)
-    loop.run_until_complete(loaded.deallocate(backend))
+    await check_exact(backend, loaded)
+    await loaded.deallocate(backend)
 
 
-def test_one_copy_per_run(
-    single: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_one_copy_per_run(single: Path, backend: GPUBackend[Any], device: str) -> None:
     calls: list[tuple[int, int, int]] = []
     real = backend.copy_file_to_device  # type: ignore[attr-defined]
 
@@ -121,39 +114,36 @@ def test_one_copy_per_run(
         return int(await real(src, handle, offset, file_offset=file_offset, size_bytes=size_bytes))
 
     backend.copy_file_to_device = spy  # type: ignore[attr-defined]
-    whole = loop.run_until_complete(load_weights(backend, device, single))
+    whole = await load_weights(backend, device, single)
     assert len(calls) == 1  # the whole data section is one run
     assert calls[0][1] == whole.total_bytes == single.stat().st_size - calls[0][0]
-    loop.run_until_complete(whole.deallocate(backend))
+    await whole.deallocate(backend)
 
     # One layer: its nine tensors are adjacent in the file (sorted by name), so one run.
     calls.clear()
-    part = loop.run_until_complete(load_weights(backend, device, single, layers=LayerRange(3, 4)))
+    part = await load_weights(backend, device, single, layers=LayerRange(3, 4))
     assert len(calls) == 1 and calls[0][1] == part.total_bytes
-    loop.run_until_complete(part.deallocate(backend))
+    await part.deallocate(backend)
 
     # Layers 0 and 2: layer 1 lies between them in the file, so two runs.
     calls.clear()
-    two = loop.run_until_complete(
-        load_weights(
-            backend,
-            device,
-            single,
-            select=lambda n: n.startswith(("model.layers.0.", "model.layers.2.")),
-        )
+    two = await load_weights(
+        backend,
+        device,
+        single,
+        select=lambda n: n.startswith(("model.layers.0.", "model.layers.2.")),
     )
     assert len(calls) == 2
     assert sum(c[1] for c in calls) == two.total_bytes
-    check_exact(loop, backend, two)
-    loop.run_until_complete(two.deallocate(backend))
+    await check_exact(backend, two)
+    await two.deallocate(backend)
 
 
-def test_zeroed_only_where_padding_remains(
+async def test_zeroed_only_where_padding_remains(
     single: Path,
     tmp_path: Path,
     backend: GPUBackend[Any],
     device: str,
-    loop: asyncio.AbstractEventLoop,
 ) -> None:
     """An allocation the copies overwrite whole is not zeroed first; one with alignment padding
     between runs is, so the padding reads as zeros (never as bytes of memory freed before)."""
@@ -165,29 +155,29 @@ def test_zeroed_only_where_padding_remains(
         return await real(device_id, size, zeroed=zeroed)
 
     backend.allocate = spy  # type: ignore[method-assign]
-    whole = loop.run_until_complete(load_weights(backend, device, single))
+    whole = await load_weights(backend, device, single)
     assert asked == [False]
-    loop.run_until_complete(whole.deallocate(backend))
+    await whole.deallocate(backend)
 
     # Without "b" (33 bytes), "c" keeps its offset modulo 64: 33 bytes of padding follow "a".
     # Dirty memory first, so a missing zero-fill would show there.
     odd = tmp_path / "odd.safetensors"
     write_safetensors(odd, [("a", "U8", (100,)), ("b", "U8", (33,)), ("c", "U8", (300,))])
-    dirty = loop.run_until_complete(real(device, 4096))
-    loop.run_until_complete(backend.copy_to_device(b"\xa5" * 4096, dirty))
-    loop.run_until_complete(backend.deallocate(dirty))
+    dirty = await real(device, 4096)
+    await backend.copy_to_device(b"\xa5" * 4096, dirty)
+    await backend.deallocate(dirty)
     asked.clear()
-    two = loop.run_until_complete(load_weights(backend, device, odd, select=lambda n: n != "b"))
+    two = await load_weights(backend, device, odd, select=lambda n: n != "b")
     assert asked == [True]
     (handle,) = two.handles
     ends = sorted((t.offset_bytes, t.offset_bytes + t.size_bytes) for t in two.tensors.values())
-    content = loop.run_until_complete(backend.copy_from_device(handle, 0, handle.size_bytes))
+    content = await backend.copy_from_device(handle, 0, handle.size_bytes)
     gaps = [(end, begin) for (_, end), (begin, _) in itertools.pairwise(ends) if begin > end]
     assert gaps, "the two runs should be separated by alignment padding"
     for end, begin in gaps:
         assert content[end:begin] == bytes(begin - end)
-    check_exact(loop, backend, two)
-    loop.run_until_complete(two.deallocate(backend))
+    await check_exact(backend, two)
+    await two.deallocate(backend)
 
 
 def test_fills_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,13 +202,9 @@ def test_fills_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not overlapping.fills_whole
 
 
-def test_progress(
-    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_progress(sharded: Path, backend: GPUBackend[Any], device: str) -> None:
     reports: list[LoadProgress] = []
-    loaded = loop.run_until_complete(
-        load_weights(backend, device, sharded, pack="tensor", progress=reports.append)
-    )
+    loaded = await load_weights(backend, device, sharded, pack="tensor", progress=reports.append)
     assert len(reports) == len(loaded.handles) + 1  # once allocated, then after each copy
     assert reports[0].bytes_done == 0 and reports[0].tensors_done == 0
     for a, b in itertools.pairwise(reports):
@@ -229,14 +215,13 @@ def test_progress(
     assert (last.bytes_done, last.bytes_total) == (loaded.total_bytes, loaded.total_bytes)
     assert last.tensors_done == last.tensors_total == len(loaded.tensors)
     assert all(r.bytes_total == loaded.total_bytes for r in reports)
-    loop.run_until_complete(loaded.deallocate(backend))
+    await loaded.deallocate(backend)
 
 
-def test_large_runs_are_split(
+async def test_large_runs_are_split(
     tmp_path: Path,
     backend: GPUBackend[Any],
     device: str,
-    loop: asyncio.AbstractEventLoop,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from exo_gpu_plugins.weights import plan as plan_module
@@ -245,56 +230,46 @@ def test_large_runs_are_split(
     path = tmp_path / "big.safetensors"
     write_safetensors(path, [("a", "U8", (10000,)), ("b", "U8", (3,)), ("c", "U8", (5000,))])
     reports: list[LoadProgress] = []
-    loaded = loop.run_until_complete(load_weights(backend, device, path, progress=reports.append))
+    loaded = await load_weights(backend, device, path, progress=reports.append)
     assert [r.bytes_done for r in reports] == [0, 4096, 8192, 12288, 15003]
     assert [r.tensors_done for r in reports] == [0, 0, 0, 2, 3]
-    check_exact(loop, backend, loaded)
-    loop.run_until_complete(loaded.deallocate(backend))
+    await check_exact(backend, loaded)
+    await loaded.deallocate(backend)
 
 
-def test_empty_tensors(
-    tmp_path: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_empty_tensors(tmp_path: Path, backend: GPUBackend[Any], device: str) -> None:
     path = tmp_path / "e.safetensors"
     write_safetensors(path, [("a", "F32", (0, 4)), ("b", "F32", (3,)), ("c", "I8", (0,))])
     for pack in ("file", "tensor"):
         reports: list[LoadProgress] = []
-        loaded = loop.run_until_complete(
-            load_weights(backend, device, path, pack=pack, progress=reports.append)
-        )  # type: ignore[arg-type]
+        loaded = await load_weights(backend, device, path, pack=pack, progress=reports.append)  # type: ignore[arg-type]
         assert loaded.tensors["a"].handle is None and loaded.tensors["a"].shape == (0, 4)
-        assert loop.run_until_complete(loaded.read(backend, "c")) == b""
+        assert await loaded.read(backend, "c") == b""
         assert len(loaded.handles) == 1
         assert reports[0].tensors_done == 2 and reports[-1].tensors_done == 3
-        check_exact(loop, backend, loaded)
-        loop.run_until_complete(loaded.deallocate(backend))
+        await check_exact(backend, loaded)
+        await loaded.deallocate(backend)
 
 
-def test_free_twice(
-    single: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
-    loaded = loop.run_until_complete(load_weights(backend, device, single, pack="tensor"))
-    loop.run_until_complete(loaded.deallocate(backend))
+async def test_free_twice(single: Path, backend: GPUBackend[Any], device: str) -> None:
+    loaded = await load_weights(backend, device, single, pack="tensor")
+    await loaded.deallocate(backend)
     with pytest.raises(InvalidHandleError):
-        loop.run_until_complete(loaded.deallocate(backend))
+        await loaded.deallocate(backend)
     assert backend.live_handles() == []
 
 
-def test_failing_progress_frees(
-    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_failing_progress_frees(sharded: Path, backend: GPUBackend[Any], device: str) -> None:
     def fail(report: LoadProgress) -> None:
         if report.bytes_done:
             raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError, match="stop"):
-        loop.run_until_complete(load_weights(backend, device, sharded, progress=fail))
+        await load_weights(backend, device, sharded, progress=fail)
     assert backend.live_handles() == []
 
 
-def test_allocation_failure_frees(
-    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_allocation_failure_frees(sharded: Path, backend: GPUBackend[Any], device: str) -> None:
     real = backend.allocate
     made = 0
 
@@ -307,16 +282,15 @@ def test_allocation_failure_frees(
 
     backend.allocate = allocate  # type: ignore[method-assign]
     with pytest.raises(OutOfMemoryError):
-        loop.run_until_complete(load_weights(backend, device, sharded, pack="tensor"))
+        await load_weights(backend, device, sharded, pack="tensor")
     assert made == 5
     assert backend.live_handles() == []
 
 
-def test_too_large_for_the_device(
+async def test_too_large_for_the_device(
     sharded: Path,
     backend: GPUBackend[Any],
     device: str,
-    loop: asyncio.AbstractEventLoop,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A real OutOfMemoryError from the backend: a plan whose allocation no device can hold."""
@@ -334,13 +308,11 @@ def test_too_large_for_the_device(
         plan.layers,
     )
     with pytest.raises(OutOfMemoryError):
-        loop.run_until_complete(load_plan(backend, device, broken))
+        await load_plan(backend, device, broken)
     assert backend.live_handles() == []
 
 
-def test_cancel_while_copying(
-    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_cancel_while_copying(sharded: Path, backend: GPUBackend[Any], device: str) -> None:
     """Cancelled during its copies: each copy in flight (two: one per shard here) runs to its end
     (it may be writing into the memory), then everything is freed and CancelledError comes out."""
     real = backend.copy_file_to_device  # type: ignore[attr-defined]
@@ -357,28 +329,23 @@ def test_cancel_while_copying(
 
     backend.copy_file_to_device = slow  # type: ignore[attr-defined]
 
-    async def scenario() -> None:
-        task = asyncio.ensure_future(load_weights(backend, device, sharded))
-        await started.wait()
-        # Two shards' copies in flight, and the third allocation made while they fill.
-        await asyncio.sleep(0.05)
-        assert len(backend.live_handles()) == 3
-        task.cancel()
-        await asyncio.sleep(0.05)
-        assert not task.done()  # waiting for the copies in flight
-        assert len(backend.live_handles()) == 3
-        release.set()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert len(finished) == 2
-
-    loop.run_until_complete(scenario())
+    task = asyncio.ensure_future(load_weights(backend, device, sharded))
+    await started.wait()
+    # Two shards' copies in flight, and the third allocation made while they fill.
+    await asyncio.sleep(0.05)
+    assert len(backend.live_handles()) == 3
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # waiting for the copies in flight
+    assert len(backend.live_handles()) == 3
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(finished) == 2
     assert backend.live_handles() == []
 
 
-def test_cancel_while_allocating(
-    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_cancel_while_allocating(sharded: Path, backend: GPUBackend[Any], device: str) -> None:
     """Cancelled while an allocation is being made: it completes, and is freed with the rest."""
     real = backend.allocate
     made: list[Any] = []
@@ -394,75 +361,63 @@ def test_cancel_while_allocating(
 
     backend.allocate = allocate  # type: ignore[method-assign]
 
-    async def scenario() -> None:
-        task = asyncio.ensure_future(load_weights(backend, device, sharded, pack="tensor"))
-        await gate.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    loop.run_until_complete(scenario())
+    task = asyncio.ensure_future(load_weights(backend, device, sharded, pack="tensor"))
+    await gate.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert len(made) == 2  # the one in flight was finished, not abandoned
     assert backend.live_handles() == []
 
 
-def test_cancel_between_copies(
-    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
-    async def scenario() -> int:
-        task: asyncio.Future[LoadedWeights] | None = None
-        seen = 0
+async def test_cancel_between_copies(sharded: Path, backend: GPUBackend[Any], device: str) -> None:
+    task: asyncio.Future[LoadedWeights] | None = None
+    seen = 0
 
-        def progress(report: LoadProgress) -> None:
-            nonlocal seen
-            seen += 1
-            if seen == 4 and task is not None:
-                task.cancel()
+    def progress(report: LoadProgress) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 4 and task is not None:
+            task.cancel()
 
-        task = asyncio.ensure_future(
-            load_weights(backend, device, sharded, pack="tensor", progress=progress)
-        )
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return seen
-
-    assert loop.run_until_complete(scenario()) == 4
+    task = asyncio.ensure_future(
+        load_weights(backend, device, sharded, pack="tensor", progress=progress)
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == 4
     assert backend.live_handles() == []
 
 
-def test_file_changed_after_planning(
-    tmp_path: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
+async def test_file_changed_after_planning(
+    tmp_path: Path, backend: GPUBackend[Any], device: str
 ) -> None:
     path = write_llama(tmp_path, LlamaShape(layers=2))
     plan = plan_checkpoint(path)
     write_llama(tmp_path, LlamaShape(layers=2), seed=1)
     os.utime(path, ns=(1, 1))
     with pytest.raises(CheckpointError, match="changed after its header was checked"):
-        loop.run_until_complete(load_plan(backend, device, plan))
+        await load_plan(backend, device, plan)
     assert backend.live_handles() == []
 
 
-def test_bad_arguments(
-    single: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_bad_arguments(single: Path, backend: GPUBackend[Any], device: str) -> None:
     from exo_gpu_plugins.errors import DeviceNotFoundError
 
     with pytest.raises(DeviceNotFoundError):
-        loop.run_until_complete(load_weights(backend, f"{backend.name}:99", single))
+        await load_weights(backend, f"{backend.name}:99", single)
     with pytest.raises(ValueError, match="pack"):
-        loop.run_until_complete(load_weights(backend, device, single, pack="layer"))  # type: ignore[arg-type]
+        await load_weights(backend, device, single, pack="layer")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="LayerRange"):
-        loop.run_until_complete(load_weights(backend, device, single, layers=(0, 2)))  # type: ignore[arg-type]
+        await load_weights(backend, device, single, layers=(0, 2))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="GPUBackend"):
-        loop.run_until_complete(load_weights(object(), device, single))  # type: ignore[arg-type]
+        await load_weights(object(), device, single)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        loop.run_until_complete(load_weights(backend, device, [single, 3]))  # type: ignore[list-item]
+        await load_weights(backend, device, [single, 3])  # type: ignore[list-item]
     assert backend.live_handles() == []
 
 
-def test_device_allocation_cap(
-    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_device_allocation_cap(sharded: Path, backend: GPUBackend[Any], device: str) -> None:
     """Where one allocation is capped (lavapipe: 2 GiB), a file's tensors take several."""
     real = backend.capabilities
     cap = 40000  # above the largest tensor (32 KiB), below every shard
@@ -471,42 +426,38 @@ def test_device_allocation_cap(
         return real(device_id).model_copy(update={"max_allocation_bytes": cap})
 
     backend.capabilities = capped  # type: ignore[method-assign]
-    loaded = loop.run_until_complete(load_weights(backend, device, sharded))
+    loaded = await load_weights(backend, device, sharded)
     assert all(h.size_bytes <= cap for h in loaded.handles)
     assert len(loaded.handles) > len(loaded.files)
-    check_exact(loop, backend, loaded)
-    loop.run_until_complete(loaded.deallocate(backend))
+    await check_exact(backend, loaded)
+    await loaded.deallocate(backend)
 
     cap = 30000  # below the embedding and the head
     with pytest.raises(OutOfMemoryError, match=r"lm_head\.weight|embed_tokens"):
-        loop.run_until_complete(load_weights(backend, device, sharded))
+        await load_weights(backend, device, sharded)
     with pytest.raises(OutOfMemoryError, match="more than the device allows"):
-        loop.run_until_complete(load_weights(backend, device, sharded, pack="tensor"))
+        await load_weights(backend, device, sharded, pack="tensor")
     assert backend.live_handles() == []
 
 
-def test_verify_finds_a_changed_byte(
-    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
-    loaded = loop.run_until_complete(load_weights(backend, device, sharded, layers=LayerRange(2, 4)))
-    assert loop.run_until_complete(loaded.verify(backend)) == []
+async def test_verify_finds_a_changed_byte(sharded: Path, backend: GPUBackend[Any], device: str) -> None:
+    loaded = await load_weights(backend, device, sharded, layers=LayerRange(2, 4))
+    assert await loaded.verify(backend) == []
     name = "model.layers.3.self_attn.o_proj.weight"
     tensor = loaded.tensors[name]
     assert tensor.handle is not None
     last = tensor.offset_bytes + tensor.size_bytes - 1
-    original = loop.run_until_complete(backend.copy_from_device(tensor.handle, last, 1))
-    loop.run_until_complete(backend.copy_to_device(bytes([original[0] ^ 1]), tensor.handle, last))
-    assert loop.run_until_complete(loaded.verify(backend)) == [name]
-    loop.run_until_complete(loaded.deallocate(backend))
+    original = await backend.copy_from_device(tensor.handle, last, 1)
+    await backend.copy_to_device(bytes([original[0] ^ 1]), tensor.handle, last)
+    assert await loaded.verify(backend) == [name]
+    await loaded.deallocate(backend)
 
 
-def test_only_empty_tensors(
-    tmp_path: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_only_empty_tensors(tmp_path: Path, backend: GPUBackend[Any], device: str) -> None:
     path = tmp_path / "empty.safetensors"
     write_safetensors(path, [("a", "F32", (0,)), ("b", "BF16", (4, 0))])
     reports: list[LoadProgress] = []
-    loaded = loop.run_until_complete(load_weights(backend, device, path, progress=reports.append))
+    loaded = await load_weights(backend, device, path, progress=reports.append)
     assert loaded.handles == () and loaded.total_bytes == 0 and set(loaded.tensors) == {"a", "b"}
     assert [(r.bytes_done, r.tensors_done, r.tensors_total) for r in reports] == [(0, 2, 2)]
-    loop.run_until_complete(loaded.deallocate(backend))
+    await loaded.deallocate(backend)

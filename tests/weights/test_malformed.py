@@ -3,7 +3,6 @@ anything is allocated: afterwards the backend holds no handle and its used memor
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from collections.abc import Callable
@@ -338,29 +337,28 @@ CASES: list[Case] = [
 
 
 @pytest.mark.parametrize("build,expected", [(c[1], c[2]) for c in CASES], ids=[c[0] for c in CASES])
-def test_refused_before_allocating(
+async def test_refused_before_allocating(
     build: Callable[[Path], Path],
     expected: tuple[str, ...],
     tmp_path: Path,
     backend: GPUBackend[Any],
     device: str,
-    loop: asyncio.AbstractEventLoop,
 ) -> None:
     target = build(tmp_path)
-    before = loop.run_until_complete(backend.get_device_memory_info(device)).used_bytes
+    before = (await backend.get_device_memory_info(device)).used_bytes
     with pytest.raises(CheckpointError) as raised:
-        loop.run_until_complete(load_weights(backend, device, target))
+        await load_weights(backend, device, target)
     message = str(raised.value)
     for text in expected:
         assert text in message, f"{text!r} not in {message!r}"
     assert isinstance(raised.value, ValueError)
     assert backend.live_handles() == []
-    assert loop.run_until_complete(backend.get_device_memory_info(device)).used_bytes == before
+    assert (await backend.get_device_memory_info(device)).used_bytes == before
     # The backend still works afterwards: a good file loads.
     (tmp_path / "ok").mkdir()
-    loaded = loop.run_until_complete(load_weights(backend, device, good(tmp_path / "ok")))
-    assert loop.run_until_complete(loaded.read(backend, T)) == bytes(8)
-    loop.run_until_complete(loaded.deallocate(backend))
+    loaded = await load_weights(backend, device, good(tmp_path / "ok"))
+    assert await loaded.read(backend, T) == bytes(8)
+    await loaded.deallocate(backend)
     assert backend.live_handles() == []
 
 

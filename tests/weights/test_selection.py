@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -206,14 +205,12 @@ def test_list_of_files_and_duplicates(sharded: Path) -> None:
     assert chosen([*shards, sharded], LayerRange(0, 6)) == expected(0, 6)  # the same files twice
 
 
-def test_loaded_tensors_match_the_range(
-    sharded: Path, backend: GPUBackend[Any], device: str, loop: asyncio.AbstractEventLoop
+async def test_loaded_tensors_match_the_range(
+    sharded: Path, backend: GPUBackend[Any], device: str
 ) -> None:
     for start, end in [(0, 2), (2, 4), (4, 6)]:
-        loaded = loop.run_until_complete(
-            load_weights(backend, device, sharded, layers=LayerRange(start, end, 6))
-        )
+        loaded = await load_weights(backend, device, sharded, layers=LayerRange(start, end, 6))
         assert set(loaded.tensors) == expected(start, end)
         assert loaded.layers == LayerRange(start, end, 6)
-        loop.run_until_complete(loaded.deallocate(backend))
+        await loaded.deallocate(backend)
     assert backend.live_handles() == []

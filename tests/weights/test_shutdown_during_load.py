@@ -19,10 +19,9 @@ from exo_gpu_plugins.weights.synthetic import write_safetensors
 TENSORS = 8
 
 
-def test_shutdown_mid_load_is_quiet(
+async def test_shutdown_mid_load_is_quiet(
     backend: GPUBackend[Any],
     device: str,
-    loop: asyncio.AbstractEventLoop,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -42,7 +41,7 @@ def test_shutdown_mid_load_is_quiet(
 
     caplog.set_level(logging.DEBUG, logger="exo_gpu_plugins")
     with pytest.raises(BackendClosedError):
-        loop.run_until_complete(load())
+        await load()
     assert shutdowns, "the load ended before the shutdown could start"
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not loud, [(r.levelname, r.getMessage()) for r in loud]
