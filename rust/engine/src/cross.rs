@@ -33,7 +33,8 @@
 //! device's queue mutex only around each vkQueueSubmit (waits are on timeline values, outside
 //! every queue lock), so copies in both directions at once (two links) cannot deadlock, with
 //! each other or with host<->device transfers. Each side submits to its device's download
-//! (source) or upload (destination) queue with command slots of its own (`queue::CmdSlot`).
+//! (source) or upload (destination) queue through a command ring of its own (`queue::Slots`,
+//! the one-shot path every other DMA takes too).
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
@@ -44,10 +45,9 @@ use ash::vk;
 use crate::context::DeviceContext;
 use crate::error::{EngineError, Result};
 use crate::import::{import_host, release_imports, HostImport};
-use crate::memory::{flush, invalidate, BufView, GpuBuffer, Kind};
+use crate::memory::{flush, invalidate, mapped_of, BufView, GpuBuffer, Kind};
 use crate::properties::DeviceInfo;
-use crate::queue::{CmdSlot, Frame, Queue};
-use crate::staging::mapped_of;
+use crate::queue::{CmdSlot, Frame, Slots};
 use crate::sync::lock;
 use crate::tuning::Tuning;
 use crate::workers;
@@ -175,8 +175,10 @@ impl Drop for HostRing {
 /// the source side, the upload queue on the destination side) and its view of each ring slot.
 struct Side {
     ctx: Arc<DeviceContext>,
-    queue: Arc<Queue>,
-    cmds: Vec<CmdSlot>,
+    /// The command ring on the side's queue (one slot per ring slot in flight at most).
+    cmds: Slots<CmdSlot>,
+    /// Per ring slot: the timeline value of its latest DMA (0: none yet).
+    values: Vec<u64>,
     /// Per slot: the buffer holding it and the slot's offset in that buffer.
     slots: Vec<(vk::Buffer, u64)>,
     imports: Vec<HostImport>,
@@ -190,19 +192,14 @@ impl Side {
         } else {
             Arc::clone(&ctx.upload_queue)
         };
-        let mut side = Side {
+        Ok(Side {
             ctx: Arc::clone(ctx),
-            queue,
-            cmds: Vec::new(),
+            cmds: Slots::new(queue, count),
+            values: vec![0; count],
             slots: Vec::new(),
             imports: Vec::new(),
             staging: None,
-        };
-        for _ in 0..count {
-            let c = CmdSlot::new(ctx.raw(), side.queue.family)?; // on failure, Drop cleans up
-            side.cmds.push(c);
-        }
-        Ok(side)
+        })
     }
 
     /// Import every slot of `ring` (`count` slots of `slot` bytes).
@@ -266,32 +263,30 @@ impl Side {
         Ok(buf.slice(self.slots[slot].1, len))
     }
 
-    /// Record `record` into `slot`'s command buffer and submit it to the side's queue (whose
-    /// mutex is held only around the submission).
+    /// Submit `record` for ring slot `slot` through the side's command ring, once the slot's
+    /// previous DMA finished (the queue's mutex is held only around the submission).
     fn submit(
         &mut self,
         slot: usize,
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
     ) -> Result<()> {
         self.wait(slot)?;
-        let raw = self.ctx.raw();
         let frame = Frame {
             after_earlier: true,
             host_reads: true,
         };
-        let cmd = self.cmds[slot].record(raw, self.queue.compute, frame, record)?;
-        self.cmds[slot].value = self.queue.submit(raw, cmd)?;
+        self.values[slot] = self.cmds.submit_one(self.ctx.raw(), frame, record)?;
         Ok(())
     }
 
-    fn wait(&mut self, slot: usize) -> Result<()> {
-        self.queue.wait(self.ctx.raw(), self.cmds[slot].value)
+    fn wait(&self, slot: usize) -> Result<()> {
+        self.cmds.queue.wait(self.ctx.raw(), self.values[slot])
     }
 
-    /// Wait for every submission; returns the first error but tries them all (unless lost).
-    fn wait_all(&mut self) -> Result<()> {
-        let last = self.cmds.iter().map(|c| c.value).max().unwrap_or(0);
-        self.queue.wait(self.ctx.raw(), last)
+    /// Wait for every submission of the side.
+    fn wait_all(&self) -> Result<()> {
+        let last = self.values.iter().copied().max().unwrap_or(0);
+        self.cmds.queue.wait(self.ctx.raw(), last)
     }
 
     /// Destroy everything (idempotent). On a hung device nothing is freed: work may still use it.
@@ -309,9 +304,7 @@ impl Side {
         if let Some(mut b) = self.staging.take() {
             self.ctx.mem.destroy_buffer(self.ctx.raw(), &mut b);
         }
-        for c in self.cmds.drain(..) {
-            c.destroy(self.ctx.raw());
-        }
+        self.cmds.drain(|c| c.destroy(self.ctx.raw()));
     }
 }
 

@@ -14,11 +14,12 @@ use crate::cross::{plan_path, CrossRequest, CrossSettings, Link};
 use crate::error::{EngineError, Result};
 use crate::host::{HostMemory, HostRange, HostTable};
 use crate::instance::{CallLog, CallLogScope, InstanceContext};
-use crate::plan::{EngineDevice, Plan};
+use crate::plan::Plan;
 use crate::properties::{
     fill_device_groups, gather, query_budgets, DeviceInfo, Strategy, StrategyRequest,
 };
 use crate::sync::{lock, read, write};
+use crate::transfer::EngineDevice;
 use crate::transfer::{
     PATH_COMPUTE, PATH_CROSS, PATH_FILE_DIRECT, PATH_IMPORT, PATH_MAPPED, PATH_PINNED, PATH_STAGED,
 };

@@ -10,8 +10,8 @@ use ash::vk;
 
 use crate::device::RawDevice;
 use crate::error::{EngineError, Result};
-use crate::memory::{BufView, Memory};
-use crate::staging::{mapped_of, StagingRing};
+use crate::memory::{mapped_of, BufView, Memory};
+use crate::staging::StagingRing;
 use crate::sync::lock;
 use crate::workers::workers;
 

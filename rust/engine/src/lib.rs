@@ -66,5 +66,5 @@ fn assert_send_sync() {
     is::<Engine>();
     is::<allocation::Allocation>();
     is::<context::DeviceContext>();
-    is::<plan::EngineDevice>();
+    is::<transfer::EngineDevice>();
 }

@@ -496,9 +496,46 @@ impl<T: HasCmd> Slots<T> {
         self.returned.notify_one();
     }
 
+    /// Give an item back unless the device hung (its work may still run: it is leaked).
+    pub(crate) fn put_unless_hung(&self, dev: &RawDevice, item: T) {
+        if !dev.is_hung() {
+            self.put(item);
+        }
+    }
+
     /// Hand every returned item to `destroy` (device idle; nothing is checked out).
     pub(crate) fn drain(&self, destroy: impl FnMut(T)) {
         let items: Vec<T> = lock(&self.state).free.drain(..).collect();
         items.into_iter().for_each(destroy);
+    }
+}
+
+/// The one-shot command path: every piece of work that needs no buffer of its own beside its
+/// command buffer (fills, device copies, direct DMAs, cross-device chunks) goes through these.
+impl Slots<CmdSlot> {
+    /// Take a slot, record `record` into it framed per `frame`, submit it and give the slot
+    /// back; returns the completion value (not waited for).
+    pub(crate) fn submit_one(
+        &self,
+        dev: &RawDevice,
+        frame: Frame,
+        record: impl FnOnce(&ash::Device, vk::CommandBuffer),
+    ) -> Result<u64> {
+        let family = self.queue.family;
+        let mut slot = self.take_blocking(dev, || CmdSlot::new(dev, family))?;
+        let submitted = self.submit(dev, &mut slot, frame, record);
+        self.put_unless_hung(dev, slot);
+        submitted
+    }
+
+    /// `submit_one`, then wait for the work (outside every lock).
+    pub(crate) fn run_now(
+        &self,
+        dev: &RawDevice,
+        frame: Frame,
+        record: impl FnOnce(&ash::Device, vk::CommandBuffer),
+    ) -> Result<()> {
+        let value = self.submit_one(dev, frame, record)?;
+        self.queue.wait(dev, value)
     }
 }

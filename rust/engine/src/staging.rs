@@ -10,7 +10,7 @@ use ash::vk;
 
 use crate::device::RawDevice;
 use crate::error::{EngineError, Result};
-use crate::memory::{flush, invalidate, BufView, GpuBuffer, Kind, Memory};
+use crate::memory::{flush, invalidate, mapped_of, BufView, GpuBuffer, Kind, Memory};
 use crate::queue::{CmdSlot, Frame, HasCmd, Queue, Slots};
 use crate::workers;
 
@@ -40,12 +40,6 @@ impl StagedSlot {
     fn ptr(&self) -> Result<*mut u8> {
         mapped_of(&self.buf.view()).map(|p| p.as_ptr())
     }
-}
-
-/// The host mapping of a view.
-pub(crate) fn mapped_of(v: &BufView) -> Result<std::ptr::NonNull<u8>> {
-    v.mapped
-        .ok_or_else(|| EngineError::Internal("buffer is not host-visible".into()))
 }
 
 /// Writes chunk bytes into a staging slot: `(slot, position in the transfer, length)` to where
@@ -117,9 +111,7 @@ impl StagingRing {
 
     /// Give a slot back, unless the device hung (it may still be in use: leaked).
     pub(crate) fn put(&self, dev: &RawDevice, slot: StagedSlot) {
-        if !dev.is_hung() {
-            self.slots.put(slot);
-        }
+        self.slots.put_unless_hung(dev, slot);
     }
 
     /// Upload `len` bytes to `dst` at `offset`: `fill(slot, position, n)` writes the `n` bytes
@@ -338,17 +330,11 @@ impl StagingRing {
         dst_mapped: bool,
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
     ) -> Result<()> {
-        let family = self.cmds.queue.family;
-        let mut c = self.cmds.take_blocking(dev, || CmdSlot::new(dev, family))?;
         let frame = Frame {
             after_earlier: true,
             host_reads: self.dir == Direction::Download || dst_mapped,
         };
-        let r = self.cmds.submit(dev, &mut c, frame, record);
-        if !dev.is_hung() {
-            self.cmds.put(c);
-        }
-        self.cmds.queue.wait(dev, r?)
+        self.cmds.run_now(dev, frame, record)
     }
 
     /// Destroy every slot (device idle).
