@@ -11,13 +11,13 @@ use crate::compute::CopyPipeline;
 use crate::device::RawDevice;
 use crate::error::Result;
 use crate::instance::InstanceContext;
+use crate::memcpy;
 use crate::memory::{at, flush, invalidate, mapped_of, BufView, Kind, Memory};
 use crate::properties::DeviceInfo;
 use crate::queue::{CmdSlot, Frame, Queue, Slots};
 use crate::staging::{Direction, StagingRing};
 use crate::sync::lock;
 use crate::tuning::{tuning, Tuning};
-use crate::workers;
 
 /// Command slots for device-side work (fills, device copies, memmove) per device.
 const WORK_SLOTS: usize = 16;
@@ -196,7 +196,7 @@ impl DeviceContext {
         let dst = at(mapped_of(v)?, offset)?;
         // SAFETY: `[offset, offset+len)` is within the mapped range (checked by the caller);
         // `src` is a distinct host slice.
-        unsafe { workers::copy(dst, src.as_ptr(), src.len()) };
+        unsafe { memcpy::copy(dst, src.as_ptr(), src.len()) };
         flush(self.raw(), v, offset, src.len() as u64)
     }
 
@@ -208,10 +208,10 @@ impl DeviceContext {
         let stream = tuning().stream_reads;
         if stream == 2 || (stream == 1 && !v.cached) {
             // SAFETY: in-bounds range of the mapping; `dst` is a distinct host slice.
-            unsafe { workers::copy_from_uncached(dst.as_mut_ptr(), src, dst.len()) };
+            unsafe { memcpy::copy_from_uncached(dst.as_mut_ptr(), src, dst.len()) };
         } else {
             // SAFETY: as above.
-            unsafe { workers::copy(dst.as_mut_ptr(), src, dst.len()) };
+            unsafe { memcpy::copy(dst.as_mut_ptr(), src, dst.len()) };
         }
         Ok(())
     }

@@ -45,12 +45,12 @@ use ash::vk;
 use crate::context::DeviceContext;
 use crate::error::{EngineError, Result};
 use crate::import::{import_host, release_imports, HostImport};
+use crate::memcpy;
 use crate::memory::{flush, invalidate, mapped_of, BufView, GpuBuffer, Kind};
 use crate::properties::DeviceInfo;
 use crate::queue::{CmdSlot, Frame, Slots};
 use crate::sync::lock;
 use crate::tuning::Tuning;
-use crate::workers;
 
 /// How bytes travel between two devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,10 +156,10 @@ impl HostRing {
         let ptr = NonNull::new(raw).ok_or_else(|| {
             EngineError::OutOfMemory(format!("cannot allocate a {len}-byte cross-device ring"))
         })?;
-        workers::advise_huge_pages(ptr.as_ptr(), len);
+        memcpy::advise_huge_pages(ptr.as_ptr(), len);
         // Fault every page in (in parallel) before the drivers pin them.
         // SAFETY: the allocation holds `len` bytes nobody else uses yet.
-        unsafe { workers::zero(ptr.as_ptr(), len) };
+        unsafe { memcpy::zero(ptr.as_ptr(), len) };
         Ok(HostRing { ptr, layout })
     }
 }
@@ -550,7 +550,7 @@ impl LinkState {
                 .map_err(|_| EngineError::OutOfBounds("chunk exceeds address space".into()))?;
             // SAFETY: both slots hold at least `len` bytes, are distinct buffers, and no DMA
             // uses either now (both slots waited above).
-            unsafe { workers::copy(dp.as_ptr(), sp.as_ptr(), bytes) };
+            unsafe { memcpy::copy(dp.as_ptr(), sp.as_ptr(), bytes) };
             flush(self.dst.ctx.raw(), &to, 0, len)?;
             e.push(&mut self.dst, k)?;
             if k + slots < n {

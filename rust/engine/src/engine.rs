@@ -362,8 +362,8 @@ impl Engine {
     /// Linux its pages are first advised as transparent huge pages, and the copy uses plain
     /// stores (the kernel zeroes each fresh page into the cache just before it is written).
     pub fn read_into_fresh(&self, id: u64, offset: u64, dst: &mut [u8]) -> Result<()> {
-        crate::workers::advise_huge_pages(dst.as_mut_ptr(), dst.len());
-        let _fresh = crate::workers::FreshDestination::enter();
+        crate::memcpy::advise_huge_pages(dst.as_mut_ptr(), dst.len());
+        let _fresh = crate::memcpy::FreshDestination::enter();
         self.read_into(id, offset, dst)
     }
 

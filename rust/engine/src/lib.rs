@@ -40,6 +40,7 @@ mod file_read;
 mod host;
 mod import;
 pub mod instance;
+mod memcpy;
 mod memory;
 mod plan;
 pub mod properties;

@@ -10,9 +10,9 @@ use ash::vk;
 
 use crate::device::RawDevice;
 use crate::error::{EngineError, Result};
+use crate::memcpy;
 use crate::memory::{flush, invalidate, mapped_of, BufView, GpuBuffer, Kind, Memory};
 use crate::queue::{CmdSlot, Frame, HasCmd, Queue, Slots};
-use crate::workers;
 
 /// Which way a ring moves bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -220,7 +220,7 @@ impl StagingRing {
                 let at = pos as usize;
                 if !diag {
                     // SAFETY: `out[..n]` (a slot) and `src[at..at+n]` are distinct, in bounds.
-                    unsafe { workers::copy(out.as_mut_ptr(), src.as_ptr().add(at), n) };
+                    unsafe { memcpy::copy(out.as_mut_ptr(), src.as_ptr().add(at), n) };
                 }
                 Ok(0)
             },
@@ -256,7 +256,7 @@ impl StagingRing {
                 if !diag {
                     // SAFETY: the DMA into this slot finished (value waited, host-read barrier
                     // recorded); `[k*chunk, +len)` lies within `dst`, which outlives the call.
-                    unsafe { workers::copy((out + k * chunk) as *mut u8, s.ptr()?, len) };
+                    unsafe { memcpy::copy((out + k * chunk) as *mut u8, s.ptr()?, len) };
                 }
                 Ok(())
             })();

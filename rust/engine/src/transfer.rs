@@ -15,6 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::file_read::FileSource;
 use crate::host::HostRange;
 use crate::import::{read_imported, write_imported, Imported};
+use crate::memcpy;
 use crate::memory::{at, flush, invalidate, mapped_of, BufView};
 use crate::plan::Plan;
 use crate::workers::{self, workers};
@@ -92,7 +93,7 @@ impl EngineDevice {
             None => None,
         };
         if let Some((ptr, len)) = mapped.filter(|_| ctx.info.device_type == "cpu") {
-            workers::advise_huge_pages(ptr.as_ptr(), len);
+            memcpy::advise_huge_pages(ptr.as_ptr(), len);
         }
         if !zeroed {
             return Ok(());
@@ -101,7 +102,7 @@ impl EngineDevice {
             Some((ptr, len)) if v.len <= self.plan.map_zero_max => {
                 // SAFETY: the mapping covers the whole range and nothing else accesses the fresh
                 // range yet.
-                unsafe { workers::zero(ptr.as_ptr(), len) };
+                unsafe { memcpy::zero(ptr.as_ptr(), len) };
                 flush(ctx.raw(), v, 0, v.len)
             }
             _ => ctx.fill_zero(v),
@@ -331,7 +332,7 @@ impl EngineDevice {
                 unsafe { std::ptr::copy(sp, dp, len) };
             } else {
                 // SAFETY: in-bounds, non-overlapping ranges of live mappings.
-                unsafe { workers::copy(dp, sp, len) };
+                unsafe { memcpy::copy(dp, sp, len) };
             }
             return flush(ctx.raw(), dst, dst_offset, size);
         }
