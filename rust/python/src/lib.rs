@@ -268,7 +268,7 @@ impl PyEngine {
                         "exportable memory needs a POSIX system (file descriptors)".into(),
                     ));
                 }
-                self.engine.allocate_with(i, size, zeroed)
+                self.engine.allocate(i, size, zeroed)
             })
             .map_err(|e| self.err(py, Op::Other, e))
         })
