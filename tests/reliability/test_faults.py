@@ -1,5 +1,6 @@
 """Faults inside the Vulkan engine (needs the engine built with the `fault-injection` feature, as
-`make test` builds it): a Rust panic arrives as GPUError, a lost device fails fast afterwards."""
+`make test` builds it): a Rust panic arrives as GPUError ("internal error"), a lost device fails
+fast afterwards with DeviceLostError."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from exo_gpu_plugins.errors import BackendUnavailableError, GPUError
+from exo_gpu_plugins.errors import BackendUnavailableError, DeviceLostError, GPUError
 
 native = pytest.importorskip("exo_gpu_vulkan._native")
 
@@ -31,8 +32,9 @@ def test_panic_becomes_gpu_error(vulkan, loop: asyncio.AbstractEventLoop) -> Non
     async def check() -> None:
         handle = await vulkan.allocate("vulkan:0", 4096)
         await vulkan.copy_to_device(b"kept", handle)
-        with pytest.raises(GPUError, match=r"panic|internal"):
+        with pytest.raises(GPUError, match=r"internal error") as raised:
             vulkan._engine._inject_fault("panic", 0)
+        assert type(raised.value) is GPUError
         assert await vulkan.copy_from_device(handle, 0, 4) == b"kept"
 
     loop.run_until_complete(check())
@@ -49,7 +51,7 @@ def test_lost_device_fails_fast(vulkan, loop: asyncio.AbstractEventLoop) -> None
             lambda: vulkan.synchronize("vulkan:0"),
         ):
             start = time.perf_counter()
-            with pytest.raises(GPUError, match="lost"):
+            with pytest.raises(DeviceLostError, match="lost"):
                 await call()
             assert time.perf_counter() - start < 1.0
 
@@ -64,9 +66,9 @@ def test_lost_device_releases_untouched_buffers(vulkan) -> None:  # type: ignore
     engine._inject_fault("device_lost", 0)
     src = bytearray(b"s" * (1 << 20))
     dst = bytearray(1 << 20)
-    with pytest.raises(GPUError, match="lost"):
+    with pytest.raises(DeviceLostError, match="lost"):
         engine.write(alloc, 0, src)
-    with pytest.raises(GPUError, match="lost"):
+    with pytest.raises(DeviceLostError, match="lost"):
         engine.read_into(alloc, 0, dst)
     src.extend(b"more")  # BufferError if the export were kept
     dst.extend(b"more")
@@ -96,12 +98,12 @@ def test_hang_keeps_memory_a_dma_may_still_touch() -> None:
     engine.write(alloc, 0, src)
     assert int(engine.stats(0)["imported_bytes"]) > 0, engine.stats(0)
     engine._inject_fault("hang", 0, timeout_ms=300)
-    with pytest.raises(GPUError, match="in flight"):
+    with pytest.raises(DeviceLostError, match="in flight"):
         engine.write(alloc, 0, src)
     with pytest.raises(BufferError):
         src.extend(b"x")  # still exported
     later = bytearray(size)
-    with pytest.raises(GPUError, match="lost"):
+    with pytest.raises(DeviceLostError, match="lost"):
         engine.read_into(alloc, 0, later)
     later.extend(b"x")  # refused before any DMA: released
     engine.close()
