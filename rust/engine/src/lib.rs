@@ -47,6 +47,8 @@ pub mod properties;
 mod queue;
 mod staging;
 mod sync;
+#[cfg(test)]
+mod test_support;
 mod transfer;
 mod tuning;
 mod workers;

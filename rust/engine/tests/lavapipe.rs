@@ -1,5 +1,6 @@
 //! Engine tests against whatever Vulkan device is present (lavapipe in CI). Every test skips
-//! with a note when no Vulkan device is usable.
+//! with a note when no Vulkan device is usable, and fails instead under
+//! `EXO_GPU_REQUIRE_VULKAN=1`.
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -1,6 +1,6 @@
 //! The transfer pipeline: uploads and downloads in flight at once, many small copies at once,
 //! and bookkeeping whose cost does not grow with the number of live allocations. Every test
-//! skips with a note when no Vulkan device is usable.
+//! skips with a note when no Vulkan device is usable (fails under `EXO_GPU_REQUIRE_VULKAN=1`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

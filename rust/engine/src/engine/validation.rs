@@ -74,8 +74,7 @@ mod tests {
     use super::*;
 
     fn validation_engine() -> Option<Engine> {
-        if let Some(reason) = Engine::probe() {
-            eprintln!("note: skipping Vulkan test: {reason}");
+        if crate::test_support::skip_without_vulkan() {
             return None;
         }
         match Engine::new(true, Some("staging")) {
