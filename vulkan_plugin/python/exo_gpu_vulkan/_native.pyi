@@ -83,7 +83,8 @@ class Engine:
     def device_count(self) -> int: ...
     def device_info(self, index: int) -> DeviceInfoRecord:
         """Keys (exo_gpu_vulkan.records.DeviceInfoRecord): index, name, vendor_id, device_id,
-        device_type ("discrete" | "integrated" | "virtual" | "cpu" | "other"), driver_version (raw u32), api_version (raw u32),
+        device_type ("discrete" | "integrated" | "virtual" | "cpu" | "other"),
+        driver_version (raw u32), api_version (raw u32),
         driver_name (str | None), driver_info (str | None), device_uuid (bytes, 16),
         driver_uuid (bytes, 16), opaque_fd (bool: buffers can be exported and imported as
         opaque file descriptors, VK_KHR_external_memory_fd),
