@@ -320,29 +320,21 @@ impl DeviceContext {
                     dst_offset: base + dst_offset + start,
                     size: *len,
                 };
-                // SAFETY: recording state; all regions in bounds; the barriers order the two
-                // copies of a chunk and consecutive chunks.
+                // SAFETY: recording state; all regions in bounds; the barrier after each copy
+                // orders the two copies of a chunk and consecutive chunks.
                 unsafe {
-                    d.cmd_copy_buffer(cmd, b, t, &[to_tmp]);
-                    d.cmd_pipeline_barrier(
-                        cmd,
-                        vk::PipelineStageFlags::TRANSFER,
-                        vk::PipelineStageFlags::TRANSFER,
-                        vk::DependencyFlags::empty(),
-                        &barrier,
-                        &[],
-                        &[],
-                    );
-                    d.cmd_copy_buffer(cmd, t, b, &[from_tmp]);
-                    d.cmd_pipeline_barrier(
-                        cmd,
-                        vk::PipelineStageFlags::TRANSFER,
-                        vk::PipelineStageFlags::TRANSFER,
-                        vk::DependencyFlags::empty(),
-                        &barrier,
-                        &[],
-                        &[],
-                    );
+                    for (from, to, region) in [(b, t, to_tmp), (t, b, from_tmp)] {
+                        d.cmd_copy_buffer(cmd, from, to, &[region]);
+                        d.cmd_pipeline_barrier(
+                            cmd,
+                            vk::PipelineStageFlags::TRANSFER,
+                            vk::PipelineStageFlags::TRANSFER,
+                            vk::DependencyFlags::empty(),
+                            &barrier,
+                            &[],
+                            &[],
+                        );
+                    }
                 }
             }
         });

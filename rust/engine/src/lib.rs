@@ -42,6 +42,7 @@ mod import;
 pub mod instance;
 mod memcpy;
 mod memory;
+mod pipeline_setup;
 mod plan;
 pub mod properties;
 mod queue;

@@ -121,13 +121,9 @@ impl EngineDevice {
             return self.write_hybrid(v, offset, src);
         }
         if let Some(min) = self.plan.import_min {
-            match write_imported(ctx.raw(), &ctx.mem, &ctx.up, v, offset, src, min)? {
-                Imported::Done => {
-                    self.count(PATH_IMPORT, n);
-                    return Ok(());
-                }
-                Imported::Refused => self.refused(),
-                Imported::Skipped => {}
+            let outcome = write_imported(ctx.raw(), &ctx.mem, &ctx.up, v, offset, src, min)?;
+            if self.took_import(outcome, n) {
+                return Ok(());
             }
         }
         self.count(PATH_STAGED, n);
@@ -175,8 +171,19 @@ impl EngineDevice {
         self.moved[path].fetch_add(n, Ordering::Relaxed);
     }
 
-    fn refused(&self) {
-        self.import_refused.fetch_add(1, Ordering::Relaxed);
+    /// Count an import attempt's outcome; whether it moved the `n` bytes.
+    fn took_import(&self, outcome: Imported, n: u64) -> bool {
+        match outcome {
+            Imported::Done => {
+                self.count(PATH_IMPORT, n);
+                true
+            }
+            Imported::Refused => {
+                self.import_refused.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Imported::Skipped => false,
+        }
     }
 
     /// Fill `[offset, offset+size)` of `v` from file `fd` at `file_offset`: parallel preads
@@ -294,13 +301,9 @@ impl EngineDevice {
             return ctx.read_mapped(v, offset, dst);
         }
         if let Some(min) = self.plan.import_min {
-            match read_imported(ctx.raw(), &ctx.mem, &ctx.down, v, offset, dst, min)? {
-                Imported::Done => {
-                    self.count(PATH_IMPORT, n);
-                    return Ok(());
-                }
-                Imported::Refused => self.refused(),
-                Imported::Skipped => {}
+            let outcome = read_imported(ctx.raw(), &ctx.mem, &ctx.down, v, offset, dst, min)?;
+            if self.took_import(outcome, n) {
+                return Ok(());
             }
         }
         self.count(PATH_STAGED, n);
