@@ -10,11 +10,12 @@
 //! - [`instance`]: loader entry, instance, validation layer + debug messenger (and the per-call
 //!   log the thread pool carries to its threads), enumeration;
 //! - `workers`: the thread pool; `memcpy`: the parallel copy and fill kernels on it;
-//! - [`properties`]: device information, queue-family and strategy choice, memory budgets;
+//! - [`properties`]: device information, queue-family and strategy choice, memory budgets
+//!   (`query` gathers them from the driver);
 //! - [`device`]: the raw logical device and its lost/hung state and wait timeout;
 //! - `queue`: submission under a lock held only around vkQueueSubmit, completion as timeline
-//!   values waited on outside every lock, command slots, the `Slots` command ring and the one
-//!   command path on it (`submit_one`, `run_now`) every one-shot piece of work takes;
+//!   values waited on outside every lock; `slots`: command slots, the `Slots` command ring and
+//!   the one command path on it (`submit_one`, `run_now`) every one-shot piece of work takes;
 //! - `memory`: `Memory` (buffers from gpu-allocator with running counters), with `types`
 //!   (memory type per use), `buffers` (buffers, views, atom-aligned flush/invalidate), `slabs`
 //!   (O(1) pools of small buffers) and `heaps` (process-wide heap accounting, reservations);
@@ -28,7 +29,8 @@
 //!   device-side fills and copies) and the cache that shares it;
 //! - `plan`: the plan that picks a path per transfer; `host`: pinned and registered host memory;
 //! - `transfer`: `EngineDevice`, one engine's view of a device (its plan, counters, copy paths);
-//! - `allocation`: user allocations; [`cross`]: copies between two devices;
+//! - `allocation`: user allocations; [`cross`]: copies between two devices (`paths`: which
+//!   path; `side`: one device's half of a link);
 //! - [`engine`]: the public facade (`engine/`: state, allocations and transfers; validation
 //!   log, reports, cross-device links, host memory, interop, fault injection).
 
@@ -55,6 +57,7 @@ mod pipeline_setup;
 mod plan;
 pub mod properties;
 mod queue;
+mod slots;
 mod staging;
 mod sync;
 #[cfg(test)]

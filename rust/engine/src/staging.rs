@@ -12,7 +12,8 @@ use crate::device::RawDevice;
 use crate::error::{EngineError, Result};
 use crate::memcpy;
 use crate::memory::{flush, invalidate, mapped_of, BufView, GpuBuffer, Kind, Memory};
-use crate::queue::{CmdSlot, Frame, HasCmd, Queue, Slots};
+use crate::queue::Queue;
+use crate::slots::{CmdSlot, Frame, HasCmd, Slots};
 
 /// Which way a ring moves bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
