@@ -13,6 +13,7 @@ __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
     "ConfigError",
+    "DeviceLostError",
     "DeviceNotFoundError",
     "FileReadError",
     "GPUError",
@@ -32,6 +33,12 @@ class GPUError(RuntimeError):
 
 class DeviceNotFoundError(GPUError):
     """The device id is malformed or names no device of this backend."""
+
+
+class DeviceLostError(GPUError):
+    """The device was lost (a driver reset, a hang past the wait timeout, a fault): work in flight
+    on it may or may not have run, and every later call on it fails at once. Nothing on the device
+    is usable again; a new backend instance opens a fresh device."""
 
 
 class OutOfMemoryError(GPUError):

@@ -1,5 +1,6 @@
 """Faults inside the Vulkan engine (needs the engine built with the `fault-injection` feature, as
-`make test` builds it): a Rust panic arrives as GPUError, a lost device fails fast afterwards."""
+`make test` builds it): a Rust panic arrives as GPUError ("internal error"), a lost device fails
+fast afterwards with DeviceLostError."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 
 import pytest
 
-from exo_gpu_plugins.errors import BackendUnavailableError, GPUError
+from exo_gpu_plugins.errors import BackendUnavailableError, DeviceLostError, GPUError
 
 native = pytest.importorskip("exo_gpu_vulkan._native")
 
@@ -29,8 +30,9 @@ async def vulkan():  # type: ignore[no-untyped-def]
 async def test_panic_becomes_gpu_error(vulkan) -> None:  # type: ignore[no-untyped-def]
     handle = await vulkan.allocate("vulkan:0", 4096)
     await vulkan.copy_to_device(b"kept", handle)
-    with pytest.raises(GPUError, match=r"panic|internal"):
+    with pytest.raises(GPUError, match=r"internal error") as raised:
         vulkan._engine._inject_fault("panic", 0)
+    assert type(raised.value) is GPUError
     assert await vulkan.copy_from_device(handle, 0, 4) == b"kept"
 
 
@@ -44,7 +46,7 @@ async def test_lost_device_fails_fast(vulkan) -> None:  # type: ignore[no-untype
         lambda: vulkan.synchronize("vulkan:0"),
     ):
         start = time.perf_counter()
-        with pytest.raises(GPUError, match="lost"):
+        with pytest.raises(DeviceLostError, match="lost"):
             await call()
         assert time.perf_counter() - start < 1.0
 
@@ -57,9 +59,9 @@ def test_lost_device_releases_untouched_buffers(vulkan) -> None:  # type: ignore
     engine._inject_fault("device_lost", 0)
     src = bytearray(b"s" * (1 << 20))
     dst = bytearray(1 << 20)
-    with pytest.raises(GPUError, match="lost"):
+    with pytest.raises(DeviceLostError, match="lost"):
         engine.write(alloc, 0, src)
-    with pytest.raises(GPUError, match="lost"):
+    with pytest.raises(DeviceLostError, match="lost"):
         engine.read_into(alloc, 0, dst)
     src.extend(b"more")  # BufferError if the export were kept
     dst.extend(b"more")
@@ -89,12 +91,12 @@ def test_hang_keeps_memory_a_dma_may_still_touch() -> None:
     engine.write(alloc, 0, src)
     assert int(engine.stats(0)["imported_bytes"]) > 0, engine.stats(0)
     engine._inject_fault("hang", 0, timeout_ms=300)
-    with pytest.raises(GPUError, match="in flight"):
+    with pytest.raises(DeviceLostError, match="in flight"):
         engine.write(alloc, 0, src)
     with pytest.raises(BufferError):
         src.extend(b"x")  # still exported
     later = bytearray(size)
-    with pytest.raises(GPUError, match="lost"):
+    with pytest.raises(DeviceLostError, match="lost"):
         engine.read_into(alloc, 0, later)
     later.extend(b"x")  # refused before any DMA: released
     engine.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from exo_gpu_plugins.errors import GPUError
+from exo_gpu_plugins.errors import DeviceLostError
 from tests.vulkan.strategies import STRATEGIES, open_with
 
 MiB = 1 << 20
@@ -90,13 +90,13 @@ async def test_hung_device_fails_every_call_within_one_timeout() -> None:
         results = await asyncio.gather(*(call() for call in calls), return_exceptions=True)
         took = time.perf_counter() - start
         for result in results:
-            assert isinstance(result, GPUError), result
+            assert isinstance(result, DeviceLostError), result
             assert "lost" in str(result), result
         assert took < 2 * HANG_TIMEOUT_MS / 1000, took
         # Later calls fail at once.
         for call in calls:
             start = time.perf_counter()
-            with pytest.raises(GPUError, match="lost"):
+            with pytest.raises(DeviceLostError, match="lost"):
                 await call()
             assert time.perf_counter() - start < HANG_TIMEOUT_MS / 1000
         # The caller's buffer stays usable memory (the engine kept its own references).

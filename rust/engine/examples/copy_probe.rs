@@ -28,6 +28,11 @@ mod engine_spv;
 mod probe_common;
 use probe_common::{first_device, memory_type, Buf, Res};
 
+/// The engine's compute-pipeline setup (the probe times kernels set up exactly as the engine's).
+#[path = "../src/pipeline_setup.rs"]
+mod pipeline_setup;
+use pipeline_setup::{create_compute_pipeline, create_layouts};
+
 /// Timed submissions per row (after one warm-up).
 const RUNS: usize = 10;
 /// Bytes of the check result (mismatch count, lowest mismatching index) at the readback's start;
@@ -368,11 +373,6 @@ impl Gpu {
 
     /// A compute pipeline of `code`, with specialization constant 0 = `local` where given.
     fn pipeline(&self, code: &[u32], local: Option<u32>) -> Res<(vk::ShaderModule, vk::Pipeline)> {
-        let d = &self.device;
-        // SAFETY: valid device; `code` is SPIR-V (validated by the driver).
-        let module = unsafe {
-            d.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(code), None)?
-        };
         let entries = [vk::SpecializationMapEntry {
             constant_id: 0,
             offset: 0,
@@ -382,25 +382,10 @@ impl Gpu {
         let spec = vk::SpecializationInfo::default()
             .map_entries(&entries)
             .data(&data);
-        let mut stage = vk::PipelineShaderStageCreateInfo::default()
-            .stage(vk::ShaderStageFlags::COMPUTE)
-            .module(module)
-            .name(c"main");
-        if local.is_some() {
-            stage = stage.specialization_info(&spec);
-        }
-        let info = [vk::ComputePipelineCreateInfo::default()
-            .stage(stage)
-            .layout(self.layout)];
-        // SAFETY: valid create info; the module and layout are live.
-        match unsafe { d.create_compute_pipelines(vk::PipelineCache::null(), &info, None) } {
-            Ok(p) => Ok((module, p[0])),
-            Err((_, e)) => {
-                // SAFETY: no pipeline uses the module.
-                unsafe { d.destroy_shader_module(module, None) };
-                Err(format!("vkCreateComputePipelines: {e}").into())
-            }
-        }
+        // SAFETY: valid device; `self.layout` was made on it for these kernels' interface (two
+        // storage buffers, 16 bytes of push constants); `code` is SPIR-V (checked by the driver).
+        unsafe { create_compute_pipeline(&self.device, self.layout, code, local.map(|_| &spec)) }
+            .map_err(|e| format!("vkCreateComputePipelines: {e}").into())
     }
 
     /// A recorded primary command buffer (free it with `free`).
@@ -813,34 +798,13 @@ fn run() -> Res<()> {
     .cast::<u8>()
     .cast_const();
 
-    let bindings = [0u32, 1].map(|b| {
-        vk::DescriptorSetLayoutBinding::default()
-            .binding(b)
-            .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-            .descriptor_count(1)
-            .stage_flags(vk::ShaderStageFlags::COMPUTE)
-    });
     let pool_sizes = [vk::DescriptorPoolSize {
         ty: vk::DescriptorType::STORAGE_BUFFER,
         descriptor_count: 6,
     }];
-    let ranges = [vk::PushConstantRange::default()
-        .stage_flags(vk::ShaderStageFlags::COMPUTE)
-        .offset(0)
-        .size(16)];
     // SAFETY: valid device and create infos; every object is destroyed at the end.
     let (set_layout, layout, descriptor_pool, pool, fence) = unsafe {
-        let set_layout = device.create_descriptor_set_layout(
-            &vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings),
-            None,
-        )?;
-        let layouts = [set_layout];
-        let layout = device.create_pipeline_layout(
-            &vk::PipelineLayoutCreateInfo::default()
-                .set_layouts(&layouts)
-                .push_constant_ranges(&ranges),
-            None,
-        )?;
+        let (set_layout, layout) = create_layouts(&device, false, 16)?;
         let descriptor_pool = device.create_descriptor_pool(
             &vk::DescriptorPoolCreateInfo::default()
                 .max_sets(3)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::context::DeviceContext;
 use crate::error::{EngineError, Result};
 use crate::memory::{allocation_usage, BufView, GpuBuffer, Kind, SlabRef};
-use crate::plan::EngineDevice;
+use crate::transfer::EngineDevice;
 
 #[cfg(unix)]
 use crate::export::{ExportInfo, ExternalMemory};

@@ -6,6 +6,7 @@
 
 use ash::vk;
 
+use crate::pipeline_setup::{create_compute_pipeline, create_layouts};
 use crate::properties::DeviceInfo;
 
 #[path = "../shaders/copy_spv.rs"]
@@ -39,16 +40,6 @@ impl CopyPipeline {
         if !info.extensions.push_descriptor {
             return None;
         }
-        let bindings = [0u32, 1].map(|b| {
-            vk::DescriptorSetLayoutBinding::default()
-                .binding(b)
-                .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                .descriptor_count(1)
-                .stage_flags(vk::ShaderStageFlags::COMPUTE)
-        });
-        let set_info = vk::DescriptorSetLayoutCreateInfo::default()
-            .flags(vk::DescriptorSetLayoutCreateFlags::PUSH_DESCRIPTOR_KHR)
-            .bindings(&bindings);
         let mut made = CopyPipeline {
             push: ash::khr::push_descriptor::Device::new(instance, device),
             set_layout: vk::DescriptorSetLayout::null(),
@@ -59,36 +50,14 @@ impl CopyPipeline {
             max_range: info.max_storage_buffer_range,
             max_groups: u64::from(info.max_compute_work_group_count_x).min(65_535),
         };
-        // SAFETY: valid device and create infos; every object made here is destroyed by
-        // `destroy` (also on the failure paths below).
+        // SAFETY: live device with VK_KHR_push_descriptor (checked above); the shader's
+        // interface (two storage buffers, 12 bytes of push constants) fits the layout; every
+        // object made here is destroyed by `destroy` (also on the failure paths below).
         let built = unsafe {
             (|| -> Result<(), vk::Result> {
-                made.set_layout = device.create_descriptor_set_layout(&set_info, None)?;
-                let ranges = [vk::PushConstantRange::default()
-                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
-                    .offset(0)
-                    .size(12)];
-                let layouts = [made.set_layout];
-                made.layout = device.create_pipeline_layout(
-                    &vk::PipelineLayoutCreateInfo::default()
-                        .set_layouts(&layouts)
-                        .push_constant_ranges(&ranges),
-                    None,
-                )?;
-                made.shader = device.create_shader_module(
-                    &vk::ShaderModuleCreateInfo::default().code(&spv::COPY_SPV),
-                    None,
-                )?;
-                let stage = vk::PipelineShaderStageCreateInfo::default()
-                    .stage(vk::ShaderStageFlags::COMPUTE)
-                    .module(made.shader)
-                    .name(c"main");
-                let info = [vk::ComputePipelineCreateInfo::default()
-                    .stage(stage)
-                    .layout(made.layout)];
-                made.pipeline = device
-                    .create_compute_pipelines(vk::PipelineCache::null(), &info, None)
-                    .map_err(|(_, r)| r)?[0];
+                (made.set_layout, made.layout) = create_layouts(device, true, 12)?;
+                (made.shader, made.pipeline) =
+                    create_compute_pipeline(device, made.layout, &spv::COPY_SPV, None)?;
                 Ok(())
             })()
         };

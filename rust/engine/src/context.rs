@@ -11,15 +11,20 @@ use crate::compute::CopyPipeline;
 use crate::device::RawDevice;
 use crate::error::Result;
 use crate::instance::InstanceContext;
-use crate::memory::Memory;
+use crate::memcpy;
+use crate::memory::{at, flush, invalidate, mapped_of, BufView, Kind, Memory};
 use crate::properties::DeviceInfo;
-use crate::queue::{CmdSlot, Queue, Slots};
+use crate::queue::Queue;
+use crate::slots::{CmdSlot, Frame, Slots};
 use crate::staging::{Direction, StagingRing};
 use crate::sync::lock;
 use crate::tuning::{tuning, Tuning};
 
 /// Command slots for device-side work (fills, device copies, memmove) per device.
 const WORK_SLOTS: usize = 16;
+
+/// Largest temporary buffer used for an overlapping (memmove) device copy.
+const MEMMOVE_CHUNK: u64 = 32 << 20;
 
 /// A logical device, shared by every engine of the process that uses this physical device with
 /// the same validation setting (see `shared_device`). Every allocation holds an `Arc` (through
@@ -185,6 +190,158 @@ impl DeviceContext {
             q.wait_idle(&self.raw)?;
         }
         Ok(())
+    }
+
+    /// memcpy `src` into a mapped range at `offset` (bounds already checked).
+    pub(crate) fn write_mapped(&self, v: &BufView, offset: u64, src: &[u8]) -> Result<()> {
+        let dst = at(mapped_of(v)?, offset)?;
+        // SAFETY: `[offset, offset+len)` is within the mapped range (checked by the caller);
+        // `src` is a distinct host slice.
+        unsafe { memcpy::copy(dst, src.as_ptr(), src.len()) };
+        flush(self.raw(), v, offset, src.len() as u64)
+    }
+
+    /// memcpy from a mapped range at `offset` into `dst` (bounds already checked).
+    pub(crate) fn read_mapped(&self, v: &BufView, offset: u64, dst: &mut [u8]) -> Result<()> {
+        let base = mapped_of(v)?;
+        invalidate(self.raw(), v, offset, dst.len() as u64)?;
+        let src = at(base, offset)?;
+        let stream = tuning().stream_reads;
+        if stream == 2 || (stream == 1 && !v.cached) {
+            // SAFETY: in-bounds range of the mapping; `dst` is a distinct host slice.
+            unsafe { memcpy::copy_from_uncached(dst.as_mut_ptr(), src, dst.len()) };
+        } else {
+            // SAFETY: as above.
+            unsafe { memcpy::copy(dst.as_mut_ptr(), src, dst.len()) };
+        }
+        Ok(())
+    }
+
+    /// Record and submit device-side work on the work ring and wait for it (outside every lock).
+    pub(crate) fn run_now(
+        &self,
+        record: impl FnOnce(&ash::Device, vk::CommandBuffer),
+    ) -> Result<()> {
+        let frame = Frame {
+            after_earlier: true,
+            host_reads: true,
+        };
+        self.work.run_now(self.raw(), frame, record)
+    }
+
+    /// vkCmdFillBuffer zeros over a whole range, on the universal queue.
+    pub(crate) fn fill_zero(&self, v: &BufView) -> Result<()> {
+        let (b, off, len) = (v.buffer, v.offset, v.len);
+        self.run_now(|d, cmd| {
+            // SAFETY: recording state; offset and length are multiples of 4 within the buffer.
+            unsafe { d.cmd_fill_buffer(cmd, b, off, len, 0) }
+        })
+    }
+
+    /// Device-side copy between two distinct ranges (one vkCmdCopyBuffer on the universal queue:
+    /// on discrete GPUs the copy engines behind a transfer-only queue are far slower for this).
+    /// Returns whether the compute shader did the copy.
+    pub(crate) fn copy_buffers(
+        &self,
+        src: &BufView,
+        src_offset: u64,
+        dst: &BufView,
+        dst_offset: u64,
+        size: u64,
+    ) -> Result<bool> {
+        if size == 0 {
+            return Ok(false);
+        }
+        let (s, t) = (src.buffer, dst.buffer);
+        let (sa, da) = (src.offset + src_offset, dst.offset + dst_offset);
+        let t_ = tuning();
+        if let Some(cp) = self.copy.as_ref() {
+            if !t_.d2d_transfer && size >= t_.compute_min && cp.suits(sa, da, size) {
+                return self
+                    .run_now(|d, cmd| cp.record(d, cmd, (s, sa), (t, da), size))
+                    .map(|()| true);
+            }
+        }
+        let region = vk::BufferCopy {
+            src_offset: sa,
+            dst_offset: da,
+            size,
+        };
+        self.run_now(|d, cmd| {
+            // SAFETY: recording state; regions are in bounds and do not overlap.
+            unsafe { d.cmd_copy_buffer(cmd, s, t, &[region]) }
+        })
+        .map(|()| false)
+    }
+
+    /// memmove within one range whose source and destination overlap, through a temporary
+    /// device buffer, chunk by chunk, in the order that never overwrites source bytes before
+    /// they were read (forward when moving down, backward when up).
+    pub(crate) fn move_within(
+        &self,
+        v: &BufView,
+        src_offset: u64,
+        dst_offset: u64,
+        size: u64,
+    ) -> Result<()> {
+        if size == 0 || src_offset == dst_offset {
+            return Ok(());
+        }
+        let tmp_size = size.min(MEMMOVE_CHUNK).next_multiple_of(4);
+        let mut tmp = self.mem.create_buffer(
+            self.raw(),
+            tmp_size,
+            vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST,
+            Kind::Device,
+            "exo-memmove-tmp",
+        )?;
+        let mut chunks = Vec::new();
+        let mut done = 0u64;
+        while done < size {
+            let len = tmp_size.min(size - done);
+            chunks.push((done, len));
+            done += len;
+        }
+        if dst_offset > src_offset {
+            chunks.reverse();
+        }
+        let (b, t, base) = (v.buffer, tmp.buffer, v.offset);
+        let barrier = [vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE | vk::AccessFlags::TRANSFER_READ)
+            .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE)];
+        let result = self.run_now(|d, cmd| {
+            for (start, len) in &chunks {
+                let to_tmp = vk::BufferCopy {
+                    src_offset: base + src_offset + start,
+                    dst_offset: 0,
+                    size: *len,
+                };
+                let from_tmp = vk::BufferCopy {
+                    src_offset: 0,
+                    dst_offset: base + dst_offset + start,
+                    size: *len,
+                };
+                // SAFETY: recording state; all regions in bounds; the barrier after each copy
+                // orders the two copies of a chunk and consecutive chunks.
+                unsafe {
+                    for (from, to, region) in [(b, t, to_tmp), (t, b, from_tmp)] {
+                        d.cmd_copy_buffer(cmd, from, to, &[region]);
+                        d.cmd_pipeline_barrier(
+                            cmd,
+                            vk::PipelineStageFlags::TRANSFER,
+                            vk::PipelineStageFlags::TRANSFER,
+                            vk::DependencyFlags::empty(),
+                            &barrier,
+                            &[],
+                            &[],
+                        );
+                    }
+                }
+            }
+        });
+        // On a hung device the temporary may still be in use: `destroy_buffer` leaks it then.
+        self.mem.destroy_buffer(self.raw(), &mut tmp);
+        result
     }
 }
 

@@ -167,9 +167,9 @@ pub(crate) fn allocate(ctx: &Arc<DeviceContext>, id: u64, size: u64) -> Result<H
         ));
     };
     let view = buf.view();
-    crate::workers::advise_huge_pages(start.as_ptr(), len);
+    crate::memcpy::advise_huge_pages(start.as_ptr(), len);
     // SAFETY: the mapping holds `len` bytes nobody else uses yet.
-    unsafe { crate::workers::zero(start.as_ptr(), len) };
+    unsafe { crate::memcpy::zero(start.as_ptr(), len) };
     crate::memory::flush(ctx.raw(), &view, 0, size)?;
     Ok(HostRange {
         id,

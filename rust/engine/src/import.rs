@@ -10,8 +10,8 @@ use ash::vk;
 
 use crate::device::RawDevice;
 use crate::error::{EngineError, Result};
-use crate::memory::{BufView, Memory};
-use crate::staging::{mapped_of, StagingRing};
+use crate::memory::{mapped_of, BufView, Memory};
+use crate::staging::StagingRing;
 use crate::sync::lock;
 use crate::workers::workers;
 
@@ -238,7 +238,7 @@ pub(crate) fn write_imported(
             let base = dst.offset + offset;
             let dbuf = dst.buffer;
             // A host-visible destination may be read through its mapping next.
-            let frame = crate::queue::Frame {
+            let frame = crate::slots::Frame {
                 after_earlier: true,
                 host_reads: dst.mapped.is_some(),
             };
@@ -310,7 +310,7 @@ pub(crate) fn read_imported(
         let tail_at = (staging.len / 2) as usize;
         let base = src.offset + offset;
         let sbuf = src.buffer;
-        let frame = crate::queue::Frame {
+        let frame = crate::slots::Frame {
             after_earlier: true,
             host_reads: true,
         };

@@ -3,25 +3,36 @@
 //! The loader is opened at run time (`ash::Entry::load`), so a machine without libvulkan gets an
 //! [`EngineError::Unavailable`] value, never a link failure.
 //!
-//! Modules, one concept each, imports running one way (each uses only those above it):
+//! Modules, one concept each (one file per type with its impl), imports running one way (each
+//! uses only those above it):
 //! - [`error`]: the error enum; `sync`: poison-tolerant locks; `tuning`: sizes and thresholds
-//!   (`EXO_VULKAN_TUNE`); `workers`: the memcpy/pread thread pool;
-//! - [`instance`]: loader entry, instance, validation layer + debug messenger, enumeration;
-//! - [`properties`]: device information, queue-family and strategy choice, memory budgets;
+//!   (`EXO_VULKAN_TUNE`);
+//! - [`instance`]: loader entry, instance, validation layer + debug messenger (and the per-call
+//!   log the thread pool carries to its threads), enumeration;
+//! - `workers`: the thread pool; `memcpy`: the parallel copy and fill kernels on it;
+//! - [`properties`]: device information, queue-family and strategy choice, memory budgets
+//!   (`query` gathers them from the driver);
 //! - [`device`]: the raw logical device and its lost/hung state and wait timeout;
 //! - `queue`: submission under a lock held only around vkQueueSubmit, completion as timeline
-//!   values waited on outside every lock, command slots and the `Slots` command ring;
-//! - `memory`: memory types per use, gpu-allocator backed buffers with running counters, O(1)
-//!   pools of small buffers, atom-aligned flush/invalidate;
+//!   values waited on outside every lock; `slots`: command slots, the `Slots` command ring and
+//!   the one command path on it (`submit_one`, `run_now`) every one-shot piece of work takes;
+//! - `memory`: `Memory` (buffers from gpu-allocator with running counters), with `types`
+//!   (memory type per use), `buffers` (buffers, views, atom-aligned flush/invalidate), `slabs`
+//!   (O(1) pools of small buffers) and `heaps` (process-wide heap accounting, reservations);
 //! - `export`: dedicated memory shared as opaque file descriptors (CUDA, other processes);
 //! - `staging`: one staging ring per direction (memcpy/file reads of slot k+1 overlap the DMA
 //!   of slot k; uploads and downloads in flight at once); `import`: host-pointer import;
-//! - [`context`]: one device as the engine uses it (queues, rings, memory) and the cache that
-//!   shares it; `compute`: the compute-shader device copy;
-//! - `plan`: one engine's view of a device (the plan that picks a path, its counters);
-//! - `allocation`: user allocations; `host`: pinned and registered host memory;
-//! - `transfer`: the copy paths; [`cross`]: copies between two devices;
-//! - [`engine`]: the public facade.
+//!   `file_read`: parallel (and `O_DIRECT`) file reads into slots or mappings;
+//! - `pipeline_setup`: the compute-pipeline setup (shared with the copy probe); `compute`: the
+//!   compute-shader copy;
+//! - [`context`]: `DeviceContext`, one device as the engine uses it (queues, rings, memory,
+//!   device-side fills and copies) and the cache that shares it;
+//! - `plan`: the plan that picks a path per transfer; `host`: pinned and registered host memory;
+//! - `transfer`: `EngineDevice`, one engine's view of a device (its plan, counters, copy paths);
+//! - `allocation`: user allocations; [`cross`]: copies between two devices (`paths`: which
+//!   path; `side`: one device's half of a link);
+//! - [`engine`]: the public facade (`engine/`: state, allocations and transfers; validation
+//!   log, reports, cross-device links, host memory, interop, fault injection).
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -40,12 +51,17 @@ mod file_read;
 mod host;
 mod import;
 pub mod instance;
+mod memcpy;
 mod memory;
+mod pipeline_setup;
 mod plan;
 pub mod properties;
 mod queue;
+mod slots;
 mod staging;
 mod sync;
+#[cfg(test)]
+mod test_support;
 mod transfer;
 mod tuning;
 mod workers;
@@ -66,5 +82,5 @@ fn assert_send_sync() {
     is::<Engine>();
     is::<allocation::Allocation>();
     is::<context::DeviceContext>();
-    is::<plan::EngineDevice>();
+    is::<transfer::EngineDevice>();
 }

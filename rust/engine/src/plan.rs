@@ -1,10 +1,6 @@
-//! One engine's view of a device: the plan that picks a path per transfer (strategy and size
-//! thresholds, from `tuning`) and the engine's own counters.
+//! The plan that picks a path per transfer on one device: the strategy and the size thresholds
+//! of each path (from `tuning`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use crate::context::DeviceContext;
 use crate::properties::{DeviceInfo, Strategy, StrategyRequest};
 use crate::tuning::Tuning;
 
@@ -74,47 +70,5 @@ impl Plan {
                 ..none
             },
         }
-    }
-}
-
-/// One engine's view of a shared device: its plan and its own allocation counters.
-pub(crate) struct EngineDevice {
-    pub(crate) ctx: Arc<DeviceContext>,
-    pub(crate) plan: Plan,
-    /// Live allocations of this engine on the device.
-    pub(crate) live_allocations: AtomicU64,
-    /// Bytes requested by them.
-    pub(crate) live_bytes: AtomicU64,
-    /// Bytes of device memory they hold, per heap.
-    pub(crate) heap_bytes: Vec<AtomicU64>,
-    /// Bytes moved between host and device by each path (mapping, staging ring, import),
-    /// device-to-device bytes copied by the compute shader, bytes copied to or from the
-    /// device by cross-device copies, bytes moved by DMA from/to pinned or registered host
-    /// memory, and file bytes read with `O_DIRECT`.
-    pub(crate) moved: [AtomicU64; 7],
-    /// Imports the driver refused (the copy then went through staging).
-    pub(crate) import_refused: AtomicU64,
-}
-
-impl EngineDevice {
-    pub(crate) fn new(ctx: Arc<DeviceContext>, plan: Plan) -> EngineDevice {
-        let heap_bytes = ctx.info.heaps.iter().map(|_| AtomicU64::new(0)).collect();
-        EngineDevice {
-            ctx,
-            plan,
-            live_allocations: AtomicU64::new(0),
-            live_bytes: AtomicU64::new(0),
-            heap_bytes,
-            moved: Default::default(),
-            import_refused: AtomicU64::new(0),
-        }
-    }
-
-    /// Bytes this engine holds on each heap.
-    pub(crate) fn heap_usage(&self) -> Vec<u64> {
-        self.heap_bytes
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect()
     }
 }

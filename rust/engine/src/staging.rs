@@ -10,9 +10,10 @@ use ash::vk;
 
 use crate::device::RawDevice;
 use crate::error::{EngineError, Result};
-use crate::memory::{flush, invalidate, BufView, GpuBuffer, Kind, Memory};
-use crate::queue::{CmdSlot, Frame, HasCmd, Queue, Slots};
-use crate::workers;
+use crate::memcpy;
+use crate::memory::{flush, invalidate, mapped_of, BufView, GpuBuffer, Kind, Memory};
+use crate::queue::Queue;
+use crate::slots::{CmdSlot, Frame, HasCmd, Slots};
 
 /// Which way a ring moves bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -40,12 +41,6 @@ impl StagedSlot {
     fn ptr(&self) -> Result<*mut u8> {
         mapped_of(&self.buf.view()).map(|p| p.as_ptr())
     }
-}
-
-/// The host mapping of a view.
-pub(crate) fn mapped_of(v: &BufView) -> Result<std::ptr::NonNull<u8>> {
-    v.mapped
-        .ok_or_else(|| EngineError::Internal("buffer is not host-visible".into()))
 }
 
 /// Writes chunk bytes into a staging slot: `(slot, position in the transfer, length)` to where
@@ -117,9 +112,7 @@ impl StagingRing {
 
     /// Give a slot back, unless the device hung (it may still be in use: leaked).
     pub(crate) fn put(&self, dev: &RawDevice, slot: StagedSlot) {
-        if !dev.is_hung() {
-            self.slots.put(slot);
-        }
+        self.slots.put_unless_hung(dev, slot);
     }
 
     /// Upload `len` bytes to `dst` at `offset`: `fill(slot, position, n)` writes the `n` bytes
@@ -228,7 +221,7 @@ impl StagingRing {
                 let at = pos as usize;
                 if !diag {
                     // SAFETY: `out[..n]` (a slot) and `src[at..at+n]` are distinct, in bounds.
-                    unsafe { workers::copy(out.as_mut_ptr(), src.as_ptr().add(at), n) };
+                    unsafe { memcpy::copy(out.as_mut_ptr(), src.as_ptr().add(at), n) };
                 }
                 Ok(0)
             },
@@ -264,7 +257,7 @@ impl StagingRing {
                 if !diag {
                     // SAFETY: the DMA into this slot finished (value waited, host-read barrier
                     // recorded); `[k*chunk, +len)` lies within `dst`, which outlives the call.
-                    unsafe { workers::copy((out + k * chunk) as *mut u8, s.ptr()?, len) };
+                    unsafe { memcpy::copy((out + k * chunk) as *mut u8, s.ptr()?, len) };
                 }
                 Ok(())
             })();
@@ -338,17 +331,11 @@ impl StagingRing {
         dst_mapped: bool,
         record: impl FnOnce(&ash::Device, vk::CommandBuffer),
     ) -> Result<()> {
-        let family = self.cmds.queue.family;
-        let mut c = self.cmds.take_blocking(dev, || CmdSlot::new(dev, family))?;
         let frame = Frame {
             after_earlier: true,
             host_reads: self.dir == Direction::Download || dst_mapped,
         };
-        let r = self.cmds.submit(dev, &mut c, frame, record);
-        if !dev.is_hung() {
-            self.cmds.put(c);
-        }
-        self.cmds.queue.wait(dev, r?)
+        self.cmds.run_now(dev, frame, record)
     }
 
     /// Destroy every slot (device idle).

@@ -1,9 +1,11 @@
-//! Copy paths: memcpy through persistent mappings ("mapped", and small copies on ReBAR devices),
-//! the staging rings ("staging"), DMA straight to/from the caller's own pages ("import"),
-//! pinned and registered host memory (direct DMA), device-side copies (incl. memmove within one
-//! buffer) and zero fill. `EngineDevice` picks the path per call from its `Plan`.
+//! `EngineDevice`, one engine's view of a shared device: its `Plan`, its counters, and the copy
+//! paths it picks from per call: memcpy through persistent mappings ("mapped", and small copies
+//! on ReBAR devices), the staging rings ("staging"), DMA straight to/from the caller's own pages
+//! ("import"), pinned and registered host memory (direct DMA), device-side copies (incl.
+//! memmove within one buffer) and zero fill.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ash::vk;
 
@@ -13,15 +15,10 @@ use crate::error::{EngineError, Result};
 use crate::file_read::FileSource;
 use crate::host::HostRange;
 use crate::import::{read_imported, write_imported, Imported};
-use crate::memory::{flush, invalidate, BufView, Kind};
-use crate::plan::EngineDevice;
-use crate::queue::Frame;
-use crate::staging::mapped_of;
-use crate::tuning::tuning;
+use crate::memcpy;
+use crate::memory::{at, flush, invalidate, mapped_of, BufView};
+use crate::plan::Plan;
 use crate::workers::{self, workers};
-
-/// Largest temporary buffer used for an overlapping (memmove) device copy.
-const MEMMOVE_CHUNK: u64 = 32 << 20;
 
 /// Writes at least this large may be split between mapping and staging (`tuning` `hybrid`).
 const HYBRID_MIN: u64 = 8 << 20;
@@ -39,186 +36,47 @@ pub(crate) const PATH_PINNED: usize = 5;
 /// File bytes read with `O_DIRECT` (cold files) for a file copy.
 pub(crate) const PATH_FILE_DIRECT: usize = 6;
 
-/// `(base + offset)` as a pointer into a mapping, after bounds were checked by the caller.
-pub(crate) fn at(base: std::ptr::NonNull<u8>, offset: u64) -> Result<*mut u8> {
-    let off = usize::try_from(offset)
-        .map_err(|_| EngineError::OutOfBounds(format!("offset {offset} exceeds address space")))?;
-    // SAFETY: callers bounds-check `offset` against the mapped range, so the result stays
-    // within (or one past) the mapping.
-    Ok(unsafe { base.as_ptr().add(off) })
-}
-
-impl DeviceContext {
-    /// memcpy `src` into a mapped range at `offset` (bounds already checked).
-    pub(crate) fn write_mapped(&self, v: &BufView, offset: u64, src: &[u8]) -> Result<()> {
-        let dst = at(mapped_of(v)?, offset)?;
-        // SAFETY: `[offset, offset+len)` is within the mapped range (checked by the caller);
-        // `src` is a distinct host slice.
-        unsafe { workers::copy(dst, src.as_ptr(), src.len()) };
-        flush(self.raw(), v, offset, src.len() as u64)
-    }
-
-    /// memcpy from a mapped range at `offset` into `dst` (bounds already checked).
-    pub(crate) fn read_mapped(&self, v: &BufView, offset: u64, dst: &mut [u8]) -> Result<()> {
-        let base = mapped_of(v)?;
-        invalidate(self.raw(), v, offset, dst.len() as u64)?;
-        let src = at(base, offset)?;
-        let stream = tuning().stream_reads;
-        if stream == 2 || (stream == 1 && !v.cached) {
-            // SAFETY: in-bounds range of the mapping; `dst` is a distinct host slice.
-            unsafe { workers::copy_from_uncached(dst.as_mut_ptr(), src, dst.len()) };
-        } else {
-            // SAFETY: as above.
-            unsafe { workers::copy(dst.as_mut_ptr(), src, dst.len()) };
-        }
-        Ok(())
-    }
-
-    /// Record and submit device-side work on the work ring and wait for it (outside every lock).
-    pub(crate) fn run_now(
-        &self,
-        record: impl FnOnce(&ash::Device, vk::CommandBuffer),
-    ) -> Result<()> {
-        let raw = self.raw();
-        let mut s = self.work.take_blocking(raw, || {
-            crate::queue::CmdSlot::new(raw, self.work.queue.family)
-        })?;
-        let frame = Frame {
-            after_earlier: true,
-            host_reads: true,
-        };
-        let r = self.work.submit(raw, &mut s, frame, record);
-        if !raw.is_hung() {
-            self.work.put(s);
-        }
-        self.work.queue.wait(raw, r?)
-    }
-
-    /// vkCmdFillBuffer zeros over a whole range, on the universal queue.
-    pub(crate) fn fill_zero(&self, v: &BufView) -> Result<()> {
-        let (b, off, len) = (v.buffer, v.offset, v.len);
-        self.run_now(|d, cmd| {
-            // SAFETY: recording state; offset and length are multiples of 4 within the buffer.
-            unsafe { d.cmd_fill_buffer(cmd, b, off, len, 0) }
-        })
-    }
-
-    /// Device-side copy between two distinct ranges (one vkCmdCopyBuffer on the universal queue:
-    /// on discrete GPUs the copy engines behind a transfer-only queue are far slower for this).
-    /// Returns whether the compute shader did the copy.
-    pub(crate) fn copy_buffers(
-        &self,
-        src: &BufView,
-        src_offset: u64,
-        dst: &BufView,
-        dst_offset: u64,
-        size: u64,
-    ) -> Result<bool> {
-        if size == 0 {
-            return Ok(false);
-        }
-        let (s, t) = (src.buffer, dst.buffer);
-        let (sa, da) = (src.offset + src_offset, dst.offset + dst_offset);
-        let t_ = tuning();
-        if let Some(cp) = self.copy.as_ref() {
-            if !t_.d2d_transfer && size >= t_.compute_min && cp.suits(sa, da, size) {
-                return self
-                    .run_now(|d, cmd| cp.record(d, cmd, (s, sa), (t, da), size))
-                    .map(|()| true);
-            }
-        }
-        let region = vk::BufferCopy {
-            src_offset: sa,
-            dst_offset: da,
-            size,
-        };
-        self.run_now(|d, cmd| {
-            // SAFETY: recording state; regions are in bounds and do not overlap.
-            unsafe { d.cmd_copy_buffer(cmd, s, t, &[region]) }
-        })
-        .map(|()| false)
-    }
-
-    /// memmove within one range whose source and destination overlap, through a temporary
-    /// device buffer, chunk by chunk, in the order that never overwrites source bytes before
-    /// they were read (forward when moving down, backward when up).
-    pub(crate) fn move_within(
-        &self,
-        v: &BufView,
-        src_offset: u64,
-        dst_offset: u64,
-        size: u64,
-    ) -> Result<()> {
-        if size == 0 || src_offset == dst_offset {
-            return Ok(());
-        }
-        let tmp_size = size.min(MEMMOVE_CHUNK).next_multiple_of(4);
-        let mut tmp = self.mem.create_buffer(
-            self.raw(),
-            tmp_size,
-            vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST,
-            Kind::Device,
-            "exo-memmove-tmp",
-        )?;
-        let mut chunks = Vec::new();
-        let mut done = 0u64;
-        while done < size {
-            let len = tmp_size.min(size - done);
-            chunks.push((done, len));
-            done += len;
-        }
-        if dst_offset > src_offset {
-            chunks.reverse();
-        }
-        let (b, t, base) = (v.buffer, tmp.buffer, v.offset);
-        let barrier = [vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE | vk::AccessFlags::TRANSFER_READ)
-            .dst_access_mask(vk::AccessFlags::TRANSFER_READ | vk::AccessFlags::TRANSFER_WRITE)];
-        let result = self.run_now(|d, cmd| {
-            for (start, len) in &chunks {
-                let to_tmp = vk::BufferCopy {
-                    src_offset: base + src_offset + start,
-                    dst_offset: 0,
-                    size: *len,
-                };
-                let from_tmp = vk::BufferCopy {
-                    src_offset: 0,
-                    dst_offset: base + dst_offset + start,
-                    size: *len,
-                };
-                // SAFETY: recording state; all regions in bounds; the barriers order the two
-                // copies of a chunk and consecutive chunks.
-                unsafe {
-                    d.cmd_copy_buffer(cmd, b, t, &[to_tmp]);
-                    d.cmd_pipeline_barrier(
-                        cmd,
-                        vk::PipelineStageFlags::TRANSFER,
-                        vk::PipelineStageFlags::TRANSFER,
-                        vk::DependencyFlags::empty(),
-                        &barrier,
-                        &[],
-                        &[],
-                    );
-                    d.cmd_copy_buffer(cmd, t, b, &[from_tmp]);
-                    d.cmd_pipeline_barrier(
-                        cmd,
-                        vk::PipelineStageFlags::TRANSFER,
-                        vk::PipelineStageFlags::TRANSFER,
-                        vk::DependencyFlags::empty(),
-                        &barrier,
-                        &[],
-                        &[],
-                    );
-                }
-            }
-        });
-        // On a hung device the temporary may still be in use: `destroy_buffer` leaks it then.
-        self.mem.destroy_buffer(self.raw(), &mut tmp);
-        result
-    }
+/// One engine's view of a shared device: its plan and its own allocation counters.
+pub(crate) struct EngineDevice {
+    pub(crate) ctx: Arc<DeviceContext>,
+    pub(crate) plan: Plan,
+    /// Live allocations of this engine on the device.
+    pub(crate) live_allocations: AtomicU64,
+    /// Bytes requested by them.
+    pub(crate) live_bytes: AtomicU64,
+    /// Bytes of device memory they hold, per heap.
+    pub(crate) heap_bytes: Vec<AtomicU64>,
+    /// Bytes moved between host and device by each path (mapping, staging ring, import),
+    /// device-to-device bytes copied by the compute shader, bytes copied to or from the
+    /// device by cross-device copies, bytes moved by DMA from/to pinned or registered host
+    /// memory, and file bytes read with `O_DIRECT`.
+    pub(crate) moved: [AtomicU64; 7],
+    /// Imports the driver refused (the copy then went through staging).
+    pub(crate) import_refused: AtomicU64,
 }
 
 impl EngineDevice {
+    pub(crate) fn new(ctx: Arc<DeviceContext>, plan: Plan) -> EngineDevice {
+        let heap_bytes = ctx.info.heaps.iter().map(|_| AtomicU64::new(0)).collect();
+        EngineDevice {
+            ctx,
+            plan,
+            live_allocations: AtomicU64::new(0),
+            live_bytes: AtomicU64::new(0),
+            heap_bytes,
+            moved: Default::default(),
+            import_refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes this engine holds on each heap.
+    pub(crate) fn heap_usage(&self) -> Vec<u64> {
+        self.heap_bytes
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Ready a fresh range. On the CPU device its memory is ordinary host memory: ask for huge
     /// pages before anything touches it, so the first writes (the zeroing, or the caller's own
     /// when `zeroed` is false) fault it in 2 MiB at a time. Then zero it when `zeroed`: memset
@@ -235,7 +93,7 @@ impl EngineDevice {
             None => None,
         };
         if let Some((ptr, len)) = mapped.filter(|_| ctx.info.device_type == "cpu") {
-            workers::advise_huge_pages(ptr.as_ptr(), len);
+            memcpy::advise_huge_pages(ptr.as_ptr(), len);
         }
         if !zeroed {
             return Ok(());
@@ -244,7 +102,7 @@ impl EngineDevice {
             Some((ptr, len)) if v.len <= self.plan.map_zero_max => {
                 // SAFETY: the mapping covers the whole range and nothing else accesses the fresh
                 // range yet.
-                unsafe { workers::zero(ptr.as_ptr(), len) };
+                unsafe { memcpy::zero(ptr.as_ptr(), len) };
                 flush(ctx.raw(), v, 0, v.len)
             }
             _ => ctx.fill_zero(v),
@@ -263,13 +121,9 @@ impl EngineDevice {
             return self.write_hybrid(v, offset, src);
         }
         if let Some(min) = self.plan.import_min {
-            match write_imported(ctx.raw(), &ctx.mem, &ctx.up, v, offset, src, min)? {
-                Imported::Done => {
-                    self.count(PATH_IMPORT, n);
-                    return Ok(());
-                }
-                Imported::Refused => self.refused(),
-                Imported::Skipped => {}
+            let outcome = write_imported(ctx.raw(), &ctx.mem, &ctx.up, v, offset, src, min)?;
+            if self.took_import(outcome, n) {
+                return Ok(());
             }
         }
         self.count(PATH_STAGED, n);
@@ -317,8 +171,19 @@ impl EngineDevice {
         self.moved[path].fetch_add(n, Ordering::Relaxed);
     }
 
-    fn refused(&self) {
-        self.import_refused.fetch_add(1, Ordering::Relaxed);
+    /// Count an import attempt's outcome; whether it moved the `n` bytes.
+    fn took_import(&self, outcome: Imported, n: u64) -> bool {
+        match outcome {
+            Imported::Done => {
+                self.count(PATH_IMPORT, n);
+                true
+            }
+            Imported::Refused => {
+                self.import_refused.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Imported::Skipped => false,
+        }
     }
 
     /// Fill `[offset, offset+size)` of `v` from file `fd` at `file_offset`: parallel preads
@@ -436,13 +301,9 @@ impl EngineDevice {
             return ctx.read_mapped(v, offset, dst);
         }
         if let Some(min) = self.plan.import_min {
-            match read_imported(ctx.raw(), &ctx.mem, &ctx.down, v, offset, dst, min)? {
-                Imported::Done => {
-                    self.count(PATH_IMPORT, n);
-                    return Ok(());
-                }
-                Imported::Refused => self.refused(),
-                Imported::Skipped => {}
+            let outcome = read_imported(ctx.raw(), &ctx.mem, &ctx.down, v, offset, dst, min)?;
+            if self.took_import(outcome, n) {
+                return Ok(());
             }
         }
         self.count(PATH_STAGED, n);
@@ -474,7 +335,7 @@ impl EngineDevice {
                 unsafe { std::ptr::copy(sp, dp, len) };
             } else {
                 // SAFETY: in-bounds, non-overlapping ranges of live mappings.
-                unsafe { workers::copy(dp, sp, len) };
+                unsafe { memcpy::copy(dp, sp, len) };
             }
             return flush(ctx.raw(), dst, dst_offset, size);
         }

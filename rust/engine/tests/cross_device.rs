@@ -50,8 +50,8 @@ fn cases(size: u64) -> Vec<(u64, u64, u64)> {
 fn exact_between(e: &Engine, a_dev: usize, b_dev: usize, what: &str) {
     let size = 17 * SLOT + 4099;
     let n = size as usize;
-    let a = e.allocate(a_dev, size).unwrap();
-    let b = e.allocate(b_dev, size).unwrap();
+    let a = e.allocate(a_dev, size, true).unwrap();
+    let b = e.allocate(b_dev, size, true).unwrap();
     let (a_data, b_data) = (pattern(n, 1), pattern(n, 3));
     for (so, doff, len) in cases(size) {
         for (src, dst, src_data) in [(a, b, &a_data), (b, a, &b_data)] {
@@ -112,7 +112,7 @@ fn forced_pipeline_keeps_memmove_and_switches_back() {
     e.force_cross_device("host-import", true).unwrap();
     let size = 5 * SLOT + 3;
     let n = size as usize;
-    let a = e.allocate(0, size).unwrap();
+    let a = e.allocate(0, size, true).unwrap();
     let data = pattern(n, 7);
     e.write(a, 0, &data).unwrap();
     e.copy(a, 0, a, 1000, size - 1000).unwrap();
@@ -120,7 +120,7 @@ fn forced_pipeline_keeps_memmove_and_switches_back() {
     expect.copy_within(0..n - 1000, 1000);
     assert!(common::read(&e, a, 0, n) == expect);
     assert_eq!(e.stats(0).unwrap().cross_device_bytes, 0);
-    let b = e.allocate(0, size).unwrap();
+    let b = e.allocate(0, size, true).unwrap();
     e.copy(a, 0, b, 0, size).unwrap();
     assert_eq!(e.stats(0).unwrap().cross_device_bytes, size);
     e.force_cross_device("auto", false).unwrap();
@@ -137,8 +137,8 @@ fn forced_pipeline_keeps_memmove_and_switches_back() {
 fn pipeline_errors_write_nothing() {
     let Some(e) = engine("auto") else { return };
     e.force_cross_device("host-staging", true).unwrap();
-    let a = e.allocate(0, 1000).unwrap();
-    let b = e.allocate(0, 1000).unwrap();
+    let a = e.allocate(0, 1000, true).unwrap();
+    let b = e.allocate(0, 1000, true).unwrap();
     e.write(b, 0, &pattern(1000, 4)).unwrap();
     assert!(matches!(
         e.copy(a, 1, b, 0, 1000),
@@ -166,8 +166,8 @@ fn concurrent(e: &Engine, x: usize, y: usize) {
     std::thread::scope(|s| {
         for (t, (from, to)) in [(x, y), (y, x), (x, y), (y, x)].into_iter().enumerate() {
             s.spawn(move || {
-                let a = e.allocate(from, size).unwrap();
-                let b = e.allocate(to, size).unwrap();
+                let a = e.allocate(from, size, true).unwrap();
+                let b = e.allocate(to, size, true).unwrap();
                 for round in 0..6u8 {
                     let data = pattern(n, round ^ (t as u8 * 16));
                     e.write(a, 0, &data).unwrap();
@@ -179,7 +179,7 @@ fn concurrent(e: &Engine, x: usize, y: usize) {
             });
         }
         s.spawn(move || {
-            let h = e.allocate(x, 3 * SLOT).unwrap();
+            let h = e.allocate(x, 3 * SLOT, true).unwrap();
             for round in 0..20u8 {
                 let data = pattern(3 * SLOT as usize, round);
                 e.write(h, 0, &data).unwrap();

@@ -23,8 +23,8 @@ fn lost<T: std::fmt::Debug>(r: Result<T, EngineError>) {
 fn hung_device_fails_every_call_within_one_timeout() {
     let Some(e) = engine("staging") else { return };
     let size = 24 << 20;
-    let a = e.allocate(0, size).unwrap();
-    let b = e.allocate(0, size).unwrap();
+    let a = e.allocate(0, size, true).unwrap();
+    let b = e.allocate(0, size, true).unwrap();
     let data = pattern(size as usize, 3);
     e.write(a, 0, &data).unwrap();
     let before = e.stats(0).unwrap();
@@ -45,7 +45,7 @@ fn hung_device_fails_every_call_within_one_timeout() {
                     lost(e.read_into(a, 0, &mut out));
                 }
                 2 => lost(e.copy(a, 0, b, 0, size)),
-                _ => lost(e.allocate(0, 1 << 20)),
+                _ => lost(e.allocate(0, 1 << 20, true)),
             })
         })
         .collect();
@@ -62,7 +62,7 @@ fn hung_device_fails_every_call_within_one_timeout() {
     let start = Instant::now();
     lost(e.write(a, 0, &[1, 2, 3]));
     lost(e.synchronize(0));
-    lost(e.allocate(0, 64));
+    lost(e.allocate(0, 64, true));
     assert!(start.elapsed() < TIMEOUT, "later calls waited");
     // Freeing is accepted but leaks: the device may still touch the memory.
     e.free(a).unwrap();
@@ -73,7 +73,7 @@ fn hung_device_fails_every_call_within_one_timeout() {
 
     // A new engine gets a fresh, working device.
     let Some(e2) = engine("staging") else { return };
-    let id = e2.allocate(0, 1 << 20).unwrap();
+    let id = e2.allocate(0, 1 << 20, true).unwrap();
     let fresh = pattern(1 << 20, 9);
     e2.write(id, 0, &fresh).unwrap();
     assert!(read(&e2, id, 0, 1 << 20) == fresh);

@@ -16,7 +16,7 @@ use exo_vk_engine::EngineError;
 fn import_dma_in_flight_is_reported() {
     let Some(e) = engine("import") else { return };
     let size = 32 << 20;
-    let a = e.allocate(0, size).unwrap();
+    let a = e.allocate(0, size, true).unwrap();
     let data = pattern(size as usize, 5);
     e.write(a, 0, &data).unwrap();
     let before = e.stats(0).unwrap();

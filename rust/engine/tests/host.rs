@@ -1,6 +1,6 @@
 //! Pinned (engine-allocated) and registered (caller) host memory, and file reads straight into
 //! device memory, under every transfer strategy. Every test skips with a note when no Vulkan
-//! device (or the strategy) is usable here.
+//! device (or the strategy) is usable here; no device fails under `EXO_GPU_REQUIRE_VULKAN=1`.
 
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
@@ -22,7 +22,7 @@ fn pinned(strategy: &str) {
     let s = unsafe { std::slice::from_raw_parts_mut(src.as_ptr(), size) };
     assert!(s.iter().all(|&b| b == 0), "pinned memory starts zeroed");
     s.copy_from_slice(&pattern(size, 5));
-    let id = e.allocate(0, size as u64 + 100).unwrap();
+    let id = e.allocate(0, size as u64 + 100, true).unwrap();
     e.write(id, 100, s).unwrap();
     // SAFETY: as above, for `dst`.
     let d = unsafe { std::slice::from_raw_parts_mut(dst.as_ptr(), size) };
@@ -88,7 +88,7 @@ fn registered(strategy: &str) {
     // SAFETY: as above; overlapping registrations are refused.
     let again = unsafe { e.host_register(0, src.as_mut_ptr().add(10), 10, Box::new(())) };
     assert!(matches!(again, Err(EngineError::InvalidArgument(_))));
-    let id = e.allocate(0, size as u64).unwrap();
+    let id = e.allocate(0, size as u64, true).unwrap();
     e.write(id, 0, src).unwrap();
     e.read_into(id, 0, dst).unwrap();
     assert!(dst == src, "registered round trip");
@@ -128,7 +128,7 @@ fn from_file(strategy: &str) {
         .unwrap();
     let file = std::fs::File::open(&path).unwrap();
     let fd = file.as_raw_fd();
-    let id = e.allocate(0, size as u64 + 8).unwrap();
+    let id = e.allocate(0, size as u64 + 8, true).unwrap();
     let n = size - 11;
     e.write_from_file(id, 7, fd, 11, n as u64).unwrap();
     assert!(read(&e, id, 7, n) == data[11..], "file bytes in place");

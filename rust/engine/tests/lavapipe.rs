@@ -1,5 +1,6 @@
 //! Engine tests against whatever Vulkan device is present (lavapipe in CI). Every test skips
-//! with a note when no Vulkan device is usable.
+//! with a note when no Vulkan device is usable, and fails instead under
+//! `EXO_GPU_REQUIRE_VULKAN=1`.
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -32,7 +33,7 @@ fn roundtrip(strategy: &str) {
 
     // Odd size: not a multiple of 4 (exercises the fill rounding).
     let size = 10 * MIB + 3;
-    let id = e.allocate(0, size).unwrap();
+    let id = e.allocate(0, size, true).unwrap();
     assert_eq!(e.allocation_size(id).unwrap(), size);
     assert!(
         read(&e, id, 0, size as usize).iter().all(|&b| b == 0),
@@ -55,7 +56,7 @@ fn roundtrip(strategy: &str) {
     assert_eq!(read(&e, id, size - 1, 1), vec![0x5A]);
 
     // Copy to a second allocation.
-    let id2 = e.allocate(0, 6 * MIB).unwrap();
+    let id2 = e.allocate(0, 6 * MIB, true).unwrap();
     e.copy(id, 123, id2, 1000, data.len() as u64).unwrap();
     assert_eq!(read(&e, id2, 1000, data.len()), data);
     assert_eq!(read(&e, id2, 0, 1000), vec![0u8; 1000]);
@@ -102,7 +103,7 @@ fn large(strategy: &str) {
     let Some(e) = engine(strategy) else { return };
     // > 4 ring slots of 16 MiB and >= the dedicated-allocation threshold.
     let size = 70 * MIB + 5;
-    let id = e.allocate(0, size).unwrap();
+    let id = e.allocate(0, size, true).unwrap();
     let data = pattern(size as usize - 9, 3);
     e.write(id, 9, &data).unwrap();
     assert_eq!(read(&e, id, 9, data.len()), data);
@@ -143,7 +144,7 @@ fn memmove(strategy: &str) {
     let Some(e) = engine(strategy) else { return };
     // Bigger than the 32 MiB memmove chunk so the staging path needs several chunks.
     let size = 40 * MIB;
-    let id = e.allocate(0, size).unwrap();
+    let id = e.allocate(0, size, true).unwrap();
     let data = pattern(size as usize, 11);
     for (src, dst) in [(0u64, 1000u64), (1000, 0), (5, 6), (6, 5), (0, 3 * MIB)] {
         e.write(id, 0, &data).unwrap();
@@ -189,8 +190,8 @@ fn memmove_import() {
 
 fn errors(strategy: &str) {
     let Some(e) = engine(strategy) else { return };
-    let id = e.allocate(0, 4096).unwrap();
-    let other = e.allocate(0, 100).unwrap();
+    let id = e.allocate(0, 4096, true).unwrap();
+    let other = e.allocate(0, 100, true).unwrap();
     e.write(id, 0, &[1u8; 4096]).unwrap();
 
     // Bounds: nothing written.
@@ -225,15 +226,15 @@ fn errors(strategy: &str) {
 
     // Size 0, absurd sizes.
     assert!(matches!(
-        e.allocate(0, 0),
+        e.allocate(0, 0, true),
         Err(EngineError::InvalidArgument(_))
     ));
     for absurd in [1u64 << 50, u64::MAX] {
-        let r = e.allocate(0, absurd);
+        let r = e.allocate(0, absurd, true);
         assert!(matches!(r, Err(EngineError::OutOfMemory(_))), "{r:?}");
     }
     // Still usable.
-    let again = e.allocate(0, 64).unwrap();
+    let again = e.allocate(0, 64, true).unwrap();
     e.write(again, 0, &[3u8; 64]).unwrap();
     assert_eq!(read(&e, again, 0, 64), vec![3u8; 64]);
 
@@ -258,7 +259,7 @@ fn errors(strategy: &str) {
 
     // Bad device index.
     assert!(matches!(
-        e.allocate(99, 1),
+        e.allocate(99, 1, true),
         Err(EngineError::NoSuchDevice(99))
     ));
     assert!(matches!(
@@ -297,7 +298,7 @@ fn errors_import() {
 fn unaligned(strategy: &str) {
     let Some(e) = engine(strategy) else { return };
     let size = 12 * MIB + 4096 * 3 + 5;
-    let id = e.allocate(0, size).unwrap();
+    let id = e.allocate(0, size, true).unwrap();
     let backing = pattern(size as usize + 8192, 5);
     for (skew, len, off) in [
         (1usize, 9 * MIB as usize + 17, 3u64),
@@ -348,7 +349,7 @@ fn pooled(strategy: &str) {
     let Some(e) = engine(strategy) else { return };
     for round in 0..3u8 {
         let ids: Vec<u64> = (0..300u64)
-            .map(|i| e.allocate(0, 1 + (i * 37) % 20000).unwrap())
+            .map(|i| e.allocate(0, 1 + (i * 37) % 20000, true).unwrap())
             .collect();
         for &id in &ids {
             let n = e.allocation_size(id).unwrap() as usize;
@@ -391,8 +392,8 @@ fn pooled_staging() {
 fn d2d_alignments(strategy: &str) {
     let Some(e) = engine(strategy) else { return };
     let size = 6 * MIB + 100;
-    let a = e.allocate(0, size).unwrap();
-    let b = e.allocate(0, size).unwrap();
+    let a = e.allocate(0, size, true).unwrap();
+    let b = e.allocate(0, size, true).unwrap();
     let src = pattern(size as usize, 9);
     e.write(a, 0, &src).unwrap();
     for (so, doff, len) in [
@@ -444,7 +445,7 @@ fn many_engines() {
     for k in 0..300u32 {
         let e = Engine::new(false, None).unwrap();
         if k % 10 == 0 {
-            let id = e.allocate(0, 4096).unwrap();
+            let id = e.allocate(0, 4096, true).unwrap();
             e.write(id, 0, &k.to_le_bytes()).unwrap();
             assert_eq!(read(&e, id, 0, 4), k.to_le_bytes().to_vec());
         }
@@ -460,10 +461,10 @@ fn closed_and_lazy() {
     // Nothing created yet: synchronize is a no-op, stats are zero.
     e.synchronize(0).unwrap();
     assert!(!e.stats(0).unwrap().device_created);
-    let id = e.allocate(0, 1000).unwrap();
+    let id = e.allocate(0, 1000, true).unwrap();
     e.close().unwrap();
     assert!(e.is_closed());
-    assert_eq!(e.allocate(0, 10), Err(EngineError::Closed));
+    assert_eq!(e.allocate(0, 10, true), Err(EngineError::Closed));
     assert_eq!(e.write(id, 0, &[1]), Err(EngineError::Closed));
     assert_eq!(e.device_count(), Err(EngineError::Closed));
     e.close().unwrap();
@@ -518,10 +519,10 @@ fn threads() {
             std::thread::spawn(move || {
                 for round in 0..5u8 {
                     let size = 3 * MIB as usize + t as usize;
-                    let id = e.allocate(0, size as u64).unwrap();
+                    let id = e.allocate(0, size as u64, true).unwrap();
                     let data = pattern(size, t ^ round);
                     e.write(id, 0, &data).unwrap();
-                    let id2 = e.allocate(0, size as u64).unwrap();
+                    let id2 = e.allocate(0, size as u64, true).unwrap();
                     e.copy(id, 0, id2, 0, size as u64).unwrap();
                     assert_eq!(read(&e, id2, 0, size), data);
                     e.free(id).unwrap();
@@ -541,7 +542,7 @@ fn threads() {
 fn fault_injection() {
     let _serial = exclusive();
     let Some(e) = engine("auto") else { return };
-    let id = e.allocate(0, 64).unwrap();
+    let id = e.allocate(0, 64, true).unwrap();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.inject_panic()));
     assert!(r.is_err());
     // Still usable after a panic.
@@ -551,13 +552,16 @@ fn fault_injection() {
         e.write(id, 0, &[1]),
         Err(EngineError::DeviceLost(_))
     ));
-    assert!(matches!(e.allocate(0, 8), Err(EngineError::DeviceLost(_))));
+    assert!(matches!(
+        e.allocate(0, 8, true),
+        Err(EngineError::DeviceLost(_))
+    ));
     assert!(matches!(e.synchronize(0), Err(EngineError::DeviceLost(_))));
     e.free(id).unwrap();
     e.close().unwrap();
     // The lost device left the cache: a new engine gets a fresh, working device.
     let Some(e2) = engine("auto") else { return };
-    let id = e2.allocate(0, 64).unwrap();
+    let id = e2.allocate(0, 64, true).unwrap();
     e2.write(id, 0, &[7u8; 64]).unwrap();
     assert_eq!(read(&e2, id, 0, 64), vec![7u8; 64]);
     finish(e2);
@@ -578,7 +582,7 @@ fn concurrent_small_allocations_are_distinct() {
                 let ids: Vec<(u64, Vec<u8>)> = (0..60u8)
                     .map(|k| {
                         let size = 256usize << (k % 5);
-                        let id = e.allocate(0, size as u64).unwrap();
+                        let id = e.allocate(0, size as u64, true).unwrap();
                         let data = pattern(size, t.wrapping_mul(61).wrapping_add(k));
                         e.write(id, 0, &data).unwrap();
                         (id, data)

@@ -1,6 +1,6 @@
 //! The transfer pipeline: uploads and downloads in flight at once, many small copies at once,
 //! and bookkeeping whose cost does not grow with the number of live allocations. Every test
-//! skips with a note when no Vulkan device is usable.
+//! skips with a note when no Vulkan device is usable (fails under `EXO_GPU_REQUIRE_VULKAN=1`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +18,8 @@ fn opposite_directions(strategy: &str) {
     let Some(e) = engine(strategy) else { return };
     let e = Arc::new(e);
     let size = 40 * MIB + 12;
-    let a = e.allocate(0, size as u64).unwrap();
-    let b = e.allocate(0, size as u64).unwrap();
+    let a = e.allocate(0, size as u64, true).unwrap();
+    let b = e.allocate(0, size as u64, true).unwrap();
     let down = pattern(size, 91);
     e.write(b, 0, &down).unwrap();
     let rounds = 3u8;
@@ -69,7 +69,7 @@ fn many_small_copies_at_once() {
     let e = Arc::new(e);
     let piece = 64 << 10;
     let threads = 32usize;
-    let id = e.allocate(0, (piece * threads) as u64).unwrap();
+    let id = e.allocate(0, (piece * threads) as u64, true).unwrap();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let e = Arc::clone(&e);
@@ -117,13 +117,15 @@ fn bookkeeping_does_not_grow_with_allocations() {
     };
     let churn = |e: &Engine| {
         fastest(200, || {
-            let id = e.allocate(0, 4096).unwrap();
+            let id = e.allocate(0, 4096, true).unwrap();
             e.free(id).unwrap();
         })
     };
-    let mut live: Vec<u64> = (0..100).map(|_| e.allocate(0, 4096).unwrap()).collect();
+    let mut live: Vec<u64> = (0..100)
+        .map(|_| e.allocate(0, 4096, true).unwrap())
+        .collect();
     let (few_report, few_churn) = (report(&e), churn(&e));
-    live.extend((0..19_900).map(|_| e.allocate(0, 4096).unwrap()));
+    live.extend((0..19_900).map(|_| e.allocate(0, 4096, true).unwrap()));
     let (many_report, many_churn) = (report(&e), churn(&e));
     assert_eq!(e.stats(0).unwrap().live_allocations, 20_000);
     let slack = Duration::from_micros(20);

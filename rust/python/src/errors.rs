@@ -12,6 +12,7 @@ pyo3::import_exception!(exo_gpu_plugins.errors, OutOfMemoryError);
 pyo3::import_exception!(exo_gpu_plugins.errors, InvalidHandleError);
 pyo3::import_exception!(exo_gpu_plugins.errors, OutOfBoundsError);
 pyo3::import_exception!(exo_gpu_plugins.errors, DeviceNotFoundError);
+pyo3::import_exception!(exo_gpu_plugins.errors, DeviceLostError);
 pyo3::import_exception!(exo_gpu_plugins.errors, BackendClosedError);
 pyo3::import_exception!(exo_gpu_plugins.errors, TransferError);
 pyo3::import_exception!(exo_gpu_plugins.errors, FileReadError);
@@ -47,10 +48,11 @@ pub fn to_pyerr(_py: Python<'_>, op: Op, e: EngineError) -> PyErr {
         EngineError::FileRead(_) => FileReadError::new_err(msg),
         EngineError::Interop(_) => InteropError::new_err(msg),
         EngineError::Vulkan { .. } if op == Op::Transfer => TransferError::new_err(msg),
-        EngineError::DeviceLost(_)
-        | EngineError::DeviceLostInFlight(_)
-        | EngineError::Validation(_)
-        | EngineError::Vulkan { .. }
-        | EngineError::Internal(_) => GPUError::new_err(msg),
+        EngineError::DeviceLost(_) | EngineError::DeviceLostInFlight(_) => {
+            DeviceLostError::new_err(msg)
+        }
+        EngineError::Validation(_) | EngineError::Vulkan { .. } | EngineError::Internal(_) => {
+            GPUError::new_err(msg)
+        }
     }
 }

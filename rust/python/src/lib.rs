@@ -8,160 +8,23 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod args;
 mod buffer;
 mod errors;
+mod faults;
 mod host;
 #[cfg(unix)]
 mod interop;
+mod records;
+mod transfers;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
-use exo_vk_engine::{DeviceInfo, Engine, EngineError};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use exo_vk_engine::{Engine, EngineError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
-use buffer::{BufferGuard, BufferSlot};
-
-use errors::{internal_error, to_pyerr, Op};
-
-/// Run a method body, turning a Rust panic into `GPUError("internal error: ...")`.
-fn guarded<T>(py: Python<'_>, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into());
-            Err(internal_error(py, &msg))
-        }
-    }
-}
-
-/// A non-negative Python int (or `__index__`-able object) as u64: negatives → ValueError,
-/// non-ints → TypeError, too large → ValueError.
-#[inline]
-fn uint(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
-    // Fast path: an exact int that fits (the common case; no attribute lookups).
-    if obj.is_exact_instance_of::<PyInt>() {
-        if let Ok(v) = obj.extract::<u64>() {
-            return Ok(v);
-        }
-    }
-    uint_slow(obj, name)
-}
-
-#[cold]
-fn uint_slow(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
-    let int = if obj.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must be an int, not bool"
-        )));
-    } else if obj.is_instance_of::<PyInt>() {
-        obj.clone()
-    } else if obj.hasattr("__index__")? {
-        obj.call_method0("__index__")?
-    } else {
-        let t = obj
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "?".into());
-        return Err(PyTypeError::new_err(format!(
-            "{name} must be an int, not {t}"
-        )));
-    };
-    match int.extract::<u64>() {
-        Ok(v) => Ok(v),
-        Err(_) => {
-            if int.lt(0)? {
-                Err(PyValueError::new_err(format!(
-                    "{name} must be >= 0, got {int}"
-                )))
-            } else {
-                Err(PyValueError::new_err(format!("{name} is too large: {int}")))
-            }
-        }
-    }
-}
-
-fn index(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
-    let v = uint(obj, name)?;
-    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} is too large: {v}")))
-}
-
-fn info_dict<'py>(py: Python<'py>, info: &DeviceInfo) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("index", info.index)?;
-    d.set_item("name", &info.name)?;
-    d.set_item("vendor_id", info.vendor_id)?;
-    d.set_item("device_id", info.device_id)?;
-    d.set_item("device_type", info.device_type)?;
-    d.set_item("driver_version", info.driver_version)?;
-    d.set_item("api_version", info.api_version)?;
-    d.set_item("driver_name", info.driver_name.as_deref())?;
-    d.set_item("driver_info", info.driver_info.as_deref())?;
-    d.set_item("device_uuid", PyBytes::new(py, &info.device_uuid))?;
-    d.set_item("driver_uuid", PyBytes::new(py, &info.driver_uuid))?;
-    d.set_item("opaque_fd", info.opaque_fd.is_some())?;
-    let pci = match info.pci_address {
-        Some((a, b, c, e)) => PyTuple::new(py, [a, b, c, e])?.into_any(),
-        None => py.None().into_bound(py),
-    };
-    d.set_item("pci_address", pci)?;
-    d.set_item("compute_units", info.compute_units)?;
-    d.set_item(
-        "max_compute_work_group_invocations",
-        info.max_compute_work_group_invocations,
-    )?;
-    d.set_item(
-        "max_memory_allocation_size",
-        info.max_memory_allocation_size,
-    )?;
-    d.set_item("max_buffer_size", info.max_buffer_size)?;
-    let heaps = PyList::empty(py);
-    for (i, h) in info.heaps.iter().enumerate() {
-        let hd = PyDict::new(py);
-        hd.set_item("index", i)?;
-        hd.set_item("size", h.size)?;
-        hd.set_item("device_local", h.device_local)?;
-        heaps.append(hd)?;
-    }
-    d.set_item("heaps", heaps)?;
-    let types = PyList::empty(py);
-    for (i, t) in info.memory_types.iter().enumerate() {
-        let td = PyDict::new(py);
-        td.set_item("index", i)?;
-        td.set_item("flags", t.flags)?;
-        td.set_item("heap", t.heap)?;
-        td.set_item("device_local", t.flags & 0x1 != 0)?;
-        td.set_item("host_visible", t.flags & 0x2 != 0)?;
-        td.set_item("host_coherent", t.flags & 0x4 != 0)?;
-        td.set_item("host_cached", t.flags & 0x8 != 0)?;
-        types.append(td)?;
-    }
-    d.set_item("memory_types", types)?;
-    d.set_item("memory_budget", info.extensions.memory_budget)?;
-    d.set_item("pci_bus_info", info.extensions.pci_bus_info)?;
-    d.set_item("external_memory_host", info.extensions.external_memory_host)?;
-    d.set_item(
-        "min_imported_host_pointer_alignment",
-        info.min_imported_host_pointer_alignment,
-    )?;
-    d.set_item("transfer_queue_family", info.transfer_queue_family)?;
-    d.set_item("transfer_only", info.transfer_only)?;
-    d.set_item("transfer_queue_count", info.transfer_queue_count)?;
-    d.set_item("host_visible_device_local", info.host_visible_device_local)?;
-    d.set_item("strategy", info.strategy.map(|s| s.as_str()))?;
-    d.set_item("device_group", PyList::new(py, &info.device_group)?)?;
-    d.set_item(
-        "device_group_subset_allocation",
-        info.device_group_subset_allocation,
-    )?;
-    Ok(d)
-}
+use args::{guarded, index, uint};
+use errors::{to_pyerr, Op};
 
 /// The Vulkan engine (one per backend instance). Thread-safe.
 #[pyclass(module = "exo_gpu_vulkan._native", name = "Engine", frozen)]
@@ -213,7 +76,7 @@ impl PyEngine {
                 .engine
                 .device_info(i)
                 .map_err(|e| self.err(py, Op::Other, e))?;
-            info_dict(py, &info)
+            records::info_dict(py, &info)
         })
     }
 
@@ -227,19 +90,7 @@ impl PyEngine {
             let heaps = py
                 .detach(|| self.engine.memory_heaps(i))
                 .map_err(|e| self.err(py, Op::Other, e))?;
-            let list = PyList::empty(py);
-            for h in heaps {
-                let d = PyDict::new(py);
-                d.set_item("index", h.index)?;
-                d.set_item("size", h.size)?;
-                d.set_item("device_local", h.device_local)?;
-                d.set_item("budget", h.budget)?;
-                d.set_item("usage", h.usage)?;
-                d.set_item("engine_allocated", h.engine_allocated)?;
-                d.set_item("process_allocated", h.process_allocated)?;
-                list.append(d)?;
-            }
-            Ok(list)
+            records::heaps_list(py, &heaps)
         })
     }
 
@@ -268,7 +119,7 @@ impl PyEngine {
                         "exportable memory needs a POSIX system (file descriptors)".into(),
                     ));
                 }
-                self.engine.allocate_with(i, size, zeroed)
+                self.engine.allocate(i, size, zeroed)
             })
             .map_err(|e| self.err(py, Op::Other, e))
         })
@@ -369,18 +220,7 @@ impl PyEngine {
         src: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         guarded(py, || {
-            let id = uint(alloc, "alloc")?;
-            let offset = uint(offset, "offset")?;
-            let mut slot = BufferSlot::new();
-            let guard = BufferGuard::acquire(&mut slot, src, false, "src")?;
-            let bytes = guard.bytes();
-            let r = py.detach(move || {
-                // SAFETY: `guard` keeps the exported buffer alive until after this returns.
-                let data = unsafe { bytes.as_slice() };
-                self.engine.write(id, offset, data)
-            });
-            guard.release_unless_in_flight(&r);
-            r.map_err(|e| self.err(py, Op::Transfer, e))
+            transfers::buffer_transfer(py, &self.engine, alloc, offset, src, false)
         })
     }
 
@@ -392,19 +232,7 @@ impl PyEngine {
         dst: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         guarded(py, || {
-            let id = uint(alloc, "alloc")?;
-            let offset = uint(offset, "offset")?;
-            let mut slot = BufferSlot::new();
-            let guard = BufferGuard::acquire(&mut slot, dst, true, "dst")?;
-            let bytes = guard.bytes();
-            let r = py.detach(move || {
-                // SAFETY: `guard` keeps the exported, writable buffer alive until after this
-                // returns.
-                let out = unsafe { bytes.as_mut_slice() };
-                self.engine.read_into(id, offset, out)
-            });
-            guard.release_unless_in_flight(&r);
-            r.map_err(|e| self.err(py, Op::Transfer, e))
+            transfers::buffer_transfer(py, &self.engine, alloc, offset, dst, true)
         })
     }
 
@@ -491,56 +319,7 @@ impl PyEngine {
         size: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         guarded(py, || {
-            let id = uint(alloc, "alloc")?;
-            let offset = uint(offset, "offset")?;
-            let size = uint(size, "size")?;
-            // Validate before creating a possibly huge bytes object.
-            let total = py
-                .detach(|| self.engine.allocation_size(id))
-                .map_err(|e| self.err(py, Op::Transfer, e))?;
-            if offset.checked_add(size).is_none_or(|end| end > total) {
-                return Err(self.err(
-                    py,
-                    Op::Transfer,
-                    EngineError::OutOfBounds(format!(
-                        "read: offset {offset} + length {size} exceeds allocation size {total}"
-                    )),
-                ));
-            }
-            let len = usize::try_from(size)
-                .map_err(|_| PyValueError::new_err(format!("size is too large: {size}")))?;
-            let ssize = pyo3::ffi::Py_ssize_t::try_from(len)
-                .map_err(|_| PyValueError::new_err(format!("size is too large: {size}")))?;
-            // An uninitialised bytes object, filled once by the engine (`PyBytes::new_with`
-            // would zero it first: a second pass over fresh memory).
-            // SAFETY: a null source asks CPython for an uninitialised object of `ssize` bytes;
-            // a null result means a Python exception (MemoryError) is set.
-            let raw = unsafe { pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), ssize) };
-            if raw.is_null() {
-                return Err(PyErr::fetch(py));
-            }
-            // SAFETY: `raw` is a new, owned reference to a bytes object.
-            let obj = unsafe { Bound::from_owned_ptr(py, raw) };
-            // SAFETY: the object's buffer holds `len` bytes; nobody else has seen the object, so
-            // writing it before returning it is the documented way to build a bytes object.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(raw).cast::<u8>(), len)
-            };
-            let bytes = buffer::RawBytes::from_slice(out);
-            let r = py.detach(move || {
-                // SAFETY: `obj` (held below) keeps the storage alive; nobody else accesses it.
-                let out = unsafe { bytes.as_mut_slice() };
-                self.engine.read_into_fresh(id, offset, out)
-            });
-            if let Err(e) = r {
-                if e.caller_memory_in_use() {
-                    // A late DMA of the hung device may still write the storage: keep it.
-                    std::mem::forget(obj);
-                }
-                return Err(self.err(py, Op::Transfer, e));
-            }
-            // SAFETY: the object is a bytes object (created above).
-            Ok(unsafe { obj.cast_into_unchecked::<PyBytes>() })
+            transfers::read_new_bytes(py, &self.engine, alloc, offset, size)
         })
     }
 
@@ -582,24 +361,7 @@ impl PyEngine {
             let s = py
                 .detach(|| self.engine.stats(i))
                 .map_err(|e| self.err(py, Op::Other, e))?;
-            let d = PyDict::new(py);
-            d.set_item("strategy", s.strategy)?;
-            d.set_item("device_created", u64::from(s.device_created))?;
-            d.set_item("live_allocations", s.live_allocations)?;
-            d.set_item("live_bytes", s.live_bytes)?;
-            d.set_item("block_count", s.block_count)?;
-            d.set_item("allocator_capacity_bytes", s.allocator_capacity_bytes)?;
-            d.set_item("allocator_allocated_bytes", s.allocator_allocated_bytes)?;
-            d.set_item("mapped_bytes", s.mapped_bytes)?;
-            d.set_item("staged_bytes", s.staged_bytes)?;
-            d.set_item("imported_bytes", s.imported_bytes)?;
-            d.set_item("import_refused", s.import_refused)?;
-            d.set_item("compute_copied_bytes", s.compute_copied_bytes)?;
-            d.set_item("cross_device_path", s.cross_device_path)?;
-            d.set_item("cross_device_bytes", s.cross_device_bytes)?;
-            d.set_item("pinned_bytes", s.pinned_bytes)?;
-            d.set_item("direct_read_bytes", s.direct_read_bytes)?;
-            Ok(d)
+            records::stats_dict(py, &s)
         })
     }
 
@@ -651,43 +413,8 @@ impl PyEngine {
         guarded(py, || {
             let index = usize::try_from(index)
                 .map_err(|_| PyValueError::new_err(format!("index must be >= 0, got {index}")))?;
-            self.inject(py, kind, index, timeout_ms)
+            faults::inject(py, &self.engine, kind, index, timeout_ms)
         })
-    }
-}
-
-impl PyEngine {
-    #[cfg(feature = "fault-injection")]
-    fn inject(&self, py: Python<'_>, kind: &str, index: usize, timeout_ms: u64) -> PyResult<()> {
-        match kind {
-            "hang" => {
-                let timeout = std::time::Duration::from_millis(timeout_ms.max(1));
-                py.detach(|| self.engine.inject_hang(index, timeout))
-                    .map_err(|e| self.err(py, Op::Other, e))
-            }
-            "panic" => py
-                .detach(|| self.engine.inject_panic())
-                .map_err(|e| self.err(py, Op::Other, e)),
-            "device_lost" => py
-                .detach(|| self.engine.inject_device_lost(index))
-                .map_err(|e| self.err(py, Op::Other, e)),
-            other => Err(PyValueError::new_err(format!(
-                "unknown fault kind {other:?} (expected \"panic\", \"device_lost\" or \"hang\")"
-            ))),
-        }
-    }
-
-    #[cfg(not(feature = "fault-injection"))]
-    fn inject(
-        &self,
-        _py: Python<'_>,
-        _kind: &str,
-        _index: usize,
-        _timeout_ms: u64,
-    ) -> PyResult<()> {
-        Err(pyo3::exceptions::PyRuntimeError::new_err(
-            "exo_gpu_vulkan._native was built without the fault-injection feature",
-        ))
     }
 }
 

@@ -4,8 +4,9 @@ Errors are the core package's classes from `exo_gpu_plugins.errors`:
 BackendUnavailableError (no loader/device/validation layer, unsupported strategy),
 OutOfMemoryError, InvalidHandleError (unknown/freed allocation id), OutOfBoundsError,
 DeviceNotFoundError (bad device index), BackendClosedError (after close()),
-TransferError (a Vulkan call failed during write/read/copy), GPUError (device lost or hung,
-"Vulkan validation: ...", "vkXxx failed: VK_ERROR_...", "internal error: ..." for a Rust panic).
+TransferError (a Vulkan call failed during write/read/copy), DeviceLostError (a GPUError: the
+device was lost or hung), GPUError ("Vulkan validation: ...", "vkXxx failed: VK_ERROR_...",
+"internal error: ..." for a Rust panic).
 Negative ints / size 0 / unknown strategy raise ValueError; non-int arguments and non-buffer,
 non-contiguous or (for destinations) read-only buffers raise TypeError.
 Every call that can wait (on a lock, on GPU work, on device creation) releases the GIL; an Engine
@@ -22,6 +23,8 @@ process; see rust/engine/src/tuning.rs).
 """
 
 from typing import final
+
+from exo_gpu_vulkan.records import DeviceInfoRecord, HeapUsageRecord, StatsRecord
 
 __all__ = ["FAULT_INJECTION", "Engine", "HostMemory", "Retained", "__version__"]
 
@@ -78,9 +81,10 @@ class Engine:
         """None when a Vulkan device is usable, else a human reason
         ("libvulkan.so.1 not found (...)", "no Vulkan physical device")."""
     def device_count(self) -> int: ...
-    def device_info(self, index: int) -> dict[str, object]:
-        """Keys: index, name, vendor_id, device_id, device_type ("discrete" | "integrated" |
-        "virtual" | "cpu" | "other"), driver_version (raw u32), api_version (raw u32),
+    def device_info(self, index: int) -> DeviceInfoRecord:
+        """Keys (exo_gpu_vulkan.records.DeviceInfoRecord): index, name, vendor_id, device_id,
+        device_type ("discrete" | "integrated" | "virtual" | "cpu" | "other"),
+        driver_version (raw u32), api_version (raw u32),
         driver_name (str | None), driver_info (str | None), device_uuid (bytes, 16),
         driver_uuid (bytes, 16), opaque_fd (bool: buffers can be exported and imported as
         opaque file descriptors, VK_KHR_external_memory_fd),
@@ -94,7 +98,7 @@ class Engine:
         strategy ("mapped" | "staging" | "import" | None when the requested strategy is
         unsupported), device_group (indexes of the physical devices in this device's Vulkan
         device group), device_group_subset_allocation (bool)."""
-    def memory_heaps(self, index: int) -> list[dict[str, object]]:
+    def memory_heaps(self, index: int) -> list[HeapUsageRecord]:
         """Per heap: index, size, device_local, budget (int | None), usage (int | None),
         engine_allocated (bytes this engine's allocations hold on that heap), process_allocated
         (bytes every engine of the process holds there, pools and staging included: an
@@ -140,8 +144,9 @@ class Engine:
     def host_register(self, index: int, buffer: object) -> int:
         """Register a C-contiguous buffer (read-only accepted) with device `index`: its pages are
         imported once (VK_EXT_external_memory_host; BackendUnavailableError where the device or
-        driver cannot or refuses these pages; GPUError if the device is lost, OutOfMemoryError if
-        memory ran out), and write/read_into from or to it are then one DMA. The buffer stays
+        driver cannot or refuses these pages; DeviceLostError if the device is lost,
+        OutOfMemoryError if memory ran out), and write/read_into from or to it are then one DMA.
+        The buffer stays
         exported until host_unregister() or close(). ValueError if it overlaps a buffer registered
         or pinned for the same device (one buffer may be registered with several devices).
         Returns the registration id."""
@@ -151,7 +156,7 @@ class Engine:
         """A new bytes object, filled once (never zeroed first)."""
     def copy(self, src: int, src_offset: int, dst: int, dst_offset: int, size: int) -> None: ...
     def synchronize(self, index: int) -> None: ...
-    def stats(self, index: int) -> dict[str, int | str]:
+    def stats(self, index: int) -> StatsRecord:
         """Keys: strategy ("mapped" | "staging" | "import" | "unavailable"), device_created (0/1:
         this engine opened the device), live_allocations, live_bytes (this engine's),
         block_count (memory objects backing live buffers), allocator_capacity_bytes,
@@ -170,7 +175,7 @@ class Engine:
         """Test hook, effective only in builds with the `fault-injection` cargo feature
         (FAULT_INJECTION is True; otherwise it raises RuntimeError):
         kind "panic" -> GPUError("internal error: ..."), "device_lost" -> later calls on that
-        device raise GPUError("device lost: ..."), "hang" -> every later submission on that device
-        waits for a semaphore that is never signalled and waits give up after `timeout_ms`
-        (every call then fails with GPUError("device lost: ...") within one timeout; nothing the
-        device may touch is freed)."""
+        device raise DeviceLostError("device lost: ..."), "hang" -> every later submission on
+        that device waits for a semaphore that is never signalled and waits give up after
+        `timeout_ms` (every call then fails with DeviceLostError("device lost: ...") within one
+        timeout; nothing the device may touch is freed)."""

@@ -48,6 +48,7 @@ from exo_gpu_vulkan.properties import (
     uuid_text,
     vendor_name,
 )
+from exo_gpu_vulkan.records import DeviceInfoRecord, HeapUsageRecord
 
 __all__ = ["VulkanBackend", "probe"]
 
@@ -135,7 +136,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
         else:
             raise ConfigError(f"transfer strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
         self._engine: Any = None
-        self._infos: list[dict[str, Any]] = []
+        self._infos: list[DeviceInfoRecord] = []
         self._usage_keys: list[str] = []
         self._copy_limits: list[int] = []
         self._telemetry: list[NvmlSource | HwmonSource | None] = []
@@ -174,7 +175,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
             engine.close()
 
     @staticmethod
-    def _find_telemetry(info: dict[str, Any]) -> NvmlSource | HwmonSource | None:
+    def _find_telemetry(info: DeviceInfoRecord) -> NvmlSource | HwmonSource | None:
         vendor_id = int(info["vendor_id"])
         return find_source(
             uuid_text(bytes(info["device_uuid"]), vendor_id),
@@ -282,7 +283,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
         return tuple(kinds)
 
     @staticmethod
-    def _strategies(info: dict[str, Any]) -> tuple[str, ...]:
+    def _strategies(info: DeviceInfoRecord) -> tuple[str, ...]:
         found = ("mapped", "staging") if info.get("host_visible_device_local") else ("staging",)
         return (*found, "import") if info.get("external_memory_host") else found
 
@@ -306,7 +307,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
         )
 
     @staticmethod
-    def _heap_report(heap: dict[str, Any], own_bytes: int) -> HeapReport:
+    def _heap_report(heap: HeapUsageRecord, own_bytes: int) -> HeapReport:
         """The driver's figures where it has a budget; else what this process's allocations hold
         (used) and what the engine will still grant (available: it refuses past the heap's size,
         counting its own pools and staging too, which are then `reserved`). The engine keeps the
@@ -531,7 +532,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
         return stats
 
 
-def _out_of_memory(info: dict[str, Any], index: int, size: int, exc: Exception) -> OutOfMemoryError:
+def _out_of_memory(info: DeviceInfoRecord, index: int, size: int, exc: Exception) -> OutOfMemoryError:
     """The engine's refusal in a person's terms: `3.0 GiB` and `vulkan:0`, not raw bytes and an
     engine index (the engine's own text is kept only where the facts here do not explain it)."""
     largest = max((int(heap["size"]) for heap in info["heaps"]), default=0)

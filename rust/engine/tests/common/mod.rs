@@ -4,13 +4,32 @@
 
 use exo_vk_engine::{Engine, EngineError};
 
+/// Whether Vulkan must be usable here (`EXO_GPU_REQUIRE_VULKAN=1`, set by `scripts/test.sh`
+/// and so `make test`): a test that finds no device then fails instead of passing unseen.
+pub fn vulkan_required() -> bool {
+    std::env::var("EXO_GPU_REQUIRE_VULKAN").is_ok_and(|v| v == "1")
+}
+
+/// `true` (after a note) when the caller may skip because Vulkan is not usable here; panics
+/// instead when Vulkan is required.
+pub fn skip_without_vulkan() -> bool {
+    let Some(reason) = Engine::probe() else {
+        return false;
+    };
+    assert!(
+        !vulkan_required(),
+        "EXO_GPU_REQUIRE_VULKAN=1 but Vulkan is not usable: {reason}"
+    );
+    eprintln!("note: skipping Vulkan test: {reason}");
+    true
+}
+
 /// An engine with the given strategy, with validation when the layer is installed, or `None`
-/// (after printing why) when Vulkan is not usable here, or when the device lacks what "mapped"
-/// (host-visible device memory) or "import" (VK_EXT_external_memory_host) need. Any other
-/// failure fails the test.
+/// (after printing why) when Vulkan is not usable here (a failure when it is required), or when
+/// the device lacks what "mapped" (host-visible device memory) or "import"
+/// (VK_EXT_external_memory_host) need. Any other failure fails the test.
 pub fn engine(strategy: &str) -> Option<Engine> {
-    if let Some(reason) = Engine::probe() {
-        eprintln!("note: skipping Vulkan test: {reason}");
+    if skip_without_vulkan() {
         return None;
     }
     let attempt = match Engine::new(true, Some(strategy)) {

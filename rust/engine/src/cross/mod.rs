@@ -33,293 +33,28 @@
 //! device's queue mutex only around each vkQueueSubmit (waits are on timeline values, outside
 //! every queue lock), so copies in both directions at once (two links) cannot deadlock, with
 //! each other or with host<->device transfers. Each side submits to its device's download
-//! (source) or upload (destination) queue with command slots of its own (`queue::CmdSlot`).
+//! (source) or upload (destination) queue through a command ring of its own (`queue::Slots`,
+//! the one-shot path every other DMA takes too).
 
-use std::alloc::Layout;
-use std::ptr::NonNull;
+mod paths;
+mod side;
+
 use std::sync::{Arc, Mutex};
 
 use ash::vk;
 
 use crate::context::DeviceContext;
 use crate::error::{EngineError, Result};
-use crate::import::{import_host, release_imports, HostImport};
-use crate::memory::{flush, invalidate, BufView, GpuBuffer, Kind};
-use crate::properties::DeviceInfo;
-use crate::queue::{CmdSlot, Frame, Queue};
-use crate::staging::mapped_of;
+use crate::memcpy;
+use crate::memory::{flush, invalidate, mapped_of, BufView};
 use crate::sync::lock;
 use crate::tuning::Tuning;
-use crate::workers;
 
-/// How bytes travel between two devices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CrossPath {
-    /// Directly between the devices (device groups); not used yet, see the module docs.
-    P2p,
-    /// Through one host ring imported into both devices (no CPU copy).
-    HostImport,
-    /// Through each device's own staging ring, with a CPU memcpy between them.
-    HostStaging,
-}
+pub use paths::CrossPath;
+pub(crate) use paths::{plan_path, CrossRequest, CrossSettings};
 
-impl CrossPath {
-    /// `"p2p"`, `"host-import"` or `"host-staging"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CrossPath::P2p => "p2p",
-            CrossPath::HostImport => "host-import",
-            CrossPath::HostStaging => "host-staging",
-        }
-    }
-}
-
-/// What the engine was asked to use for cross-device copies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CrossRequest {
-    /// The best path both devices allow.
-    Auto,
-    /// The shared imported ring (staging where a device cannot import).
-    Import,
-    /// Per-device staging rings and a memcpy.
-    Staging,
-}
-
-impl CrossRequest {
-    /// `"auto"`, `"import"`/`"host-import"`, `"staging"`/`"host-staging"`.
-    pub(crate) fn parse(s: &str) -> Result<Self> {
-        match s.trim() {
-            "" | "auto" => Ok(CrossRequest::Auto),
-            "import" | "host-import" => Ok(CrossRequest::Import),
-            "staging" | "host-staging" => Ok(CrossRequest::Staging),
-            other => Err(EngineError::InvalidArgument(format!(
-                "unknown cross-device path {other:?} (expected \"auto\", \"host-import\" or \
-                 \"host-staging\")"
-            ))),
-        }
-    }
-}
-
-/// Per-engine cross-device settings (from `EXO_VULKAN_TUNE`, changed by
-/// `Engine::force_cross_device`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CrossSettings {
-    pub(crate) request: CrossRequest,
-    /// Copies between two allocations of one device take the pipeline too (tests).
-    pub(crate) same_device: bool,
-}
-
-impl CrossSettings {
-    pub(crate) fn from_tuning(t: &Tuning) -> CrossSettings {
-        CrossSettings {
-            request: CrossRequest::parse(&t.cross_path).unwrap_or(CrossRequest::Auto),
-            same_device: t.cross_same_device,
-        }
-    }
-}
-
-/// The import alignment of a device that can take part in the shared ring.
-fn import_alignment(info: &DeviceInfo) -> Option<u64> {
-    info.min_imported_host_pointer_alignment
-        .filter(|a| a.is_power_of_two() && *a <= 64 << 20)
-}
-
-/// The path a copy from `src` to `dst` takes under `request` (unless the driver then refuses
-/// the import).
-pub(crate) fn plan_path(request: CrossRequest, src: &DeviceInfo, dst: &DeviceInfo) -> CrossPath {
-    let both_import = import_alignment(src).is_some() && import_alignment(dst).is_some();
-    match request {
-        CrossRequest::Staging => CrossPath::HostStaging,
-        CrossRequest::Auto | CrossRequest::Import if both_import => CrossPath::HostImport,
-        CrossRequest::Auto | CrossRequest::Import => CrossPath::HostStaging,
-    }
-}
-
-/// Page-aligned host memory for the shared ring.
-struct HostRing {
-    ptr: NonNull<u8>,
-    layout: Layout,
-}
-
-// SAFETY: plain heap memory owned by the ring; devices access it only while a copy holds the
-// link's mutex.
-unsafe impl Send for HostRing {}
-// SAFETY: as above.
-unsafe impl Sync for HostRing {}
-
-impl HostRing {
-    fn new(len: usize, align: usize) -> Result<HostRing> {
-        let layout = Layout::from_size_align(len, align)
-            .map_err(|e| EngineError::OutOfMemory(format!("cross-device ring: {e}")))?;
-        // SAFETY: `len > 0` (a ring has at least two slots of at least 64 KiB).
-        let raw = unsafe { std::alloc::alloc(layout) };
-        let ptr = NonNull::new(raw).ok_or_else(|| {
-            EngineError::OutOfMemory(format!("cannot allocate a {len}-byte cross-device ring"))
-        })?;
-        workers::advise_huge_pages(ptr.as_ptr(), len);
-        // Fault every page in (in parallel) before the drivers pin them.
-        // SAFETY: the allocation holds `len` bytes nobody else uses yet.
-        unsafe { workers::zero(ptr.as_ptr(), len) };
-        Ok(HostRing { ptr, layout })
-    }
-}
-
-impl Drop for HostRing {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
-    }
-}
-
-/// One device's half of a link: command slots on one of its DMA queues (the download queue on
-/// the source side, the upload queue on the destination side) and its view of each ring slot.
-struct Side {
-    ctx: Arc<DeviceContext>,
-    queue: Arc<Queue>,
-    cmds: Vec<CmdSlot>,
-    /// Per slot: the buffer holding it and the slot's offset in that buffer.
-    slots: Vec<(vk::Buffer, u64)>,
-    imports: Vec<HostImport>,
-    staging: Option<GpuBuffer>,
-}
-
-impl Side {
-    fn new(ctx: &Arc<DeviceContext>, count: usize, source: bool) -> Result<Side> {
-        let queue = if source {
-            Arc::clone(&ctx.download_queue)
-        } else {
-            Arc::clone(&ctx.upload_queue)
-        };
-        let mut side = Side {
-            ctx: Arc::clone(ctx),
-            queue,
-            cmds: Vec::new(),
-            slots: Vec::new(),
-            imports: Vec::new(),
-            staging: None,
-        };
-        for _ in 0..count {
-            let c = CmdSlot::new(ctx.raw(), side.queue.family)?; // on failure, Drop cleans up
-            side.cmds.push(c);
-        }
-        Ok(side)
-    }
-
-    /// Import every slot of `ring` (`count` slots of `slot` bytes).
-    fn import_ring(&mut self, ring: &HostRing, slot: u64, count: usize) -> Result<()> {
-        for i in 0..count {
-            let off = usize::try_from(slot * i as u64)
-                .map_err(|_| EngineError::OutOfMemory("ring exceeds address space".into()))?;
-            // SAFETY: `off + slot` lies within the ring's allocation.
-            let ptr = unsafe { ring.ptr.as_ptr().add(off) };
-            let imp = import_host(self.ctx.raw(), ptr, slot)?;
-            self.slots.push((imp.buffer, 0));
-            self.imports.push(imp);
-        }
-        Ok(())
-    }
-
-    /// Give up imported slots (before falling back to staging).
-    fn drop_imports(&mut self) {
-        self.slots.clear();
-        let imports = std::mem::take(&mut self.imports);
-        release_imports(self.ctx.raw(), imports);
-    }
-
-    /// A host-visible staging ring of this device's own: written by the device (`download`,
-    /// the source side) or read by it.
-    fn own_staging(&mut self, slot: u64, count: usize, download: bool) -> Result<()> {
-        let (kind, usage, name) = if download {
-            (
-                Kind::Download,
-                vk::BufferUsageFlags::TRANSFER_DST,
-                "exo-cross-download",
-            )
-        } else {
-            (
-                Kind::Upload,
-                vk::BufferUsageFlags::TRANSFER_SRC,
-                "exo-cross-upload",
-            )
-        };
-        let ctx = &self.ctx;
-        let mut buf = ctx
-            .mem
-            .create_buffer(ctx.raw(), slot * count as u64, usage, kind, name)?;
-        if buf.mapped.is_none() {
-            ctx.mem.destroy_buffer(ctx.raw(), &mut buf);
-            return Err(EngineError::Internal(
-                "cross-device staging memory is not host-visible".into(),
-            ));
-        }
-        self.slots = (0..count).map(|i| (buf.buffer, slot * i as u64)).collect();
-        self.staging = Some(buf);
-        Ok(())
-    }
-
-    /// The staging view of `[slot offset, +len)`.
-    fn staging_view(&self, slot: usize, len: u64) -> Result<BufView> {
-        let buf = self
-            .staging
-            .as_ref()
-            .ok_or_else(|| EngineError::Internal("cross-device side without staging".into()))?;
-        Ok(buf.slice(self.slots[slot].1, len))
-    }
-
-    /// Record `record` into `slot`'s command buffer and submit it to the side's queue (whose
-    /// mutex is held only around the submission).
-    fn submit(
-        &mut self,
-        slot: usize,
-        record: impl FnOnce(&ash::Device, vk::CommandBuffer),
-    ) -> Result<()> {
-        self.wait(slot)?;
-        let raw = self.ctx.raw();
-        let frame = Frame {
-            after_earlier: true,
-            host_reads: true,
-        };
-        let cmd = self.cmds[slot].record(raw, self.queue.compute, frame, record)?;
-        self.cmds[slot].value = self.queue.submit(raw, cmd)?;
-        Ok(())
-    }
-
-    fn wait(&mut self, slot: usize) -> Result<()> {
-        self.queue.wait(self.ctx.raw(), self.cmds[slot].value)
-    }
-
-    /// Wait for every submission; returns the first error but tries them all (unless lost).
-    fn wait_all(&mut self) -> Result<()> {
-        let last = self.cmds.iter().map(|c| c.value).max().unwrap_or(0);
-        self.queue.wait(self.ctx.raw(), last)
-    }
-
-    /// Destroy everything (idempotent). On a hung device nothing is freed: work may still use it.
-    fn destroy(&mut self) {
-        if self.ctx.is_hung() {
-            return;
-        }
-        if !self.ctx.is_lost() {
-            let _ = self.wait_all();
-        }
-        if self.ctx.is_hung() {
-            return;
-        }
-        self.drop_imports();
-        if let Some(mut b) = self.staging.take() {
-            self.ctx.mem.destroy_buffer(self.ctx.raw(), &mut b);
-        }
-        for c in self.cmds.drain(..) {
-            c.destroy(self.ctx.raw());
-        }
-    }
-}
-
-impl Drop for Side {
-    fn drop(&mut self) {
-        self.destroy();
-    }
-}
+use paths::import_alignment;
+use side::{HostRing, Side};
 
 struct LinkState {
     src: Side,
@@ -557,7 +292,7 @@ impl LinkState {
                 .map_err(|_| EngineError::OutOfBounds("chunk exceeds address space".into()))?;
             // SAFETY: both slots hold at least `len` bytes, are distinct buffers, and no DMA
             // uses either now (both slots waited above).
-            unsafe { workers::copy(dp.as_ptr(), sp.as_ptr(), bytes) };
+            unsafe { memcpy::copy(dp.as_ptr(), sp.as_ptr(), bytes) };
             flush(self.dst.ctx.raw(), &to, 0, len)?;
             e.push(&mut self.dst, k)?;
             if k + slots < n {
