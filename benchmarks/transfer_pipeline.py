@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import exo_gpu_plugins
-from exo_gpu_plugins.backend import _new_handle as new_handle
+from exo_gpu_plugins._handles import new_handle
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -117,20 +117,17 @@ class FreeListBackend(HostBackend):
         used, available = self.arena.figures()
         return used, available, ARENA_BYTES - used - available
 
-    async def _allocate(self, index: int, size: int) -> HostMemory:
+    async def _allocate(self, index: int, size: int, zeroed: bool) -> HostMemory:
         pages = -(-size // PAGE)
         offset = self.arena.take(pages)
         try:
-            memory = await super()._allocate(index, size)
+            memory = await super()._allocate(index, size, True)
         except BaseException:
             self.arena.released(pages)
             self.arena.put_back(offset, pages)
             raise
         self._blocks[id(memory)] = (offset, pages)
         return memory
-
-    async def _allocate_unzeroed(self, index: int, size: int) -> HostMemory:
-        return await self._allocate(index, size)
 
     def _free(self, native: HostMemory) -> None:
         offset, pages = self._blocks.pop(id(native))

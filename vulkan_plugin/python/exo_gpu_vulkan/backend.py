@@ -370,7 +370,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
         self._opened.add(index)
         return result
 
-    async def _allocate(self, index: int, size: int, zeroed: bool = True) -> _Allocation:
+    async def _allocate(self, index: int, size: int, zeroed: bool) -> _Allocation:
         try:
             if self._inline(index, size <= INLINE_ALLOCATION_LIMIT):
                 return (self._engine.allocate(index, size, zeroed), index)
@@ -378,9 +378,6 @@ class VulkanBackend(GPUBackend[_Allocation]):
         except OutOfMemoryError as exc:
             raise _out_of_memory(self._infos[index], index, size, exc) from exc
         return (alloc, index)
-
-    async def _allocate_unzeroed(self, index: int, size: int) -> _Allocation:
-        return await self._allocate(index, size, zeroed=False)
 
     async def _allocate_exportable(self, index: int, size: int, zeroed: bool) -> _Allocation:
         # Its own memory object (vkAllocateMemory): never on the loop thread.
