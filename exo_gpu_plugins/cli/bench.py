@@ -7,11 +7,11 @@ import argparse
 import io
 from typing import TYPE_CHECKING
 
-from exo_gpu_plugins.cli import positive_int, size_argument
+from exo_gpu_plugins.cli.options import positive_int, size_argument
 from exo_gpu_plugins.cli.target import first_device, open_target, resolve
 
 if TYPE_CHECKING:
-    from exo_gpu_plugins.cli import AddCommand
+    from exo_gpu_plugins.cli.options import AddCommand
     from exo_gpu_plugins.cli.render import Screen
 
 __all__ = ["cmd_bench", "register"]

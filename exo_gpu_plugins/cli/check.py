@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from exo_gpu_plugins.cli import positive_int
+from exo_gpu_plugins.cli.options import positive_int
 from exo_gpu_plugins.errors import GPUError
 
 if TYPE_CHECKING:
-    from exo_gpu_plugins.cli import AddCommand
+    from exo_gpu_plugins.cli.options import AddCommand
     from exo_gpu_plugins.cli.render import Screen
 
 __all__ = ["cmd_check", "register"]
