@@ -130,9 +130,11 @@ class FreeListBackend(HostBackend):
         return memory
 
     def _free(self, native: HostMemory) -> None:
-        offset, pages = self._blocks.pop(id(native))
-        self.arena.released(pages)
-        self.give_back(offset, pages)
+        block = self._blocks.pop(id(native), None)
+        if block is not None:  # exportable and imported memory is not the arena's
+            offset, pages = block
+            self.arena.released(pages)
+            self.give_back(offset, pages)
         super()._free(native)
 
     def give_back(self, offset: int, pages: int) -> None:
