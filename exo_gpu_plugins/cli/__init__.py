@@ -35,6 +35,7 @@ __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("exo_gpu_plugins.cli")
 
+
 class _Parser(argparse.ArgumentParser):
     """argparse, except that a bad command line raises `UsageError` instead of printing the usage
     and exiting: `main` reports it in one line, like every other error."""

@@ -75,5 +75,3 @@ def error_text(exc: BaseException) -> str:
         if not isinstance(exc, expected):
             text = f"{type(exc).__name__}: {text} (an unexpected error; --debug shows where)"
     return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
-
-

@@ -22,9 +22,7 @@ __all__ = ["mismatched_tensors"]
 _CHUNK = 64 << 20
 
 
-async def mismatched_tensors(
-    backend: GPUBackend[Any], tensors: Mapping[str, LoadedTensor]
-) -> list[str]:
+async def mismatched_tensors(backend: GPUBackend[Any], tensors: Mapping[str, LoadedTensor]) -> list[str]:
     """The names of the tensors whose bytes on the device differ from the file (empty: all exact)."""
     chunk = min(_CHUNK, max((t.size_bytes for t in tensors.values()), default=0))
     device_buffer = memoryview(bytearray(chunk))
