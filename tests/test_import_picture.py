@@ -1,5 +1,5 @@
 """The package's import picture runs one way: no circle between modules, and nothing in the library
-imports the CLI (`cli/` renders what the library returns; the library never reaches up into it).
+imports the CLI; and no module grows past 500 lines (`cli/` renders what the library returns; the library never reaches up into it).
 
 The picture is drawn from the source with `ast`, so it counts every import: at module level, inside
 functions and under `TYPE_CHECKING` (a circle hidden in a function is still a circle to a reader).
@@ -123,6 +123,14 @@ def test_nothing_outside_cli_imports_cli() -> None:
         if in_cli(target)
     )
     assert not upward, f"the library imports the CLI: {upward}"
+
+
+def test_no_module_is_over_500_lines() -> None:
+    """One idea per module: a module past 500 lines holds several."""
+    long = {
+        name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > 500
+    }
+    assert not long, f"modules over 500 lines: {long}"
 
 
 def test_the_picture_sees_function_level_and_type_checking_imports() -> None:
