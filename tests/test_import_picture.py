@@ -1,5 +1,6 @@
 """The package's import picture runs one way: no circle between modules, and nothing in the library
-imports the CLI; and no module grows past 500 lines (`cli/` renders what the library returns; the library never reaches up into it).
+imports the CLI (`cli/` renders what the library returns; the library never reaches up into it);
+and no module grows past 500 lines.
 
 The picture is drawn from the source with `ast`, so it counts every import: at module level, inside
 functions and under `TYPE_CHECKING` (a circle hidden in a function is still a circle to a reader).
