@@ -18,14 +18,14 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import exo_gpu_plugins
-from exo_gpu_plugins.backend import _new_handle as new_handle
+from exo_gpu_plugins._handles import new_handle
+from exo_gpu_plugins.timing import gbps, heartbeat_beside_copies, median_seconds, median_seconds_async
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -42,25 +42,8 @@ class Figure:
     peer_name: str = ""
 
 
-def gbps(nbytes: int, seconds: float) -> float:
-    return nbytes / seconds / 1e9
-
-
-async def median_seconds(repeats: int, body: Callable[[], Awaitable[Any]]) -> float:
-    return (await interleaved(repeats, body, None))[0]
-
-
 async def nothing() -> None:
     """A coroutine that does no work: what the interpreter alone charges for one."""
-
-
-def median_seconds_sync(repeats: int, body: Callable[[], Any]) -> float:
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        body()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,7 +106,7 @@ def torch_h2d_d2h(size: int, repeats: int, pinned: bool) -> tuple[float, float] 
 
     up()
     down()
-    return gbps(size, median_seconds_sync(repeats, up)), gbps(size, median_seconds_sync(repeats, down))
+    return gbps(size, median_seconds(up, repeats)), gbps(size, median_seconds(down, repeats))
 
 
 def torch_both_ways(size: int, repeats: int) -> float | None:
@@ -144,7 +127,7 @@ def torch_both_ways(size: int, repeats: int) -> float | None:
         torch.cuda.synchronize()
 
     both()
-    return gbps(2 * size, median_seconds_sync(repeats, both))
+    return gbps(2 * size, median_seconds(both, repeats))
 
 
 def torch_device_copy(size: int, repeats: int) -> float | None:
@@ -159,7 +142,7 @@ def torch_device_copy(size: int, repeats: int) -> float | None:
         torch.cuda.synchronize()
 
     run()
-    return gbps(size, median_seconds_sync(repeats, run))
+    return gbps(size, median_seconds(run, repeats))
 
 
 def torch_alloc_free_us(repeats: int) -> float | None:
@@ -173,7 +156,7 @@ def torch_alloc_free_us(repeats: int) -> float | None:
             del t
 
     run()
-    return median_seconds_sync(repeats, run) * 1e3  # us per allocate+free
+    return median_seconds(run, repeats) * 1e3  # us per allocate+free
 
 
 def torch_small_round_trip_us(repeats: int) -> float | None:
@@ -189,7 +172,7 @@ def torch_small_round_trip_us(repeats: int) -> float | None:
         torch.cuda.synchronize()
 
     run()
-    return median_seconds_sync(repeats, run) * 1e6
+    return median_seconds(run, repeats) * 1e6
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,9 +263,12 @@ async def bandwidth_at(backend: Any, device: str, size: int, repeats: int, rows:
     if pinned is not None:
         pview, release = pinned
         pview[:] = memoryview(src).cast("B") if np is not None else src
-        up_p = gbps(size, await median_seconds(repeats, lambda: backend.copy_to_device(pview, handle)))
+        up_p = gbps(
+            size, await median_seconds_async(lambda: backend.copy_to_device(pview, handle), repeats)
+        )
         down_p = gbps(
-            size, await median_seconds(repeats, lambda: backend.copy_from_device_into(handle, 0, pview))
+            size,
+            await median_seconds_async(lambda: backend.copy_from_device_into(handle, 0, pview), repeats),
         )
         await release()
     rows.append(
@@ -342,8 +328,8 @@ async def both_ways_as(
     async def both() -> None:
         await asyncio.gather(backend.copy_to_device(src, a), backend.copy_from_device_into(b, 0, out))
 
-    alone = gbps(size, await median_seconds(repeats, one))
-    together = gbps(2 * size, await median_seconds(repeats, both))
+    alone = gbps(size, await median_seconds_async(one, repeats))
+    together = gbps(2 * size, await median_seconds_async(both, repeats))
     rows.append(Figure(f"upload alone {size // MiB} MiB ({kind})", alone, "GB/s"))
     rows.append(
         Figure(
@@ -378,11 +364,11 @@ async def small_copies(backend: Any, device: str, repeats: int, rows: list[Figur
 
     # asyncio's own cost of 64 gathered coroutines, as the rate its time would allow: the ceiling
     # of any backend's 64 gathered copies in this interpreter.
-    ceiling = gbps(chunk * count, await median_seconds(repeats, gathered_nothing))
+    ceiling = gbps(chunk * count, await median_seconds_async(gathered_nothing, repeats))
     rows.append(
         Figure(
             "64 concurrent 64 KiB copies",
-            gbps(chunk * count, await median_seconds(repeats, gathered)),
+            gbps(chunk * count, await median_seconds_async(gathered, repeats)),
             "GB/s",
             ceiling,
             "64 no-op coroutines gathered",
@@ -392,7 +378,7 @@ async def small_copies(backend: Any, device: str, repeats: int, rows: list[Figur
     rows.append(
         Figure(
             "  the 64 copies awaited in turn",
-            gbps(chunk * count, await median_seconds(repeats, in_turn)),
+            gbps(chunk * count, await median_seconds_async(in_turn, repeats)),
             "GB/s",
         )
     )
@@ -404,7 +390,7 @@ async def small_copies(backend: Any, device: str, repeats: int, rows: list[Figur
             for i in range(count):
                 engine.write(native, i * chunk, pieces[i])
 
-        engine_rate = gbps(chunk * count, await median_seconds(repeats, engine_writes))
+        engine_rate = gbps(chunk * count, await median_seconds_async(engine_writes, repeats))
         rows.append(Figure("  the 64 copies, engine calls alone", engine_rate, "GB/s"))
     await backend.deallocate(target)
 
@@ -412,7 +398,9 @@ async def small_copies(backend: Any, device: str, repeats: int, rows: list[Figur
 async def device_copy(backend: Any, device: str, size: int, repeats: int, rows: list[Figure]) -> None:
     a = await backend.allocate(device, size)
     b = await backend.allocate(device, size)
-    ours = gbps(size, await median_seconds(repeats, lambda: backend.copy_device_to_device(a, b, size)))
+    ours = gbps(
+        size, await median_seconds_async(lambda: backend.copy_device_to_device(a, b, size), repeats)
+    )
     rows.append(
         Figure(f"device copy {size // MiB} MiB", ours, "GB/s", torch_device_copy(size, repeats), "torch")
     )
@@ -430,7 +418,7 @@ async def small_ops(backend: Any, device: str, rows: list[Figure]) -> None:
     rows.append(
         Figure(
             "allocate+free 4 KiB",
-            await median_seconds(7, alloc_free) * 1e6 / loops,
+            await median_seconds_async(alloc_free, 7) * 1e6 / loops,
             "us",
             torch_alloc_free_us(7),
             "torch caching allocator",
@@ -446,7 +434,7 @@ async def small_ops(backend: Any, device: str, rows: list[Figure]) -> None:
             for _ in range(loops):
                 engine.free(engine.allocate(index, 4096))
 
-        engine_us = await median_seconds(7, engine_alloc_free) * 1e6 / loops
+        engine_us = await median_seconds_async(engine_alloc_free, 7) * 1e6 / loops
         rows.append(Figure("  allocate+free 4 KiB, engine calls alone", engine_us, "us"))
 
     async def interpreter_floor() -> None:
@@ -455,7 +443,7 @@ async def small_ops(backend: Any, device: str, rows: list[Figure]) -> None:
             await nothing()
             new_handle(device, 4096)
 
-    floor_us = await median_seconds(7, interpreter_floor) * 1e6 / loops
+    floor_us = await median_seconds_async(interpreter_floor, 7) * 1e6 / loops
     rows.append(Figure("  two empty awaits + one MemoryHandle", floor_us, "us"))
     handle = await backend.allocate(device, 4096)
     buf = bytearray(os.urandom(4096))
@@ -468,7 +456,7 @@ async def small_ops(backend: Any, device: str, rows: list[Figure]) -> None:
     rows.append(
         Figure(
             "4 KiB write + read back",
-            await median_seconds(2000, round_trip) * 1e6,
+            await median_seconds_async(round_trip, 2000) * 1e6,
             "us",
             torch_small_round_trip_us(200),
             "torch pinned",
@@ -482,60 +470,22 @@ async def memory_report(backend: Any, device: str, counts: list[int], rows: list
     for count in counts:
         while len(live) < count:
             live.append(await backend.allocate(device, 4096))
-        seconds = await median_seconds(200, lambda: backend.get_device_memory_info(device))
+        seconds = await median_seconds_async(lambda: backend.get_device_memory_info(device), 200)
         rows.append(Figure(f"memory report, {count:,} live allocations", seconds * 1e6, "us"))
     for handle in live:
         await backend.deallocate(handle)
-
-
-def heartbeat_p99_ms(stop: threading.Event, gaps: list[float]) -> None:
-    last = time.perf_counter()
-    while not stop.is_set():
-        time.sleep(0.0005)
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
 
 
 async def heartbeat(backend: Any, device: str, big: int, seconds: float, rows: list[Figure]) -> None:
     """A thread that wakes every 0.5 ms, while one task copies `big` bytes back and forth and
     another does small reads/writes (4-64 KiB) or 2 MiB reads: its p99 gap shows how long it
     waited for the GIL."""
-    large = await backend.allocate(device, big)
-    small = await backend.allocate(device, 2 * MiB)
-    payload = os.urandom(big)
-
-    async def writer(stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await backend.copy_to_device(payload, large)
-
-    async def small_ops_loop(stop: asyncio.Event, sizes: list[int]) -> None:
-        bufs = {s: bytearray(os.urandom(s)) for s in sizes}
-        while not stop.is_set():
-            for s in sizes:
-                await backend.copy_to_device(bufs[s], small)
-                await backend.copy_from_device_into(small, 0, bufs[s])
-            await asyncio.sleep(0)
-
     for label, sizes in (
         ("4-64 KiB reads/writes", [4 << 10, 16 << 10, 32 << 10, 64 << 10]),
         ("2 MiB reads/writes", [2 * MiB]),
     ):
-        gaps: list[float] = []
-        stop_thread = threading.Event()
-        thread = threading.Thread(target=heartbeat_p99_ms, args=(stop_thread, gaps), daemon=True)
-        stop = asyncio.Event()
-        thread.start()
-        tasks = [asyncio.ensure_future(writer(stop)), asyncio.ensure_future(small_ops_loop(stop, sizes))]
-        await asyncio.sleep(seconds)
-        stop.set()
-        await asyncio.gather(*tasks)
-        stop_thread.set()
-        thread.join()
-        p99 = statistics.quantiles(gaps, n=100)[98] * 1e3 if len(gaps) > 100 else None
-        rows.append(Figure(f"heartbeat p99 gap, {big // MiB} MiB copies + {label}", p99, "ms"))
-    await backend.deallocate(large)
-    await backend.deallocate(small)
+        beat = await heartbeat_beside_copies(backend, device, sizes, large=big, seconds=seconds)
+        rows.append(Figure(f"heartbeat p99 gap, {big // MiB} MiB copies + {label}", beat.p99_ms(), "ms"))
 
 
 def render(rows: list[Figure]) -> str:

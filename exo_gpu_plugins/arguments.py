@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import operator
 
-from exo_gpu_plugins.errors import OutOfBoundsError
+from exo_gpu_plugins.errors import OutOfBoundsError, OutOfMemoryError
 from exo_gpu_plugins.host_buffer import HostBuffer
 
-__all__ = ["check_range", "integer", "non_negative", "readable_view", "writable_view"]
+__all__ = ["allocation_size", "check_range", "integer", "non_negative", "readable_view", "writable_view"]
+
+_MAX_ALLOCATION = (1 << 63) - 1  # no device or host holds more
 
 
 def integer(value: object, name: str) -> int:
@@ -29,6 +31,17 @@ def non_negative(value: object, name: str) -> int:
     if number < 0:
         raise ValueError(f"{name} must be >= 0, got {number}")
     return number
+
+
+def allocation_size(value: object, name: str, holder: str) -> int:
+    """A size to allocate: an int > 0; one no `holder` ("device", "host") could hold is refused
+    up front with `OutOfMemoryError`."""
+    size = integer(value, name)
+    if size <= 0:
+        raise ValueError(f"{name} must be > 0, got {size}")
+    if size > _MAX_ALLOCATION:
+        raise OutOfMemoryError(f"{size} bytes is more than any {holder} can hold")
+    return size
 
 
 def check_range(offset: int, size: int, limit: int, what: str, noun: str = "allocation") -> None:

@@ -2,58 +2,40 @@
 
 The public methods (names and argument order follow exo's fork, so exo code runs unchanged) are
 final: they check the backend's state, the device id, the handle and every argument, and only then
-call the backend's hooks (`_allocate`, `_write`, ...). A backend author writes the hooks and never
-repeats a check; a bad call is refused before any backend code runs, so it cannot touch memory.
+call the backend's hooks (`_allocate`, `_write`, ...: hooks.py, the spec a backend implements). A
+backend author writes the hooks and never repeats a check; a bad call is refused before any
+backend code runs, so it cannot touch memory.
 
 Handles are owned by the core: each instance keeps a table from unguessable handle ids to the
-backend's native allocation object. A freed, forged or foreign handle is simply not in the table.
-
-Hooks come in two kinds, fixed per hook and checked when a subclass is defined: quick, plain `def`
-hooks (describe, report, free, telemetry) and `async def` hooks for work that may wait on the
-device (allocate, copies, synchronize). `HOOK_KINDS` lists them; docs/writing-a-backend.md says
-what each one does.
+backend's native allocation object (_handles.py). A freed, forged or foreign handle is simply not
+in the table. Every operation passes the in-flight gate (_gate.py), so `shutdown()` waits for it.
+Host buffers are in _host_buffers.py; the methods that hand memory to other code in place, in
+_exports.py.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
-import collections
-import enum
-import functools
-import inspect
 import logging
-import os
 import threading
-import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, ClassVar, Generic, TypeVar, final
-
-from pydantic import BaseModel
+from typing import final
 
 from exo_gpu_plugins import arguments, file_copy
+from exo_gpu_plugins._exports import ExportMethods
+from exo_gpu_plugins._gate import Gate, State
+from exo_gpu_plugins._handles import HostEntry, Live, new_handle
+from exo_gpu_plugins._host_buffers import HostBufferMethods
 from exo_gpu_plugins.errors import (
     BackendClosedError,
     DeviceNotFoundError,
     FileReadError,
     GPUError,
-    InteropError,
     InvalidHandleError,
-    OutOfMemoryError,
 )
-from exo_gpu_plugins.host_buffer import HostBuffer
-from exo_gpu_plugins.interop.dlpack import TensorView
-from exo_gpu_plugins.interop.memory import Retained
-from exo_gpu_plugins.interop.sharing import SharedMemory
-from exo_gpu_plugins.interop.views import (
-    CudaImports,
-    ExportDevice,
-    TensorRequest,
-    check_view,
-    cpu_view,
-)
+from exo_gpu_plugins.hooks import HOOK_KINDS, NativeT
+from exo_gpu_plugins.interop.views import CudaImports
 from exo_gpu_plugins.models import (
     Capabilities,
     DeviceDescription,
@@ -62,202 +44,24 @@ from exo_gpu_plugins.models import (
     MemoryReport,
 )
 
-__all__ = ["GPUBackend"]
+__all__ = ["HOOK_KINDS", "GPUBackend"]
+
 
 log = logging.getLogger(__name__)
 
-NativeT = TypeVar("NativeT")
 
-_MAX_ALLOCATION = (1 << 63) - 1  # no device holds more; larger sizes are refused up front
-
-
-class _State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-class _Live(Generic[NativeT]):
-    """A live allocation: the handle given out and the backend's native object behind it.
-    (A plain slotted class: a frozen dataclass costs three times as much to build, per allocate.)"""
-
-    __slots__ = ("device_index", "handle", "native")
-
-    def __init__(self, handle: MemoryHandle, native: NativeT, device_index: int) -> None:
-        self.handle = handle
-        self.native = native
-        self.device_index = device_index
-
-
-class _HandleIds:
-    """128-bit random handle ids, drawn from the OS in batches (one syscall per 256 handles)."""
-
-    _BATCH = 256
-
-    def __init__(self) -> None:
-        self._pool: list[str] = []
-
-    def next(self) -> str:
-        # list.pop is atomic; two threads refilling at once only draw more random bits.
-        try:
-            return self._pool.pop()
-        except IndexError:
-            raw = os.urandom(16 * self._BATCH).hex()
-            fresh = [raw[i : i + 32] for i in range(0, len(raw), 32)]
-            handle_id = fresh.pop()
-            self._pool.extend(fresh)
-            return handle_id
-
-
-_handle_ids = _HandleIds()
-
-
-class _Gate:
-    """Counts the operations in flight, refusing new ones once the backend is not open, so that
-    `shutdown()` can wait for running copies before it frees their memory.
-
-    The count is the length of a deque: `append` and `pop` are atomic, so no lock is taken per
-    operation. An operation counts itself *before* it looks at the state, and shutdown marks the
-    state closed *before* it waits for the count to reach zero, so no operation can slip past."""
-
-    __slots__ = ("_backend", "_inflight")
-
-    def __init__(self, backend: GPUBackend[Any]) -> None:
-        self._backend = backend
-        self._inflight: collections.deque[None] = collections.deque()
-
-    def __enter__(self) -> None:
-        self._inflight.append(None)
-        if self._backend._state is not _State.OPEN:
-            self._inflight.pop()
-            raise self._backend._closed_error()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._inflight.pop()
-
-    def drain(self) -> None:
-        """Wait until no operation is in flight (the backend is already marked closed, so the
-        count only falls). Shutdown is rare; polling keeps the per-operation path lock-free."""
-        while self._inflight:
-            time.sleep(0.001)
-
-
-def _new_handle(device_id: str, size: int) -> MemoryHandle:
-    """A MemoryHandle from values the core has already checked, without pydantic's validation
-    (about 3 us per handle on a small machine, more than the rest of `allocate`)."""
-    handle: MemoryHandle = _make_model(MemoryHandle)
-    _set_attribute(
-        handle,
-        "__dict__",
-        {
-            "handle_id": _handle_ids.next(),
-            "device_id": device_id,
-            "size_bytes": size,
-            "allocated_at": datetime.now(timezone.utc),
-        },
-    )
-    # One shared set: a frozen model never adds to its fields-set, and copies take their own.
-    _set_fields_set(handle, _HANDLE_FIELDS_SET)
-    _set_extra(handle, None)
-    _set_private(handle, None)
-    return handle
-
-
-_HANDLE_FIELDS_SET = set(MemoryHandle.model_fields)
-# BaseModel's slots, set through their descriptors: a third cheaper than object.__setattr__.
-_make_model = object.__new__
-_set_attribute = object.__setattr__
-_set_fields_set = vars(BaseModel)["__pydantic_fields_set__"].__set__
-_set_extra = vars(BaseModel)["__pydantic_extra__"].__set__
-_set_private = vars(BaseModel)["__pydantic_private__"].__set__
-
-
-class _HostEntry:
-    """A live host buffer: the object given out and the backend's native object behind it."""
-
-    __slots__ = ("buffer", "native")
-
-    def __init__(self, buffer: HostBuffer, native: object) -> None:
-        self.buffer = buffer
-        self.native = native
-
-
-# Every hook of the spec and whether it is a coroutine function. A backend written the obvious way
-# is right: what only looks something up is sync; what may wait on the device is async.
-HOOK_KINDS: dict[str, bool] = {
-    "_open": False,
-    "_close": False,
-    "_discover_devices": False,
-    "_capabilities": False,
-    "_memory_report": False,
-    "_free": False,
-    "_temperature": False,
-    "_power": False,
-    "_clock_rate": False,
-    "_utilization": False,
-    "_release_host": False,
-    "_allocate": True,
-    "_write": True,
-    "_read_into": True,
-    "_read": True,
-    "_copy": True,
-    "_synchronize": True,
-    "_write_from_file": True,
-    "_allocate_unzeroed": True,
-    "_allocate_host": True,
-    "_register_host": True,
-    "_allocate_exportable": True,
-    "_import_fd": True,
-    "_export_fd": False,
-    "_retain": False,
-}
-
-# Hooks of version 0.1 that no longer exist, and what replaced them (docs/writing-a-backend.md).
-_REMOVED_HOOKS = {
-    "_describe": "remove it: the core builds GPUDevice from _discover_devices() and _memory_report()",
-    "_free_blocking": "merge it into `def _free(self, native)`, the one free hook (sync)",
-}
-
-
-class GPUBackend(abc.ABC, Generic[NativeT]):
+class GPUBackend(HostBufferMethods[NativeT], ExportMethods[NativeT]):
     """Async GPU memory operations on the devices of one backend.
 
-    Subclasses set `name` (the registry name and device-id prefix) and implement the hooks in the
-    second half of this class. `NativeT` is whatever the backend uses to find an allocation.
+    Subclasses set `name` (the registry name and device-id prefix) and implement the hooks of
+    `BackendHooks` (hooks.py). `NativeT` is whatever the backend uses to find an allocation.
     """
 
-    name: ClassVar[str]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for hook, advice in _REMOVED_HOOKS.items():
-            if hook in cls.__dict__:
-                raise TypeError(f"{cls.__qualname__}.{hook} is a hook of exo-gpu-plugins 0.1: {advice}")
-        for hook, is_async in HOOK_KINDS.items():
-            if hook not in cls.__dict__:
-                continue
-            function = inspect.unwrap(cls.__dict__[hook])
-            if isinstance(function, (staticmethod, classmethod)):
-                function = function.__func__
-            if not callable(function):
-                raise TypeError(
-                    f"{cls.__qualname__}.{hook} must be a method, not {type(function).__name__}"
-                )
-            if inspect.iscoroutinefunction(function) != is_async:
-                kind = "an `async def` method" if is_async else "a plain `def` method (not async)"
-                why = (
-                    "the core awaits it"
-                    if is_async
-                    else "the core calls it without await; it must return quickly"
-                )
-                raise TypeError(f"{cls.__qualname__}.{hook} must be {kind}: {why}")
-
     def __init__(self) -> None:
-        self._state = _State.NEW
         self._state_lock = threading.Lock()
-        self._gate = _Gate(self)
-        self._live: dict[str, _Live[NativeT]] = {}
-        self._host: dict[int, _HostEntry] = {}
+        self._gate = Gate(self._closed_error)
+        self._live: dict[str, Live[NativeT]] = {}
+        self._host: dict[int, HostEntry] = {}
         self._descriptions: tuple[DeviceDescription, ...] = ()
         self._device_ids: tuple[str, ...] = ()
         self._index_of: dict[str, int] = {}
@@ -269,7 +73,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
     @final
     async def initialize(self) -> None:
         """Open the backend; a second call does nothing. Raises `BackendUnavailableError`."""
-        if self._state is _State.OPEN:
+        if self._gate.state is State.OPEN:
             return
         await asyncio.to_thread(self._initialize_blocking)
 
@@ -277,7 +81,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
     async def shutdown(self) -> None:
         """Wait for operations in flight, free every allocation and host buffer and release the
         devices; afterwards every call is refused."""
-        if self._state is _State.CLOSED:
+        if self._gate.state is State.CLOSED:
             return
         await asyncio.to_thread(self._shutdown_blocking)
 
@@ -296,13 +100,13 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
     @property
     def is_open(self) -> bool:
         """True between a successful `initialize()` and `shutdown()`."""
-        return self._state is _State.OPEN
+        return self._gate.state is State.OPEN
 
     def _initialize_blocking(self) -> None:
         with self._state_lock:
-            if self._state is _State.OPEN:
+            if self._gate.state is State.OPEN:
                 return
-            if self._state is _State.CLOSED:
+            if self._gate.state is State.CLOSED:
                 raise BackendClosedError(
                     f"backend {self.name!r} was shut down; create a new instance to use it again"
                 )
@@ -314,7 +118,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
                 self._close()
                 raise
             self._index_of = {device_id: i for i, device_id in enumerate(self._device_ids)}
-            self._state = _State.OPEN
+            self._gate.state = State.OPEN
             log.debug("backend %s open with %d device(s)", self.name, len(self._descriptions))
 
     def _checked_descriptions(self, found: object) -> tuple[DeviceDescription, ...]:
@@ -343,10 +147,10 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
 
     def _shutdown_blocking(self) -> None:
         with self._state_lock:
-            if self._state is _State.CLOSED:
+            if self._gate.state is State.CLOSED:
                 return
-            was_open = self._state is _State.OPEN
-            self._state = _State.CLOSED  # from here on, new operations are refused
+            was_open = self._gate.state is State.OPEN
+            self._gate.state = State.CLOSED  # from here on, new operations are refused
             self._gate.drain()  # and those already running finish first
             live = list(self._live.values())
             self._live.clear()
@@ -470,23 +274,17 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         (`"fd"` missing from `capabilities().export_kinds`) it raises `InteropError`."""
         with self._gate:
             index = self._device_index(device_id)
-            size = arguments.integer(size_bytes, "size_bytes")
-            if size <= 0:
-                raise ValueError(f"size_bytes must be > 0, got {size}")
+            size = arguments.allocation_size(size_bytes, "size_bytes", "device")
             if zeroed is not True and zeroed is not False:
                 raise TypeError(f"zeroed must be a bool, got {type(zeroed).__name__}")
             if exportable is not True and exportable is not False:
                 raise TypeError(f"exportable must be a bool, got {type(exportable).__name__}")
-            if size > _MAX_ALLOCATION:
-                raise OutOfMemoryError(f"{size} bytes is more than any device can hold")
             if exportable:
                 native = await self._allocate_exportable(index, size, zeroed)
-            elif zeroed:
-                native = await self._allocate(index, size)
             else:
-                native = await self._allocate_unzeroed(index, size)
-            handle = _new_handle(self._device_ids[index], size)
-            self._live[handle.handle_id] = _Live(handle, native, index)
+                native = await self._allocate(index, size, zeroed)
+            handle = new_handle(self._device_ids[index], size)
+            self._live[handle.handle_id] = Live(handle, native, index)
             return handle
 
     @final
@@ -604,218 +402,19 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         with self._gate:
             await self._synchronize(self._device_index(device_id))
 
-    # ----------------------------------------------------------------------------------------------
-    # Memory used in place by frameworks and other processes (docs/interop.md)
-
-    @final
-    async def export_tensor(
-        self,
-        handle: MemoryHandle,
-        *,
-        dtype: str = "U8",
-        shape: Sequence[int] | None = None,
-        offset_bytes: int = 0,
-        device: ExportDevice = "auto",
-    ) -> TensorView:
-        """A DLPack view (`torch.from_dlpack(view)`, `numpy.from_dlpack(view)`, ...) of the
-        allocation's bytes from `offset_bytes`, as a C-contiguous `dtype` (a safetensors dtype
-        name) tensor of `shape` (default: the rest of the allocation, one dimension). No copy.
-
-        `device="cpu"` views host-visible memory in place; `"cuda"` imports an exportable
-        allocation into the CUDA device with the same UUID; `"auto"` takes CUDA where
-        `capabilities().export_kinds` has it, else the CPU. Every operation issued on the device
-        before this call has finished when it returns. The memory lives until the handle is
-        freed *and* every view and tensor made from it is gone."""
-        request = TensorRequest(handle, dtype, shape, offset_bytes)
-        (view,) = await self.export_tensors([request], device=device)
-        return view
-
-    @final
-    async def export_tensors(
-        self, requests: Sequence[TensorRequest], *, device: ExportDevice = "auto"
-    ) -> list[TensorView]:
-        """`export_tensor` for many views at once (a checkpoint's tensors), in order: each device
-        is synchronized once and each allocation imported into CUDA once."""
-        with self._gate:
-            checked: list[tuple[_Live[NativeT], str, tuple[int, ...], int]] = []
-            for request in requests:
-                if not isinstance(request, TensorRequest):
-                    raise TypeError(f"requests must hold TensorRequest, not {type(request).__name__}")
-                entry = self._entry(request.handle, "handle")
-                offset = arguments.non_negative(request.offset_bytes, "offset_bytes")
-                size = entry.handle.size_bytes
-                dtype, dims, _ = check_view(request.dtype, request.shape, offset, size, "export_tensor")
-                checked.append((entry, dtype, dims, offset))
-            if device not in ("auto", "cpu", "cuda"):
-                raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
-            kinds: dict[int, str] = {}
-            for entry, *_ in checked:
-                index = entry.device_index
-                if index not in kinds:
-                    found = self._capabilities(index).export_kinds
-                    kinds[index] = device if device != "auto" else ("cuda" if "cuda" in found else "cpu")
-                    await self._synchronize(index)
-            views: list[TensorView | None] = [None] * len(checked)
-            retained: dict[str, Retained] = {}
-            on_cuda: list[tuple[int, _Live[NativeT], str, tuple[int, ...], int]] = []
-            for position, (entry, dtype, dims, offset) in enumerate(checked):
-                if kinds[entry.device_index] == "cuda":
-                    on_cuda.append((position, entry, dtype, dims, offset))
-                    continue
-                key = entry.handle.handle_id
-                if key not in retained:
-                    retained[key] = self._retain(entry.native)
-                device_id = self._device_ids[entry.device_index]
-                views[position] = cpu_view(retained[key], device_id, dtype, dims, offset)
-            if on_cuda:  # imports take a while: off the event loop, all in one hop
-                for position, view in await asyncio.to_thread(self._cuda_views, on_cuda):
-                    views[position] = view
-            return [view for view in views if view is not None]
-
-    def _cuda_views(
-        self, wanted: list[tuple[int, _Live[NativeT], str, tuple[int, ...], int]]
-    ) -> list[tuple[int, TensorView]]:
-        made = []
-        for position, entry, dtype, dims, offset in wanted:
-            view = self._cuda_imports.view(
-                entry.handle.handle_id,
-                functools.partial(self._export_fd, entry.native),
-                functools.partial(self._retain, entry.native),
-                dtype,
-                dims,
-                offset,
-            )
-            made.append((position, view))
-        return made
-
-    @final
-    async def prepare_export(self, handle: MemoryHandle) -> None:
-        """Do now, without waiting for the device, what a later CUDA view of this exportable
-        allocation needs first (importing it into CUDA), so that the view is quick: the weights
-        loader calls it while its copies still fill the allocation. Nothing happens where the
-        device has no "cuda" export kind; a failure is left for the view to report."""
-        with self._gate:
-            entry = self._entry(handle, "handle")
-            if "cuda" not in self._capabilities(entry.device_index).export_kinds:
-                return
-            native = entry.native
-            try:
-                await asyncio.to_thread(
-                    self._cuda_imports.prepare,
-                    entry.handle.handle_id,
-                    functools.partial(self._export_fd, native),
-                    functools.partial(self._retain, native),
-                )
-            except GPUError as exc:
-                log.debug("preparing the CUDA import of %s failed: %s", handle.handle_id, exc)
-
-    @final
-    async def export_memory(self, handle: MemoryHandle) -> SharedMemory:
-        """The allocation's memory as a file descriptor for another process (`send_shared`):
-        a new `SharedMemory` that the caller owns and closes. The allocation must have been made
-        with `exportable=True` (else `InteropError`). Every operation issued on the device before
-        this call has finished when it returns."""
-        with self._gate:
-            entry = self._entry(handle, "handle")
-            await self._synchronize(entry.device_index)
-            return self._export_fd(entry.native)
-
-    @final
-    async def import_memory(self, device_id: str, shared: SharedMemory) -> MemoryHandle:
-        """Open memory another process (or instance) shared as a new allocation of this one, on
-        `device_id`; `shared` stays the caller's to close. A descriptor of the wrong kind, size
-        or device is refused with `InteropError` before anything is opened."""
-        with self._gate:
-            index = self._device_index(device_id)
-            if not isinstance(shared, SharedMemory):
-                raise TypeError(f"shared must be a SharedMemory, not {type(shared).__name__}")
-            if shared.backend != self.name:
-                raise InteropError(
-                    f"the memory was shared by the {shared.backend!r} backend; the {self.name!r} "
-                    "backend cannot open it"
-                )
-            shared.check_descriptor()
-            native = await self._import_fd(index, shared)
-            handle = _new_handle(self._device_ids[index], shared.size_bytes)
-            self._live[handle.handle_id] = _Live(handle, native, index)
-            return handle
-
     def live_handles(self) -> list[MemoryHandle]:
         """The handles allocated through this instance and not yet freed."""
         return [entry.handle for entry in list(self._live.values())]
 
     # ----------------------------------------------------------------------------------------------
-    # Host buffers: host memory that copies to and from the device use directly
-
-    @final
-    async def allocate_host_buffer(self, device_id: str, size_bytes: int) -> HostBuffer:
-        """Zero-filled host memory for copies with the device (the equivalent of `cudaHostAlloc`).
-
-        Where the backend can (`capabilities().pinned_host_memory`), the device reads and writes it
-        directly, so a copy from or into it is pure DMA; elsewhere it is ordinary memory."""
-        with self._gate:
-            index = self._device_index(device_id)
-            size = arguments.integer(size_bytes, "size_bytes")
-            if size <= 0:
-                raise ValueError(f"size_bytes must be > 0, got {size}")
-            if size > _MAX_ALLOCATION:
-                raise OutOfMemoryError(f"{size} bytes is more than any host can hold")
-            try:
-                view, native = await self._allocate_host(index, size)
-            except MemoryError:
-                raise OutOfMemoryError(f"the host cannot hold a {size}-byte buffer") from None
-            flat = arguments.writable_view(view, "_allocate_host() view")
-            buffer = HostBuffer(
-                self._device_ids[index], flat, pinned=native is not None, registered=False
-            )
-            self._host[id(buffer)] = _HostEntry(buffer, native)
-            return buffer
-
-    @final
-    async def register_host_buffer(self, device_id: str, buffer: object) -> HostBuffer:
-        """Register a caller's buffer once so that later copies from or into it need no staging
-        copy (the equivalent of `cudaHostRegister`). The caller keeps the memory; release the
-        registration with `release_host_buffer()` (shutdown releases those left)."""
-        with self._gate:
-            index = self._device_index(device_id)
-            view = arguments.readable_view(buffer, "buffer")
-            if view.nbytes == 0:
-                raise ValueError("buffer must hold at least one byte")
-            native = await self._register_host(index, view)
-            host = HostBuffer(self._device_ids[index], view, pinned=native is not None, registered=True)
-            self._host[id(host)] = _HostEntry(host, native)
-            return host
-
-    @final
-    async def release_host_buffer(self, host_buffer: HostBuffer) -> None:
-        """Release a host buffer or registration. Memoryviews taken from an allocated buffer stay
-        valid memory; the device just stops using it directly."""
-        with self._gate:
-            if not isinstance(host_buffer, HostBuffer):
-                raise TypeError(f"host_buffer must be a HostBuffer, not {type(host_buffer).__name__}")
-            entry = self._host.get(id(host_buffer))
-            if entry is None or entry.buffer is not host_buffer:
-                raise InvalidHandleError(
-                    "host_buffer is not a live host buffer of this backend instance "
-                    "(released already, or from another instance)"
-                )
-            del self._host[id(host_buffer)]
-            host_buffer._mark_released()
-            self._release_host(entry.native)
-
-    def live_host_buffers(self) -> list[HostBuffer]:
-        """The host buffers allocated or registered through this instance and not yet released."""
-        return [entry.buffer for entry in list(self._host.values())]
-
-    # ----------------------------------------------------------------------------------------------
     # Checks shared by every call
 
     def _require_open(self) -> None:
-        if self._state is not _State.OPEN:
+        if self._gate.state is not State.OPEN:
             raise self._closed_error()
 
     def _closed_error(self) -> BackendClosedError:
-        if self._state is _State.CLOSED:
+        if self._gate.state is State.CLOSED:
             return BackendClosedError(f"backend {self.name!r} was shut down")
         return BackendClosedError(f"backend {self.name!r} is not initialized; await initialize() first")
 
@@ -828,7 +427,7 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
         known = ", ".join(self._index_of) or "none"
         raise DeviceNotFoundError(f"no device {device_id!r} in backend {self.name!r} (devices: {known})")
 
-    def _entry(self, handle: object, name: str) -> _Live[NativeT]:
+    def _entry(self, handle: object, name: str) -> Live[NativeT]:
         if type(handle) is not MemoryHandle and not isinstance(handle, MemoryHandle):
             raise TypeError(f"{name} must be a MemoryHandle, not {type(handle).__name__}")
         entry = self._live.get(handle.handle_id)
@@ -838,125 +437,3 @@ class GPUBackend(abc.ABC, Generic[NativeT]):
                 "backend (freed, forged, or from another backend instance)"
             )
         return entry
-
-    # ----------------------------------------------------------------------------------------------
-    # Hooks a backend implements (HOOK_KINDS says which are async). Arguments arrive checked:
-    # indexes exist, ranges are in bounds, sizes are > 0, views are flat unsigned-byte memoryviews.
-
-    @abc.abstractmethod
-    def _open(self) -> None:
-        """Acquire the driver (runs in a worker thread). Raise `BackendUnavailableError`."""
-
-    @abc.abstractmethod
-    def _close(self) -> None:
-        """Release the driver; every allocation has already been freed (runs in a worker thread)."""
-
-    @abc.abstractmethod
-    def _discover_devices(self) -> Sequence[DeviceDescription]:
-        """Describe each device once, at open (runs in a worker thread); device `i` becomes
-        `f'{name}:{i}'`. Only what the backend alone knows: the core adds id and free memory."""
-
-    @abc.abstractmethod
-    def _capabilities(self, index: int) -> Capabilities:
-        """What the device supports."""
-
-    @abc.abstractmethod
-    def _memory_report(self, index: int) -> MemoryReport:
-        """The device's memory now (a driver query at most: `list_devices()` calls it per device)."""
-
-    @abc.abstractmethod
-    async def _allocate(self, index: int, size: int) -> NativeT:
-        """Allocate zero-filled memory; raise `OutOfMemoryError` when it does not fit."""
-
-    async def _allocate_unzeroed(self, index: int, size: int) -> NativeT:
-        """Allocate memory whose bytes the caller will overwrite before reading: skip clearing it
-        where that saves time. The default allocates zeroed memory, which always satisfies it."""
-        return await self._allocate(index, size)
-
-    @abc.abstractmethod
-    def _free(self, native: NativeT) -> None:
-        """Free an allocation (already removed from the handle table). Called by `deallocate()`
-        and, for allocations left over, by `shutdown()` from a worker thread."""
-
-    @abc.abstractmethod
-    async def _write(self, native: NativeT, offset: int, data: memoryview) -> None:
-        """Write `data` at `offset`; done when the bytes are on the device."""
-
-    @abc.abstractmethod
-    async def _read_into(self, native: NativeT, offset: int, out: memoryview) -> None:
-        """Fill `out` with the bytes at `offset`."""
-
-    async def _read(self, native: NativeT, offset: int, size: int) -> bytes:
-        """New `bytes` holding the range; override to fill the object directly."""
-        buffer = bytearray(size)
-        await self._read_into(native, offset, memoryview(buffer))
-        return bytes(buffer)
-
-    @abc.abstractmethod
-    async def _copy(
-        self, src: NativeT, src_offset: int, dst: NativeT, dst_offset: int, size: int
-    ) -> None:
-        """Copy between two allocations (maybe the same one, maybe on two devices): memmove."""
-
-    @abc.abstractmethod
-    async def _synchronize(self, index: int) -> None:
-        """Wait for the device's outstanding work."""
-
-    async def _write_from_file(
-        self, native: NativeT, offset: int, fd: int, file_offset: int, size: int
-    ) -> None:
-        """Copy `size` bytes of the open file `fd` from `file_offset` to `offset`. The default reads
-        chunks in worker threads, several at once, into host buffers from `_allocate_host` and
-        writes each with `_write`; backends with a faster path override it."""
-        await file_copy.pipelined_copy(self, native, offset, fd, file_offset, size)
-
-    async def _allocate_host(self, index: int, size: int) -> tuple[memoryview, object | None]:
-        """Host memory for copies with device `index`: (a writable view of zeroed memory, the
-        native object to release it, or `None` when it is ordinary memory)."""
-        return memoryview(bytearray(size)), None
-
-    async def _register_host(self, index: int, view: memoryview) -> object | None:
-        """Make the caller's memory directly accessible to the device; `None` when nothing was
-        done (the default: copies from it go the ordinary way)."""
-        return None
-
-    def _release_host(self, native: object | None) -> None:
-        """Release what `_allocate_host` or `_register_host` returned (never called with memory
-        the device may still touch: every operation on it has finished)."""
-        return None
-
-    async def _allocate_exportable(self, index: int, size: int, zeroed: bool) -> NativeT:
-        """Allocate memory that `_export_fd` can share (zero-filled when `zeroed`). Backends
-        that declare `"fd"` in `export_kinds` override this."""
-        raise InteropError(f"the {self.name!r} backend cannot make exportable memory")
-
-    def _export_fd(self, native: NativeT) -> SharedMemory:
-        """A new descriptor of an exportable allocation's memory; `InteropError` for memory that
-        was not made exportable."""
-        raise InteropError(f"the {self.name!r} backend cannot share memory with another process")
-
-    async def _import_fd(self, index: int, shared: SharedMemory) -> NativeT:
-        """Open shared memory (already checked: this backend's, a plausible descriptor) on
-        device `index`; refuse, with `InteropError`, memory of another device or kind."""
-        raise InteropError(f"the {self.name!r} backend cannot open shared memory")
-
-    def _retain(self, native: NativeT) -> Retained:
-        """What keeps the allocation's memory alive for a consumer after `_free` (and after
-        `_close`), and where the CPU can use it in place (`host_address`, or None)."""
-        raise InteropError(f"the {self.name!r} backend cannot hand its memory to other code")
-
-    def _temperature(self, index: int) -> float | None:
-        """A temperature reading in degrees Celsius; backends with a sensor override this."""
-        return None
-
-    def _power(self, index: int) -> float | None:
-        """A power reading in watts; backends with a sensor override this."""
-        return None
-
-    def _clock_rate(self, index: int) -> int | None:
-        """A graphics clock reading in MHz; backends with a sensor override this."""
-        return None
-
-    def _utilization(self, index: int) -> float | None:
-        """Percent busy, 0-100; backends with a source override this."""
-        return None

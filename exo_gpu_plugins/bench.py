@@ -5,31 +5,32 @@ Python peer) and CUDA through torch (pageable and pinned host memory). When the 
 or more devices, a copy from the measured device to another one is timed as well, beside CUDA's
 copy between the first two CUDA devices (`b.copy_(a)`, a on cuda:0, b on cuda:1). Every figure is
 the median of several repetitions; bandwidths are bytes moved per second (1 GB = 1e9 bytes), one
-direction.
-`exo-gpu bench` and `benchmarks/copy_speed.py` both run this.
+direction (exo_gpu_plugins/timing.py).
+
+`run_benchmark` returns a `BenchReport`; `exo-gpu bench` draws it as a table or prints its JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, TextIO
+from typing import Any
 
 from exo_gpu_plugins.backend import GPUBackend
+from exo_gpu_plugins.models import GPUDevice
 from exo_gpu_plugins.registry import open_backend
 from exo_gpu_plugins.sizes import exact_label, exact_tag
+from exo_gpu_plugins.timing import gbps, median_seconds, median_seconds_async
 
-__all__ = ["Figure", "render", "run_benchmark"]
+__all__ = ["BenchReport", "Figure", "run_benchmark"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,42 @@ class Figure:
     unit: str  # "GB/s" (higher is better) or "us" (lower is better)
     ours: float | None = None
     peers: dict[str, float | None] = field(default_factory=dict)
+
+    def ratio(self, peer: str) -> float | None:
+        """How many times faster this project is than `peer` (> 1: faster; higher GB/s or lower
+        us); None where either figure is missing or zero."""
+        theirs = self.peers.get(peer)
+        if self.ours is None or theirs is None or theirs == 0 or self.ours == 0:
+            return None
+        return self.ours / theirs if self.unit == "GB/s" else theirs / self.ours
+
+
+@dataclass
+class BenchReport:
+    """What one benchmark run measured: the device, this project's figures and every peer's."""
+
+    date: str
+    machine: str
+    cpus: int | None
+    device: GPUDevice
+    backend: str  # the backend's name
+    label: str  # "vulkan (vulkan:0, staging)": backend, device and transfer strategy
+    peers: list[str]  # the peers measured, in the table's order
+    peer_versions: dict[str, str]
+    peers_measured: bool  # False with peers=False: the table says so
+    figures: list[Figure]
+
+    def as_json(self) -> dict[str, Any]:
+        """The `exo-gpu bench --json` record."""
+        return {
+            "date": self.date,
+            "machine": f"{self.machine}, {self.cpus} CPUs",
+            "device": self.device.model_dump(mode="json"),
+            "backend": self.label,
+            "peers": self.peers,
+            "peer_versions": self.peer_versions,
+            "figures": [asdict(f) for f in self.figures],
+        }
 
 
 class Progress:
@@ -64,32 +101,6 @@ class Progress:
 def step_count(sizes: Sequence[int], peers: bool, cross: bool) -> int:
     """How many times `run_benchmark` calls its step callback (for a progress bar's total)."""
     return len(sizes) * 3 + 4 + (len(sizes) * 3 + 2 if peers else 0) + (2 if cross else 0)
-
-
-def _tag(size: int) -> str:
-    return exact_tag(size)
-
-
-def _median_time(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-async def _median_time_async(run: Callable[[], Awaitable[object]], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        await run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _gbps(size: int, seconds: float) -> float:
-    return size / seconds / 1e9
 
 
 def _source_buffer(size: int) -> Any:
@@ -115,22 +126,22 @@ async def _measure_ours(
 ) -> dict[str, float]:
     out: dict[str, float] = {}
     for size in sizes:
-        tag = _tag(size)
+        tag = exact_tag(size)
         src = _source_buffer(size)
         handle = await backend.allocate(device_id, size)
         progress.step(f"{backend.name}: host -> device {tag}")
-        out[f"h2d_{tag}"] = _gbps(
-            size, await _median_time_async(partial(backend.copy_to_device, src, handle), repeats)
+        out[f"h2d_{tag}"] = gbps(
+            size, await median_seconds_async(partial(backend.copy_to_device, src, handle), repeats)
         )
         dst = bytearray(size)
         progress.step(f"{backend.name}: device -> host {tag} (into buffer)")
-        out[f"d2h_into_{tag}"] = _gbps(
+        out[f"d2h_into_{tag}"] = gbps(
             size,
-            await _median_time_async(partial(backend.copy_from_device_into, handle, 0, dst), repeats),
+            await median_seconds_async(partial(backend.copy_from_device_into, handle, 0, dst), repeats),
         )
         progress.step(f"{backend.name}: device -> host {tag} (new bytes)")
-        out[f"d2h_bytes_{tag}"] = _gbps(
-            size, await _median_time_async(partial(backend.copy_from_device, handle, 0, size), repeats)
+        out[f"d2h_bytes_{tag}"] = gbps(
+            size, await median_seconds_async(partial(backend.copy_from_device, handle, 0, size), repeats)
         )
         if bytes(dst[:4096]) != bytes(memoryview(src)[:4096]):
             raise AssertionError("benchmark read back different bytes")
@@ -145,9 +156,7 @@ async def _measure_ours(
         await backend.copy_to_device(payload, small)
         await backend.copy_from_device_into(small, 0, back)
 
-    for _ in range(50):
-        await round_trip()
-    out["rt_4k_us"] = await _median_time_async(round_trip, 2000) * 1e6
+    out["rt_4k_us"] = await median_seconds_async(round_trip, 2000, warmup=50) * 1e6
     if bytes(back) != payload:
         raise AssertionError("4 KiB round trip returned different bytes")
     await backend.deallocate(small)
@@ -157,17 +166,15 @@ async def _measure_ours(
     async def alloc_free() -> None:
         await backend.deallocate(await backend.allocate(device_id, 4096))
 
-    for _ in range(50):
-        await alloc_free()
-    out["alloc_4k_us"] = await _median_time_async(alloc_free, 2000) * 1e6
+    out["alloc_4k_us"] = await median_seconds_async(alloc_free, 2000, warmup=50) * 1e6
 
     progress.step(f"{backend.name}: device -> device {exact_label(d2d_size)}")
     a = await backend.allocate(device_id, d2d_size)
     b = await backend.allocate(device_id, d2d_size)
     await backend.copy_device_to_device(a, b, d2d_size)
-    out["d2d"] = _gbps(
+    out["d2d"] = gbps(
         d2d_size,
-        await _median_time_async(lambda: backend.copy_device_to_device(a, b, d2d_size), repeats),
+        await median_seconds_async(lambda: backend.copy_device_to_device(a, b, d2d_size), repeats),
     )
     await backend.deallocate(a)
     await backend.deallocate(b)
@@ -183,7 +190,7 @@ async def _measure_ours(
         )
 
     await concurrent()
-    out["concurrent_64k"] = _gbps(chunk * count, await _median_time_async(concurrent, 20))
+    out["concurrent_64k"] = gbps(chunk * count, await median_seconds_async(concurrent, 20))
     if await backend.copy_from_device(target, 5 * chunk, chunk) != pieces[5]:
         raise AssertionError("concurrent copies lost bytes")
     await backend.deallocate(target)
@@ -201,13 +208,13 @@ async def _measure_cross(
         head = os.urandom(4096)
         await backend.copy_to_device(head, a)
         await backend.copy_device_to_device(a, b, size)
-        seconds = await _median_time_async(lambda: backend.copy_device_to_device(a, b, size), repeats)
+        seconds = await median_seconds_async(lambda: backend.copy_device_to_device(a, b, size), repeats)
         if await backend.copy_from_device(b, 0, 4096) != head:
             raise AssertionError("cross-device copy moved different bytes")
     finally:
         await backend.deallocate(a)
         await backend.deallocate(b)
-    return {"x2d": _gbps(size, seconds)}
+    return {"x2d": gbps(size, seconds)}
 
 
 def _cross_path(backend: GPUBackend[Any], device: str) -> str | None:
@@ -238,10 +245,10 @@ def _measure_memcpy(sizes: Sequence[int], repeats: int, progress: Progress) -> d
         src = _source_buffer(size)
         dst = np.empty(size, dtype=np.uint8)
         np.copyto(dst, src)
-        seconds = _median_time(partial(np.copyto, dst, src), repeats)
-        tag = _tag(size)
+        seconds = median_seconds(partial(np.copyto, dst, src), repeats)
+        tag = exact_tag(size)
         for key in (f"h2d_{tag}", f"d2h_into_{tag}", f"d2h_bytes_{tag}"):
-            out[key] = _gbps(size, seconds)
+            out[key] = gbps(size, seconds)
     return out
 
 
@@ -259,17 +266,17 @@ def _measure_wgpu(sizes: Sequence[int], repeats: int, progress: Progress) -> dic
     usage = wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
     out: dict[str, float] = {}
     for size in sizes:
-        tag = _tag(size)
+        tag = exact_tag(size)
         src = _source_buffer(size)
         buffer = device.create_buffer(size=size, usage=usage)
         progress.step(f"wgpu-py {tag}")
 
-        out[f"h2d_{tag}"] = _gbps(
-            size, _median_time(partial(_wgpu_upload, device, buffer, src), repeats)
+        out[f"h2d_{tag}"] = gbps(
+            size, median_seconds(partial(_wgpu_upload, device, buffer, src), repeats)
         )
-        seconds = _median_time(partial(device.queue.read_buffer, buffer, 0, size), repeats)
-        out[f"d2h_bytes_{tag}"] = _gbps(size, seconds)
-        out[f"d2h_into_{tag}"] = _gbps(size, seconds)
+        seconds = median_seconds(partial(device.queue.read_buffer, buffer, 0, size), repeats)
+        out[f"d2h_bytes_{tag}"] = gbps(size, seconds)
+        out[f"d2h_into_{tag}"] = gbps(size, seconds)
         buffer.destroy()
     small = device.create_buffer(size=4096, usage=usage)
     payload = os.urandom(4096)
@@ -279,9 +286,9 @@ def _measure_wgpu(sizes: Sequence[int], repeats: int, progress: Progress) -> dic
         device.queue.write_buffer(small, 0, payload)
         device.queue.read_buffer(small, 0, 4096)
 
-    out["rt_4k_us"] = _median_time(round_trip, 300) * 1e6
+    out["rt_4k_us"] = median_seconds(round_trip, 300) * 1e6
     out["alloc_4k_us"] = (
-        _median_time(lambda: device.create_buffer(size=4096, usage=usage).destroy(), 2000) * 1e6
+        median_seconds(lambda: device.create_buffer(size=4096, usage=usage).destroy(), 2000) * 1e6
     )
     return out
 
@@ -316,16 +323,18 @@ def _measure_torch(
     pageable: dict[str, float] = {}
     pinned: dict[str, float] = {}
     for size in sizes:
-        tag = _tag(size)
+        tag = exact_tag(size)
         progress.step(f"torch CUDA {tag}")
         gpu = torch.empty(size, dtype=torch.uint8, device="cuda")
         host = torch.randint(0, 255, (size,), dtype=torch.uint8)
         pin = host.pin_memory()
         for table, cpu in ((pageable, host), (pinned, pin)):
             _torch_copy(gpu, cpu)
-            table[f"h2d_{tag}"] = _gbps(size, _median_time(partial(_torch_copy, gpu, cpu), repeats))
-            table[f"d2h_into_{tag}"] = _gbps(size, _median_time(partial(_torch_copy, cpu, gpu), repeats))
-        pageable[f"d2h_bytes_{tag}"] = _gbps(size, _median_time(partial(_to_bytes, gpu), repeats))
+            table[f"h2d_{tag}"] = gbps(size, median_seconds(partial(_torch_copy, gpu, cpu), repeats))
+            table[f"d2h_into_{tag}"] = gbps(
+                size, median_seconds(partial(_torch_copy, cpu, gpu), repeats)
+            )
+        pageable[f"d2h_bytes_{tag}"] = gbps(size, median_seconds(partial(_to_bytes, gpu), repeats))
     progress.step("torch CUDA small operations and device -> device")
     small = torch.empty(4096, dtype=torch.uint8, device="cuda")
     payload = torch.randint(0, 255, (4096,), dtype=torch.uint8)
@@ -336,16 +345,16 @@ def _measure_torch(
         dst.copy_(small)
         sync()
 
-    pageable["rt_4k_us"] = _median_time(lambda: round_trip(payload, back), 2000) * 1e6
+    pageable["rt_4k_us"] = median_seconds(lambda: round_trip(payload, back), 2000) * 1e6
     pinned["rt_4k_us"] = (
-        _median_time(lambda: round_trip(payload.pin_memory(), back.pin_memory()), 200) * 1e6
+        median_seconds(lambda: round_trip(payload.pin_memory(), back.pin_memory()), 200) * 1e6
     )
 
     def alloc_free() -> None:
         block = torch.empty(4096, dtype=torch.uint8, device="cuda")
         del block
 
-    pageable["alloc_4k_us"] = _median_time(alloc_free, 2000) * 1e6
+    pageable["alloc_4k_us"] = median_seconds(alloc_free, 2000) * 1e6
     a = torch.empty(d2d_size, dtype=torch.uint8, device="cuda")
     b = torch.empty(d2d_size, dtype=torch.uint8, device="cuda")
 
@@ -354,7 +363,7 @@ def _measure_torch(
         sync()
 
     d2d()
-    pageable["d2d"] = _gbps(d2d_size, _median_time(d2d, repeats))
+    pageable["d2d"] = gbps(d2d_size, median_seconds(d2d, repeats))
     if cross and torch.cuda.device_count() >= 2:
         progress.step("torch CUDA cuda:0 -> cuda:1")
         x = torch.empty(d2d_size, dtype=torch.uint8, device="cuda:0")
@@ -366,7 +375,7 @@ def _measure_torch(
             torch.cuda.synchronize(1)
 
         x2d()
-        pageable["x2d"] = _gbps(d2d_size, _median_time(x2d, repeats))
+        pageable["x2d"] = gbps(d2d_size, median_seconds(x2d, repeats))
     return {"CUDA pageable (torch)": pageable, "CUDA pinned (torch)": pinned}
 
 
@@ -377,7 +386,7 @@ def _measure_torch(
 def _figures(sizes: Sequence[int], d2d_size: int, cross: str | None = None) -> list[Figure]:
     rows: list[Figure] = []
     for size in sizes:
-        tag = _tag(size)
+        tag = exact_tag(size)
         mib = exact_label(size)
         rows += [
             Figure(f"h2d_{tag}", f"host -> device, {mib}", "GB/s"),
@@ -395,35 +404,6 @@ def _figures(sizes: Sequence[int], d2d_size: int, cross: str | None = None) -> l
     return rows
 
 
-def render(figures: Sequence[Figure], peers: Sequence[str], ours: str, out: TextIO) -> None:
-    """The table: one row per figure, our value, each peer's, and our ratio to each peer (drawn by
-    the CLI's renderer: rich on a terminal, plain text in a pipe or file)."""
-    from exo_gpu_plugins.cli.render import Column, Screen
-
-    headers = ["figure", ours, *peers, *(f"x {p}" for p in peers)]
-    rows = []
-    for fig in figures:
-        values = [fig.ours, *(fig.peers.get(p) for p in peers)]
-        cells = [fig.label + f" ({fig.unit})", *(_fmt(v) for v in values)]
-        for peer in peers:
-            theirs = fig.peers.get(peer)
-            if fig.ours is None or theirs is None or theirs == 0 or fig.ours == 0:
-                cells.append("-")
-            else:
-                ratio = fig.ours / theirs if fig.unit == "GB/s" else theirs / fig.ours
-                cells.append(f"{ratio:.2f}x")
-        rows.append(cells)
-    screen = Screen(out, sys.stderr)
-    screen.table([Column(headers[0]), *(Column(h, "right") for h in headers[1:])], rows)
-    screen.line("ratios: >1x means this project is faster (higher GB/s or lower us)")
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
-
-
 async def run_benchmark(
     backend_name: str | GPUBackend[Any] | None = None,
     device_id: str | None = None,
@@ -431,14 +411,11 @@ async def run_benchmark(
     d2d_size: int = 1024 * MiB,
     repeats: int = 5,
     peers: bool = True,
-    json_output: bool = False,
-    out: TextIO | None = None,
     step: Callable[[str], None] | None = None,
-) -> int:
-    """Measure, print the table (or JSON), return 0. `backend_name` may also be a backend already
+) -> BenchReport:
+    """Measure this project and every peer present. `backend_name` may also be a backend already
     initialized (it is shut down here); `step` hears the name of each step as it starts. A size
     given twice is measured once."""
-    out = out or sys.stdout
     sizes = list(dict.fromkeys(sizes))
     backend = backend_name if isinstance(backend_name, GPUBackend) else await open_backend(backend_name)
     progress = Progress(step)
@@ -466,36 +443,18 @@ async def run_benchmark(
     for fig in figures:
         fig.ours = ours.get(fig.key)
         fig.peers = {name: peer_values[name].get(fig.key) for name in present}
-    label = f"{backend.name} ({device}, {strategy})"
-    if json_output:
-        out.write(
-            json.dumps(
-                {
-                    "date": time.strftime("%Y-%m-%d"),
-                    "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
-                    "device": description.model_dump(mode="json"),
-                    "backend": label,
-                    "peers": present,
-                    "peer_versions": _peer_versions(),
-                    "figures": [asdict(f) for f in figures],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-    else:
-        out.write(
-            f"{description.name} via {label}; {time.strftime('%Y-%m-%d')}; "
-            f"{os.cpu_count()} CPUs; peers: "
-            f"{_versions_text(_peer_versions()) if peers else 'not measured'}\n\n"
-        )
-        render(figures, present, backend.name, out)
-    return 0
-
-
-def _versions_text(versions: dict[str, str]) -> str:
-    """`numpy 1.26.4, torch 2.3.0`, or `none`."""
-    return ", ".join(f"{name} {version}" for name, version in versions.items()) or "none"
+    return BenchReport(
+        date=time.strftime("%Y-%m-%d"),
+        machine=f"{platform.node()} {platform.machine()}",
+        cpus=os.cpu_count(),
+        device=description,
+        backend=backend.name,
+        label=f"{backend.name} ({device}, {strategy})",
+        peers=present,
+        peer_versions=_peer_versions(),
+        peers_measured=peers,
+        figures=figures,
+    )
 
 
 def _peer_versions() -> dict[str, str]:

@@ -19,13 +19,10 @@ import collections
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from exo_gpu_plugins.errors import FileReadError, GPUError
-
-if TYPE_CHECKING:
-    from exo_gpu_plugins.backend import GPUBackend
 
 __all__ = [
     "CHUNK_BYTES",
@@ -195,11 +192,12 @@ async def parallel_read_into(fd: int, view: memoryview, position: int) -> None:
         await _settle(pending)
 
 
-async def pipelined_copy(
-    backend: GPUBackend[Any], native: Any, offset: int, fd: int, file_offset: int, size: int
-) -> None:
-    """The default `_write_from_file`: chunk reads in worker threads, written in order by the
-    backend's `_write`, reads of later chunks overlapping the write of the current one."""
+Write = Callable[[int, memoryview], Awaitable[None]]
+
+
+async def pipelined_copy(write: Write, offset: int, fd: int, file_offset: int, size: int) -> None:
+    """The default `_write_from_file`: chunk reads in worker threads, written in order by `write`
+    (the backend's `_write` of one allocation), reads of later chunks overlapping the current write."""
     loop = asyncio.get_running_loop()
     chunk = min(CHUNK_BYTES, size)
     depth = min(READERS + 1, -(-size // chunk))
@@ -209,7 +207,7 @@ async def pipelined_copy(
     async def write_oldest() -> None:
         read, part, at = pending.popleft()
         await read
-        await backend._write(native, offset + at, part)
+        await write(offset + at, part)
 
     try:
         for number, start in enumerate(range(0, size, chunk)):

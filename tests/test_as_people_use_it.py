@@ -424,20 +424,22 @@ def test_check_advice_fits_an_install_from_a_wheel(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(metadata, "distribution", lambda name: Wheel())
     monkeypatch.setitem(sys.modules, "hypothesis", None)
-    err = io.StringIO()
-    assert check.run_check("host", err=err) == 2
-    line = err.getvalue().strip()
+    report = check.run_check("host")
+    assert report.exit_code == 2 and report.error is not None
+    line = f"exo-gpu: error: {report.error}"
     assert line.startswith("exo-gpu: error: ") and "pip install 'exo-gpu-plugins[testing]'" in line
     assert "checkout" not in line
 
 
 def test_a_skipped_check_says_why_in_the_table() -> None:
-    from exo_gpu_plugins.testing.check import KitResult, TestOutcome, _summarize, format_table
+    from exo_gpu_plugins.cli.check import show
+    from exo_gpu_plugins.cli.render import Screen
+    from exo_gpu_plugins.testing.check import CheckReport, KitResult, TestOutcome, _summarize
 
     tests = [TestOutcome("t::a", "a", "copy to device", "skipped", "could not import 'numpy'")]
     result = KitResult("host", tests, _summarize(tests, ["copy to device"]), 0, 0.1)
     out = io.StringIO()
-    format_table(result, out)
+    show(CheckReport("host", 0, result), Screen(out, io.StringIO()))
     assert "skipped: could not import 'numpy'" in out.getvalue()
 
 

@@ -287,7 +287,8 @@ def test_backend_names_are_case_insensitive_everywhere(monkeypatch: pytest.Monke
 
     assert get_registry().entry("HoSt").name == "host"  # what the kit resolves its name with
     asked: list[str] = []
-    monkeypatch.setattr(check, "run_check", lambda backend, **_: asked.append(backend) or 0)
+    passed = check.CheckReport("host", 0, check.KitResult("host", [], {}, 0, 0.0))
+    monkeypatch.setattr(check, "run_check", lambda backend, **_: asked.append(backend) or passed)
     assert run("check", "Host", "--examples", "1")[0] == 0 and asked == ["host"]
 
 

@@ -37,6 +37,12 @@ def test_hooks_of_version_0_1_are_refused_with_the_migration(hook: str) -> None:
         type("Old", (HostBackend,), {hook: lambda self, *a: None})
 
 
+def test_the_unzeroed_hook_of_0_2_is_refused_with_what_replaced_it() -> None:
+    replaced = r"_allocate_unzeroed is a hook of exo-gpu-plugins 0.2: .*zeroed"
+    with pytest.raises(TypeError, match=replaced):
+        type("Old", (HostBackend,), {"_allocate_unzeroed": lambda self, *a: None})
+
+
 def test_a_missing_hook_is_named() -> None:
     from exo_gpu_plugins.backend import GPUBackend
 

@@ -1,12 +1,14 @@
 """`exo-gpu`: inspect plugins and devices, check a backend against the contract, measure copies,
 load weights.
 
-One module per command (each defines `register(add)` and its handler `cmd_<name>`); render.py draws
-the output. Every command (and `--version`) takes `--json` for scripts. Every error, argparse's
-included, prints one line on stderr (with `--json`, one JSON object) and exits with status 2
-(`--debug`, before or after the command, adds the traceback and verbose logs but never changes
-the status). No command prints the help. A closed pipe (`exo-gpu devices | head -1`) ends the
-command quietly, with status 0.
+One module per command (each defines `register(add)` and its handler `cmd_<name>`); options.py
+holds what they share (argument types, exit statuses, the one-line error text); render.py draws
+the output. The commands import nothing from this module, so the CLI's imports run one way.
+Every command (and `--version`) takes `--json` for scripts. Every error, argparse's included,
+prints one line on stderr (with `--json`, one JSON object) and exits with status 2 (`--debug`,
+before or after the command, adds the traceback and verbose logs but never changes the status).
+No command prints the help. A closed pipe (`exo-gpu devices | head -1`) ends the command
+quietly, with status 0.
 """
 
 from __future__ import annotations
@@ -18,25 +20,20 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TextIO
+from collections.abc import Sequence
+from typing import NoReturn, TextIO
 
-from exo_gpu_plugins.errors import GPUError
-from exo_gpu_plugins.sizes import parse_size
+from exo_gpu_plugins.cli.options import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    Handler,
+    UsageError,
+    error_text,
+)
 
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("exo_gpu_plugins.cli")
-
-Handler = Callable[[argparse.Namespace, Any], Any]
-AddCommand = Callable[[str, str, Handler], argparse.ArgumentParser]
-
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
-
-
-class UsageError(Exception):
-    """The command line itself is wrong (argparse's complaint), reported like any other error."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,35 +42,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def size_argument(text: str) -> int:
-    """argparse type for byte sizes: 4096, 64K, 256M, 1.5G; fractions of a byte are refused."""
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be at least 1 (`--count 0` would do nothing)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _version() -> str:
@@ -188,21 +156,6 @@ def _report(exc: Exception, err: TextIO, *, as_json: bool) -> None:
     else:
         err.write(f"exo-gpu: error: {message}\n")
     err.flush()
-
-
-def error_text(exc: BaseException) -> str:
-    """An exception as one line: pydantic's validation errors as their messages alone (no
-    locations, no URL), an unexpected exception type named, every line joined."""
-    errors = getattr(exc, "errors", None)
-    if type(exc).__name__ == "ValidationError" and callable(errors):
-        parts = [str(e.get("msg", "")).removeprefix("Value error, ") for e in errors()]
-        text = "; ".join(part for part in parts if part)
-    else:
-        text = str(exc)
-        expected = (GPUError, ValueError, TypeError, OSError, UsageError)
-        if not isinstance(exc, expected):
-            text = f"{type(exc).__name__}: {text} (an unexpected error; --debug shows where)"
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
 
 
 def _silence_stdout(out: TextIO) -> None:

@@ -1,20 +1,22 @@
 """`exo-gpu bench`: copy speed of a backend beside every peer present, as one table (the
-measuring is exo_gpu_plugins/bench.py's; this module parses arguments and draws progress)."""
+measuring is exo_gpu_plugins/bench.py's; this module parses arguments, draws progress and the
+table)."""
 
 from __future__ import annotations
 
 import argparse
-import io
 from typing import TYPE_CHECKING
 
-from exo_gpu_plugins.cli import positive_int, size_argument
+from exo_gpu_plugins.cli.options import positive_int, size_argument
+from exo_gpu_plugins.cli.render import Column
 from exo_gpu_plugins.cli.target import first_device, open_target, resolve
 
 if TYPE_CHECKING:
-    from exo_gpu_plugins.cli import AddCommand
+    from exo_gpu_plugins.bench import BenchReport
+    from exo_gpu_plugins.cli.options import AddCommand
     from exo_gpu_plugins.cli.render import Screen
 
-__all__ = ["cmd_bench", "register"]
+__all__ = ["cmd_bench", "register", "show"]
 
 
 def register(add: AddCommand) -> None:
@@ -52,19 +54,53 @@ async def cmd_bench(args: argparse.Namespace, screen: Screen) -> int:
         await backend.shutdown()
         raise
     # The table is drawn once the progress bar has gone, so the two never overwrite each other.
-    table = io.StringIO()
-    table.isatty = screen.out.isatty  # type: ignore[method-assign]
     with screen.steps(step_count(sizes, not args.no_peers, cross)) as step:
-        status = await run_benchmark(
+        report = await run_benchmark(
             backend,
             device,
             sizes=sizes,
             d2d_size=d2d_size,
             repeats=args.repeats,
             peers=not args.no_peers,
-            json_output=args.json,
-            out=table,
             step=step,
         )
-    screen.out.write(table.getvalue())
-    return status
+    if args.json:
+        screen.json(report.as_json())
+    else:
+        show(report, screen)
+    return 0
+
+
+def show(report: BenchReport, screen: Screen) -> None:
+    """The table: one row per figure, our value, each peer's, and our ratio to each peer."""
+    versions = ", ".join(f"{name} {version}" for name, version in report.peer_versions.items())
+    peers_text = (versions or "none") if report.peers_measured else "not measured"
+    screen.line(
+        f"{report.device.name} via {report.label}; {report.date}; {report.cpus} CPUs; "
+        f"peers: {peers_text}"
+    )
+    screen.line("")
+    peers = report.peers
+    columns = [
+        Column("figure"),
+        *(Column(header, "right") for header in (report.backend, *peers, *(f"x {p}" for p in peers))),
+    ]
+    rows = []
+    for fig in report.figures:
+        values = [fig.ours, *(fig.peers.get(p) for p in peers)]
+        ratios = [fig.ratio(p) for p in peers]
+        rows.append(
+            [
+                f"{fig.label} ({fig.unit})",
+                *(_figure(v) for v in values),
+                *("-" if r is None else f"{r:.2f}x" for r in ratios),
+            ]
+        )
+    screen.table(columns, rows)
+    screen.line("ratios: >1x means this project is faster (higher GB/s or lower us)")
+
+
+def _figure(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"

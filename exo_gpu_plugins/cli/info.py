@@ -12,7 +12,7 @@ from exo_gpu_plugins.machine import device_state
 from exo_gpu_plugins.sizes import format_bytes
 
 if TYPE_CHECKING:
-    from exo_gpu_plugins.cli import AddCommand
+    from exo_gpu_plugins.cli.options import AddCommand
     from exo_gpu_plugins.cli.render import Screen
 
 __all__ = ["cmd_info", "register"]

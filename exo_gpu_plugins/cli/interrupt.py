@@ -20,7 +20,7 @@ from collections.abc import Coroutine
 from types import FrameType
 from typing import Any, TypeVar
 
-from exo_gpu_plugins.cli import EXIT_INTERRUPTED
+from exo_gpu_plugins.cli.options import EXIT_INTERRUPTED
 
 __all__ = ["GRACE_SECONDS", "run"]
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from exo_gpu_plugins.cli import error_text
+from exo_gpu_plugins.cli.options import error_text
 from exo_gpu_plugins.cli.target import first_device, open_target, resolve
 from exo_gpu_plugins.sizes import format_bytes
 
 if TYPE_CHECKING:
-    from exo_gpu_plugins.cli import AddCommand
+    from exo_gpu_plugins.cli.options import AddCommand
     from exo_gpu_plugins.cli.render import Screen
     from exo_gpu_plugins.weights import (
         LayerRange,

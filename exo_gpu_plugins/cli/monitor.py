@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from exo_gpu_plugins.cli import positive_float, positive_int
+from exo_gpu_plugins.cli.options import positive_float, positive_int
 from exo_gpu_plugins.cli.render import Column
 from exo_gpu_plugins.cli.target import Target, device_id, open_target
 from exo_gpu_plugins.machine import device_state
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from exo_gpu_plugins.backend import GPUBackend
-    from exo_gpu_plugins.cli import AddCommand
+    from exo_gpu_plugins.cli.options import AddCommand
     from exo_gpu_plugins.cli.render import Screen
 
 __all__ = ["cmd_monitor", "register", "sample"]

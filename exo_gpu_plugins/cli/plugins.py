@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from exo_gpu_plugins.registry import BackendReport, get_registry
 
 if TYPE_CHECKING:
-    from exo_gpu_plugins.cli import AddCommand
+    from exo_gpu_plugins.cli.options import AddCommand
     from exo_gpu_plugins.cli.render import Screen
 
 __all__ = ["cmd_plugins", "register"]

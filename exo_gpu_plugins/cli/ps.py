@@ -13,7 +13,7 @@ from exo_gpu_plugins.registry import get_registry
 from exo_gpu_plugins.sizes import format_bytes
 
 if TYPE_CHECKING:
-    from exo_gpu_plugins.cli import AddCommand
+    from exo_gpu_plugins.cli.options import AddCommand
     from exo_gpu_plugins.cli.render import Screen
 
 __all__ = ["cmd_ps", "register"]

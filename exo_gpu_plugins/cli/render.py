@@ -85,15 +85,28 @@ class Screen:
         self.console().print(text, markup=False, highlight=False)
 
     def table(
-        self, columns: Sequence[Column | str], rows: Sequence[Sequence[object]], title: str | None = None
+        self,
+        columns: Sequence[Column | str],
+        rows: Sequence[Sequence[object]],
+        title: str | None = None,
+        *,
+        gap: int = 1,
     ) -> None:
-        self.print(self.make_table(columns, rows, title))
+        self.print(self.make_table(columns, rows, title, gap=gap))
 
     def make_table(
-        self, columns: Sequence[Column | str], rows: Sequence[Sequence[object]], title: str | None = None
+        self,
+        columns: Sequence[Column | str],
+        rows: Sequence[Sequence[object]],
+        title: str | None = None,
+        *,
+        gap: int = 1,
     ) -> Table:
+        """A table of `rows` (cells taken as plain text, never markup: a test id's `[param]` stays
+        as it is), `gap` spaces between columns; a cell with several lines spans several lines."""
         from rich import box
         from rich.table import Table
+        from rich.text import Text
 
         plain = not self.interactive
         table = Table(
@@ -102,7 +115,7 @@ class Screen:
             box=_plain_box() if plain else box.SIMPLE_HEAD,
             show_edge=False,
             pad_edge=False,
-            padding=(0, 1, 0, 0),
+            padding=(0, gap, 0, 0),
             header_style=None if plain else "bold",
             title_style=None if plain else "bold",
         )
@@ -116,7 +129,7 @@ class Screen:
                 no_wrap=spec.max_width is not None,
             )
         for row in rows:
-            table.add_row(*(cell(value) for value in row))
+            table.add_row(*(Text(cell(value)) for value in row))
         return table
 
     def print(self, renderable: RenderableType) -> None:

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from exo_gpu_plugins.cli import size_argument
+from exo_gpu_plugins.cli.options import size_argument
 from exo_gpu_plugins.cli.target import first_device, open_target, resolve
 from exo_gpu_plugins.sizes import format_bytes
 
 if TYPE_CHECKING:
     from exo_gpu_plugins.backend import GPUBackend
-    from exo_gpu_plugins.cli import AddCommand
+    from exo_gpu_plugins.cli.options import AddCommand
     from exo_gpu_plugins.cli.render import Screen
     from exo_gpu_plugins.models import MemoryHandle
 

@@ -164,12 +164,8 @@ class HostBackend(GPUBackend[HostMemory]):
             return total - used
         return max(0, min(os_available, total - used))
 
-    async def _allocate(self, index: int, size: int) -> HostMemory:
-        return await self._allocation(index, size, _mapped)
-
-    async def _allocate_unzeroed(self, index: int, size: int) -> HostMemory:
-        # Not through `_allocate`: a subclass that overrides `_allocate` must override this too.
-        return await self._allocation(index, size, _mapped_lazily)
+    async def _allocate(self, index: int, size: int, zeroed: bool) -> HostMemory:
+        return await self._allocation(index, size, _mapped if zeroed else _mapped_lazily)
 
     async def _allocate_exportable(self, index: int, size: int, zeroed: bool) -> HostMemory:
         # A fresh memfd reads as zeros either way.

@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from exo_gpu_plugins.testing.check import KitResult, run_check, run_kit
+    from exo_gpu_plugins.testing.check import CheckReport, KitResult, run_check, run_kit
     from exo_gpu_plugins.testing.contract import (
         CLAUSES,
         AllocationContract,
@@ -50,6 +50,7 @@ __all__ = [
     "AllocationContract",
     "BackendContract",
     "BackendStateMachine",
+    "CheckReport",
     "ConcurrencyContract",
     "CopyContract",
     "DeviceContract",
@@ -73,6 +74,7 @@ __all__ = [
 ]
 
 _HOME = {
+    "CheckReport": "check",
     "KitResult": "check",
     "run_check": "check",
     "run_kit": "check",

@@ -1,4 +1,4 @@
-"""`exo-gpu check BACKEND`: run the conformance kit in-process and print one row per clause.
+"""`exo-gpu check BACKEND`: run the conformance kit in-process and report one summary per clause.
 
 The kit is plain pytest, so the check runs `pytest.main` on the kit's own module
 (`exo_gpu_plugins.testing.selected`) with a small plugin object that hands it the backend factory
@@ -9,23 +9,22 @@ pytest, Hypothesis and numpy are optional dependencies (the `testing` extra:
 `pip install 'exo-gpu-plugins[testing]'`, or `pip install -e '.[testing]'` in a checkout), so they
 are imported only when a check runs, and their absence is a one-line message with exit status 2.
 
-Exit status: 0 when nothing failed (skips and expected failures are fine), 1 when a test failed, 2
-when the backend (or the kit) cannot be loaded.
+`run_check` returns a `CheckReport` (its `exit_code`: 0 when nothing failed, skips and expected
+failures being fine; 1 when a test failed; 2 when the backend, or the kit, cannot be loaded);
+`exo-gpu check` draws it as the clause table or prints its JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pytest
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
     from exo_gpu_plugins.backend import GPUBackend
     from exo_gpu_plugins.registry import Registry
 
-__all__ = ["ClauseSummary", "KitResult", "TestOutcome", "format_table", "run_check", "run_kit"]
+__all__ = ["CheckReport", "ClauseSummary", "KitResult", "TestOutcome", "run_check", "run_kit"]
 
 BackendFactory = Callable[[], "GPUBackend[Any]"]
 
@@ -321,31 +320,49 @@ async def _open_and_close(factory: BackendFactory) -> None:
     await backend.shutdown()
 
 
+@dataclass
+class CheckReport:
+    """What `exo-gpu check BACKEND` found: the kit's result, or the one-line reason it could not
+    run (`error`, with exit code 2)."""
+
+    backend: str
+    exit_code: int
+    result: KitResult | None = None
+    backend_class: str | None = None  # module.qualname of the class the registry gave
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The `exo-gpu check --json` record."""
+        if self.result is None:
+            return {"backend": self.backend, "status": "error", "exit_code": 2, "error": self.error}
+        result = self.result
+        return {
+            "backend": result.label,
+            "backend_class": self.backend_class,
+            "status": "pass" if self.exit_code == 0 else "fail",
+            "exit_code": self.exit_code,
+            "duration_s": round(result.duration_s, 3),
+            "totals": result.totals(),
+            "clauses": [asdict(summary) for summary in result.clauses.values()],
+            "tests": [asdict(test) for test in result.tests],
+            "warnings": result.warnings,
+            "errors": result.errors,
+        }
+
+
 def run_check(
     backend: str,
     *,
     xfail_file: str | None = None,
     examples: int | None = None,
     verbose: bool = False,
-    json_output: bool = False,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
     registry: Registry | None = None,
-) -> int:
-    """Run the kit against the installed backend `backend` and print the clause table (or JSON).
+) -> CheckReport:
+    """Run the kit against the installed backend `backend`. `verbose` shows pytest's own output
+    as it runs; `registry` defaults to the process registry."""
 
-    Returns 0 when nothing failed, 1 when a test failed, 2 when the backend, the expected-failures
-    file or the kit's dependencies cannot be loaded. `registry` defaults to the process registry.
-    """
-    out = out if out is not None else sys.stdout
-    err = err if err is not None else sys.stderr
-
-    def cannot(message: str) -> int:
-        if json_output:
-            _write_json({"backend": backend, "status": "error", "exit_code": 2, "error": message}, out)
-        else:
-            err.write(f"exo-gpu: error: {message}\n")
-        return 2
+    def cannot(message: str) -> CheckReport:
+        return CheckReport(backend, 2, error=message)
 
     try:
         import hypothesis  # noqa: F401
@@ -358,107 +375,16 @@ def run_check(
         factory = _load_backend(backend, registry)
     except _CannotLoad as exc:
         return cannot(str(exc))
-    result = run_kit(
-        factory,
-        label=backend,
-        xfail_file=xfail_file,
-        examples=examples,
-        verbose=verbose and not json_output,
-    )
+    result = run_kit(factory, label=backend, xfail_file=xfail_file, examples=examples, verbose=verbose)
     from exo_gpu_plugins.testing.pytest_plugin import name_mismatch
 
     mismatch = name_mismatch(backend, factory)
     if mismatch is not None:
         result.warnings.insert(0, mismatch)
-    status = 0 if result.ok else 1
-    if json_output:
-        _write_json(_as_json(result, factory, status), out)
-    else:
-        format_table(result, out, verbose=verbose, backend_class=_qualified(factory))
-    return status
+    return CheckReport(backend, 0 if result.ok else 1, result, _qualified(factory))
 
 
 def _qualified(factory: BackendFactory) -> str:
     module = getattr(factory, "__module__", "")
     name = getattr(factory, "__qualname__", repr(factory))
     return f"{module}.{name}" if module else name
-
-
-def format_table(
-    result: KitResult, out: TextIO, *, verbose: bool = False, backend_class: str | None = None
-) -> None:
-    """The check's report: one row per clause, the first failure of each failing clause with its
-    whole message (lines after the first go under it)."""
-    what = f" ({backend_class})" if backend_class else ""
-    out.write(
-        f"exo-gpu check {result.label}{what}: {len(result.tests)} tests in {result.duration_s:.1f} s\n\n"
-    )
-    headers = ("clause", "pass", "fail", "skip", "xfail", "first failure, or why skipped")
-    rows: list[tuple[str, ...]] = []
-    for summary in result.clauses.values():
-        first = ""
-        if summary.first_failure:
-            first = f"{summary.first_failure}: {summary.first_reason}"
-        elif summary.first_skip_reason:
-            first = f"skipped: {summary.first_skip_reason}"
-        rows.append(
-            (
-                summary.clause,
-                str(summary.passed),
-                str(summary.failed or ""),
-                str(summary.skipped or ""),
-                str(summary.xfailed or ""),
-                first,
-            )
-        )
-    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(5)]
-    line = "  ".join(
-        h.ljust(w) if i == 0 else h.rjust(w)
-        for i, (h, w) in enumerate(zip(headers[:5], widths, strict=True))
-    )
-    out.write(f"{line}  {headers[5]}\n")
-    out.write("  ".join("-" * w for w in widths) + "  " + "-" * 13 + "\n")
-    indent = " " * (sum(widths) + 10)
-    for row in rows:
-        cells = "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row[:5], widths, strict=True))
-        )
-        first, *more = row[5].split("\n")
-        out.write(f"{cells}  {first}".rstrip() + "\n")
-        for line in more:  # the rest of the message, under its first line
-            out.write(f"{indent}{line}\n")
-        if verbose:
-            for name in result.clauses[row[0]].failures[1:]:
-                out.write(f"{indent}{name}\n")
-    for message in result.errors:
-        out.write(f"\nerror: {message}\n")
-    for message in result.warnings:
-        out.write(f"\nwarning: {message}\n")
-    totals = result.totals()
-    verdict = "PASS" if result.ok else "FAIL"
-    failed = result.failed_clauses()
-    detail = f"; failing clauses: {', '.join(failed)}" if failed else ""
-    out.write(
-        f"\n{verdict}: {totals['passed']} passed, {totals['failed']} failed, "
-        f"{totals['skipped']} skipped, {totals['xfailed']} expected failures{detail}\n"
-    )
-
-
-def _as_json(result: KitResult, factory: BackendFactory, status: int) -> dict[str, Any]:
-    return {
-        "backend": result.label,
-        "backend_class": _qualified(factory),
-        "status": "pass" if status == 0 else "fail",
-        "exit_code": status,
-        "duration_s": round(result.duration_s, 3),
-        "totals": result.totals(),
-        "clauses": [asdict(summary) for summary in result.clauses.values()],
-        "tests": [asdict(test) for test in result.tests],
-        "warnings": result.warnings,
-        "errors": result.errors,
-    }
-
-
-def _write_json(data: object, out: TextIO) -> None:
-    out.write(json.dumps(data, indent=2) + "\n")

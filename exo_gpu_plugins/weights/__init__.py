@@ -13,9 +13,10 @@ writes Llama-shaped test checkpoints.
 from __future__ import annotations
 
 from exo_gpu_plugins.weights.loader import load_plan, load_weights
-from exo_gpu_plugins.weights.models import LoadedTensor, LoadedWeights, LoadProgress
+from exo_gpu_plugins.weights.models import LoadedWeights, LoadProgress
 from exo_gpu_plugins.weights.plan import CheckpointPlan, plan_checkpoint
 from exo_gpu_plugins.weights.selection import LayerRange
+from exo_gpu_plugins.weights.tensors import LoadedTensor
 
 __all__ = [
     "CheckpointPlan",

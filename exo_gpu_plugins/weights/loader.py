@@ -28,9 +28,10 @@ from exo_gpu_plugins.errors import BackendClosedError, CheckpointError, InvalidH
 from exo_gpu_plugins.file_copy import open_regular_file
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.weights.checkpoint import PathsArg
-from exo_gpu_plugins.weights.models import LoadedTensor, LoadedWeights, LoadProgress
+from exo_gpu_plugins.weights.models import LoadedWeights, LoadProgress
 from exo_gpu_plugins.weights.plan import AllocationPlan, CheckpointPlan, Pack, plan_checkpoint
 from exo_gpu_plugins.weights.selection import LayerRange
+from exo_gpu_plugins.weights.tensors import LoadedTensor
 
 __all__ = ["load_plan", "load_weights"]
 

@@ -1,4 +1,5 @@
-"""What a load gives back: where each tensor lives, the allocations to free, and progress reports."""
+"""What a load gives back: its tensors (`LoadedTensor`, weights/tensors.py), the allocations to
+free, and progress reports."""
 
 from __future__ import annotations
 
@@ -10,32 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from exo_gpu_plugins.errors import GPUError
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.weights.selection import LayerRange
+from exo_gpu_plugins.weights.tensors import LoadedTensor
 
 if TYPE_CHECKING:
     from exo_gpu_plugins.backend import GPUBackend
     from exo_gpu_plugins.interop.dlpack import TensorView
     from exo_gpu_plugins.interop.views import ExportDevice
 
-__all__ = ["LoadProgress", "LoadedTensor", "LoadedWeights"]
+__all__ = ["LoadProgress", "LoadedWeights"]
 
 log = logging.getLogger(__name__)
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
-
-
-class LoadedTensor(BaseModel):
-    """One tensor on the device: `size_bytes` bytes at `offset_bytes` of `handle`, copied from
-    `file` at `file_offset`. A zero-byte tensor needs no memory: its `handle` is None."""
-
-    model_config = _FROZEN
-
-    handle: MemoryHandle | None
-    offset_bytes: int = Field(ge=0)
-    size_bytes: int = Field(ge=0)
-    dtype: str
-    shape: tuple[int, ...]
-    file: str
-    file_offset: int = Field(ge=0)
 
 
 class LoadProgress(BaseModel):
@@ -93,7 +80,7 @@ class LoadedWeights(BaseModel):
         `InteropError` naming the tensor."""
         from exo_gpu_plugins.weights.tensors import tensor_views
 
-        return await tensor_views(backend, self, device)
+        return await tensor_views(backend, self.tensors, device)
 
     async def to_torch(
         self, backend: GPUBackend[Any], *, device: ExportDevice = "auto"
@@ -103,14 +90,14 @@ class LoadedWeights(BaseModel):
         where the backend exports there (`load_weights(..., exportable=True)`), else the CPU."""
         from exo_gpu_plugins.weights.tensors import torch_tensors
 
-        return await torch_tensors(backend, self, device)
+        return await torch_tensors(backend, self.tensors, device)
 
     async def verify(self, backend: GPUBackend[Any]) -> list[str]:
         """Read every tensor back and compare it with the file; returns the names that differ
         (empty when every byte is exact)."""
         from exo_gpu_plugins.weights.verify import mismatched_tensors
 
-        return await mismatched_tensors(backend, self)
+        return await mismatched_tensors(backend, self.tensors)
 
     async def deallocate(self, backend: GPUBackend[Any]) -> None:
         """Free every allocation of the load. Each handle is attempted even if one fails; the first

@@ -7,6 +7,7 @@ memory stays bounded whatever the checkpoint's size.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from exo_gpu_plugins.errors import FileReadError
@@ -14,22 +15,22 @@ from exo_gpu_plugins.file_copy import open_regular_file, read_exact
 
 if TYPE_CHECKING:
     from exo_gpu_plugins.backend import GPUBackend
-    from exo_gpu_plugins.weights.models import LoadedWeights
+    from exo_gpu_plugins.weights.tensors import LoadedTensor
 
 __all__ = ["mismatched_tensors"]
 
 _CHUNK = 64 << 20
 
 
-async def mismatched_tensors(backend: GPUBackend[Any], loaded: LoadedWeights) -> list[str]:
+async def mismatched_tensors(backend: GPUBackend[Any], tensors: Mapping[str, LoadedTensor]) -> list[str]:
     """The names of the tensors whose bytes on the device differ from the file (empty: all exact)."""
-    chunk = min(_CHUNK, max((t.size_bytes for t in loaded.tensors.values()), default=0))
+    chunk = min(_CHUNK, max((t.size_bytes for t in tensors.values()), default=0))
     device_buffer = memoryview(bytearray(chunk))
     file_buffer = memoryview(bytearray(chunk))
     descriptors: dict[str, int] = {}
     wrong: list[str] = []
     try:
-        for name, tensor in loaded.tensors.items():
+        for name, tensor in tensors.items():
             if tensor.handle is None:
                 continue
             fd = descriptors.get(tensor.file)

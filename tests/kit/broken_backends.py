@@ -29,8 +29,8 @@ class NoZeroFill(HostBackend):
         super().__init__()
         self._pool: dict[int, list[bytes]] = {}
 
-    async def _allocate(self, index: int, size: int) -> bytearray:
-        memory = await super()._allocate(index, size)
+    async def _allocate(self, index: int, size: int, zeroed: bool) -> bytearray:
+        memory = await super()._allocate(index, size, zeroed)
         recycled = self._pool.get(size)
         if recycled:
             memory[:] = recycled.pop()
@@ -52,9 +52,9 @@ class DoubleFreeAccepted(HostBackend):
 class OomAsRuntimeError(HostBackend):
     """Out-of-memory is reported as a bare RuntimeError."""
 
-    async def _allocate(self, index: int, size: int) -> bytearray:
+    async def _allocate(self, index: int, size: int, zeroed: bool) -> bytearray:
         try:
-            return await super()._allocate(index, size)
+            return await super()._allocate(index, size, zeroed)
         except OutOfMemoryError as exc:
             raise RuntimeError(str(exc)) from None
 

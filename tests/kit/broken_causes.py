@@ -77,17 +77,14 @@ class PoolOutlivesInstance(HostBackend):
     def _open(self) -> None:
         self._serial = next(_instances)
 
-    async def _allocate(self, index: int, size: int) -> HostMemory:
-        memory = await super()._allocate(index, size)
+    async def _allocate(self, index: int, size: int, zeroed: bool) -> HostMemory:
+        memory = await super()._allocate(index, size, True)
         kept = type(self).pool.get(size)
         if kept:
             owner, left = kept.pop()
             if owner != self._serial:  # the defect: only its own frees count as dirty
                 memory[:] = left
         return memory
-
-    async def _allocate_unzeroed(self, index: int, size: int) -> HostMemory:
-        return await self._allocate(index, size)
 
     def _free(self, native: HostMemory) -> None:
         if len(native) <= 1 << 20:  # small blocks only, a few per size: the pool stays small

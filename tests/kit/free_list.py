@@ -119,11 +119,11 @@ class FreeListBackend(HostBackend):
         used, available = self.arena.figures()
         return used, available, ARENA_BYTES - used - available
 
-    async def _allocate(self, index: int, size: int) -> HostMemory:
+    async def _allocate(self, index: int, size: int, zeroed: bool) -> HostMemory:
         pages = -(-size // PAGE)
         offset = self.arena.take(pages)
         try:
-            memory = await super()._allocate(index, size)
+            memory = await super()._allocate(index, size, True)
         except BaseException:
             self.arena.released(pages)
             self.arena.put_back(offset, pages)
@@ -131,16 +131,15 @@ class FreeListBackend(HostBackend):
         self._blocks[id(memory)] = (offset, pages)
         return memory
 
-    async def _allocate_unzeroed(self, index: int, size: int) -> HostMemory:
-        return await self._allocate(index, size)
-
     async def _allocate_exportable(self, index: int, size: int, zeroed: bool) -> HostMemory:
         raise InteropError("the free-list arena's memory cannot be shared with another process")
 
     def _free(self, native: HostMemory) -> None:
-        offset, pages = self._blocks.pop(id(native))
-        self.arena.released(pages)
-        self.give_back(offset, pages)
+        block = self._blocks.pop(id(native), None)
+        if block is not None:  # exportable and imported memory is not the arena's
+            offset, pages = block
+            self.arena.released(pages)
+            self.give_back(offset, pages)
         super()._free(native)
 
     def give_back(self, offset: int, pages: int) -> None:

@@ -12,11 +12,10 @@ import pytest
 
 from exo_gpu_plugins.hookspecs import BackendInfo
 from exo_gpu_plugins.host.backend import HostBackend
-from exo_gpu_plugins.testing.check import run_check
 
 from .broken_causes import CAUSES
 from .free_list import FreeListBackend
-from .test_check import registry_with
+from .test_check import registry_with, run_check
 
 # The bound for a defect to be caught on the CI machine (2 shared cores).
 SECONDS = 30.0

@@ -1,4 +1,5 @@
-"""`run_check`, the function behind `exo-gpu check BACKEND`: table, JSON, and exit statuses."""
+"""`run_check`, the function behind `exo-gpu check BACKEND`, drawn by the CLI: table, JSON, and exit
+statuses."""
 
 from __future__ import annotations
 
@@ -8,13 +9,30 @@ import sys
 
 import pytest
 
+from exo_gpu_plugins.cli import check as check_command
+from exo_gpu_plugins.cli.render import Screen
 from exo_gpu_plugins.errors import BackendUnavailableError
 from exo_gpu_plugins.hookspecs import BackendInfo
 from exo_gpu_plugins.host.backend import HostBackend
 from exo_gpu_plugins.registry import BackendEntry, PluginRecord, Registry
-from exo_gpu_plugins.testing.check import run_check
+from exo_gpu_plugins.testing import check as kit_check
 
 from .broken_backends import DoubleFreeAccepted
+
+
+def run_check(
+    backend: str,
+    *,
+    out: io.StringIO | None = None,
+    err: io.StringIO | None = None,
+    json_output: bool = False,
+    verbose: bool = False,
+    **options: object,
+) -> int:
+    """`exo-gpu check` in-process: the kit's report, drawn by the CLI; returns the exit status."""
+    report = kit_check.run_check(backend, verbose=verbose and not json_output, **options)  # type: ignore[arg-type]
+    screen = Screen(out or io.StringIO(), err or io.StringIO())
+    return check_command.show(report, screen, as_json=json_output, verbose=verbose)
 
 
 class Unopenable(HostBackend):

@@ -12,13 +12,13 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from exo_gpu_plugins.errors import OutOfBoundsError
+from exo_gpu_plugins.timing import gbps, median_seconds_async
 
 MiB = 1 << 20
 PATHS = ("host-import", "host-staging")
@@ -214,14 +214,10 @@ async def test_one_gib_across_devices(backend: Any) -> None:
     a = await backend.allocate(ids[0], size)
     b = await backend.allocate(ids[1], size)
     await backend.copy_to_device(data, a)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        await backend.copy_device_to_device(a, b, size)
-        times.append(time.perf_counter() - start)
+    seconds = await median_seconds_async(lambda: backend.copy_device_to_device(a, b, size), 5)
     got = await backend.copy_from_device(b, 0, size)
     assert got == data
-    rate = size / sorted(times)[len(times) // 2] / 1e9
+    rate = gbps(size, seconds)
     path = backend.engine_stats(ids[0])["cross_device_path"]
     print(f"\n1 GiB {ids[0]} -> {ids[1]} ({path}): {rate:.1f} GB/s (median of 5)")
     await backend.deallocate(a)

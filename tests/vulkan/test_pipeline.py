@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from exo_gpu_plugins.errors import DeviceLostError
+from exo_gpu_plugins.timing import heartbeat_beside_copies
 from tests.vulkan.strategies import STRATEGIES, open_with
 
 MiB = 1 << 20
@@ -106,15 +106,6 @@ async def test_hung_device_fails_every_call_within_one_timeout() -> None:
         await backend.shutdown()
 
 
-def _heartbeat_p99(stop: threading.Event, gaps: list[float]) -> None:
-    last = time.perf_counter()
-    while not stop.is_set():
-        time.sleep(0.0005)
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
-
-
 async def test_small_copies_beside_large_ones_do_not_stall_other_threads() -> None:
     """A thread that wakes every 0.5 ms, while 64 MiB copies run and the event loop does 4-64 KiB
     reads and writes: its p99 gap stays within a generous bound of the gap measured, in the same
@@ -122,37 +113,9 @@ async def test_small_copies_beside_large_ones_do_not_stall_other_threads() -> No
     made it 20-80x worse on lavapipe."""
 
     async def phase(backend: Any, sizes: list[int]) -> float:
-        large = await backend.allocate("vulkan:0", 64 * MiB)
-        small = await backend.allocate("vulkan:0", 2 * MiB)
-        payload = os.urandom(64 * MiB)
-        bufs = {s: bytearray(os.urandom(s)) for s in sizes}
-        stop = asyncio.Event()
-
-        async def writer() -> None:
-            while not stop.is_set():
-                await backend.copy_to_device(payload, large)
-
-        async def small_ops() -> None:
-            while not stop.is_set():
-                for s in sizes:
-                    await backend.copy_to_device(bufs[s], small)
-                    await backend.copy_from_device_into(small, 0, bufs[s])
-                await asyncio.sleep(0)
-
-        gaps: list[float] = []
-        halt = threading.Event()
-        beat = threading.Thread(target=_heartbeat_p99, args=(halt, gaps), daemon=True)
-        beat.start()
-        tasks = [asyncio.ensure_future(writer()), asyncio.ensure_future(small_ops())]
-        await asyncio.sleep(2.0)
-        stop.set()
-        await asyncio.gather(*tasks)
-        halt.set()
-        beat.join()
-        await backend.deallocate(large)
-        await backend.deallocate(small)
-        assert len(gaps) > 100, f"the heartbeat thread ran {len(gaps)} times in 2 s"
-        return statistics.quantiles(gaps, n=100)[98]
+        beat = await heartbeat_beside_copies(backend, "vulkan:0", sizes, large=64 * MiB)
+        assert len(beat.gaps) > 100, f"the heartbeat thread ran {len(beat.gaps)} times in 2 s"
+        return statistics.quantiles(beat.gaps, n=100)[98]
 
     backend = await open_with(STRATEGIES[0] if len(STRATEGIES) == 1 else "auto")
     try:

@@ -82,7 +82,7 @@ class ExampleBackend(GPUBackend[int]):
 
     # Memory ------------------------------------------------------------------------------------
 
-    async def _allocate(self, index: int, size: int) -> int:
+    async def _allocate(self, index: int, size: int, zeroed: bool) -> int:
         with _lock:
             if size > DEVICE_BYTES - _used[index]:
                 raise OutOfMemoryError(
@@ -90,7 +90,7 @@ class ExampleBackend(GPUBackend[int]):
                 )
             _used[index] += size
         key = next(self._keys)
-        self._memory[key] = bytearray(size)  # zero-filled, as the contract requires
+        self._memory[key] = bytearray(size)  # zero-filled: right for zeroed=False too
         self._device_of[key] = index
         return key
 

@@ -35,20 +35,13 @@ from exo_gpu_plugins.interop import Retained, SharedMemory
 from exo_gpu_plugins.models import (
     Capabilities,
     DeviceDescription,
-    DeviceType,
-    HeapReport,
     MemoryReport,
 )
 from exo_gpu_plugins.sizes import format_bytes
 from exo_gpu_plugins.telemetry import HwmonSource, NvmlSource, find_source
-from exo_gpu_vulkan.properties import (
-    api_version_text,
-    driver_version_text,
-    pci_bus_id_text,
-    uuid_text,
-    vendor_name,
-)
-from exo_gpu_vulkan.records import DeviceInfoRecord, HeapUsageRecord
+from exo_gpu_vulkan.device_info import describe, main_heap, memory_report, strategies
+from exo_gpu_vulkan.properties import pci_bus_id_text, uuid_text, vendor_name
+from exo_gpu_vulkan.records import DeviceInfoRecord
 
 __all__ = ["VulkanBackend", "probe"]
 
@@ -66,13 +59,6 @@ INLINE_ALLOCATION_LIMIT = 16 << 20
 # an H100): the loop waits at most that long, less than an executor hop costs in total for the many
 # small copies, so they stay inline up to this size.
 INLINE_DEVICE_COPY_LIMIT = 1 << 30
-
-_DEVICE_TYPES = {
-    "discrete": DeviceType.DISCRETE,
-    "integrated": DeviceType.INTEGRATED,
-    "virtual": DeviceType.VIRTUAL,
-    "cpu": DeviceType.CPU,
-}
 
 T = TypeVar("T")
 
@@ -184,52 +170,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
         )
 
     def _discover_devices(self) -> Sequence[DeviceDescription]:
-        return [self._description(index) for index in range(len(self._infos))]
-
-    def _description(self, index: int) -> DeviceDescription:
-        info = self._infos[index]
-        vendor_id = int(info["vendor_id"])
-        total, _ = self._main_heap(index)
-        fields: dict[str, Any] = {
-            "name": str(info["name"]),
-            "vendor": vendor_name(vendor_id),
-            "device_type": _DEVICE_TYPES.get(str(info["device_type"]), DeviceType.OTHER),
-            "memory_bytes": total,
-            "compute_units": info.get("compute_units"),
-            "max_threads_per_block": info.get("max_compute_work_group_invocations"),
-            "driver_version": driver_version_text(
-                vendor_id, int(info["driver_version"]), info.get("driver_info")
-            ),
-            "uuid": uuid_text(bytes(info["device_uuid"]), vendor_id),
-            "pci_bus_id": pci_bus_id_text(info.get("pci_address")),
-            "api_version": api_version_text(int(info["api_version"])),
-        }
-        sources = {name: "vulkan" for name, value in fields.items() if value is not None}
-        telemetry = self._telemetry[index]
-        if telemetry is not None:
-            # What the vendor's own source knows and Vulkan does not (NVML: compute capability,
-            # maximum clocks, memory bus width and so peak bandwidth; sysfs: maximum clocks).
-            facts = telemetry.device_facts(fields["compute_units"])
-            for field, value in (
-                ("compute_capability", facts.compute_capability),
-                ("clock_rate_mhz", facts.max_graphics_clock_mhz),
-                ("memory_clock_mhz", facts.max_memory_clock_mhz),
-                ("memory_bus_width_bits", facts.memory_bus_width_bits),
-                ("bandwidth_gbps", facts.bandwidth_gbps),
-                ("tensor_core_count", facts.tensor_core_count),
-            ):
-                if value is not None:
-                    fields[field] = value
-                    sources[field] = facts.source
-        return DeviceDescription(**fields, field_sources=tuple(sorted(sources.items())))
-
-    def _main_heap(self, index: int) -> tuple[int, int]:
-        """(size, heap index) of the largest device-local heap: where allocations live."""
-        heaps = [h for h in self._infos[index]["heaps"] if h["device_local"]]
-        if not heaps:
-            heaps = list(self._infos[index]["heaps"])
-        best = max(heaps, key=lambda h: int(h["size"]))
-        return int(best["size"]), int(best.get("index", 0))
+        return [describe(info, self._telemetry[i]) for i, info in enumerate(self._infos)]
 
     def _capabilities(self, index: int) -> Capabilities:
         info = self._infos[index]
@@ -241,7 +182,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
         strategy = str(stats["strategy"])
         return Capabilities(
             device_id=f"{self.name}:{index}",
-            max_allocation_bytes=min(int(limit), self._main_heap(index)[0]) if limit else None,
+            max_allocation_bytes=min(int(limit), main_heap(info)[0]) if limit else None,
             allocation_granularity_bytes=64 << 20,
             host_visible_memory=bool(info.get("host_visible_device_local")),
             unified_memory=str(info["device_type"]) in {"integrated", "cpu"},
@@ -262,7 +203,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
             # Parallel preads straight into the upload ring (or the mapping), beside the DMA.
             native_file_copy=os.name == "posix",
             transfer_strategy=strategy,
-            transfer_strategies=self._strategies(info),
+            transfer_strategies=strategies(info),
             export_kinds=self._export_kinds(index),
         )
 
@@ -282,51 +223,12 @@ class VulkanBackend(GPUBackend[_Allocation]):
                     kinds.append("cuda")
         return tuple(kinds)
 
-    @staticmethod
-    def _strategies(info: DeviceInfoRecord) -> tuple[str, ...]:
-        found = ("mapped", "staging") if info.get("host_visible_device_local") else ("staging",)
-        return (*found, "import") if info.get("external_memory_host") else found
-
     def _memory_report(self, index: int) -> MemoryReport:
-        heaps = self._engine.memory_heaps(index)
-        _, main_index = self._main_heap(index)
-        key = self._usage_key(index)
-        budget_known = all(h["budget"] is not None for h in heaps)
-        reports = [
-            self._heap_report(h, _process_usage(key) if h["index"] == main_index else 0) for h in heaps
-        ]
-        main = next(r for r in reports if r.index == main_index)
-        return MemoryReport(
-            device_id=f"{self.name}:{index}",
-            total_bytes=main.total_bytes,
-            used_bytes=main.used_bytes,
-            available_bytes=main.available_bytes,
-            reserved_bytes=main.reserved_bytes,
-            source="VK_EXT_memory_budget" if budget_known else "heap-size-minus-own-allocations",
-            heaps=tuple(reports),
-        )
-
-    @staticmethod
-    def _heap_report(heap: HeapUsageRecord, own_bytes: int) -> HeapReport:
-        """The driver's figures where it has a budget; else what this process's allocations hold
-        (used) and what the engine will still grant (available: it refuses past the heap's size,
-        counting its own pools and staging too, which are then `reserved`). The engine keeps the
-        process within the heap, so `used` is never cut down to fit."""
-        total = int(heap["size"])
-        held = max(own_bytes, int(heap.get("process_allocated", 0)))
-        if heap["budget"] is not None and heap["usage"] is not None:
-            used = min(max(int(heap["usage"]), own_bytes), total)
-            available = max(0, min(int(heap["budget"]) - used, total - max(used, held)))
-        else:
-            used = min(own_bytes, total)
-            available = max(0, total - held)
-        return HeapReport(
-            index=int(heap["index"]),
-            device_local=bool(heap["device_local"]),
-            total_bytes=total,
-            used_bytes=used,
-            available_bytes=available,
-            reserved_bytes=total - used - available,
+        return memory_report(
+            f"{self.name}:{index}",
+            self._engine.memory_heaps(index),
+            main_heap(self._infos[index])[1],
+            _process_usage(self._usage_key(index)),
         )
 
     def _usage_key(self, index: int) -> str:
@@ -371,7 +273,7 @@ class VulkanBackend(GPUBackend[_Allocation]):
         self._opened.add(index)
         return result
 
-    async def _allocate(self, index: int, size: int, zeroed: bool = True) -> _Allocation:
+    async def _allocate(self, index: int, size: int, zeroed: bool) -> _Allocation:
         try:
             if self._inline(index, size <= INLINE_ALLOCATION_LIMIT):
                 return (self._engine.allocate(index, size, zeroed), index)
@@ -379,9 +281,6 @@ class VulkanBackend(GPUBackend[_Allocation]):
         except OutOfMemoryError as exc:
             raise _out_of_memory(self._infos[index], index, size, exc) from exc
         return (alloc, index)
-
-    async def _allocate_unzeroed(self, index: int, size: int) -> _Allocation:
-        return await self._allocate(index, size, zeroed=False)
 
     async def _allocate_exportable(self, index: int, size: int, zeroed: bool) -> _Allocation:
         # Its own memory object (vkAllocateMemory): never on the loop thread.

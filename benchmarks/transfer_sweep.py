@@ -5,7 +5,7 @@ carried); then, for each choice in CHOICES, the variant that beats the default b
 FINAL_TUNE, the combination (also written to $FINAL_TUNE_FILE, default /tmp/final_tune). This is
 how the engine's defaults were picked on an H100; run it on other hardware the same way:
 
-    SWEEP_BUDGET=120 python3 rust/engine/tools/transfer_sweep.py
+    SWEEP_BUDGET=120 python3 benchmarks/transfer_sweep.py
     EXO_VULKAN_TUNE=$(cat /tmp/final_tune) python3 -m exo_gpu_plugins.cli bench --backend vulkan
 
 Keys: wN/rN/rbN = write / read_into / read (new bytes) of N bytes, d2d1G = device copy of 1 GiB,
@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Any
+
+from exo_gpu_plugins.timing import median_seconds, median_seconds_async
 
 MiB = 1 << 20
 SIZES = [256 * MiB, 64 * MiB, 4 * MiB, 1 * MiB, 256 << 10, 64 << 10]
@@ -76,15 +77,6 @@ CHOICES: list[tuple[list[str], Callable[[Row], float]]] = [
 ]
 
 
-def med(f: Callable[[], object], n: int) -> float:
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def measure_size(e: Any, np: Any, size: int) -> Row:
     tag = f"{size >> 20}M" if size >= MiB else f"{size >> 10}K"
     n = 5 if size >= 64 * MiB else 20 if size >= MiB else 200
@@ -96,10 +88,10 @@ def measure_size(e: Any, np: Any, size: int) -> Row:
     out: Row = {}
     a = e.allocate(0, size)
     e.write(a, 0, src)
-    out[f"w{tag}"] = size / med(partial(e.write, a, 0, src), n) / 1e9
-    out[f"r{tag}"] = size / med(partial(e.read_into, a, 0, dst), n) / 1e9
+    out[f"w{tag}"] = size / median_seconds(partial(e.write, a, 0, src), n) / 1e9
+    out[f"r{tag}"] = size / median_seconds(partial(e.read_into, a, 0, dst), n) / 1e9
     ok = bool(np.array_equal(dst, src)) if np is not None else dst == src
-    out[f"rb{tag}"] = size / med(partial(e.read, a, 0, size), n) / 1e9
+    out[f"rb{tag}"] = size / median_seconds(partial(e.read, a, 0, size), n) / 1e9
     ok = ok and e.read(a, 0, size) == bytes(memoryview(src))
     if not ok:
         out[f"BAD{tag}"] = True
@@ -123,19 +115,19 @@ def one(strategy: str) -> Row:
     for _ in range(200):
         e.write(a4, 0, p4)
         e.read_into(a4, 0, b4)
-    out["rt4k_us"] = med(lambda: (e.write(a4, 0, p4), e.read_into(a4, 0, b4)), 2000) * 1e6
-    out["w4k_us"] = med(lambda: e.write(a4, 0, p4), 2000) * 1e6
-    out["r4k_us"] = med(lambda: e.read_into(a4, 0, b4), 2000) * 1e6
+    out["rt4k_us"] = median_seconds(lambda: (e.write(a4, 0, p4), e.read_into(a4, 0, b4)), 2000) * 1e6
+    out["w4k_us"] = median_seconds(lambda: e.write(a4, 0, p4), 2000) * 1e6
+    out["r4k_us"] = median_seconds(lambda: e.read_into(a4, 0, b4), 2000) * 1e6
     if bytes(b4) != p4:
         out["BAD4k"] = True
-    out["alloc4k_us"] = med(lambda: e.free(e.allocate(0, 4096)), 2000) * 1e6
+    out["alloc4k_us"] = median_seconds(lambda: e.free(e.allocate(0, 4096)), 2000) * 1e6
     g = 1 << 30
     try:
         x, y = e.allocate(0, g), e.allocate(0, g)
         pat = os.urandom(MiB)
         e.write(x, 512 * MiB, pat)
         e.copy(x, 0, y, 0, g)
-        out["d2d1G"] = g / med(lambda: e.copy(x, 0, y, 0, g), 5) / 1e9
+        out["d2d1G"] = g / median_seconds(lambda: e.copy(x, 0, y, 0, g), 5) / 1e9
         if e.read(y, 512 * MiB, MiB) != pat:
             out["BADd2d"] = True
         e.free(x)
@@ -169,18 +161,8 @@ async def backend_level(strategy: str) -> Row:
     async def af() -> None:
         await be.deallocate(await be.allocate(dev, 4096))
 
-    async def amed(f: Callable[[], Awaitable[None]], n: int) -> float:
-        for _ in range(50):
-            await f()
-        ts = []
-        for _ in range(n):
-            t = time.perf_counter()
-            await f()
-            ts.append(time.perf_counter() - t)
-        return statistics.median(ts)
-
-    res["be_rt4k_us"] = await amed(rt, 2000) * 1e6
-    res["be_alloc4k_us"] = await amed(af, 2000) * 1e6
+    res["be_rt4k_us"] = await median_seconds_async(rt, 2000, warmup=50) * 1e6
+    res["be_alloc4k_us"] = await median_seconds_async(af, 2000, warmup=50) * 1e6
     chunk, count = 64 << 10, 64
     target = await be.allocate(dev, chunk * count)
     pieces = [os.urandom(chunk) for _ in range(count)]
@@ -188,7 +170,7 @@ async def backend_level(strategy: str) -> Row:
     async def conc() -> None:
         await asyncio.gather(*(be.copy_to_device(pieces[i], target, i * chunk) for i in range(count)))
 
-    res["be_conc64k"] = chunk * count / await amed(conc, 20) / 1e9
+    res["be_conc64k"] = chunk * count / await median_seconds_async(conc, 20, warmup=50) / 1e9
     if await be.copy_from_device(target, 5 * chunk, chunk) != pieces[5]:
         res["BADconc"] = True
     await be.shutdown()
