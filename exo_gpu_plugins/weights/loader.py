@@ -107,7 +107,7 @@ def open_plan_files(plan: CheckpointPlan, descriptors: dict[str, OpenFile]) -> N
     The caller closes them, also those opened before one failed."""
     for allocation in plan.allocations:
         if allocation.file not in descriptors:
-            descriptors[allocation.file] = _open_unchanged(allocation.file, allocation.identity)
+            descriptors[allocation.file] = open_unchanged(allocation.file, allocation.identity)
 
 
 async def fill_plan(
@@ -134,14 +134,14 @@ async def fill_plan(
     try:
         tensors_before = 0
         if allocations:
-            pending.append(_allocate(backend, device_id, allocations[0], exportable))
+            pending.append(start_allocation(backend, device_id, allocations[0], exportable))
         for number, allocation in enumerate(allocations):
             handles.append(await asyncio.shield(pending[0]))
             pending.clear()
             if exportable:
                 preparing.append(asyncio.ensure_future(backend.prepare_export(handles[-1])))
             if number + 1 < len(allocations):  # the next allocation is made while this one fills
-                pending.append(_allocate(backend, device_id, allocations[number + 1], exportable))
+                pending.append(start_allocation(backend, device_id, allocations[number + 1], exportable))
             if number == 0:
                 report.step(0, 0)
             source = descriptors[allocation.file]
@@ -189,7 +189,7 @@ class _Copy(NamedTuple):
     tensors_done: int
 
 
-def _allocate(
+def start_allocation(
     backend: GPUBackend[Any], device_id: str, allocation: AllocationPlan, exportable: bool
 ) -> asyncio.Future[MemoryHandle]:
     """Start making the allocation; memory the copies overwrite whole is not zeroed first."""
@@ -249,7 +249,7 @@ class OpenFile(NamedTuple):
         return self.fd
 
 
-def _open_unchanged(path: str, identity: tuple[int, int, int, int]) -> OpenFile:
+def open_unchanged(path: str, identity: tuple[int, int, int, int]) -> OpenFile:
     fd, stat = open_regular_file(path, CheckpointError)
     if (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns) != identity:
         os.close(fd)
