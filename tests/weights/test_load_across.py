@@ -366,3 +366,36 @@ def test_an_error_on_one_device_frees_the_other(
     with pytest.raises(OutOfMemoryError, match=r"^host:0: no room left"):
         loop.run_until_complete(load_across(pairs, tied, split=[LayerRange(0, 3), LayerRange(3, 6)]))
     assert live(pairs) == [] and open_fds() == fds
+
+
+# ------------------------------------------------------------------------------------------------
+# The CLI
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    import io
+
+    from exo_gpu_plugins.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    return main(list(argv), out=out, err=err), out.getvalue(), err.getvalue()
+
+
+def test_cli_load_over_two_devices(tied: Path, pairs: Pairs) -> None:
+    import json
+
+    status, out, err = cli(
+        "load", str(tied), "--devices", "vulkan:0,host:0", "--split", "0:3", "3:6", "--verify", "--json"
+    )
+    assert (status, err) == (0, "")
+    summary = json.loads(out)
+    assert summary["verified"] is True and summary["split"] == "explicit"
+    assert [(d["device_id"], d["layers"]) for d in summary["devices"]] == [
+        ("vulkan:0", "0:3"),
+        ("host:0", "3:6"),
+    ]
+    assert [d["shared_tensors"] for d in summary["devices"]] == [["model.embed_tokens.weight"]] * 2
+    status, out, err = cli("load", str(tied), "--devices", "vulkan:0,host:0", "--verify")
+    assert status == 0 and "vulkan:0" in out and "identical" in out and "each tensor byte once" in out
+    status, out, err = cli("load", str(tied), "--devices", "vulkan:0,host:0", "--split", "0:3")
+    assert status == 2 and err.count("\n") == 1 and "1 layer range(s) for 2 device(s)" in err
