@@ -26,6 +26,7 @@ how much.
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -127,7 +128,7 @@ class DevicePlacement:
         moved = tuple(
             tensor
             if tensor.allocation is None
-            else _replace_allocation(tensor, tensor.allocation + shift)
+            else dataclasses.replace(tensor, allocation=tensor.allocation + shift)
             for tensor in self.shared.tensors
         )
         return CheckpointPlan(
@@ -264,19 +265,6 @@ def _restricted(selection: Selection, keep: Callable[[str], bool]) -> Selection:
         return selection(name) and keep(name)
 
     return Selection(selection.start, selection.end, selection.count, predicate)
-
-
-def _replace_allocation(tensor: PlannedTensor, allocation: int) -> PlannedTensor:
-    return PlannedTensor(
-        name=tensor.name,
-        dtype=tensor.dtype,
-        shape=tensor.shape,
-        file=tensor.file,
-        file_offset=tensor.file_offset,
-        size_bytes=tensor.size_bytes,
-        allocation=allocation,
-        offset=tensor.offset,
-    )
 
 
 # ------------------------------------------------------------------------------------------------
