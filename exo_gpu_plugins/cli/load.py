@@ -1,6 +1,6 @@
 """`exo-gpu load PATH...`: load a safetensors checkpoint (files, folders, an index) onto a device
 through the weights API, with a progress bar, then a summary; `--verify` reads every tensor back
-and compares it with the file's bytes."""
+and compares it with the file's bytes. `--devices` spreads it over several (load_across.py)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,17 @@ def register(add: AddCommand) -> None:
     sub.add_argument(
         "--verify", action="store_true", help="read every tensor back and compare with the file"
     )
+    sub.add_argument(
+        "--devices",
+        metavar="ID,ID...",
+        help="load over several devices at once, in pipeline order (e.g. vulkan:0,host:0)",
+    )
+    sub.add_argument(
+        "--split",
+        nargs="+",
+        metavar="memory|START:END",
+        help="with --devices: 'memory' (by available memory, the default) or one START:END per device",
+    )
 
 
 def _layers(text: str | None) -> LayerRange | None:
@@ -63,6 +74,12 @@ async def cmd_load(args: argparse.Namespace, screen: Screen) -> int:
     )
 
     layers = _layers(args.layers)
+    if args.devices is not None:
+        from exo_gpu_plugins.cli.load_across import load_across_devices
+
+        return await load_across_devices(args, screen, layers)
+    if args.split is not None:
+        raise ValueError("--split needs --devices (the devices to split the layers over)")
     plan = plan_checkpoint(args.paths, layers)  # a malformed file fails here, before any allocation
     target = resolve(args.backend, args.device)
     backend = await open_target(target)

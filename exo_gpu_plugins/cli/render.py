@@ -149,8 +149,17 @@ class Screen:
     def progress(self, total: int, description: str) -> Iterator[Callable[[int], None]]:
         """A byte progress bar with rate and time left on stderr when it is a terminal; yields
         `advance(byte_count)`. Piped, it draws nothing: a script reads only the result."""
+        with self.progress_bars({"": total}, {"": description}) as advance:
+            yield lambda count: advance("", count)
+
+    @contextmanager
+    def progress_bars(
+        self, totals: dict[str, int], descriptions: dict[str, str]
+    ) -> Iterator[Callable[[str, int], None]]:
+        """One byte progress bar per key (a device, say), each with its rate, on stderr when it is
+        a terminal; yields `advance(key, byte_count)`. Piped, it draws nothing."""
         if not self.shows_progress:
-            yield lambda _count: None
+            yield lambda _key, _count: None
             return
         from rich.progress import (
             BarColumn,
@@ -170,8 +179,8 @@ class Screen:
             console=self.console(self.err),
             transient=True,
         ) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda count: bar.advance(task, count)
+            tasks = {key: bar.add_task(descriptions[key], total=total) for key, total in totals.items()}
+            yield lambda key, count: bar.advance(tasks[key], count)
 
     @contextmanager
     def status(self, text: str) -> Iterator[None]:

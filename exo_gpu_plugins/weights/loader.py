@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import BackendClosedError, CheckpointError, InvalidHandleError
@@ -84,9 +84,47 @@ async def load_plan(
 ) -> LoadedWeights:
     """Carry out a plan from `plan_checkpoint`; the files must not have changed since."""
     begun = time.perf_counter() if started is None else started
+    descriptors: dict[str, OpenFile] = {}
+    try:
+        open_plan_files(plan, descriptors)
+        return await fill_plan(
+            backend, device_id, plan, descriptors, _Reporter(progress, plan, begun), begun, exportable
+        )
+    finally:
+        for file in descriptors.values():
+            os.close(file.fd)
+
+
+class StepReport(Protocol):
+    """What `fill_plan` tells after the first allocation (`step(0, 0)`) and after each copy:
+    the bytes it copied and the tensors of the plan complete so far."""
+
+    def step(self, size: int, tensors_done: int) -> None: ...
+
+
+def open_plan_files(plan: CheckpointPlan, descriptors: dict[str, OpenFile]) -> None:
+    """Open every file the plan's allocations are filled from, into `descriptors` (by path; a
+    file already there is not opened again), each checked unchanged since its header was read.
+    The caller closes them, also those opened before one failed."""
+    for allocation in plan.allocations:
+        if allocation.file not in descriptors:
+            descriptors[allocation.file] = open_unchanged(allocation.file, allocation.identity)
+
+
+async def fill_plan(
+    backend: GPUBackend[Any],
+    device_id: str,
+    plan: CheckpointPlan,
+    descriptors: dict[str, OpenFile],
+    report: StepReport,
+    begun: float,
+    exportable: bool,
+) -> LoadedWeights:
+    """Allocate and fill the plan's allocations from the open `descriptors` (left open). On any
+    failure or cancellation, every allocation made is freed before the exception leaves, once no
+    copy can still write into it."""
     allocations = plan.allocations
     handles: list[MemoryHandle] = []
-    descriptors: dict[str, _OpenFile] = {}
     pending: list[asyncio.Future[MemoryHandle]] = []  # the allocation being made, if any
     copies: collections.deque[_Copy] = collections.deque()  # in flight, oldest first
     # Exportable memory is imported into CUDA (where the device exports there) while the copies
@@ -95,20 +133,16 @@ async def load_plan(
     loaded = False
     interrupted = False  # a cancellation arrived while the clean-up waited
     try:
-        for allocation in allocations:
-            if allocation.file not in descriptors:
-                descriptors[allocation.file] = _open_unchanged(allocation.file, allocation.identity)
-        report = _Reporter(progress, plan, begun)
         tensors_before = 0
         if allocations:
-            pending.append(_allocate(backend, device_id, allocations[0], exportable))
+            pending.append(start_allocation(backend, device_id, allocations[0], exportable))
         for number, allocation in enumerate(allocations):
             handles.append(await asyncio.shield(pending[0]))
             pending.clear()
             if exportable:
                 preparing.append(asyncio.ensure_future(backend.prepare_export(handles[-1])))
             if number + 1 < len(allocations):  # the next allocation is made while this one fills
-                pending.append(_allocate(backend, device_id, allocations[number + 1], exportable))
+                pending.append(start_allocation(backend, device_id, allocations[number + 1], exportable))
             if number == 0:
                 report.step(0, 0)
             source = descriptors[allocation.file]
@@ -128,24 +162,21 @@ async def load_plan(
             await asyncio.shield(preparation)
         if not allocations:  # only zero-byte tensors: nothing to copy, but say so once
             report.step(0, 0)
-        result = _result(plan, device_id, handles, time.perf_counter() - begun, exportable)
+        result = plan_result(plan, device_id, handles, time.perf_counter() - begun, exportable)
         loaded = True
         return result
     finally:
         if not loaded:
             # A copy still running may be writing into the memory: let each finish first.
             for running in copies:
-                interrupted = await _settle(running.future) or interrupted
+                interrupted = await settle(running.future) or interrupted
             for preparation in preparing:
-                interrupted = await _settle(preparation) or interrupted
+                interrupted = await settle(preparation) or interrupted
             for future in pending:  # an allocation still being made: take it, to free it
-                interrupted = await _settle(future) or interrupted
+                interrupted = await settle(future) or interrupted
                 if not future.cancelled() and future.exception() is None:
                     handles.append(future.result())
-        for file in descriptors.values():
-            os.close(file.fd)
-        if not loaded:
-            await _free_all(backend, handles, interrupted)
+            await free_handles(backend, handles, interrupted)
 
 
 # Copies kept in flight: the next one's first reads overlap the last DMA of the one before, so
@@ -159,7 +190,7 @@ class _Copy(NamedTuple):
     tensors_done: int
 
 
-def _allocate(
+def start_allocation(
     backend: GPUBackend[Any], device_id: str, allocation: AllocationPlan, exportable: bool
 ) -> asyncio.Future[MemoryHandle]:
     """Start making the allocation; memory the copies overwrite whole is not zeroed first."""
@@ -171,7 +202,7 @@ def _allocate(
     return asyncio.ensure_future(backend.allocate(device_id, allocation.size_bytes, zeroed=zeroed))
 
 
-async def _finish_oldest(copies: collections.deque[_Copy], report: _Reporter) -> None:
+async def _finish_oldest(copies: collections.deque[_Copy], report: StepReport) -> None:
     """Wait for the oldest copy in flight (shielded: a cancellation leaves it running, for the
     clean-up to wait on), then report its step."""
     await asyncio.shield(copies[0].future)
@@ -208,7 +239,7 @@ class _Reporter:
         )
 
 
-class _OpenFile(NamedTuple):
+class OpenFile(NamedTuple):
     """A checkpoint file opened for the load: what `copy_file_to_device` reads (by `fileno()`),
     and its path (`name`), which every error of the copy names."""
 
@@ -219,15 +250,15 @@ class _OpenFile(NamedTuple):
         return self.fd
 
 
-def _open_unchanged(path: str, identity: tuple[int, int, int, int]) -> _OpenFile:
+def open_unchanged(path: str, identity: tuple[int, int, int, int]) -> OpenFile:
     fd, stat = open_regular_file(path, CheckpointError)
     if (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns) != identity:
         os.close(fd)
         raise CheckpointError(f"{path}: the file changed after its header was checked; plan again")
-    return _OpenFile(fd, path)
+    return OpenFile(fd, path)
 
 
-async def _settle(task: asyncio.Future[Any]) -> bool:
+async def settle(task: asyncio.Future[Any]) -> bool:
     """Wait until `task` is done, whatever cancellations arrive meanwhile (returns whether one
     did), and consume its outcome so that no error goes unretrieved."""
     interrupted = False
@@ -241,7 +272,7 @@ async def _settle(task: asyncio.Future[Any]) -> bool:
     return interrupted
 
 
-async def _free_all(backend: GPUBackend[Any], handles: list[MemoryHandle], interrupted: bool) -> None:
+async def free_handles(backend: GPUBackend[Any], handles: list[MemoryHandle], interrupted: bool) -> None:
     """Free every handle even if this task is cancelled again while doing so (a cancellation that
     arrived during the clean-up is passed on afterwards)."""
     for handle in handles:
@@ -263,7 +294,7 @@ async def _free_all(backend: GPUBackend[Any], handles: list[MemoryHandle], inter
         raise asyncio.CancelledError
 
 
-def _result(
+def plan_result(
     plan: CheckpointPlan,
     device_id: str,
     handles: list[MemoryHandle],

@@ -4,6 +4,7 @@ free, and progress reports."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from exo_gpu_plugins.interop.dlpack import TensorView
     from exo_gpu_plugins.interop.views import ExportDevice
 
-__all__ = ["LoadProgress", "LoadedWeights"]
+__all__ = ["LoadProgress", "LoadedWeights", "PlacedWeights", "PlacementProgress"]
 
 log = logging.getLogger(__name__)
 
@@ -116,3 +117,53 @@ class LoadedWeights(BaseModel):
         """The older name of `deallocate`, kept for exo code written against docs/exo-integration.md
         before version 0.3."""
         await self.deallocate(backend)
+
+
+class PlacementProgress(BaseModel):
+    """How far a load over several devices is: sent each time one device advances. `device` is
+    that device's own progress; `bytes_done`/`bytes_total` count bytes landed on every device (a
+    shared tensor once per device that holds it)."""
+
+    model_config = _FROZEN
+
+    device_id: str
+    device: LoadProgress
+    bytes_done: int = Field(ge=0)
+    bytes_total: int = Field(ge=0)
+    seconds: float = Field(ge=0, description="since the load was called")
+
+
+class PlacedWeights(BaseModel):
+    """A checkpoint loaded over several devices: each device's `LoadedWeights`, by device id in
+    pipeline order. `read_bytes` were read from the files (each byte once); `delivered_bytes`
+    landed on the devices; `seconds` runs from the call to the last byte on the last device."""
+
+    model_config = _FROZEN
+
+    weights: dict[str, LoadedWeights]
+    files: tuple[str, ...]
+    read_bytes: int = Field(ge=0)
+    delivered_bytes: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+    split: str = Field(description="the rule that placed the layers: memory, explicit or callable")
+
+    @property
+    def bytes_per_second(self) -> float | None:
+        """Bytes delivered over `seconds`; None for a load too fast to time."""
+        return self.delivered_bytes / self.seconds if self.seconds > 0 else None
+
+    async def deallocate(self, backends: Sequence[tuple[GPUBackend[Any], str]]) -> None:
+        """Free every device's allocations, with the backend each device id is paired with (the
+        pairs the load was given). Every device is attempted; the first failure is raised after."""
+        by_device = {device_id: backend for backend, device_id in backends}
+        first: GPUError | None = None
+        missing = [device_id for device_id in self.weights if device_id not in by_device]
+        if missing:
+            raise ValueError(f"no backend given for {', '.join(missing)}")
+        for device_id, loaded in self.weights.items():
+            try:
+                await loaded.deallocate(by_device[device_id])
+            except GPUError as exc:
+                first = first or exc
+        if first is not None:
+            raise first

@@ -39,7 +39,9 @@ __all__ = [
     "CopyStep",
     "Pack",
     "PlannedTensor",
+    "describe_paths",
     "plan_checkpoint",
+    "plan_selection",
 ]
 
 Pack = Literal["file", "tensor"]
@@ -126,10 +128,25 @@ def plan_checkpoint(
     if select is not None and not callable(select):
         raise TypeError(f"select must be a callable taking a tensor name, not {type(select).__name__}")
     checkpoint = open_checkpoint(paths)
-    where = _describe(checkpoint, paths)
+    where = describe_paths(paths)
     selection = make_selection(
         checkpoint.tensor_names(), layers, select, where, locate=checkpoint.locate
     )
+    plan = plan_selection(checkpoint, selection, pack=pack, max_allocation_bytes=max_allocation_bytes)
+    if not plan.tensors:
+        raise CheckpointError(f"{where}: the selection chooses no tensor")
+    return plan
+
+
+def plan_selection(
+    checkpoint: Checkpoint,
+    selection: Selection,
+    *,
+    pack: Pack = "file",
+    max_allocation_bytes: int | None = None,
+) -> CheckpointPlan:
+    """The plan of the tensors `selection` chooses in an opened `checkpoint` (its headers read
+    once, for as many plans as the caller makes from them); an empty choice is an empty plan."""
     _check_missing(checkpoint, selection)
     tensors: list[PlannedTensor] = []
     allocations: list[AllocationPlan] = []
@@ -139,8 +156,6 @@ def plan_checkpoint(
             _pack_file(file, chosen, tensors, allocations, max_allocation_bytes)
         else:
             _pack_tensors(file, chosen, tensors, allocations, max_allocation_bytes)
-    if not tensors:
-        raise CheckpointError(f"{where}: the selection chooses no tensor")
     resolved = (
         None if selection.start is None else LayerRange(selection.start, selection.end, selection.count)
     )
@@ -155,7 +170,8 @@ def plan_checkpoint(
     )
 
 
-def _describe(checkpoint: Checkpoint, paths: PathsArg) -> str:
+def describe_paths(paths: PathsArg) -> str:
+    """The checkpoint as errors name it: its path, or the first of its paths and how many more."""
     if isinstance(paths, (str, os.PathLike)):
         return os.fspath(paths)
     names = [os.fspath(p) for p in paths]
