@@ -57,10 +57,10 @@ class ExportMethods(BackendHooks[NativeT]):
         name) tensor of `shape` (default: the rest of the allocation, one dimension). No copy.
 
         `device="cpu"` views host-visible memory in place; `"cuda"` imports an exportable
-        allocation into the CUDA device with the same UUID; `"auto"` takes CUDA where
-        `capabilities().export_kinds` has it, else the CPU. Every operation issued on the device
-        before this call has finished when it returns. The memory lives until the handle is
-        freed *and* every view and tensor made from it is gone."""
+        allocation into the CUDA device with the same UUID; `"auto"` takes CUDA for an exportable
+        allocation where `capabilities().export_kinds` has it, else the CPU. Every operation
+        issued on the device before this call has finished when it returns. The memory lives
+        until the handle is freed *and* every view and tensor made from it is gone."""
         request = TensorRequest(handle, dtype, shape, offset_bytes)
         (view,) = await self.export_tensors([request], device=device)
         return view
@@ -83,18 +83,19 @@ class ExportMethods(BackendHooks[NativeT]):
                 checked.append((entry, dtype, dims, offset))
             if device not in ("auto", "cpu", "cuda"):
                 raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
-            kinds: dict[int, str] = {}
+            kinds: dict[int, tuple[str, ...]] = {}
             for entry, *_ in checked:
                 index = entry.device_index
                 if index not in kinds:
-                    found = self._capabilities(index).export_kinds
-                    kinds[index] = device if device != "auto" else ("cuda" if "cuda" in found else "cpu")
+                    kinds[index] = self._capabilities(index).export_kinds
                     await self._synchronize(index)
             views: list[TensorView | None] = [None] * len(checked)
             retained: dict[str, Retained] = {}
             on_cuda: list[tuple[int, Live[NativeT], str, tuple[int, ...], int]] = []
             for position, (entry, dtype, dims, offset) in enumerate(checked):
-                if kinds[entry.device_index] == "cuda":
+                # "auto": CUDA for exportable memory where the device exports there, else the CPU.
+                cuda = "cuda" in kinds[entry.device_index] and entry.exportable
+                if device == "cuda" or (device == "auto" and cuda):
                     on_cuda.append((position, entry, dtype, dims, offset))
                     continue
                 key = entry.handle.handle_id
@@ -176,5 +177,5 @@ class ExportMethods(BackendHooks[NativeT]):
             shared.check_descriptor()
             native = await self._import_fd(index, shared)
             handle = new_handle(self._device_ids[index], shared.size_bytes)
-            self._live[handle.handle_id] = Live(handle, native, index)
+            self._live[handle.handle_id] = Live(handle, native, index, exportable=True)
             return handle

@@ -25,12 +25,15 @@ class Live(Generic[NativeT]):
     """A live allocation: the handle given out and the backend's native object behind it.
     (A plain slotted class: a frozen dataclass costs three times as much to build, per allocate.)"""
 
-    __slots__ = ("device_index", "handle", "native")
+    __slots__ = ("device_index", "exportable", "handle", "native")
 
-    def __init__(self, handle: MemoryHandle, native: NativeT, device_index: int) -> None:
+    def __init__(
+        self, handle: MemoryHandle, native: NativeT, device_index: int, exportable: bool = False
+    ) -> None:
         self.handle = handle
         self.native = native
         self.device_index = device_index
+        self.exportable = exportable  # made with exportable=True, or opened from shared memory
 
 
 class HostEntry:

@@ -284,7 +284,7 @@ class GPUBackend(HostBufferMethods[NativeT], ExportMethods[NativeT]):
             else:
                 native = await self._allocate(index, size, zeroed)
             handle = new_handle(self._device_ids[index], size)
-            self._live[handle.handle_id] = Live(handle, native, index)
+            self._live[handle.handle_id] = Live(handle, native, index, exportable=exportable)
             return handle
 
     @final

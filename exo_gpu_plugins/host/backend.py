@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import mmap
 import os
 import platform
@@ -87,14 +88,21 @@ def _shared_mapping(fd: int, size: int) -> _SharedMapping:
     return memory
 
 
+_SIZE_SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
+
+
 def _memfd(size: int) -> _SharedMapping:
     """`size` zeroed bytes of shareable memory (Linux: memfd_create)."""
     create = getattr(os, "memfd_create", None)
     if create is None:
         raise InteropError("host memory can be shared only where memfd_create exists (Linux)")
-    fd = create("exo-gpu-host", getattr(os, "MFD_CLOEXEC", 0))
+    flags = getattr(os, "MFD_CLOEXEC", 0) | getattr(os, "MFD_ALLOW_SEALING", 0)
+    fd = create("exo-gpu-host", flags)
     try:
         os.ftruncate(fd, size)
+        # Sealed at its size: a process it is shared with can map it without fear of SIGBUS.
+        os.set_blocking(fd, True)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SIZE_SEALS)
         return _shared_mapping(fd, size)
     except BaseException:
         os.close(fd)
@@ -199,11 +207,12 @@ class HostBackend(GPUBackend[HostMemory]):
 
     def _free(self, native: HostMemory) -> None:
         _usage.add(-len(native))
-        if isinstance(native, _SharedMapping):
+        if isinstance(native, _SharedMapping) and native.fd >= 0:
             os.close(native.fd)  # views keep the mapping itself
+            native.fd = -1
 
     def _export_fd(self, native: HostMemory) -> SharedMemory:
-        if not isinstance(native, _SharedMapping):
+        if not isinstance(native, _SharedMapping) or native.fd < 0:
             raise InteropError(
                 "this host:0 allocation cannot be shared: allocate it with exportable=True"
             )
@@ -220,6 +229,12 @@ class HostBackend(GPUBackend[HostMemory]):
         if shared.handle_type != "memfd":
             raise InteropError(f"host:0 opens memory shared as memfd, not {shared.handle_type}")
         found = os.fstat(shared.fd).st_size
+        seals = fcntl.fcntl(shared.fd, fcntl.F_GET_SEALS) if hasattr(fcntl, "F_GET_SEALS") else 0
+        if seals & _SIZE_SEALS != _SIZE_SEALS:
+            raise InteropError(
+                "the shared descriptor is not sealed at its size (F_SEAL_SHRINK|F_SEAL_GROW): "
+                "it could shrink under the mapping"
+            )
         if found != shared.allocation_bytes:
             raise InteropError(
                 f"the shared descriptor holds {found} bytes, not the {shared.allocation_bytes} "

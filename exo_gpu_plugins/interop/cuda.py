@@ -15,6 +15,7 @@ import ctypes
 import functools
 import logging
 import os
+import queue
 import threading
 from typing import Any
 
@@ -245,9 +246,33 @@ class CudaMapping:
             self._owner = None
 
     def __del__(self) -> None:
-        # The interpreter may be finalizing, with nothing left to release through.
+        # The last view went, maybe on the event loop's thread or inside a consumer's deleter:
+        # the close (which waits for the CUDA context's work) runs on the reaper thread.
         with contextlib.suppress(Exception):
-            self.close()
+            _reap(self)
+
+
+_reaper_queue: queue.SimpleQueue[CudaMapping] = queue.SimpleQueue()
+_reaper_lock = threading.Lock()
+_reapers: list[threading.Thread] = []  # the one reaper thread, once started
+
+
+def _reap(mapping: CudaMapping) -> None:
+    """Close `mapping` on a daemon thread of its own (resurrecting it until then)."""
+    with _reaper_lock:
+        if not _reapers:
+            thread = threading.Thread(target=_reap_forever, name="exo-gpu-cuda-reaper", daemon=True)
+            thread.start()
+            _reapers.append(thread)
+    _reaper_queue.put(mapping)
+
+
+def _reap_forever() -> None:
+    while True:
+        mapping = _reaper_queue.get()
+        with contextlib.suppress(Exception):
+            mapping.close()
+        del mapping
 
 
 def import_into_cuda(shared: SharedMemory, owner: object) -> CudaMapping:

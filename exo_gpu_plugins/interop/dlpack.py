@@ -1,8 +1,11 @@
 """DLPack out: `TensorView`, a typed view of memory that torch, CuPy, numpy and JAX take in place.
 
-The capsules are built here with ctypes (DLPack 1.x versioned ones, and the legacy ones for older
-consumers), so no framework is needed to make them. A view holds an *owner*: whatever keeps the
-memory alive (the backend's retained allocation, a CUDA mapping, a host buffer's memoryview).
+A capsule is made by numpy (a dependency) over one byte that holds the view's owner, then pointed
+at the view's memory with ctypes: numpy's deleter and capsule destructor are C functions, safe
+from any thread and while an exception is being raised, and DLPack 1.x versioned capsules and
+the legacy ones are both produced, whichever the consumer asks for. A view holds an *owner*:
+whatever keeps the memory alive (the backend's retained allocation, a CUDA mapping, a host
+buffer's memoryview).
 Each capsule a consumer takes holds the owner too, until the consumer calls the deleter (when its
 tensor goes), so memory outlives every tensor made from it, whatever happens to the handle or the
 backend meanwhile.
@@ -17,6 +20,7 @@ import ctypes
 import enum
 import math
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,65 +114,48 @@ class _ManagedVersioned(ctypes.Structure):
 
 _VERSION = (1, 1)
 _FLAG_READ_ONLY = 1
-# Capsule names; module-level bytes, so the pointers PyCapsule keeps stay valid.
 _LEGACY = b"dltensor"
 _VERSIONED = b"dltensor_versioned"
 
-_capsule_new = ctypes.pythonapi.PyCapsule_New
-_capsule_new.restype = ctypes.py_object
-_capsule_new.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
 _capsule_valid = ctypes.pythonapi.PyCapsule_IsValid
 _capsule_valid.restype = ctypes.c_int
-_capsule_valid.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+_capsule_valid.argtypes = (ctypes.py_object, ctypes.c_char_p)
 _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype = ctypes.c_void_p
-_capsule_pointer.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+_capsule_pointer.argtypes = (ctypes.py_object, ctypes.c_char_p)
 _capsule_rename = ctypes.pythonapi.PyCapsule_SetName
 _capsule_rename.restype = ctypes.c_int
 _capsule_rename.argtypes = (ctypes.py_object, ctypes.c_char_p)
 
-# What each live managed tensor holds (its structure, shape array and owner), by address: the
-# deleter drops the entry, whichever thread the consumer calls it from.
-_live: dict[int, tuple[object, ...]] = {}
+
+class _Holder(bytearray):
+    """One byte a numpy array is made over, holding the owner of the memory a capsule describes:
+    the capsule's deleter (numpy's, in C) drops the array, the array drops this, this the owner."""
+
+    owner: object
+
+
+_live = [0]  # holders not yet collected: capsules and views a consumer still holds
 _live_lock = threading.Lock()
 
 
-def _delete(
-    address: int | None,
-    live: dict[int, tuple[object, ...]] = _live,
-    lock: threading.Lock = _live_lock,
-) -> None:
-    # The table and lock are bound as defaults: this runs from C, maybe while the interpreter
-    # finalizes and module globals are already gone.
-    if address:
-        with lock:
-            live.pop(address, None)
-
-
-_deleter = _Deleter(_delete)
-
-
-def _destroy_capsule(capsule: int | None) -> None:
-    # A capsule no consumer took still owns its tensor (a taken one was renamed "used_...").
-    for name in (_LEGACY, _VERSIONED):
-        if capsule and _capsule_valid(capsule, name):
-            _delete(_capsule_pointer(capsule, name))
-            return
-
-
-_capsule_destructor = _Deleter(_destroy_capsule)
-
-# Both callbacks can be called while the interpreter finalizes (a framework tensor freed last):
-# they are never freed, so the trampolines stay valid to the end.
-ctypes.pythonapi.Py_IncRef(ctypes.py_object(_deleter))
-ctypes.pythonapi.Py_IncRef(ctypes.py_object(_capsule_destructor))
-_DESTRUCTOR = ctypes.cast(_capsule_destructor, ctypes.c_void_p).value
+def _count(delta: int) -> None:
+    with _live_lock:
+        _live[0] += delta
 
 
 def live_exports() -> int:
-    """Managed tensors handed out and not yet deleted by their consumers (for leak checks)."""
+    """Capsules handed out and not yet released by their consumers (for leak checks)."""
     with _live_lock:
-        return len(_live)
+        return _live[0]
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError as exc:  # a dependency of the package: only a broken install lacks it
+        raise InteropError(f"DLPack export needs numpy, which cannot be imported: {exc}") from None
+    return numpy
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,32 +222,45 @@ class TensorView:
         return self._capsule(versioned)
 
     def _capsule(self, versioned: bool) -> object:
+        """A capsule made by numpy over one byte that holds the owner, then pointed at this
+        view's memory: its deleter and capsule destructor are numpy's, in C, which run safely
+        from any thread and while an exception is being raised (Python callbacks through ctypes
+        do neither), and keep the owner alive until the consumer lets go."""
+        numpy = _numpy()
+        holder = _Holder(1)
+        holder.owner = self._owner
+        _count(1)
+        weakref.finalize(holder, _count, -1)
         ndim = len(self.shape)
-        shape = (ctypes.c_int64 * max(ndim, 1))(*self.shape)
+        array = numpy.frombuffer(holder, dtype=numpy.uint8).reshape((1,) * ndim)
+        if self.readonly:
+            array.flags.writeable = False  # numpy marks a versioned capsule read-only, refuses legacy
+        if versioned:
+            try:
+                capsule = array.__dlpack__(max_version=_VERSION)
+            except TypeError:  # numpy < 2.1 makes legacy capsules only, which DLPack allows
+                capsule = array.__dlpack__()
+        else:
+            capsule = array.__dlpack__()
+        name = _VERSIONED if _capsule_valid(capsule, _VERSIONED) else _LEGACY
+        pointer = _capsule_pointer(capsule, name)
+        if name == _VERSIONED:
+            versioned_struct = _ManagedVersioned.from_address(pointer)
+            tensor = versioned_struct.dl_tensor
+            if self.readonly:
+                versioned_struct.flags |= _FLAG_READ_ONLY
+        else:
+            tensor = _Managed.from_address(pointer).dl_tensor
         code, bits = DLPACK_DTYPES[self.dtype]
-        managed: _Managed | _ManagedVersioned
-        managed = _ManagedVersioned() if versioned else _Managed()
-        tensor = managed.dl_tensor
         # The offset goes into the pointer: torch refuses a non-zero byte_offset.
         tensor.data = self._address + self.byte_offset
         tensor.device = _Device(int(self.device[0]), self.device[1])
-        tensor.ndim = ndim
         tensor.dtype = _DataType(code, bits, 1)
-        tensor.shape = ctypes.cast(shape, ctypes.POINTER(ctypes.c_int64))
+        for axis, extent in enumerate(self.shape):  # numpy's own shape array, ndim long
+            tensor.shape[axis] = extent
         tensor.strides = None  # compact, row-major
         tensor.byte_offset = 0
-        managed.deleter = _deleter
-        if isinstance(managed, _ManagedVersioned):
-            managed.version = _Version(*_VERSION)
-            managed.flags = _FLAG_READ_ONLY if self.readonly else 0
-        address = ctypes.addressof(managed)
-        with _live_lock:
-            _live[address] = (managed, shape, self._owner)
-        try:
-            return _capsule_new(address, _VERSIONED if versioned else _LEGACY, _DESTRUCTOR)
-        except BaseException:
-            _delete(address)
-            raise
+        return capsule
 
     def __repr__(self) -> str:
         kind = self.device[0].name.lower()
@@ -274,16 +274,14 @@ def read_dlpack_bytes(producer: object) -> bytes:
     if dlpack is None:
         raise TypeError(f"{type(producer).__name__} does not implement __dlpack__")
     capsule = dlpack(max_version=_VERSION)
-    capsule_object = ctypes.py_object(capsule)
-    address = id(capsule)
-    if _capsule_valid(address, _VERSIONED):
-        managed_v = _ManagedVersioned.from_address(_capsule_pointer(address, _VERSIONED))
+    if _capsule_valid(capsule, _VERSIONED):
+        managed_v = _ManagedVersioned.from_address(_capsule_pointer(capsule, _VERSIONED))
         tensor, deleter, pointer = managed_v.dl_tensor, managed_v.deleter, ctypes.addressof(managed_v)
-        _capsule_rename(capsule_object, b"used_dltensor_versioned")
-    elif _capsule_valid(address, _LEGACY):
-        managed = _Managed.from_address(_capsule_pointer(address, _LEGACY))
+        _capsule_rename(capsule, b"used_dltensor_versioned")
+    elif _capsule_valid(capsule, _LEGACY):
+        managed = _Managed.from_address(_capsule_pointer(capsule, _LEGACY))
         tensor, deleter, pointer = managed.dl_tensor, managed.deleter, ctypes.addressof(managed)
-        _capsule_rename(capsule_object, b"used_dltensor")
+        _capsule_rename(capsule, b"used_dltensor")
     else:
         raise InteropError("the producer's __dlpack__ returned no DLPack capsule")
     try:

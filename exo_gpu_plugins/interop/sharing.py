@@ -79,6 +79,15 @@ class SharedMemory:
         if not getattr(self, "_closed", True):
             self.close()
 
+    def __reduce__(self) -> Any:
+        raise TypeError("a SharedMemory owns a descriptor: send it with send_shared, not pickle")
+
+    def __copy__(self) -> Any:
+        raise TypeError("a SharedMemory owns a descriptor: it cannot be copied")
+
+    def __deepcopy__(self, memo: object) -> Any:
+        raise TypeError("a SharedMemory owns a descriptor: it cannot be copied")
+
     def description(self) -> dict[str, Any]:
         """Everything but the descriptor, as JSON-able values (what travels beside it)."""
         return {
@@ -148,10 +157,22 @@ def _check_description(description: dict[str, Any]) -> None:
             f"shared memory of {description['allocation_bytes']} bytes cannot hold an allocation "
             f"of {description['size_bytes']}"
         )
-    text("device_uuid", optional=True)
-    text("driver_uuid", optional=True)
+    for name in ("device_uuid", "driver_uuid"):
+        text(name, optional=True)
+        value = description.get(name)
+        if value is not None and not _is_uuid_hex(value):
+            raise InteropError(f"shared memory field {name!r} must be 32 hex digits, not {value!r}")
     integer("memory_type", 0, optional=True)
     integer("memory_flags", 0, optional=True)
+    for name in ("memory_type", "memory_flags"):
+        if (description.get(name) or 0) >= 1 << 32:
+            raise InteropError(f"shared memory field {name!r} must fit 32 bits, not {description[name]}")
+    if description["allocation_bytes"] >= 1 << 64:
+        raise InteropError("shared memory field 'allocation_bytes' must fit 64 bits")
+
+
+def _is_uuid_hex(value: str) -> bool:
+    return len(value) == 32 and all(c in "0123456789abcdefABCDEF" for c in value)
 
 
 def send_shared(sock: socket.socket, shared: SharedMemory) -> None:
@@ -171,7 +192,7 @@ def receive_shared(sock: socket.socket) -> SharedMemory:
     """Receive one `SharedMemory` sent by `send_shared` (blocking, by the socket's timeout).
     A message without a descriptor, or with a malformed description, is an `InteropError`; any
     descriptor that came with it is closed."""
-    first, fds, _flags, _address = socket.recv_fds(sock, 1, 4)
+    first, fds, _flags, _address = socket.recv_fds(sock, 1, 4, getattr(socket, "MSG_CMSG_CLOEXEC", 0))
     try:
         if not first:
             raise InteropError("the socket closed before a shared-memory message arrived")

@@ -43,6 +43,8 @@ def check_view(
             f"dtype must be a str (a safetensors dtype such as 'F16'), not {type(dtype).__name__}"
         )
     itemsize = itemsize_of(dtype)
+    if offset > size:
+        raise OutOfBoundsError(f"{what}: offset {offset} is past the allocation's {size} bytes")
     if shape is None:
         rest = size - offset
         if rest % itemsize:
@@ -139,6 +141,12 @@ class CudaImports:
         shape: tuple[int, ...],
         offset: int,
     ) -> TensorView:
+        itemsize = itemsize_of(dtype)
+        if offset % itemsize:
+            raise InteropError(
+                f"a {dtype} view at offset {offset} would not be aligned to its {itemsize}-byte "
+                "elements, which CUDA kernels require (a misaligned access poisons the CUDA context)"
+            )
         mapping = self._mapping(handle_id, share, retain)
         with self._lock:
             self._prepared.pop(handle_id, None)  # the views hold it from now on

@@ -120,8 +120,10 @@ def write_safetensors(
     seed: int = 0,
     metadata: dict[str, str] | None = None,
 ) -> int:
-    """Write a safetensors file holding `specs` (bytes from `tensor_bytes`); returns its size."""
-    ordered = sorted(specs, key=lambda spec: spec[0])
+    """Write a safetensors file holding `specs` (bytes from `tensor_bytes`); returns its size.
+    Tensors are laid out as safetensors' own serializer does, larger elements first (then by
+    name), so every tensor is aligned to its element size."""
+    ordered = sorted(specs, key=lambda spec: (-DTYPE_BITS[spec[1]], spec[0]))
     header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
     position = 0
     for name, dtype, shape in ordered:

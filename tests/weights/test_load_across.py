@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +36,18 @@ TIED = LlamaShape(layers=6, tied=True)
 
 
 @pytest.fixture
-def pairs(loop: asyncio.AbstractEventLoop) -> Iterator[Pairs]:
+async def pairs() -> AsyncIterator[Pairs]:
     reason = _vulkan_reason()
     if reason is not None:
         if os.environ.get("EXO_GPU_REQUIRE_VULKAN") == "1":
             pytest.fail(f"Vulkan required but unavailable: {reason}")
         pytest.skip(reason)
     vulkan, host = FACTORIES["vulkan"](), HostBackend()
-    loop.run_until_complete(vulkan.initialize())
-    loop.run_until_complete(host.initialize())
+    await vulkan.initialize()
+    await host.initialize()
     yield [(vulkan, "vulkan:0"), (host, "host:0")]
-    loop.run_until_complete(vulkan.shutdown())
-    loop.run_until_complete(host.shutdown())
+    await vulkan.shutdown()
+    await host.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -64,23 +64,21 @@ def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def check_exact(loop: asyncio.AbstractEventLoop, pairs: Pairs, placed: PlacedWeights) -> None:
+async def check_exact(pairs: Pairs, placed: PlacedWeights) -> None:
     """Every tensor of every device reads back as the generator made it, on its own device."""
     for backend, device in pairs:
         loaded = placed.weights[device]
         assert loaded.device_id == device
         assert {h.device_id for h in loaded.handles} == {device}
         for name, tensor in loaded.tensors.items():
-            got = loop.run_until_complete(loaded.read(backend, name))
+            got = await loaded.read(backend, name)
             assert got == tensor_bytes(name, tensor.size_bytes), (device, name)
-        assert loop.run_until_complete(loaded.verify(backend)) == []
+        assert await loaded.verify(backend) == []
 
 
-def test_split_by_memory_byte_exact_on_both(
-    tied: Path, pairs: Pairs, loop: asyncio.AbstractEventLoop
-) -> None:
-    placed = loop.run_until_complete(load_across(pairs, tied))
-    check_exact(loop, pairs, placed)
+async def test_split_by_memory_byte_exact_on_both(tied: Path, pairs: Pairs) -> None:
+    placed = await load_across(pairs, tied)
+    await check_exact(pairs, placed)
     vulkan, host = placed.weights["vulkan:0"], placed.weights["host:0"]
     # Together the devices hold every layer once; the tied embedding is on both ends.
     assert vulkan.layers is not None and host.layers is not None
@@ -94,7 +92,7 @@ def test_split_by_memory_byte_exact_on_both(
     assert "model.norm.weight" in host.tensors and "model.norm.weight" not in vulkan.tensors
     names = set(vulkan.tensors) | set(host.tensors)
     assert len(vulkan.tensors) + len(host.tensors) == len(names) + 1  # only the embedding twice
-    loop.run_until_complete(placed.deallocate(pairs))
+    await placed.deallocate(pairs)
     assert live(pairs) == []
 
 
@@ -110,9 +108,7 @@ def test_memory_rule_follows_the_rooms(tied: Path) -> None:
     assert flipped.devices[0].total_bytes > flipped.devices[1].total_bytes
 
 
-def test_each_file_read_once(
-    tied: Path, pairs: Pairs, loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_each_file_read_once(tied: Path, pairs: Pairs, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bytes read from the files, counted where they are read (headers, each backend's file
     copies, the shared reads into host memory): every byte of the checkpoint exactly once."""
     reads: list[tuple[str, int, int]] = []  # file, offset, size
@@ -142,7 +138,7 @@ def test_each_file_read_once(
 
         monkeypatch.setattr(backend, "copy_file_to_device", counting(real_copy))
     before = _rchar()
-    placed = loop.run_until_complete(load_across(pairs, tied))
+    placed = await load_across(pairs, tied)
     read_by_kernel = _rchar() - before
     files = sorted(str(p) for p in tied.parent.glob("*.safetensors"))
     assert len(files) == 3 and sorted(placed.files) == files
@@ -159,8 +155,8 @@ def test_each_file_read_once(
     assert size <= read_by_kernel < size + (256 << 10)
     assert placed.read_bytes == size - sum(_header_bytes(Path(f)) for f in files)
     assert placed.delivered_bytes > placed.read_bytes  # the embedding, delivered twice
-    check_exact(loop, pairs, placed)
-    loop.run_until_complete(placed.deallocate(pairs))
+    await check_exact(pairs, placed)
+    await placed.deallocate(pairs)
 
 
 def _rchar() -> int:
@@ -173,30 +169,26 @@ def _header_bytes(path: Path) -> int:
         return 8 + int.from_bytes(file.read(8), "little")
 
 
-def test_explicit_ranges_and_exo_shards(
-    tied: Path, pairs: Pairs, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_explicit_ranges_and_exo_shards(tied: Path, pairs: Pairs) -> None:
     class Shard:  # exo's PipelineShardMetadata, as far as placement reads it
         def __init__(self, start: int, end: int) -> None:
             self.start_layer, self.end_layer, self.n_layers = start, end, 6
 
-    placed = loop.run_until_complete(load_across(pairs, tied, split=[Shard(0, 4), LayerRange(4, 6)]))
+    placed = await load_across(pairs, tied, split=[Shard(0, 4), LayerRange(4, 6)])
     assert placed.split == "explicit"
     assert placed.weights["vulkan:0"].layers == LayerRange(0, 4, 6)
     assert placed.weights["host:0"].layers == LayerRange(4, 6, 6)
     assert "model.layers.3.mlp.up_proj.weight" in placed.weights["vulkan:0"].tensors
     assert "model.layers.4.mlp.up_proj.weight" in placed.weights["host:0"].tensors
-    check_exact(loop, pairs, placed)
-    loop.run_until_complete(placed.deallocate(pairs))
+    await check_exact(pairs, placed)
+    await placed.deallocate(pairs)
     with pytest.raises(ValueError, match="1 layer range"):
         place_checkpoint(
             tied, [DeviceRoom("a:0", 1 << 30), DeviceRoom("b:0", 1 << 30)], split=[LayerRange(0, 6)]
         )
 
 
-def test_callable_rule_and_a_node_range(
-    tied: Path, pairs: Pairs, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_callable_rule_and_a_node_range(tied: Path, pairs: Pairs) -> None:
     """A rule sees the node's range (exo gave this node layers 2:6) and the devices' room."""
     seen: list[SplitRequest] = []
 
@@ -204,9 +196,7 @@ def test_callable_rule_and_a_node_range(
         seen.append(request)
         return [LayerRange(request.start, request.end - 1), LayerRange(request.end - 1, request.end)]
 
-    placed = loop.run_until_complete(
-        load_across(pairs, tied, layers=LayerRange(2, 6), split=last_layer_on_host)
-    )
+    placed = await load_across(pairs, tied, layers=LayerRange(2, 6), split=last_layer_on_host)
     (request,) = seen
     assert (request.start, request.end, request.count, len(request.layer_bytes)) == (2, 6, 6, 4)
     assert request.first_bytes == 0 and request.last_bytes > 0  # norm + the tied embedding
@@ -216,12 +206,12 @@ def test_callable_rule_and_a_node_range(
     # Layers 2:6 do not start at 0: only the last range (host) holds the tied embedding.
     assert "model.embed_tokens.weight" not in placed.weights["vulkan:0"].tensors
     assert "model.embed_tokens.weight" in placed.weights["host:0"].tensors
-    check_exact(loop, pairs, placed)
-    loop.run_until_complete(placed.deallocate(pairs))
+    await check_exact(pairs, placed)
+    await placed.deallocate(pairs)
 
 
-def test_refused_before_allocating(tied: Path, pairs: Pairs, loop: asyncio.AbstractEventLoop) -> None:
-    rooms = loop.run_until_complete(spread.device_rooms(pairs))
+async def test_refused_before_allocating(tied: Path, pairs: Pairs) -> None:
+    rooms = await spread.device_rooms(pairs)
     rooms[1] = DeviceRoom("host:0", 1000, None)
     plan = place_checkpoint(tied, rooms, split=[LayerRange(0, 3), LayerRange(3, 6)])
     assert not plan.fits and plan.devices[0].fits
@@ -240,14 +230,12 @@ def test_refused_before_allocating(tied: Path, pairs: Pairs, loop: asyncio.Abstr
         backend.allocate = spy()  # type: ignore[method-assign]
     fds = open_fds()
     with pytest.raises(OutOfMemoryError, match=r"host:0 needs .* but has .* available \(.* short\)"):
-        loop.run_until_complete(load_placement(pairs, plan))
+        await load_placement(pairs, plan)
     assert allocated == [] and live(pairs) == [] and open_fds() == fds
 
 
-def test_tied_embedding_is_read_once_for_both(
-    tied: Path, pairs: Pairs, loop: asyncio.AbstractEventLoop
-) -> None:
-    plan = loop.run_until_complete(plan_across(pairs, tied, split=[LayerRange(0, 3), LayerRange(3, 6)]))
+async def test_tied_embedding_is_read_once_for_both(tied: Path, pairs: Pairs) -> None:
+    plan = await plan_across(pairs, tied, split=[LayerRange(0, 3), LayerRange(3, 6)])
     (read,) = plan.shared_reads
     embedding = TIED.vocab * TIED.hidden * 2
     assert read.size == embedding
@@ -256,18 +244,16 @@ def test_tied_embedding_is_read_once_for_both(
     assert plan.delivered_bytes == plan.read_bytes + embedding
 
 
-def test_progress_whole_and_per_device(
-    tied: Path, pairs: Pairs, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_progress_whole_and_per_device(tied: Path, pairs: Pairs) -> None:
     updates: list[PlacementProgress] = []
-    placed = loop.run_until_complete(load_across(pairs, tied, progress=updates.append))
+    placed = await load_across(pairs, tied, progress=updates.append)
     assert updates[-1].bytes_done == updates[-1].bytes_total == placed.delivered_bytes
     for _, device in pairs:
         mine = [u.device for u in updates if u.device_id == device]
         assert mine[-1].bytes_done == mine[-1].bytes_total == placed.weights[device].total_bytes
         assert mine[-1].tensors_done == mine[-1].tensors_total == len(placed.weights[device].tensors)
         assert [u.bytes_done for u in mine] == sorted(u.bytes_done for u in mine)
-    loop.run_until_complete(placed.deallocate(pairs))
+    await placed.deallocate(pairs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,9 +263,7 @@ POINTS = ["vulkan-allocate", "host-allocate", "vulkan-file-copy", "host-file-cop
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_cancel_frees_everything(
-    point: str, tied: Path, pairs: Pairs, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_cancel_frees_everything(point: str, tied: Path, pairs: Pairs) -> None:
     """Cancelled while one device's allocation, file copy or shared copy is held up: the held
     operation is allowed to finish (it may be writing into the memory), then both devices are
     empty and every file is closed."""
@@ -302,52 +286,40 @@ def test_cancel_frees_everything(
     setattr(backend, method, slow)
     fds = open_fds()
 
-    async def scenario() -> None:
-        task = asyncio.ensure_future(
-            load_across(pairs, tied, split=[LayerRange(0, 3), LayerRange(3, 6)])
-        )
-        await held.wait()
-        await asyncio.sleep(0.02)
-        task.cancel()
-        await asyncio.sleep(0.02)
-        assert not task.done()  # waiting for the held operation
-        release.set()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    loop.run_until_complete(scenario())
+    task = asyncio.ensure_future(load_across(pairs, tied, split=[LayerRange(0, 3), LayerRange(3, 6)]))
+    await held.wait()
+    await asyncio.sleep(0.02)
+    task.cancel()
+    await asyncio.sleep(0.02)
+    assert not task.done()  # waiting for the held operation
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert finished  # the held operation ran to its end before anything was freed
     assert live(pairs) == []
     assert open_fds() == fds
 
 
 @pytest.mark.parametrize("after", [1, 3, 6])
-def test_cancel_from_progress(
-    after: int, tied: Path, pairs: Pairs, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_cancel_from_progress(after: int, tied: Path, pairs: Pairs) -> None:
     fds = open_fds()
 
-    async def scenario() -> None:
-        seen = 0
-        task: asyncio.Future[PlacedWeights] | None = None
+    seen = 0
+    task: asyncio.Future[PlacedWeights] | None = None
 
-        def progress(update: PlacementProgress) -> None:
-            nonlocal seen
-            seen += 1
-            if seen == after and task is not None:
-                task.cancel()
+    def progress(update: PlacementProgress) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == after and task is not None:
+            task.cancel()
 
-        task = asyncio.ensure_future(load_across(pairs, tied, pack="tensor", progress=progress))
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    loop.run_until_complete(scenario())
+    task = asyncio.ensure_future(load_across(pairs, tied, pack="tensor", progress=progress))
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert live(pairs) == [] and open_fds() == fds
 
 
-def test_an_error_on_one_device_frees_the_other(
-    tied: Path, pairs: Pairs, loop: asyncio.AbstractEventLoop
-) -> None:
+async def test_an_error_on_one_device_frees_the_other(tied: Path, pairs: Pairs) -> None:
     """host:0 fails its second allocation; vulkan:0's finished or running part is freed too, and
     the error names the device."""
     host = pairs[1][0]
@@ -364,7 +336,7 @@ def test_an_error_on_one_device_frees_the_other(
     host.allocate = failing  # type: ignore[method-assign]
     fds = open_fds()
     with pytest.raises(OutOfMemoryError, match=r"^host:0: no room left"):
-        loop.run_until_complete(load_across(pairs, tied, split=[LayerRange(0, 3), LayerRange(3, 6)]))
+        await load_across(pairs, tied, split=[LayerRange(0, 3), LayerRange(3, 6)])
     assert live(pairs) == [] and open_fds() == fds
 
 

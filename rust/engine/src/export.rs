@@ -138,10 +138,12 @@ impl ExternalMemory {
                 info.memory_type, dev.info.index
             )));
         }
-        if info.allocation_size < requirements.size {
+        // A dedicated import must be the exporter's buffer exactly (same size, hence the same
+        // requirements) and its memory object's exact size.
+        if info.allocation_size != requirements.size {
             return fail(EngineError::Interop(format!(
-                "the shared memory holds {} bytes, fewer than the {} a buffer of {buffer_size} \
-                 bytes needs",
+                "the shared memory object holds {} bytes, but a buffer of {buffer_size} bytes \
+                 needs exactly {}: the sizes it claims are not the exporter's",
                 info.allocation_size, requirements.size
             )));
         }
