@@ -168,3 +168,9 @@ async def test_imports_prepared_ahead_are_dropped_with_their_allocation(vulkan: 
     await vulkan.copy_to_device(b"\x07" * 16, handle)
     tensor = torch.from_dlpack(await vulkan.export_tensor(handle, device="cuda"))
     assert tensor[:16].tolist() == [7] * 16
+
+
+async def test_a_misaligned_cuda_view_is_refused(vulkan: GPUBackend[Any]) -> None:
+    handle = await vulkan.allocate(device_of(vulkan), 4096, exportable=True)
+    with pytest.raises(InteropError, match="aligned"):
+        await vulkan.export_tensor(handle, dtype="F32", offset_bytes=2, shape=(4,), device="cuda")

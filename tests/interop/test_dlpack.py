@@ -193,3 +193,28 @@ async def test_a_thousand_export_drop_cycles_leak_nothing(backend: GPUBackend[An
     assert _open_fds() == fds, "export/drop cycles leak file descriptors"
     grown = _rss_kib() - rss
     assert grown < 16 * 1024, f"RSS grew by {grown} KiB over 1000 export/drop cycles"
+
+
+async def test_an_offset_past_the_end_is_refused(backend: GPUBackend[Any]) -> None:
+    handle = await backend.allocate(device_of(backend), 64)
+    with pytest.raises(OutOfBoundsError, match="past"):
+        await backend.export_tensor(handle, offset_bytes=65)
+
+
+async def test_capsules_survive_a_pending_exception_and_are_released(backend: GPUBackend[Any]) -> None:
+    """A consumer drops a capsule (or its tensor) while an exception is being raised: the deleters
+    must neither crash nor deadlock nor lose the exception, and the memory is let go."""
+    torch = require_torch()
+    handle = await _filled(backend, 64)
+    gc.collect()
+    before = live_exports()
+    view = await backend.export_tensor(handle, dtype="BF16")
+    with pytest.raises(ValueError, match="invalid literal"):
+        (torch.from_dlpack(view), int("x"))
+    with pytest.raises(ValueError, match="invalid literal"):
+        (view.__dlpack__(), int("x"))
+    with pytest.raises((RuntimeError, BufferError, TypeError)):
+        np.from_dlpack(view)  # numpy has no bfloat16: its own error, not a lost one
+    del view
+    gc.collect()
+    assert live_exports() == before, "a capsule's owner was never released"

@@ -238,3 +238,30 @@ async def test_a_thousand_share_cycles_leak_no_descriptor(backend: GPUBackend[An
     assert after <= used + backend.capabilities(device).allocation_granularity_bytes, (
         f"share cycles leak memory: used {used} -> {after} bytes"
     )
+
+
+async def test_shared_memory_cannot_be_pickled_or_copied(backend: GPUBackend[Any]) -> None:
+    import copy
+    import pickle
+
+    with await _shared(backend) as shared:
+        for attempt in (lambda: pickle.dumps(shared), lambda: copy.copy(shared)):
+            with pytest.raises(TypeError, match="descriptor"):
+                attempt()
+
+
+async def test_host_refuses_an_unsealed_memfd() -> None:
+    from tests.interop.conftest import make_backend
+
+    backend = make_backend("host")
+    await backend.initialize()
+    try:
+        fd = os.memfd_create("unsealed")
+        os.ftruncate(fd, 4096)
+        shared = SharedMemory(
+            fd=fd, backend="host", handle_type="memfd", size_bytes=4096, allocation_bytes=4096
+        )
+        with shared, pytest.raises(InteropError, match="sealed"):
+            await backend.import_memory("host:0", shared)
+    finally:
+        await backend.shutdown()
