@@ -24,7 +24,14 @@ from .conftest import EMPTY_CONFIG
 from .test_cli_load import write_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
-EXO_GPU = Path(sys.executable).parent / "exo-gpu"
+# The installed command: beside this interpreter (a venv), else on PATH (pip --target installs).
+EXO_GPU = (
+    Path(sys.executable).parent / "exo-gpu"
+    if (Path(sys.executable).parent / "exo-gpu").exists()
+    else Path(shutil.which("exo-gpu") or "exo-gpu")
+)
+# Children see this checkout first, then whatever the suite itself was given.
+CHILD_PATH = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
 
 
 def exo_gpu(
@@ -71,7 +78,7 @@ def test_the_installed_command_runs_this_checkout() -> None:
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": CHILD_PATH},
         check=True,
     ).stdout
     assert path.strip().startswith(str(ROOT))
@@ -304,7 +311,7 @@ def test_ps_and_devices_see_another_process_or_say_they_cannot() -> None:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": CHILD_PATH},
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().startswith("holding")
@@ -321,7 +328,7 @@ def test_ps_and_devices_see_another_process_or_say_they_cannot() -> None:
             capture_output=True,
             text=True,
             check=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": CHILD_PATH},
         )
         usage = json.loads(seen.stdout)[0]
         devices = exo_gpu("devices", "--backend", "vulkan")
@@ -351,7 +358,7 @@ def test_machine_view_benchmark_runs_and_kills_its_holder() -> None:
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": CHILD_PATH},
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -507,7 +514,7 @@ def test_roundtrip_peak_memory_stays_under_twice_the_size() -> None:
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "EXO_CONFIG_FILE": EMPTY_CONFIG},
+        env={**os.environ, "PYTHONPATH": CHILD_PATH, "EXO_CONFIG_FILE": EMPTY_CONFIG},
     )
     peak = int(result.stdout.splitlines()[-1])
     assert "bytes identical" in result.stdout
@@ -588,7 +595,7 @@ def test_python_dash_m_runs_the_cli() -> None:
         [sys.executable, "-m", "exo_gpu_plugins", "--version"],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": CHILD_PATH},
         check=False,
     )
     assert result.returncode == 0 and result.stdout.startswith("exo-gpu ")
