@@ -38,10 +38,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from load_weights import GIB, data_files, parse_size, warm
+from load_weights import GIB, child_result, data_files, parse_size, warm
 
 LOADERS = ("ours", "torch", "fastsafetensors", "instanttensor")
 
@@ -165,87 +166,63 @@ async def verify(backend: Any, loaded: Any, tensors: dict[str, Any], files: list
     }
 
 
-def child_torch(spec: dict[str, Any]) -> dict[str, Any]:
+def timed_peer(load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A peer's load of every tensor onto cuda:0 (after CUDA's own start), timed, with the
+    device's peak memory during it."""
     import torch
-    from safetensors.torch import load_file
 
-    files = spec["files"]
     torch.zeros(1, device="cuda")
     torch.cuda.synchronize()
     peak = GpuPeak()
     start = time.perf_counter()
-    tensors: dict[str, Any] = {}
-    for path in files:
-        tensors.update(load_file(path, device="cuda"))
+    tensors = load()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     return {"bytes": total, "times": [seconds], "gpu_growth": peak.peak_growth()}
 
 
+def child_torch(spec: dict[str, Any]) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    def load() -> dict[str, Any]:
+        tensors: dict[str, Any] = {}
+        for path in spec["files"]:
+            tensors.update(load_file(path, device="cuda"))
+        return tensors
+
+    return timed_peer(load)
+
+
 def child_fastsafetensors(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from fastsafetensors import SafeTensorsFileLoader, SingleGroup
 
-    files = spec["files"]
-    torch.zeros(1, device="cuda")
-    torch.cuda.synchronize()
-    peak = GpuPeak()
-    start = time.perf_counter()
     loader = SafeTensorsFileLoader(SingleGroup(), torch.device("cuda:0"), nogds=True)
-    loader.add_filenames({0: files})
-    buffer = loader.copy_files_to_device()
-    tensors = {name: buffer.get_tensor(name) for name in buffer.key_to_rank_lidx}
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    growth = peak.peak_growth()
-    del tensors
-    buffer.close()
+    opened: list[Any] = []
+
+    def load() -> dict[str, Any]:
+        loader.add_filenames({0: spec["files"]})
+        opened.append(loader.copy_files_to_device())
+        return {name: opened[0].get_tensor(name) for name in opened[0].key_to_rank_lidx}
+
+    result = timed_peer(load)
+    for buffer in opened:
+        buffer.close()
     loader.close()
-    return {"bytes": total, "times": [seconds], "gpu_growth": growth}
+    return result
 
 
 def child_instanttensor(spec: dict[str, Any]) -> dict[str, Any]:
-    import torch
     from instanttensor import safe_open
 
-    files = spec["files"]
-    torch.zeros(1, device="cuda")
-    torch.cuda.synchronize()
-    peak = GpuPeak()
-    start = time.perf_counter()
-    tensors: dict[str, Any] = {}
-    with safe_open(files, framework="pt", device=0) as opened:
-        for name, tensor in opened.tensors():
-            tensors[name] = tensor
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    return {
-        "bytes": total,
-        "times": [seconds],
-        "gpu_growth": peak.peak_growth(),
-        "setting": os.environ.get("INSTANTTENSOR_BACKEND", "default"),
-    }
+    def load() -> dict[str, Any]:
+        with safe_open(spec["files"], framework="pt", device=0) as reader:
+            return dict(reader.tensors())
 
-
-def run_child(kind: str, spec: dict[str, Any], env: dict[str, str], timeout: float) -> dict[str, Any]:
-    try:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", kind, json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-            env={**os.environ, **env},
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"no result within {timeout:.0f} s"}
-    if out.returncode != 0:
-        tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"error": f"exit {out.returncode}: {tail}"}
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    result = timed_peer(load)
+    result["setting"] = os.environ.get("INSTANTTENSOR_BACKEND", "default")
+    return result
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,7 +309,7 @@ def main() -> int:
                         "files": files,
                         "verify": kind == "ours" and round_number == 0,
                     }
-                    reading = run_child(kind, spec, env, 600)
+                    reading = child_result(kind, spec, 600, script=__file__, env=env)
                     readings[kind].append(reading)
                     shown = (
                         reading.get("error")

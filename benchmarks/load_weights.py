@@ -345,7 +345,7 @@ def direct_read(files: list[str], threads: int, block: int) -> dict[str, Any]:
 
 def run_child(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     started = time.perf_counter()
-    result = _run_child(kind, spec, timeout)
+    result = child_result(kind, spec, timeout)
     # One line per measurement as it ends, so a run cut short still shows what it measured.
     times = result.get("times") or []
     seconds = f"{statistics.median(times):.3f} s median" if times else result.get("error", "")
@@ -358,14 +358,23 @@ def run_child(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]
     return result
 
 
-def _run_child(kind: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+def child_result(
+    kind: str,
+    spec: dict[str, Any],
+    timeout: float,
+    script: str = __file__,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One measurement in a fresh process (`script --child KIND SPEC`): its JSON line, or an
+    error row."""
     try:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", kind, json.dumps(spec)],
+            [sys.executable, script, "--child", kind, json.dumps(spec)],
             capture_output=True,
             text=True,
             check=False,
             timeout=timeout,
+            env=None if env is None else {**os.environ, **env},
         )
     except subprocess.TimeoutExpired:
         return {"error": f"no result within {timeout:.0f} s"}
