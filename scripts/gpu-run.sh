@@ -44,17 +44,9 @@ bench)
   {
     log "transfer pipeline beside the peers"
     timeout 200 python3 benchmarks/transfer_pipeline.py --backend vulkan --json "$OUT/pipeline.json"
-    if [ -x .whl/queue_probe ]; then
-      log "each queue's DMA rate, alone and in pairs (rust/engine/examples/queue_probe.rs)"
-      timeout 120 .whl/queue_probe 1024
-    fi
-    if [ -x .whl/copy_probe ]; then
-      log "device-to-device copy kernels against vkCmdCopyBuffer (rust/engine/examples/copy_probe.rs)"
-      timeout 120 .whl/copy_probe 1024
-      for way in h2d d2h; do
-        log "the same kernels and vkCmdCopyBuffer across PCIe, $way (copy_probe 1024 $way)"
-        timeout 120 .whl/copy_probe 1024 $way
-      done
+    if [ -x .whl/queue_probe ] && [ -x .whl/copy_probe ]; then
+      log "the device's own ceilings: queues' DMA, copy kernels, PCIe (benchmarks/probes.py)"
+      timeout 360 python3 benchmarks/probes.py --mib 1024 --binaries .whl
     fi
   } 2>&1 | tee "$OUT/bench.txt"
   ;;
