@@ -64,32 +64,66 @@ async def tensor_views(
     return {name: views[name] for name in tensors}
 
 
+# safetensors dtype -> the name of torch's dtype (looked up when torch is imported: F8 types
+# and unsigned ints wider than 8 bits exist only in newer torch releases).
+_TORCH_DTYPES = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "U16": "uint16",
+    "I16": "int16",
+    "U32": "uint32",
+    "I32": "int32",
+    "U64": "uint64",
+    "I64": "int64",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E8M0": "float8_e8m0fnu",
+}
+
+
 async def torch_tensors(
     backend: GPUBackend[Any], tensors: Mapping[str, LoadedTensor], device: ExportDevice
 ) -> dict[str, Any]:
-    """`torch.from_dlpack` of every view: tensors sharing the loaded memory."""
+    """Torch tensors sharing the loaded memory: one DLPack view (one capsule) per allocation,
+    and each tensor a torch view of it at its offset, with its dtype and shape (hundreds of
+    tensors cost hundreds of cheap torch views, not hundreds of capsules)."""
     try:
+        import torch
         from torch.utils.dlpack import from_dlpack
     except ImportError as exc:
         raise InteropError(f"to_torch needs torch, which cannot be imported: {exc}") from None
-    views = await tensor_views(backend, tensors, device)
-    made: dict[str, Any] = {}
-    for name, view in views.items():
+    handles: dict[str, MemoryHandle] = {}
+    for name, tensor in tensors.items():
         try:
-            if view.nbytes == 0:  # no memory behind it: made on the CPU, moved (0 bytes) beside the rest
-                kind, ordinal = view.device
-                on_cpu = TensorView(
-                    address=0,
-                    byte_offset=0,
-                    dtype=view.dtype,
-                    shape=view.shape,
-                    device=(DeviceKind.CPU, 0),
-                    owner=None,
-                )
-                where = f"cuda:{ordinal}" if kind is DeviceKind.CUDA else "cpu"
-                made[name] = from_dlpack(on_cpu).to(where)
-            else:
-                made[name] = from_dlpack(view)
-        except (BufferError, RuntimeError, TypeError, ValueError) as exc:
-            raise InteropError(f"tensor {name!r} ({view.dtype}): torch cannot take it: {exc}") from exc
+            itemsize_of(tensor.dtype)
+        except InteropError as exc:
+            raise InteropError(f"tensor {name!r}: {exc}") from None
+        if tensor.handle is not None:
+            handles.setdefault(tensor.handle.handle_id, tensor.handle)
+    requests = [TensorRequest(handle, "U8", (handle.size_bytes,), 0) for handle in handles.values()]
+    whole = await backend.export_tensors(requests, device=device)
+    bases = {key: from_dlpack(view) for key, view in zip(handles, whole, strict=True)}
+    where = next(iter(bases.values())).device if bases else torch.device("cpu")
+    made: dict[str, Any] = {}
+    for name, tensor in tensors.items():
+        kind = getattr(torch, _TORCH_DTYPES[tensor.dtype], None)
+        if kind is None:
+            raise InteropError(f"tensor {name!r}: this torch has no dtype for {tensor.dtype}")
+        if tensor.handle is None:  # no memory behind it
+            made[name] = torch.empty(tensor.shape, dtype=kind, device=where)
+            continue
+        start = tensor.offset_bytes
+        piece = bases[tensor.handle.handle_id][start : start + tensor.size_bytes]
+        try:
+            made[name] = piece.view(kind).view(tensor.shape)
+        except RuntimeError as exc:  # a misaligned tensor cannot be a view of other elements
+            raise InteropError(
+                f"tensor {name!r} ({tensor.dtype}) at offset {start} is not aligned to its "
+                f"elements, so torch cannot view it in place: {exc}"
+            ) from exc
     return made

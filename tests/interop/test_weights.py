@@ -92,3 +92,21 @@ async def test_a_dtype_without_dlpack_form_names_the_tensor(
     loaded = await load_weights(backend, device_of(backend), path)
     with pytest.raises(InteropError, match=rf"'odd\.weight'.*{dtype}"):
         await loaded.views(backend)
+
+
+async def test_a_misaligned_tensor_is_named_not_viewed(backend: GPUBackend[Any], tmp_path: Path) -> None:
+    require_torch()
+    import json
+
+    header = {
+        "a": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [3, 11]},
+    }
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(range(11)))
+    where = view_device(backend)
+    loaded = await load_weights(backend, device_of(backend), path, exportable=where == "cuda")
+    with pytest.raises(InteropError, match=r"'b' \(F32\) at offset 3 is not aligned"):
+        await loaded.to_torch(backend, device=where)
