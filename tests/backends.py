@@ -31,9 +31,9 @@ def _make_vulkan() -> GPUBackend[Any]:
 FACTORIES: dict[str, Callable[[], GPUBackend[Any]]] = {"host": HostBackend, "vulkan": _make_vulkan}
 
 
-@pytest.fixture(params=list(FACTORIES))
-def factory(request: pytest.FixtureRequest) -> Callable[[], GPUBackend[Any]]:
-    name = request.param
+def usable_factory(name: str) -> Callable[[], GPUBackend[Any]]:
+    """The factory of backend `name`; the test skips where it cannot run here (fails instead for
+    Vulkan when EXO_GPU_REQUIRE_VULKAN=1)."""
     if name == "vulkan":
         reason = _vulkan_reason()
         if reason is not None:
@@ -41,6 +41,11 @@ def factory(request: pytest.FixtureRequest) -> Callable[[], GPUBackend[Any]]:
                 pytest.fail(f"Vulkan required but unavailable: {reason}")
             pytest.skip(reason)
     return FACTORIES[name]
+
+
+@pytest.fixture(params=list(FACTORIES))
+def factory(request: pytest.FixtureRequest) -> Callable[[], GPUBackend[Any]]:
+    return usable_factory(request.param)
 
 
 @pytest.fixture

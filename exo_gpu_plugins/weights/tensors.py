@@ -35,18 +35,24 @@ class LoadedTensor(BaseModel):
     file_offset: int = Field(ge=0)
 
 
-async def tensor_views(
-    backend: GPUBackend[Any], tensors: Mapping[str, LoadedTensor], device: ExportDevice
-) -> dict[str, TensorView]:
-    """One view per tensor, by name; zero-byte tensors get an empty view of no memory."""
-    requests: list[TensorRequest] = []
-    names: list[str] = []
-    empty: list[str] = []
+def _check_dtypes(tensors: Mapping[str, LoadedTensor]) -> None:
+    """Every dtype has a DLPack form, before anything is exported; else the tensor is named."""
     for name, tensor in tensors.items():
         try:
             itemsize_of(tensor.dtype)
         except InteropError as exc:
             raise InteropError(f"tensor {name!r}: {exc}") from None
+
+
+async def tensor_views(
+    backend: GPUBackend[Any], tensors: Mapping[str, LoadedTensor], device: ExportDevice
+) -> dict[str, TensorView]:
+    """One view per tensor, by name; zero-byte tensors get an empty view of no memory."""
+    _check_dtypes(tensors)
+    requests: list[TensorRequest] = []
+    names: list[str] = []
+    empty: list[str] = []
+    for name, tensor in tensors.items():
         if tensor.handle is None:
             empty.append(name)
             continue
@@ -97,12 +103,9 @@ async def torch_tensors(
         from torch.utils.dlpack import from_dlpack
     except ImportError as exc:
         raise InteropError(f"to_torch needs torch, which cannot be imported: {exc}") from None
+    _check_dtypes(tensors)
     handles: dict[str, MemoryHandle] = {}
-    for name, tensor in tensors.items():
-        try:
-            itemsize_of(tensor.dtype)
-        except InteropError as exc:
-            raise InteropError(f"tensor {name!r}: {exc}") from None
+    for tensor in tensors.values():
         if tensor.handle is not None:
             handles.setdefault(tensor.handle.handle_id, tensor.handle)
     requests = [TensorRequest(handle, "U8", (handle.size_bytes,), 0) for handle in handles.values()]

@@ -12,17 +12,11 @@ from typing import Any
 import pytest
 
 from exo_gpu_plugins.backend import GPUBackend
-from tests.backends import FACTORIES, _vulkan_reason
+from tests.backends import FACTORIES, usable_factory
 
 
 def make_backend(name: str) -> GPUBackend[Any]:
-    if name == "vulkan":
-        reason = _vulkan_reason()
-        if reason is not None:
-            if os.environ.get("EXO_GPU_REQUIRE_VULKAN") == "1":
-                pytest.fail(f"Vulkan required but unavailable: {reason}")
-            pytest.skip(reason)
-    return FACTORIES[name]()
+    return usable_factory(name)()
 
 
 @pytest.fixture(params=list(FACTORIES))

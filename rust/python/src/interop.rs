@@ -1,16 +1,15 @@
 //! Interop objects: `Retained`, which keeps an allocation's memory alive for a consumer (a
 //! DLPack tensor, a CUDA mapping) beyond `free` and `close`.
 
-use std::sync::Mutex;
-
 use exo_vk_engine::Retained;
 use pyo3::prelude::*;
 
-/// An allocation's memory, alive while this object lives (or until `release()`): the owner an
-/// export hands to its consumer. `host_address` is where the CPU can use it in place, or None.
+/// An allocation's memory, alive while this object lives: the owner an export hands to its
+/// consumer. `host_address` is where the CPU can use it in place, or None.
 #[pyclass(module = "exo_gpu_vulkan._native", name = "Retained", frozen)]
 pub struct PyRetained {
-    held: Mutex<Option<Retained>>,
+    /// Taken in `Drop`, where the memory is let go with the GIL released.
+    held: Option<Retained>,
     host_address: Option<usize>,
     size: u64,
 }
@@ -20,21 +19,14 @@ impl PyRetained {
         PyRetained {
             host_address: retained.host_address(),
             size: retained.size(),
-            held: Mutex::new(Some(retained)),
-        }
-    }
-
-    fn take(&self) -> Option<Retained> {
-        match self.held.lock() {
-            Ok(mut g) => g.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
+            held: Some(retained),
         }
     }
 }
 
 impl Drop for PyRetained {
     fn drop(&mut self) {
-        let held = self.take();
+        let held = self.held.take();
         // The last reference may free (maybe GiBs of) device memory: not with the GIL held.
         // Without an interpreter (shutdown) the memory is simply dropped here.
         let _ = Python::try_attach(move |py| py.detach(move || drop(held)));
@@ -54,20 +46,5 @@ impl PyRetained {
     #[getter]
     fn size(&self) -> u64 {
         self.size
-    }
-
-    /// Whether `release()` has not been called yet.
-    #[getter]
-    fn alive(&self) -> bool {
-        match self.held.lock() {
-            Ok(g) => g.is_some(),
-            Err(poisoned) => poisoned.into_inner().is_some(),
-        }
-    }
-
-    /// Let go of the memory now (the consumer is done with it); idempotent.
-    fn release(&self, py: Python<'_>) {
-        let held = self.take();
-        py.detach(move || drop(held));
     }
 }

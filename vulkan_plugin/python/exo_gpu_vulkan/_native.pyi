@@ -54,8 +54,8 @@ class HostMemory:
 
 @final
 class Retained:
-    """An allocation's memory kept alive while this object lives (or until release()), also
-    after Engine.free() or close(): what an export hands its consumer (from Engine.retain)."""
+    """An allocation's memory kept alive while this object lives, also after Engine.free() or
+    close(): what an export hands its consumer (from Engine.retain)."""
 
     @property
     def host_address(self) -> int | None:
@@ -63,11 +63,6 @@ class Retained:
         else None."""
     @property
     def size(self) -> int: ...
-    @property
-    def alive(self) -> bool:
-        """False after release()."""
-    def release(self) -> None:
-        """Let go of the memory now; idempotent."""
 
 @final
 class Engine:

@@ -129,6 +129,8 @@ class VulkanBackend(GPUBackend[_Allocation]):
         # Devices this backend has used: the first call on a device opens it (tens of ms to
         # seconds), so it never runs on the loop thread.
         self._opened: set[int] = set()
+        # Export kinds per device: facts of the device and driver, found on first ask.
+        self._kinds: dict[int, tuple[Literal["cpu", "fd", "cuda"], ...]] = {}
 
     # ----------------------------------------------------------------------------------------------
     # Lifecycle and devices
@@ -210,6 +212,9 @@ class VulkanBackend(GPUBackend[_Allocation]):
     def _export_kinds(self, index: int) -> tuple[Literal["cpu", "fd", "cuda"], ...]:
         """'cpu' where every allocation is host-visible memory; 'fd' where the driver exports
         and imports opaque fds; 'cuda' where, besides, a CUDA device has this device's UUID."""
+        found = self._kinds.get(index)
+        if found is not None:
+            return found
         info = self._infos[index]
         kinds: list[Literal["cpu", "fd", "cuda"]] = []
         if self._engine.allocations_host_mapped(index):
@@ -221,7 +226,8 @@ class VulkanBackend(GPUBackend[_Allocation]):
 
                 if cuda_ordinal(bytes(info["device_uuid"])) is not None:
                     kinds.append("cuda")
-        return tuple(kinds)
+        self._kinds[index] = tuple(kinds)
+        return self._kinds[index]
 
     def _memory_report(self, index: int) -> MemoryReport:
         return memory_report(
