@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +100,21 @@ def page_cache_read(files: list[str], threads: int) -> float:
             end = min(to + chunk, len(buffer))
             os.preadv(fd, [buffer[to:end]], at)
 
+    seconds = threads_seconds([worker] * threads)
+    for fd in fds:
+        os.close(fd)
+    return seconds
+
+
+def threads_seconds(work: list[Callable[[], None]]) -> float:
+    """Wall time of running each of `work` in a thread of its own, all at once."""
     started = time.perf_counter()
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    pool = [threading.Thread(target=task) for task in work]
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    seconds = time.perf_counter() - started
-    for fd in fds:
-        os.close(fd)
-    return seconds
+    return time.perf_counter() - started
 
 
 def memcpy_rate(size: int, threads: int) -> float | None:
@@ -124,13 +131,7 @@ def memcpy_rate(size: int, threads: int) -> float | None:
         np.copyto(target[index * part : (index + 1) * part], source[index * part : (index + 1) * part])
 
     copy(0)
-    started = time.perf_counter()
-    pool = [threading.Thread(target=copy, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    return size / (time.perf_counter() - started) / GB
+    return size / threads_seconds([functools.partial(copy, i) for i in range(threads)]) / GB
 
 
 async def measure(args: argparse.Namespace, path: Path, devices: list[str]) -> dict[str, Any]:
