@@ -25,6 +25,13 @@ def integer(value: object, name: str) -> int:
     return operator.index(value)  # type: ignore[arg-type]
 
 
+def flag(value: object, name: str) -> bool:
+    """A bool itself (not a truthy stand-in: `zeroed=0` is a mistake to report)."""
+    if value is not True and value is not False:
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def non_negative(value: object, name: str) -> int:
     """An int >= 0 (offsets, copy sizes)."""
     number = integer(value, name)

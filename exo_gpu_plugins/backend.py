@@ -275,10 +275,8 @@ class GPUBackend(HostBufferMethods[NativeT], ExportMethods[NativeT]):
         with self._gate:
             index = self._device_index(device_id)
             size = arguments.allocation_size(size_bytes, "size_bytes", "device")
-            if zeroed is not True and zeroed is not False:
-                raise TypeError(f"zeroed must be a bool, got {type(zeroed).__name__}")
-            if exportable is not True and exportable is not False:
-                raise TypeError(f"exportable must be a bool, got {type(exportable).__name__}")
+            arguments.flag(zeroed, "zeroed")
+            arguments.flag(exportable, "exportable")
             if exportable:
                 native = await self._allocate_exportable(index, size, zeroed)
             else:
