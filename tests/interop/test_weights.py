@@ -110,3 +110,42 @@ async def test_a_misaligned_tensor_is_named_not_viewed(backend: GPUBackend[Any],
     loaded = await load_weights(backend, device_of(backend), path, exportable=where == "cuda")
     with pytest.raises(InteropError, match=r"'b' \(F32\) at offset 3 is not aligned"):
         await loaded.to_torch(backend, device=where)
+
+
+async def test_exportable_load_prepares_each_allocation_once_filled(
+    backend: GPUBackend[Any], llama: Path
+) -> None:
+    """The CUDA import of an allocation is prepared once, after its last copy has finished (an
+    import of memory that DMAs are still writing waits behind them and slows them)."""
+    events: list[tuple[str, str]] = []
+    copy = backend.copy_file_to_device
+    prepare = backend.prepare_export
+
+    async def copying(src: Any, handle: Any, *args: Any, **kwargs: Any) -> int:
+        events.append(("copy starts", handle.handle_id))
+        try:
+            return await copy(src, handle, *args, **kwargs)
+        finally:
+            events.append(("copy ends", handle.handle_id))
+
+    async def preparing(handle: Any) -> None:
+        events.append(("prepare", handle.handle_id))
+        await prepare(handle)
+
+    backend.copy_file_to_device = copying  # type: ignore[method-assign]
+    backend.prepare_export = preparing  # type: ignore[method-assign]
+    loaded = await load_weights(backend, device_of(backend), llama, pack="tensor", exportable=True)
+    try:
+        handles = {t.handle.handle_id for t in loaded.tensors.values() if t.handle is not None}
+        assert len(handles) > 2
+        prepared = [key for what, key in events if what == "prepare"]
+        assert sorted(prepared) == sorted(handles)  # each one, once
+        for key in handles:
+            at = events.index(("prepare", key))
+            assert ("copy ends", key) in events[:at]
+            assert ("copy starts", key) not in events[at:] and ("copy ends", key) not in events[at:]
+        # Imports overlap later allocations' copies instead of all waiting for the end.
+        first = events.index(("prepare", prepared[0]))
+        assert any(what == "copy ends" for what, _ in events[first:])
+    finally:
+        await loaded.deallocate(backend)
