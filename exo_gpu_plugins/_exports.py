@@ -128,8 +128,7 @@ class ExportMethods(BackendHooks[NativeT]):
     async def prepare_export(self, handle: MemoryHandle) -> None:
         """Do now, without waiting for the device, what a later CUDA view of this exportable
         allocation needs first (importing it into CUDA), so that the view is quick: the weights
-        loader calls it once the allocation's copies are done (an import of memory that DMAs
-        are still writing waits behind them and slows them). Nothing happens where the
+        loader calls it while its copies still fill the allocation. Nothing happens where the
         device has no "cuda" export kind; a failure is left for the view to report."""
         with self._gate:
             entry = self._entry(handle, "handle")

@@ -127,17 +127,9 @@ async def fill_plan(
     handles: list[MemoryHandle] = []
     pending: list[asyncio.Future[MemoryHandle]] = []  # the allocation being made, if any
     copies: collections.deque[_Copy] = collections.deque()  # in flight, oldest first
-    # Exportable memory is imported into CUDA (where the device exports there) as soon as its
-    # own copies are done, while later allocations still fill, so that `to_torch` afterwards
-    # only makes views. Not earlier: on an H100 (driver 580) the import of memory that DMAs are
-    # writing took ~100 ms and slowed them by ~15 ms; of memory at rest, 1-2 ms.
+    # Exportable memory is imported into CUDA (where the device exports there) while the copies
+    # fill it, so that `to_torch` afterwards only makes views.
     preparing: list[asyncio.Future[None]] = []
-
-    async def finish_oldest() -> None:
-        done = await _finish_oldest(copies, report)
-        if done.fills is not None:
-            preparing.append(asyncio.ensure_future(backend.prepare_export(done.fills)))
-
     loaded = False
     interrupted = False  # a cancellation arrived while the clean-up waited
     try:
@@ -147,24 +139,25 @@ async def fill_plan(
         for number, allocation in enumerate(allocations):
             handles.append(await asyncio.shield(pending[0]))
             pending.clear()
+            if exportable:
+                preparing.append(asyncio.ensure_future(backend.prepare_export(handles[-1])))
             if number + 1 < len(allocations):  # the next allocation is made while this one fills
                 pending.append(start_allocation(backend, device_id, allocations[number + 1], exportable))
             if number == 0:
                 report.step(0, 0)
             source = descriptors[allocation.file]
-            last = len(allocation.steps) - 1
-            for index, step in enumerate(allocation.steps):
+            for step in allocation.steps:
                 copy = backend.copy_file_to_device(
                     source, handles[-1], step.offset, file_offset=step.file_offset, size_bytes=step.size
                 )
-                fills = handles[-1] if exportable and index == last else None
-                done = tensors_before + step.tensors_done
-                copies.append(_Copy(asyncio.ensure_future(copy), step.size, done, fills))
+                copies.append(
+                    _Copy(asyncio.ensure_future(copy), step.size, tensors_before + step.tensors_done)
+                )
                 if len(copies) >= _COPIES_IN_FLIGHT:
-                    await finish_oldest()
+                    await _finish_oldest(copies, report)
             tensors_before += allocation.tensor_count
         while copies:
-            await finish_oldest()
+            await _finish_oldest(copies, report)
         for preparation in preparing:
             await asyncio.shield(preparation)
         if not allocations:  # only zero-byte tensors: nothing to copy, but say so once
@@ -195,7 +188,6 @@ class _Copy(NamedTuple):
     future: asyncio.Future[int]
     size: int
     tensors_done: int
-    fills: MemoryHandle | None  # the exportable allocation this copy completes, if any
 
 
 def start_allocation(
@@ -210,16 +202,15 @@ def start_allocation(
     return asyncio.ensure_future(backend.allocate(device_id, allocation.size_bytes, zeroed=zeroed))
 
 
-async def _finish_oldest(copies: collections.deque[_Copy], report: StepReport) -> _Copy:
+async def _finish_oldest(copies: collections.deque[_Copy], report: StepReport) -> None:
     """Wait for the oldest copy in flight (shielded: a cancellation leaves it running, for the
-    clean-up to wait on), report its step and return it."""
+    clean-up to wait on), then report its step."""
     await asyncio.shield(copies[0].future)
     done = copies.popleft()
     report.step(done.size, done.tensors_done)
     # Yield once, so that a cancellation requested meanwhile (by the progress callback itself,
     # say) lands here even when the next copy has already finished and awaiting it would not.
     await asyncio.sleep(0)
-    return done
 
 
 class _Reporter:

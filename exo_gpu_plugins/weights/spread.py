@@ -265,7 +265,7 @@ async def _deliver_shared(
     its holders (all at once). Returns each device's shared handles, in plan order."""
     handles: list[list[MemoryHandle]] = [[] for _ in placement.devices]
     running: list[asyncio.Future[Any]] = []  # may still touch memory or a descriptor
-    preparing: list[asyncio.Future[None]] = []  # exportable memory imported into CUDA, once filled
+    preparing: list[asyncio.Future[None]] = []  # exportable memory imported into CUDA meanwhile
     making: tuple[int, asyncio.Future[MemoryHandle]] | None = None
     delivered = False
     interrupted = False
@@ -276,6 +276,9 @@ async def _deliver_shared(
                 making = (number, future)
                 handles[number].append(await asyncio.shield(future))
                 making = None
+                if exportable:
+                    prepare = backends[number].prepare_export(handles[number][-1])
+                    preparing.append(asyncio.ensure_future(prepare))
         for read in placement.shared_reads:
             buffer = memoryview(bytearray(read.size))
             fd = descriptors[read.file].fd
@@ -298,9 +301,6 @@ async def _deliver_shared(
                     tally.devices[number].shared_step(size, read.completes[number])
             running = [future for future in running if not future.done()]
             await asyncio.sleep(0)  # a cancellation asked for by the progress callback lands here
-        if exportable:  # at rest now: the import is quick (see `fill_plan`)
-            for backend, owned in zip(backends, handles, strict=True):
-                preparing.extend(asyncio.ensure_future(backend.prepare_export(h)) for h in owned)
         for preparation in preparing:
             await asyncio.shield(preparation)
         delivered = True

@@ -96,44 +96,6 @@ async def test_split_by_memory_byte_exact_on_both(tied: Path, pairs: Pairs) -> N
     assert live(pairs) == []
 
 
-async def test_exportable_over_both_prepares_every_allocation_once_filled(
-    tied: Path, pairs: Pairs
-) -> None:
-    """`exportable=True`: every allocation of both devices, the shared (tied) embedding's
-    included, is prepared for export once, after the copies into it; the bytes stay exact."""
-    events: list[tuple[str, str]] = []
-    for backend, _ in pairs:
-        prepare, write = backend.prepare_export, backend.copy_to_device
-        copy = backend.copy_file_to_device
-
-        async def preparing(handle: Any, prepare: Any = prepare) -> None:
-            events.append(("prepare", handle.handle_id))
-            await prepare(handle)
-
-        async def writing(src: Any, handle: Any, *args: Any, write: Any = write) -> None:
-            await write(src, handle, *args)
-            events.append(("written", handle.handle_id))
-
-        async def copying(src: Any, handle: Any, *args: Any, copy: Any = copy, **kw: Any) -> int:
-            done = await copy(src, handle, *args, **kw)
-            events.append(("written", handle.handle_id))
-            return int(done)
-
-        backend.prepare_export = preparing  # type: ignore[method-assign]
-        backend.copy_to_device = writing  # type: ignore[method-assign]
-        backend.copy_file_to_device = copying  # type: ignore[method-assign]
-    placed = await load_across(pairs, tied, exportable=True)
-    await check_exact(pairs, placed)
-    handles = [h.handle_id for loaded in placed.weights.values() for h in loaded.handles]
-    prepared = [key for what, key in events if what == "prepare"]
-    assert sorted(prepared) == sorted(handles)
-    for key in handles:
-        at = events.index(("prepare", key))
-        assert ("written", key) in events[:at] and ("written", key) not in events[at:]
-    await placed.deallocate(pairs)
-    assert live(pairs) == []
-
-
 def test_memory_rule_follows_the_rooms(tied: Path) -> None:
     """Three times the memory, about three times the layers (the ends' extras included)."""
     rooms = [DeviceRoom("a:0", 1 << 30), DeviceRoom("b:0", 3 << 30)]
