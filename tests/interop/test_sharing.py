@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.errors import InteropError
+from exo_gpu_plugins.errors import InteropError, OutOfBoundsError
 from exo_gpu_plugins.interop import SharedMemory, receive_shared, send_shared
 from tests.interop.conftest import device_of
 
@@ -113,6 +113,27 @@ async def test_exported_memory_survives_the_exporters_free(backend: GPUBackend[A
     finally:
         shared.close()
     assert await backend.copy_from_device(again, 0, 64) == b"kept" * 16
+
+
+async def test_a_large_allocation_of_odd_size_is_shared_to_its_last_byte(
+    backend: GPUBackend[Any],
+) -> None:
+    # Large exportable buffers are rounded up to whole 2 MiB pages: both sides must agree on it.
+    device = device_of(backend)
+    size = (64 << 20) + 4093
+    handle = await backend.allocate(device, size, exportable=True)
+    await backend.copy_to_device(b"tail" * 16, handle, size - 64)
+    with await backend.export_memory(handle) as shared:
+        assert shared.size_bytes == size
+        again = await backend.import_memory(device, shared)
+    assert await backend.copy_from_device(again, size - 64, 64) == b"tail" * 16
+    await backend.copy_to_device(b"back" * 16, again, size - 64)
+    await backend.synchronize(device)
+    assert await backend.copy_from_device(handle, size - 64, 64) == b"back" * 16
+    with pytest.raises(OutOfBoundsError):
+        await backend.copy_from_device(again, size - 63, 64)
+    await backend.deallocate(again)
+    await backend.deallocate(handle)
 
 
 async def test_only_exportable_allocations_are_shared(backend: GPUBackend[Any]) -> None:
