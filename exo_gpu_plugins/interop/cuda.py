@@ -10,6 +10,7 @@ in its primary context, the one torch and CuPy use.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -252,27 +253,50 @@ class CudaMapping:
             _reap(self)
 
 
-_reaper_queue: queue.SimpleQueue[CudaMapping] = queue.SimpleQueue()
+_reaper_queue: queue.SimpleQueue[CudaMapping | None] = queue.SimpleQueue()
 _reaper_lock = threading.Lock()
 _reapers: list[threading.Thread] = []  # the one reaper thread, once started
+_exiting = [False]  # set at interpreter exit, once the reaper has stopped
+# How long the exit waits for the reaper's closes (each waits for its CUDA context's work).
+_EXIT_WAIT_S = 30.0
 
 
 def _reap(mapping: CudaMapping) -> None:
-    """Close `mapping` on a daemon thread of its own (resurrecting it until then)."""
+    """Close `mapping` on a daemon thread of its own (resurrecting it until then). Once the
+    interpreter is exiting nothing is closed: the process's end frees what its drivers hold."""
     with _reaper_lock:
+        if _exiting[0]:
+            return
         if not _reapers:
             thread = threading.Thread(target=_reap_forever, name="exo-gpu-cuda-reaper", daemon=True)
             thread.start()
             _reapers.append(thread)
+            atexit.register(_stop_reaper)
     _reaper_queue.put(mapping)
 
 
 def _reap_forever() -> None:
     while True:
         mapping = _reaper_queue.get()
+        if mapping is None:
+            return
         with contextlib.suppress(Exception):
             mapping.close()
         del mapping
+
+
+def _stop_reaper() -> None:
+    """At exit, let the reaper finish the closes it was given, then stop it. A daemon thread
+    still inside the CUDA driver while the interpreter finalizes kills the process (SIGSEGV,
+    seen on an H100 when a process exits right after its last tensor goes)."""
+    with _reaper_lock:
+        _exiting[0] = True
+        threads = list(_reapers)
+    for thread in threads:
+        _reaper_queue.put(None)
+        thread.join(_EXIT_WAIT_S)
+        if thread.is_alive():
+            log.warning("CUDA imports still closing after %.0f s at exit", _EXIT_WAIT_S)
 
 
 def import_into_cuda(shared: SharedMemory, owner: object) -> CudaMapping:

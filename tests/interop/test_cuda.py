@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,64 @@ async def test_torch_cuda_tensor_is_the_vulkan_memory(vulkan: GPUBackend[Any]) -
         )
     )
     assert typed.dtype == torch.bfloat16 and typed.data_ptr() == tensor.data_ptr() + 4096
+
+
+async def test_a_large_allocation_of_odd_size_is_a_cuda_tensor_to_its_last_byte(
+    vulkan: GPUBackend[Any],
+) -> None:
+    # Its memory object is rounded up to whole 2 MiB pages (a fast CUDA import); the view is not.
+    torch = require_torch()
+    size = (96 << 20) + 4093
+    handle = await vulkan.allocate(device_of(vulkan), size, exportable=True)
+    await vulkan.copy_to_device(b"tail" * 16, handle, size - 64)
+    tensor = torch.from_dlpack(await vulkan.export_tensor(handle, device="cuda"))
+    assert tensor.numel() == size
+    assert bytes(tensor[-64:].cpu().tolist()) == b"tail" * 16
+    tensor[-1] = 0x55
+    torch.cuda.synchronize()
+    assert await vulkan.copy_from_device(handle, size - 1, 1) == b"\x55"
+
+
+# A process that exits right after its last tensor goes: the CUDA import is then being closed on
+# the reaper thread while the interpreter exits (this died with SIGSEGV before the reaper was
+# stopped at exit).
+EXIT_RIGHT_AFTER = textwrap.dedent(
+    """
+    import asyncio, sys, torch
+    import exo_gpu_plugins
+
+    async def main(size):
+        backend = await exo_gpu_plugins.open_backend("vulkan")
+        device = backend.list_devices()[0].device_id
+        handle = await backend.allocate(device, size, exportable=True)
+        tensor = torch.from_dlpack(await backend.export_tensor(handle, device="cuda"))
+        tensor[0] = 1
+        torch.cuda.synchronize()
+        del tensor
+        await backend.deallocate(handle)
+        await backend.shutdown()
+
+    asyncio.run(main(int(sys.argv[1])))
+    """
+)
+
+
+@pytest.mark.parametrize("size", [64 << 20, 1 << 30])
+async def test_a_process_exits_cleanly_right_after_its_last_cuda_tensor_goes(
+    vulkan: GPUBackend[Any], size: int
+) -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", EXIT_RIGHT_AFTER, str(size)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, f"exit status {done.returncode}: {done.stderr[-2000:]}"
 
 
 async def test_non_exportable_memory_says_so(vulkan: GPUBackend[Any]) -> None:
