@@ -53,9 +53,10 @@ async def load_weights(
 ) -> LoadedWeights:
     """Load the safetensors checkpoint at `paths` (a file, a folder, an index, or a list of them)
     onto `device_id`: the tensors of `layers` (exo's range; see `LayerRange`) for which `select`
-    is true, packed one allocation per file (`pack="file"`; more where the device caps the size
-    of one allocation) or per tensor (`pack="tensor"`). `exportable=True` makes every allocation
-    exportable, so that `loaded.to_torch(backend)` can view the tensors on CUDA in place.
+    is true, packed in file order into allocations of about 1 GiB (`pack="file"`; see
+    `ALLOCATION_PIECE_BYTES`) or one per tensor (`pack="tensor"`). `exportable=True` makes every
+    allocation exportable, so that `loaded.to_torch(backend)` can view the tensors on CUDA in
+    place.
 
     The headers are read, and `select` is called, in a worker thread, so planning a large
     checkpoint does not stall the event loop. Raises `CheckpointError` (a `ValueError`) for a

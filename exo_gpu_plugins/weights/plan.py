@@ -3,14 +3,17 @@
 Everything is decided here, from checked headers, before the loader allocates a byte, so a bad
 checkpoint or a bad selection fails with nothing to clean up.
 
-Packing. With `pack="file"` (the default) each file's selected tensors share one allocation. They
-are laid out in file order, and selected tensors that are adjacent in the file form one *run*: one
-file range that lands on one range of the allocation, copied by one call. Between runs the
-unselected bytes are left out; each run starts at the next allocation offset that is congruent to
-its offset in the file's data section modulo `ALIGNMENT`, so every tensor keeps (up to 64 bytes)
-the alignment it has in the file, at a cost of under 64 bytes per run. Where the device caps one
-allocation (`Capabilities.max_allocation_bytes`, e.g. 2 GiB on lavapipe) a file's tensors take as
-many allocations as they need, each starting at a tensor boundary; a tensor larger than the cap
+Packing. With `pack="file"` (the default) each file's selected tensors fill allocations of about
+`ALLOCATION_PIECE_BYTES` each, in file order, a new one starting at the tensor that would take the
+current one past that size (a larger tensor gets one of its own). Large allocations take the
+driver tens of milliseconds (an 8 GiB one 13-48 ms on an H100), and the loader makes the next
+allocation while the one before fills: so the first copy starts after a small allocation and the
+others cost no time. Selected tensors that are adjacent in the file form one *run*: one file range
+that lands on one range of an allocation, copied by one call. Between runs the unselected bytes
+are left out; each run starts at the next allocation offset that is congruent to its offset in
+the file's data section modulo `ALIGNMENT`, so every tensor keeps (up to 64 bytes) the alignment
+it has in the file, at a cost of under 64 bytes per run. Where the device caps one allocation
+below that (`Capabilities.max_allocation_bytes`) the cap is the size; a tensor larger than the cap
 is refused with `OutOfMemoryError` at planning. With `pack="tensor"` each tensor has its own
 allocation, at offset 0. Zero-byte tensors take no memory and no allocation.
 
@@ -33,6 +36,7 @@ from exo_gpu_plugins.weights.selection import LayerRange, Selection, make_select
 
 __all__ = [
     "ALIGNMENT",
+    "ALLOCATION_PIECE_BYTES",
     "MAX_COPY_BYTES",
     "AllocationPlan",
     "CheckpointPlan",
@@ -47,6 +51,7 @@ __all__ = [
 Pack = Literal["file", "tensor"]
 
 ALIGNMENT = 64
+ALLOCATION_PIECE_BYTES = 1 << 30
 MAX_COPY_BYTES = 1 << 30
 
 
@@ -195,8 +200,9 @@ def _pack_file(
     allocations: list[AllocationPlan],
     limit: int | None,
 ) -> None:
-    """One allocation for the file's selected tensors, or several where the device caps the size of
-    one allocation (`limit`): a new one starts at the tensor that would not fit."""
+    """The file's selected tensors into allocations of about ALLOCATION_PIECE_BYTES (of at most
+    `limit`, the device's cap): a new one starts at the tensor that would not fit."""
+    piece = ALLOCATION_PIECE_BYTES if limit is None else min(limit, ALLOCATION_PIECE_BYTES)
     placed: dict[str, tuple[int, int]] = {}
     group: list[TensorEntry] = []
     cursor = 0
@@ -205,7 +211,7 @@ def _pack_file(
             continue
         adjacent = bool(group) and group[-1].end == tensor.begin
         pad = 0 if adjacent else (tensor.begin - file.data_start - cursor) % ALIGNMENT
-        if limit is not None and group and cursor + pad + tensor.nbytes > limit:
+        if group and cursor + pad + tensor.nbytes > piece:
             _lay_out(file, group, allocations, placed)
             group, cursor = [], 0
             pad = (tensor.begin - file.data_start) % ALIGNMENT

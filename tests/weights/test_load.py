@@ -461,3 +461,31 @@ async def test_only_empty_tensors(tmp_path: Path, backend: GPUBackend[Any], devi
     assert loaded.handles == () and loaded.total_bytes == 0 and set(loaded.tensors) == {"a", "b"}
     assert [(r.bytes_done, r.tensors_done, r.tensors_total) for r in reports] == [(0, 2, 2)]
     await loaded.deallocate(backend)
+
+
+async def test_a_large_file_fills_allocations_of_about_a_piece_each(
+    tmp_path: Path, backend: GPUBackend[Any], device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file's tensors go into allocations of about ALLOCATION_PIECE_BYTES (the next one is
+    made while the one before fills), split at tensor boundaries; a larger tensor gets its own."""
+    from exo_gpu_plugins.weights import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "ALLOCATION_PIECE_BYTES", 8192)
+    path = tmp_path / "pieces.safetensors"
+    sizes = [3000, 3000, 3000, 20000, 100, 5000, 5000]
+    write_safetensors(path, [(f"t{i}", "U8", (n,)) for i, n in enumerate(sizes)])
+    loaded = await load_weights(backend, device, path)
+    groups: dict[str, list[str]] = {}
+    for name, tensor in loaded.tensors.items():
+        assert tensor.handle is not None
+        groups.setdefault(tensor.handle.handle_id, []).append(name)
+    assert sorted(sorted(g) for g in groups.values()) == [
+        ["t0", "t1"],
+        ["t2"],
+        ["t3"],
+        ["t4", "t5"],
+        ["t6"],
+    ]
+    assert [h.size_bytes <= 8192 + 64 for h in loaded.handles] == [True, True, False, True, True]
+    await check_exact(backend, loaded)
+    await loaded.deallocate(backend)
