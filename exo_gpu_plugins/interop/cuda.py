@@ -179,6 +179,7 @@ class CudaMapping:
     of it goes. Closing waits for the context's work, so no kernel still reads what is freed."""
 
     def __init__(self, shared: SharedMemory, ordinal: int, owner: object) -> None:
+        _start_reaper()
         driver = _usable()
         self._driver = driver
         self.ordinal = ordinal
@@ -261,18 +262,23 @@ _exiting = [False]  # set at interpreter exit, once the reaper has stopped
 _EXIT_WAIT_S = 30.0
 
 
-def _reap(mapping: CudaMapping) -> None:
-    """Close `mapping` on a daemon thread of its own (resurrecting it until then). Once the
-    interpreter is exiting nothing is closed: the process's end frees what its drivers hold."""
+def _start_reaper() -> None:
+    """Start the reaper thread (once), from ordinary code: a `__del__` may run during garbage
+    collection or interpreter exit, where starting a thread or taking a lock is unsafe."""
     with _reaper_lock:
-        if _exiting[0]:
+        if _reapers or _exiting[0]:
             return
-        if not _reapers:
-            thread = threading.Thread(target=_reap_forever, name="exo-gpu-cuda-reaper", daemon=True)
-            thread.start()
-            _reapers.append(thread)
-            atexit.register(_stop_reaper)
-    _reaper_queue.put(mapping)
+        thread = threading.Thread(target=_reap_forever, name="exo-gpu-cuda-reaper", daemon=True)
+        thread.start()
+        _reapers.append(thread)
+
+
+def _reap(mapping: CudaMapping) -> None:
+    """Hand `mapping` to the reaper to close (resurrecting it until then); no lock, so safe
+    from `__del__`. Once the interpreter is exiting nothing is closed: the process's end frees
+    what its drivers hold."""
+    if not _exiting[0]:
+        _reaper_queue.put(mapping)  # SimpleQueue.put is reentrant
 
 
 def _reap_forever() -> None:
@@ -297,6 +303,9 @@ def _stop_reaper() -> None:
         thread.join(_EXIT_WAIT_S)
         if thread.is_alive():
             log.warning("CUDA imports still closing after %.0f s at exit", _EXIT_WAIT_S)
+
+
+atexit.register(_stop_reaper)  # at import: registering during exit may never run
 
 
 def import_into_cuda(shared: SharedMemory, owner: object) -> CudaMapping:

@@ -85,39 +85,43 @@ async def test_a_large_allocation_of_odd_size_is_a_cuda_tensor_to_its_last_byte(
     assert await vulkan.copy_from_device(handle, size - 1, 1) == b"\x55"
 
 
-# A process that exits right after its last tensor goes: the CUDA import is then being closed on
-# the reaper thread while the interpreter exits (this died with SIGSEGV before the reaper was
-# stopped at exit).
+# A process that exits right after its last tensor goes (the CUDA import is then being closed on
+# the reaper thread while the interpreter exits: this died with SIGSEGV before the reaper was
+# stopped at exit), or with a tensor still alive (whose import must not start a close then).
 EXIT_RIGHT_AFTER = textwrap.dedent(
     """
     import asyncio, sys, torch
     import exo_gpu_plugins
 
-    async def main(size):
+    kept = []
+
+    async def main(size, keep):
         backend = await exo_gpu_plugins.open_backend("vulkan")
         device = backend.list_devices()[0].device_id
         handle = await backend.allocate(device, size, exportable=True)
         tensor = torch.from_dlpack(await backend.export_tensor(handle, device="cuda"))
         tensor[0] = 1
         torch.cuda.synchronize()
+        if keep:
+            kept.append(tensor)
         del tensor
         await backend.deallocate(handle)
         await backend.shutdown()
 
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2] == "keep"))
     """
 )
 
 
-@pytest.mark.parametrize("size", [64 << 20, 1 << 30])
-async def test_a_process_exits_cleanly_right_after_its_last_cuda_tensor_goes(
-    vulkan: GPUBackend[Any], size: int
+@pytest.mark.parametrize(("size", "tensor"), [(64 << 20, "drop"), (1 << 30, "drop"), (64 << 20, "keep")])
+async def test_a_process_exits_cleanly_right_after_its_cuda_tensors(
+    vulkan: GPUBackend[Any], size: int, tensor: str
 ) -> None:
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     for _ in range(3):
         done = subprocess.run(
-            [sys.executable, "-c", EXIT_RIGHT_AFTER, str(size)],
+            [sys.executable, "-c", EXIT_RIGHT_AFTER, str(size), tensor],
             env=env,
             capture_output=True,
             text=True,
