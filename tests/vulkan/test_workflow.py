@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 
 import pytest
@@ -92,6 +93,10 @@ async def test_out_of_memory_then_work_goes_on() -> None:
     total = backend.list_devices()[0].memory_bytes
     with pytest.raises(OutOfMemoryError):
         await backend.allocate("vulkan:0", total * 4)
+    limit = backend.capabilities("vulkan:0").max_allocation_bytes
+    for size, exportable in itertools.product([total * 4, (limit or total) + 1], [False, True]):
+        with pytest.raises(OutOfMemoryError, match="cannot allocate"):
+            await backend.allocate("vulkan:0", size, exportable=exportable)
     with pytest.raises(OutOfBoundsError):
         await backend.copy_to_device(b"x", canary, 4096)
     assert await backend.copy_from_device(canary, 0, 4096) == b"\x5a" * 4096

@@ -95,6 +95,29 @@ fn buffer_size_of(size: u64) -> Result<u64> {
         .ok_or_else(|| EngineError::OutOfMemory(format!("{size} bytes is too large")))
 }
 
+/// Refuse a buffer of `buffer_size` bytes (for `size` asked) that the device cannot hold.
+/// maxMemoryAllocationSize is advice, not a limit: the spec lets larger allocations fail with
+/// VK_ERROR_OUT_OF_DEVICE_MEMORY (mapped to OutOfMemory), and some drivers report a smaller
+/// figure than they grant. So only maxBufferSize and the heap sizes refuse up front.
+fn check_buffer_size(dev: &EngineDevice, size: u64, buffer_size: u64) -> Result<()> {
+    let info = &dev.ctx.info;
+    if let Some(max) = info.max_buffer_size {
+        if buffer_size > max {
+            return Err(EngineError::OutOfMemory(format!(
+                "{size} bytes exceeds maxBufferSize ({max}) of device {}",
+                info.index
+            )));
+        }
+    }
+    if info.heaps.iter().all(|h| buffer_size > h.size) {
+        return Err(EngineError::OutOfMemory(format!(
+            "{size} bytes exceeds every memory heap of device {}",
+            info.index
+        )));
+    }
+    Ok(())
+}
+
 /// Exportable buffers of at least this many bytes are rounded up to a whole number of
 /// `EXPORT_PAGE`s (at most 3 % more memory).
 const EXPORT_ROUNDED_MIN: u64 = 64 << 20;
@@ -140,6 +163,7 @@ pub(crate) fn new_exportable(
     zeroed: bool,
 ) -> Result<Allocation> {
     let buffer_size = export_buffer_size(size)?;
+    check_buffer_size(dev, size, buffer_size)?;
     let ctx = &dev.ctx;
     let memory = ExternalMemory::allocate(ctx.raw(), &ctx.mem, buffer_size)?;
     let alloc = counted(dev, memory.view(), Backing::External(memory), size);
@@ -170,25 +194,8 @@ pub(crate) fn new_allocation(
     zeroed: bool,
 ) -> Result<Allocation> {
     let buffer_size = buffer_size_of(size)?;
+    check_buffer_size(dev, size, buffer_size)?;
     let ctx = &dev.ctx;
-    let info = &ctx.info;
-    // maxMemoryAllocationSize is advice, not a limit: the spec lets larger allocations fail with
-    // VK_ERROR_OUT_OF_DEVICE_MEMORY (mapped to OutOfMemory), and some drivers report a smaller
-    // figure than they grant. So only maxBufferSize and the heap sizes refuse up front.
-    if let Some(max) = info.max_buffer_size {
-        if buffer_size > max {
-            return Err(EngineError::OutOfMemory(format!(
-                "{size} bytes exceeds maxBufferSize ({max}) of device {}",
-                info.index
-            )));
-        }
-    }
-    if info.heaps.iter().all(|h| buffer_size > h.size) {
-        return Err(EngineError::OutOfMemory(format!(
-            "{size} bytes exceeds every memory heap of device {}",
-            info.index
-        )));
-    }
     let plan = &dev.plan;
     let kind = if ctx.mem.types.has_mapped() && buffer_size <= plan.map_alloc_max {
         Kind::DeviceMapped
