@@ -63,7 +63,7 @@ torch)
   {
     log "interop: a checkpoint into dict[str, torch.Tensor] on CUDA, beside the peers"
     (cd benchmarks && timeout ${TORCH_TIMEOUT:-420} python3 load_to_torch.py --size ${TORCH_SIZE:-8G} \
-      --dir /tmp --repeat ${TORCH_REPEAT:-2} --json "$OUT/torch.json")
+      --dir /tmp --repeat ${TORCH_REPEAT:-3} --json "$OUT/torch.json")
   } 2>&1 | tee "$OUT/torch.txt"
   ;;
 *) echo "usage: scripts/gpu-run.sh tests|bench|load|torch" >&2; exit 2 ;;
