@@ -293,7 +293,8 @@ class GPUBackend(HostBufferMethods[NativeT], ExportMethods[NativeT]):
             if self._live.pop(entry.handle.handle_id, None) is None:
                 raise InvalidHandleError(f"handle {entry.handle.handle_id} was freed concurrently")
             self._free(entry.native)
-            self._cuda_imports.forget(entry.handle.handle_id)
+            if entry.exportable:  # only exportable memory can hold a CUDA import made ahead
+                self._cuda_imports.forget(entry.handle.handle_id)
 
     @final
     async def copy_to_device(self, src: object, dst_handle: MemoryHandle, offset_bytes: int = 0) -> None:
