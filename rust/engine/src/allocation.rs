@@ -121,9 +121,9 @@ fn check_buffer_size(dev: &EngineDevice, size: u64, buffer_size: u64) -> Result<
 /// Exportable buffers of at least this many bytes are rounded up to a whole number of
 /// `EXPORT_PAGE`s (at most 3 % more memory).
 const EXPORT_ROUNDED_MIN: u64 = 64 << 20;
-/// CUDA imports a memory object that is a whole number of 2 MiB pages ~10x faster than one that
-/// is not (8 GiB on an H100: 5-7 ms against 52-61 ms; benchmarks/RESULTS.md), so large
-/// exportable buffers end on a 2 MiB boundary.
+/// CUDA imports a memory object that is a whole number of 2 MiB pages ~50x faster than one that
+/// is not (a checkpoint's 8630562816 bytes on an H100: 1 ms rounded against 52-61 ms;
+/// benchmarks/RESULTS.md), so large exportable buffers end on a 2 MiB boundary.
 const EXPORT_PAGE: u64 = 2 << 20;
 
 /// The buffer size of an exportable (or imported) allocation of `size` bytes. The exporter and
