@@ -272,17 +272,14 @@ impl<T: HasCmd> Slots<T> {
         self.max
     }
 
-    /// Give an item back (its latest submission may still run: the next user waits for it).
-    pub(crate) fn put(&self, item: T) {
+    /// Give an item back (its latest submission may still run: the next user waits for it),
+    /// unless the device hung (its work may still run: it is leaked).
+    pub(crate) fn put(&self, dev: &RawDevice, item: T) {
+        if dev.is_hung() {
+            return;
+        }
         lock(&self.state).free.push_back(item);
         self.returned.notify_one();
-    }
-
-    /// Give an item back unless the device hung (its work may still run: it is leaked).
-    pub(crate) fn put_unless_hung(&self, dev: &RawDevice, item: T) {
-        if !dev.is_hung() {
-            self.put(item);
-        }
     }
 
     /// Hand every returned item to `destroy` (device idle; nothing is checked out).
@@ -306,7 +303,7 @@ impl Slots<CmdSlot> {
         let family = self.queue.family;
         let mut slot = self.take_blocking(dev, || CmdSlot::new(dev, family))?;
         let submitted = self.submit(dev, &mut slot, frame, record);
-        self.put_unless_hung(dev, slot);
+        self.put(dev, slot);
         submitted
     }
 

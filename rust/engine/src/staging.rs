@@ -112,7 +112,7 @@ impl StagingRing {
 
     /// Give a slot back, unless the device hung (it may still be in use: leaked).
     pub(crate) fn put(&self, dev: &RawDevice, slot: StagedSlot) {
-        self.slots.put_unless_hung(dev, slot);
+        self.slots.put(dev, slot);
     }
 
     /// Upload `len` bytes to `dst` at `offset`: `fill(slot, position, n)` writes the `n` bytes
