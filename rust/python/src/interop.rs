@@ -8,17 +8,13 @@ use pyo3::prelude::*;
 /// consumer. `host_address` is where the CPU can use it in place, or None.
 #[pyclass(module = "exo_gpu_vulkan._native", name = "Retained", frozen)]
 pub struct PyRetained {
-    /// Taken in `Drop`, where the memory is let go with the GIL released.
+    /// Taken in `Drop`, where the memory is let go with the GIL released (so `Some` until then).
     held: Option<Retained>,
-    host_address: Option<usize>,
-    size: u64,
 }
 
 impl PyRetained {
     pub fn new(retained: Retained) -> Self {
         PyRetained {
-            host_address: retained.host_address(),
-            size: retained.size(),
             held: Some(retained),
         }
     }
@@ -39,12 +35,12 @@ impl PyRetained {
     /// (host-visible, coherent memory), else None.
     #[getter]
     fn host_address(&self) -> Option<usize> {
-        self.host_address
+        self.held.as_ref().and_then(Retained::host_address)
     }
 
     /// The allocation's size in bytes.
     #[getter]
     fn size(&self) -> u64 {
-        self.size
+        self.held.as_ref().map_or(0, Retained::size)
     }
 }
