@@ -18,7 +18,7 @@ mod interop;
 mod records;
 mod transfers;
 
-use exo_vk_engine::{Engine, EngineError};
+use exo_vk_engine::Engine;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -30,12 +30,6 @@ use errors::{to_pyerr, Op};
 #[pyclass(module = "exo_gpu_vulkan._native", name = "Engine", frozen)]
 pub struct PyEngine {
     pub(crate) engine: Engine,
-}
-
-impl PyEngine {
-    fn err(&self, py: Python<'_>, op: Op, e: EngineError) -> PyErr {
-        to_pyerr(py, op, e)
-    }
 }
 
 #[pymethods]
@@ -61,7 +55,7 @@ impl PyEngine {
         guarded(py, || {
             self.engine
                 .device_count()
-                .map_err(|e| self.err(py, Op::Other, e))
+                .map_err(|e| to_pyerr(py, Op::Other, e))
         })
     }
 
@@ -75,7 +69,7 @@ impl PyEngine {
             let info = self
                 .engine
                 .device_info(i)
-                .map_err(|e| self.err(py, Op::Other, e))?;
+                .map_err(|e| to_pyerr(py, Op::Other, e))?;
             records::info_dict(py, &info)
         })
     }
@@ -89,7 +83,7 @@ impl PyEngine {
             let i = self::index(index, "index")?;
             let heaps = py
                 .detach(|| self.engine.memory_heaps(i))
-                .map_err(|e| self.err(py, Op::Other, e))?;
+                .map_err(|e| to_pyerr(py, Op::Other, e))?;
             records::heaps_list(py, &heaps)
         })
     }
@@ -121,7 +115,7 @@ impl PyEngine {
                 }
                 self.engine.allocate(i, size, zeroed)
             })
-            .map_err(|e| self.err(py, Op::Other, e))
+            .map_err(|e| to_pyerr(py, Op::Other, e))
         })
     }
 
@@ -142,7 +136,7 @@ impl PyEngine {
                     let (fd, info) = self.engine.export_fd(id)?;
                     Ok((fd, info, self.engine.allocation_size(id)?))
                 })
-                .map_err(|e| self.err(py, Op::Other, e))?;
+                .map_err(|e| to_pyerr(py, Op::Other, e))?;
             Ok((
                 fd.into_raw_fd(),
                 size,
@@ -176,7 +170,7 @@ impl PyEngine {
                 memory_flags,
             };
             py.detach(|| self.engine.import_fd(i, fd, size, info))
-                .map_err(|e| self.err(py, Op::Other, e))
+                .map_err(|e| to_pyerr(py, Op::Other, e))
         })
     }
 
@@ -188,7 +182,7 @@ impl PyEngine {
             let held = self
                 .engine
                 .retain(id)
-                .map_err(|e| self.err(py, Op::Other, e))?;
+                .map_err(|e| to_pyerr(py, Op::Other, e))?;
             Ok(interop::PyRetained::new(held))
         })
     }
@@ -200,7 +194,7 @@ impl PyEngine {
             let i = self::index(index, "index")?;
             self.engine
                 .allocations_host_mapped(i)
-                .map_err(|e| self.err(py, Op::Other, e))
+                .map_err(|e| to_pyerr(py, Op::Other, e))
         })
     }
 
@@ -208,7 +202,7 @@ impl PyEngine {
         guarded(py, || {
             let id = uint(alloc, "alloc")?;
             py.detach(|| self.engine.free(id))
-                .map_err(|e| self.err(py, Op::Other, e))
+                .map_err(|e| to_pyerr(py, Op::Other, e))
         })
     }
 
@@ -249,7 +243,7 @@ impl PyEngine {
             let me = slf.get();
             let mem = py
                 .detach(|| me.engine.host_alloc(i, size))
-                .map_err(|e| me.err(py, Op::Other, e))?;
+                .map_err(|e| to_pyerr(py, Op::Other, e))?;
             Ok(host::PyHostMemory::new(mem, slf.clone().unbind()))
         })
     }
@@ -274,7 +268,7 @@ impl PyEngine {
                 // drops `keep` (after the import is freed, never on a hung device).
                 unsafe { self.engine.host_register(i, addr as *mut u8, len, keep) }
             })
-            .map_err(|e| self.err(py, Op::Other, e))
+            .map_err(|e| to_pyerr(py, Op::Other, e))
         })
     }
 
@@ -283,7 +277,7 @@ impl PyEngine {
         guarded(py, || {
             let id = uint(id, "id")?;
             py.detach(|| self.engine.host_unregister(id))
-                .map_err(|e| self.err(py, Op::Other, e))
+                .map_err(|e| to_pyerr(py, Op::Other, e))
         })
     }
 
@@ -307,7 +301,7 @@ impl PyEngine {
                 self.engine
                     .write_from_file(id, offset, fd, file_offset, size)
             })
-            .map_err(|e| self.err(py, Op::Transfer, e))
+            .map_err(|e| to_pyerr(py, Op::Transfer, e))
         })
     }
 
@@ -339,7 +333,7 @@ impl PyEngine {
             let doff = uint(dst_offset, "dst_offset")?;
             let n = uint(size, "size")?;
             py.detach(|| self.engine.copy(s, so, d, doff, n))
-                .map_err(|e| self.err(py, Op::Transfer, e))
+                .map_err(|e| to_pyerr(py, Op::Transfer, e))
         })
     }
 
@@ -347,7 +341,7 @@ impl PyEngine {
         guarded(py, || {
             let i = self::index(index, "index")?;
             py.detach(|| self.engine.synchronize(i))
-                .map_err(|e| self.err(py, Op::Other, e))
+                .map_err(|e| to_pyerr(py, Op::Other, e))
         })
     }
 
@@ -360,7 +354,7 @@ impl PyEngine {
             let i = self::index(index, "index")?;
             let s = py
                 .detach(|| self.engine.stats(i))
-                .map_err(|e| self.err(py, Op::Other, e))?;
+                .map_err(|e| to_pyerr(py, Op::Other, e))?;
             records::stats_dict(py, &s)
         })
     }
@@ -368,7 +362,7 @@ impl PyEngine {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         guarded(py, || {
             py.detach(|| self.engine.close())
-                .map_err(|e| self.err(py, Op::Other, e))
+                .map_err(|e| to_pyerr(py, Op::Other, e))
         })
     }
 
@@ -384,7 +378,7 @@ impl PyEngine {
             let (s, d) = (self::index(src, "src")?, self::index(dst, "dst")?);
             // Waits for the links' lock, which a link being made holds across ring set-up.
             py.detach(|| self.engine.cross_device_path(s, d))
-                .map_err(|e| self.err(py, Op::Other, e))
+                .map_err(|e| to_pyerr(py, Op::Other, e))
         })
     }
 
@@ -395,7 +389,7 @@ impl PyEngine {
     fn _force_cross_device(&self, py: Python<'_>, path: &str, same_device: bool) -> PyResult<()> {
         guarded(py, || {
             py.detach(|| self.engine.force_cross_device(path, same_device))
-                .map_err(|e| self.err(py, Op::Other, e))
+                .map_err(|e| to_pyerr(py, Op::Other, e))
         })
     }
 
