@@ -1,13 +1,11 @@
-//! What the unit tests share (the integration tests have the same in `tests/common`): a test
-//! that finds no usable Vulkan device skips, unless `EXO_GPU_REQUIRE_VULKAN=1` (set by
-//! `scripts/test.sh`), where it fails.
+//! What the unit tests and the integration tests (`tests/common`, which includes this file)
+//! share: a test that finds no usable Vulkan device skips, unless `EXO_GPU_REQUIRE_VULKAN=1`
+//! (set by `scripts/test.sh`), where it fails. Free of crate imports, so both can include it.
 
-use crate::Engine;
-
-/// `true` (after a note) when the caller may skip because Vulkan is not usable here; panics
-/// instead when Vulkan is required.
-pub(crate) fn skip_without_vulkan() -> bool {
-    let Some(reason) = Engine::probe() else {
+/// `true` (after a note) when the caller may skip because Vulkan is not usable here (`probe`:
+/// `Engine::probe()`, the reason or `None`); panics instead when Vulkan is required.
+pub(crate) fn skip_without(probe: Option<String>) -> bool {
+    let Some(reason) = probe else {
         return false;
     };
     assert!(

@@ -74,7 +74,7 @@ mod tests {
     use super::*;
 
     fn validation_engine() -> Option<Engine> {
-        if crate::test_support::skip_without_vulkan() {
+        if crate::test_support::skip_without(crate::Engine::probe()) {
             return None;
         }
         match Engine::new(true, Some("staging")) {

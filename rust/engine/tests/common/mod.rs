@@ -4,24 +4,13 @@
 
 use exo_vk_engine::{Engine, EngineError};
 
-/// Whether Vulkan must be usable here (`EXO_GPU_REQUIRE_VULKAN=1`, set by `scripts/test.sh`
-/// and so `make test`): a test that finds no device then fails instead of passing unseen.
-pub fn vulkan_required() -> bool {
-    std::env::var("EXO_GPU_REQUIRE_VULKAN").is_ok_and(|v| v == "1")
-}
+#[path = "../../src/test_support.rs"]
+mod test_support;
 
 /// `true` (after a note) when the caller may skip because Vulkan is not usable here; panics
-/// instead when Vulkan is required.
+/// instead when Vulkan is required (`EXO_GPU_REQUIRE_VULKAN=1`).
 pub fn skip_without_vulkan() -> bool {
-    let Some(reason) = Engine::probe() else {
-        return false;
-    };
-    assert!(
-        !vulkan_required(),
-        "EXO_GPU_REQUIRE_VULKAN=1 but Vulkan is not usable: {reason}"
-    );
-    eprintln!("note: skipping Vulkan test: {reason}");
-    true
+    test_support::skip_without(Engine::probe())
 }
 
 /// An engine with the given strategy, with validation when the layer is installed, or `None`
