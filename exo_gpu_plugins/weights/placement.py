@@ -38,6 +38,7 @@ from exo_gpu_plugins.weights.plan import (
     CheckpointPlan,
     Pack,
     PlannedTensor,
+    check_options,
     describe_paths,
     plan_selection,
 )
@@ -217,8 +218,7 @@ def place_checkpoint(
     ids = [room.device_id for room in rooms]
     if len(set(ids)) != len(ids):
         raise ValueError(f"a device is named twice: {', '.join(ids)}")
-    if pack not in ("file", "tensor"):
-        raise ValueError(f"pack must be 'file' or 'tensor', not {pack!r}")
+    check_options(pack, layers, select)
     checkpoint = open_checkpoint(paths)
     where = describe_paths(paths)
     names = list(checkpoint.tensor_names())

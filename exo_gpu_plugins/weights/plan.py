@@ -43,6 +43,7 @@ __all__ = [
     "CopyStep",
     "Pack",
     "PlannedTensor",
+    "check_options",
     "describe_paths",
     "plan_checkpoint",
     "plan_selection",
@@ -126,12 +127,7 @@ def plan_checkpoint(
 ) -> CheckpointPlan:
     """Check every header of the checkpoint at `paths` and plan the load of the chosen tensors,
     with no allocation larger than `max_allocation_bytes` (the device's cap, when it has one)."""
-    if pack not in ("file", "tensor"):
-        raise ValueError(f"pack must be 'file' or 'tensor', not {pack!r}")
-    if layers is not None and not isinstance(layers, LayerRange):
-        raise TypeError(f"layers must be a LayerRange or None, not {type(layers).__name__}")
-    if select is not None and not callable(select):
-        raise TypeError(f"select must be a callable taking a tensor name, not {type(select).__name__}")
+    check_options(pack, layers, select)
     checkpoint = open_checkpoint(paths)
     where = describe_paths(paths)
     selection = make_selection(
@@ -141,6 +137,16 @@ def plan_checkpoint(
     if not plan.tensors:
         raise CheckpointError(f"{where}: the selection chooses no tensor")
     return plan
+
+
+def check_options(pack: object, layers: object, select: object) -> None:
+    """The load options every planner takes, each refused naming what it should be."""
+    if pack not in ("file", "tensor"):
+        raise ValueError(f"pack must be 'file' or 'tensor', not {pack!r}")
+    if layers is not None and not isinstance(layers, LayerRange):
+        raise TypeError(f"layers must be a LayerRange or None, not {type(layers).__name__}")
+    if select is not None and not callable(select):
+        raise TypeError(f"select must be a callable taking a tensor name, not {type(select).__name__}")
 
 
 def plan_selection(
