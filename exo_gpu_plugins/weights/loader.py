@@ -88,12 +88,13 @@ async def load_plan(
     descriptors: dict[str, OpenFile] = {}
     try:
         open_plan_files(plan, descriptors)
-        return await fill_plan(
-            backend, device_id, plan, descriptors, _Reporter(progress, plan, begun), begun, exportable
+        handles = await fill_plan(
+            backend, device_id, plan, descriptors, _Reporter(progress, plan, begun), exportable
         )
     finally:
         for file in descriptors.values():
             os.close(file.fd)
+    return plan_result(plan, device_id, handles, time.perf_counter() - begun, exportable)
 
 
 class StepReport(Protocol):
@@ -118,12 +119,11 @@ async def fill_plan(
     plan: CheckpointPlan,
     descriptors: dict[str, OpenFile],
     report: StepReport,
-    begun: float,
     exportable: bool,
-) -> LoadedWeights:
-    """Allocate and fill the plan's allocations from the open `descriptors` (left open). On any
-    failure or cancellation, every allocation made is freed before the exception leaves, once no
-    copy can still write into it."""
+) -> list[MemoryHandle]:
+    """Allocate and fill the plan's allocations from the open `descriptors` (left open); returns
+    their handles, in the plan's order. On any failure or cancellation, every allocation made is
+    freed before the exception leaves, once no copy can still write into it."""
     allocations = plan.allocations
     handles: list[MemoryHandle] = []
     pending: list[asyncio.Future[MemoryHandle]] = []  # the allocation being made, if any
@@ -163,9 +163,8 @@ async def fill_plan(
             await asyncio.shield(preparation)
         if not allocations:  # only zero-byte tensors: nothing to copy, but say so once
             report.step(0, 0)
-        result = plan_result(plan, device_id, handles, time.perf_counter() - begun, exportable)
         loaded = True
-        return result
+        return handles
     finally:
         if not loaded:
             # A copy still running may be writing into the memory: let each finish first.

@@ -143,7 +143,7 @@ async def load_placement(
         parts: list[Awaitable[Any]] = [
             _naming(
                 device.device_id,
-                fill_plan(backend, device.device_id, device.own, descriptors, report, begun, exportable),
+                fill_plan(backend, device.device_id, device.own, descriptors, report, exportable),
             )
             for device, backend, report in zip(placement.devices, backends, tally.devices, strict=True)
         ]
@@ -156,8 +156,8 @@ async def load_placement(
     shared: list[list[MemoryHandle]] = results[-1]
     weights: dict[str, LoadedWeights] = {}
     for number, device in enumerate(placement.devices):
-        own: LoadedWeights = results[number]
-        handles = list(own.handles) + shared[number]
+        own: list[MemoryHandle] = results[number]
+        handles = own + shared[number]
         weights[device.device_id] = plan_result(
             device.combined(), device.device_id, handles, seconds, exportable
         )
@@ -232,15 +232,15 @@ async def _all_or_free(parts: list[Awaitable[Any]], backends: list[GPUBackend[An
     raise error
 
 
-async def _release(result: object, number: int, backends: list[GPUBackend[Any]]) -> bool:
-    """Free a part that finished before another failed: a device's LoadedWeights, or the shared
-    allocations of every device. Returns whether a cancellation arrived meanwhile."""
+async def _release(result: Any, number: int, backends: list[GPUBackend[Any]]) -> bool:
+    """Free a part that finished before another failed: a device's own allocations (parts
+    before the last), or the shared allocations of every device (the last part). Returns
+    whether a cancellation arrived meanwhile."""
     owned: list[tuple[GPUBackend[Any], list[MemoryHandle]]]
-    if isinstance(result, LoadedWeights):
-        owned = [(backends[number], list(result.handles))]
+    if number < len(backends):
+        owned = [(backends[number], result)]
     else:
-        shared: list[list[MemoryHandle]] = result  # type: ignore[assignment]
-        owned = list(zip(backends, shared, strict=True))
+        owned = list(zip(backends, result, strict=True))
     interrupted = False
     for backend, handles in owned:
         try:
