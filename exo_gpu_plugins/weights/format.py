@@ -15,9 +15,9 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 from exo_gpu_plugins.errors import CheckpointError
 from exo_gpu_plugins.file_copy import open_regular_file
@@ -64,6 +64,7 @@ _PREFIX = 8
 _TENSOR_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 # Shapes and offsets are 64-bit unsigned in the format (the reference parser's `usize`).
 _COUNT_LIMIT = 1 << 64
+_INT_ONLY = frozenset({int})
 # An integer longer than this cannot be a size on any machine (2**64 has 20 digits); it is kept as
 # a `HugeInteger` rather than converted, which for thousands of digits would be Python's own
 # `ValueError` (its int conversion limit) or seconds of work.
@@ -73,9 +74,10 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-@dataclass(frozen=True, slots=True)
-class TensorEntry:
-    """One tensor of a file; `begin`/`end` are absolute offsets in the file (not in the data section)."""
+class TensorEntry(NamedTuple):
+    """One tensor of a file; `begin`/`end` are absolute offsets in the file (not in the data section).
+    (A named tuple: a header of thousands of tensors builds thousands, a frozen dataclass costs
+    three times as much each.)"""
 
     name: str
     dtype: str
@@ -127,9 +129,23 @@ def parse_header(
     raw: bytes, path: str, file_size: int, identity: tuple[int, int, int, int] = (0, 0, 0, 0)
 ) -> SafetensorsFile:
     """Check the JSON header `raw` of a `file_size`-byte file; every tensor must fit the file exactly."""
-    data_start = _PREFIX + len(raw)
     _check_length(len(raw), file_size, path)
-    document = _decode(raw, path)
+    try:
+        return _checked(raw, _decode(raw, path, int), path, file_size, identity)
+    except CheckpointError:
+        # Refused: parsed again, integers of more than 20 digits as `HugeInteger`, so that the
+        # refusal names them by their length instead of printing them (or Python's int limit).
+        return _checked(raw, _decode(raw, path, _parse_int), path, file_size, identity)
+
+
+def _checked(
+    raw: bytes,
+    document: dict[str, Any],
+    path: str,
+    file_size: int,
+    identity: tuple[int, int, int, int],
+) -> SafetensorsFile:
+    data_start = _PREFIX + len(raw)
     metadata: dict[str, str] = {}
     tensors: list[TensorEntry] = []
     data_size = file_size - data_start
@@ -181,7 +197,7 @@ def _check_length(length: int, file_size: int, path: str) -> None:
         raise CheckpointError(f"{path}: header length {length} cannot hold a JSON object")
 
 
-def _decode(raw: bytes, path: str) -> dict[str, Any]:
+def _decode(raw: bytes, path: str, parse_int: Callable[[str], object]) -> dict[str, Any]:
     if raw[:1] != b"{":
         raise CheckpointError(f"{path}: header does not start with a JSON object ('{{')")
     try:
@@ -191,7 +207,7 @@ def _decode(raw: bytes, path: str) -> dict[str, Any]:
             f"{path}: header is not UTF-8 ({exc.reason} at byte {exc.start})"
         ) from None
     try:
-        document = load_json(text, object_pairs_hook=_no_duplicates)
+        document = json.loads(text, parse_int=parse_int, object_pairs_hook=_no_duplicates)
     except _DuplicateKey as exc:
         raise CheckpointError(f"{path}: tensor {exc.key!r}: named twice in the header") from None
     except (ValueError, RecursionError) as exc:
@@ -290,46 +306,57 @@ def _metadata(value: object, path: str) -> dict[str, str]:
 
 
 def _tensor(name: str, value: object, path: str, data_start: int, data_size: int) -> TensorEntry:
-    where = f"{path}: tensor {name!r}"
-    if not isinstance(value, dict):
+    if type(value) is not dict:
+        where = f"{path}: tensor {name!r}"
         raise CheckpointError(f"{where}: entry must be an object, not {type(value).__name__}")
-    missing = _TENSOR_KEYS - value.keys()
-    if missing:
-        raise CheckpointError(f"{where}: entry lacks {', '.join(sorted(missing))}")
-    dtype = value["dtype"]
-    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+    try:
+        dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
+    except KeyError:
+        missing = ", ".join(sorted(_TENSOR_KEYS - value.keys()))
+        raise CheckpointError(f"{path}: tensor {name!r}: entry lacks {missing}") from None
+    bits = DTYPE_BITS.get(dtype) if type(dtype) is str else None
+    if bits is None:
         known = ", ".join(DTYPE_BITS)
-        raise CheckpointError(f"{where}: unknown dtype {dtype!r} (known: {known})")
-    shape = value["shape"]
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CheckpointError(f"{path}: tensor {name!r}: unknown dtype {dtype!r} (known: {known})")
+    if type(shape) is not list or not _are_counts(shape):
         raise CheckpointError(
-            f"{where}: shape must be a list of integers from 0 to 2**64 - 1, got {shape!r}"
+            f"{path}: tensor {name!r}: shape must be a list of integers from 0 to 2**64 - 1, "
+            f"got {shape!r}"
         )
-    offsets = value["data_offsets"]
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+    if type(offsets) is not list or len(offsets) != 2 or not _are_counts(offsets):
         raise CheckpointError(
-            f"{where}: data_offsets must be two integers from 0 to 2**64 - 1, got {offsets!r}"
+            f"{path}: tensor {name!r}: data_offsets must be two integers from 0 to 2**64 - 1, "
+            f"got {offsets!r}"
         )
     begin, end = offsets
-    if begin > end:
-        raise CheckpointError(f"{where}: data_offsets [{begin}, {end}] end before they begin")
-    if end > data_size:
-        raise CheckpointError(
-            f"{where}: data_offsets [{begin}, {end}] reach past the {data_size}-byte data section "
-            "(file truncated?)"
-        )
-    bits = math.prod(shape) * DTYPE_BITS[dtype]
+    if begin > end or end > data_size:
+        _refuse_offsets(name, path, begin, end, data_size)
+    bits *= math.prod(shape)
     if bits % 8 or bits // 8 != end - begin:
         need = f"{bits // 8}" + (f".{bits % 8 * 125:03d}".rstrip("0") if bits % 8 else "")  # exact
         raise CheckpointError(
-            f"{where}: dtype {dtype} and shape {shape} need {need} bytes, "
+            f"{path}: tensor {name!r}: dtype {dtype} and shape {shape} need {need} bytes, "
             f"but data_offsets [{begin}, {end}] hold {end - begin}"
         )
     return TensorEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
 
 
-def _is_count(value: object) -> bool:
-    return type(value) is int and 0 <= value < _COUNT_LIMIT
+def _refuse_offsets(name: str, path: str, begin: int, end: int, data_size: int) -> NoReturn:
+    where = f"{path}: tensor {name!r}"
+    if begin > end:
+        raise CheckpointError(f"{where}: data_offsets [{begin}, {end}] end before they begin")
+    raise CheckpointError(
+        f"{where}: data_offsets [{begin}, {end}] reach past the {data_size}-byte data section "
+        "(file truncated?)"
+    )
+
+
+def _are_counts(values: list[Any]) -> bool:
+    """Every value a JSON integer (not a bool) from 0 to 2**64 - 1; checked by C loops, since a
+    header holds thousands of them."""
+    return _INT_ONLY.issuperset(map(type, values)) and (
+        not values or (min(values) >= 0 and max(values) < _COUNT_LIMIT)
+    )
 
 
 def _check_coverage(tensors: list[TensorEntry], path: str, data_start: int, file_size: int) -> None:

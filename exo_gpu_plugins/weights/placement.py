@@ -26,7 +26,6 @@ how much.
 from __future__ import annotations
 
 import collections
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -129,7 +128,7 @@ class DevicePlacement:
         moved = tuple(
             tensor
             if tensor.allocation is None
-            else dataclasses.replace(tensor, allocation=tensor.allocation + shift)
+            else tensor._replace(allocation=tensor.allocation + shift)
             for tensor in self.shared.tensors
         )
         return CheckpointPlan(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from exo_gpu_plugins.errors import CheckpointError, OutOfMemoryError
 from exo_gpu_plugins.weights.checkpoint import Checkpoint, PathsArg, open_checkpoint
@@ -56,9 +56,9 @@ ALLOCATION_PIECE_BYTES = 1 << 30
 MAX_COPY_BYTES = 1 << 30
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedTensor:
-    """Where one tensor will live: `offset` in its allocation (`allocation` is None when empty)."""
+class PlannedTensor(NamedTuple):
+    """Where one tensor will live: `offset` in its allocation (`allocation` is None when empty).
+    (A named tuple, like `TensorEntry`: one is built per tensor of the checkpoint.)"""
 
     name: str
     dtype: str
@@ -212,27 +212,28 @@ def _pack_file(
     placed: dict[str, tuple[int, int]] = {}
     group: list[TensorEntry] = []
     cursor = 0
+    last_end = -1  # where the group's last tensor ends in the file
     for tensor in chosen:
-        if not tensor.nbytes:
+        size = tensor.end - tensor.begin
+        if not size:
             continue
-        adjacent = bool(group) and group[-1].end == tensor.begin
-        pad = 0 if adjacent else (tensor.begin - file.data_start - cursor) % ALIGNMENT
-        if group and cursor + pad + tensor.nbytes > piece:
+        pad = 0 if tensor.begin == last_end else (tensor.begin - file.data_start - cursor) % ALIGNMENT
+        if group and cursor + pad + size > piece:
             _lay_out(file, group, allocations, placed)
             group, cursor = [], 0
             pad = (tensor.begin - file.data_start) % ALIGNMENT
-        if limit is not None and pad + tensor.nbytes > limit:
+        if limit is not None and pad + size > limit:
             raise OutOfMemoryError(
-                f"{file.path}: tensor {tensor.name!r}: {tensor.nbytes} bytes is more than the device "
+                f"{file.path}: tensor {tensor.name!r}: {size} bytes is more than the device "
                 f"allows in one allocation ({limit} bytes)"
             )
         group.append(tensor)
-        cursor += pad + tensor.nbytes
+        cursor += pad + size
+        last_end = tensor.end
     if group:
         _lay_out(file, group, allocations, placed)
     for tensor in chosen:
-        where = placed.get(tensor.name)
-        tensors.append(_planned(file, tensor, *(where or (None, 0))))
+        tensors.append(_planned(file, tensor, *placed.get(tensor.name, (None, 0))))
 
 
 def _lay_out(
@@ -306,13 +307,5 @@ def _steps(
 def _planned(
     file: SafetensorsFile, tensor: TensorEntry, allocation: int | None, offset: int
 ) -> PlannedTensor:
-    return PlannedTensor(
-        name=tensor.name,
-        dtype=tensor.dtype,
-        shape=tensor.shape,
-        file=file.path,
-        file_offset=tensor.begin,
-        size_bytes=tensor.nbytes,
-        allocation=allocation,
-        offset=offset,
-    )
+    name, dtype, shape, begin, end = tensor
+    return PlannedTensor(name, dtype, shape, file.path, begin, end - begin, allocation, offset)

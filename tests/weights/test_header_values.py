@@ -204,3 +204,12 @@ def test_lone_surrogate_in_an_index(tmp_path: Path) -> None:
     for weight_map in ('{"a\\ud800": "m.safetensors"}', '{"a": "m\\ud800.safetensors"}'):
         index.write_text(f'{{"weight_map": {weight_map}}}')
         refused(index, lambda: plan_checkpoint(index), "Unicode")
+
+
+def test_long_integer_is_named_by_its_length(tmp_path: Path) -> None:
+    """An integer of 100 digits (Python converts it, but it is no size) is named by its length,
+    not printed whole."""
+    entry = f'{{"dtype": "U8", "shape": [{"9" * 100}], "data_offsets": [0, 4]}}'
+    path = file_with(tmp_path / "long.safetensors", f'{{"{T}": {entry}}}', bytes(4))
+    message = refused(path, lambda: read_header(path), repr(T), "100 digits")
+    assert "9" * 30 not in message
