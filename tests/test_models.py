@@ -8,7 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from exo_gpu_plugins import Capabilities, GPUDevice, MemoryHandle, MemoryReport
+from exo_gpu_plugins._handles import new_handle
+from exo_gpu_plugins._trusted import trusted
 from exo_gpu_plugins.models import DeviceType
+from exo_gpu_plugins.weights import LoadedTensor
 
 
 def report(**changes: object) -> MemoryReport:
@@ -53,6 +56,28 @@ def test_models_are_frozen_and_hashable() -> None:
     with pytest.raises(ValidationError):
         handle.size_bytes = 2  # type: ignore[misc]
     assert {handle: 1}[handle] == 1
+
+
+def test_trusted_records_equal_validated_ones() -> None:
+    """`trusted` builds what validation would have built: equal, same hash, still frozen."""
+    handle = new_handle("host:0", 64)
+    values = {
+        "handle": handle,
+        "offset_bytes": 8,
+        "size_bytes": 16,
+        "dtype": "BF16",
+        "shape": (2, 4),
+        "file": "model.safetensors",
+        "file_offset": 128,
+    }
+    fast = trusted(LoadedTensor, dict(values))
+    checked = LoadedTensor(**values)
+    assert fast == checked and hash(fast) == hash(checked)
+    assert fast.model_dump() == checked.model_dump()
+    assert fast.model_copy(update={"offset_bytes": 0}).offset_bytes == 0
+    with pytest.raises(ValidationError):
+        fast.offset_bytes = 0  # type: ignore[misc]
+    assert MemoryHandle.model_validate(handle.model_dump()) == handle
 
 
 @pytest.mark.parametrize("size", [0, -5])

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
+from exo_gpu_plugins._trusted import trusted
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import BackendClosedError, CheckpointError, InvalidHandleError
 from exo_gpu_plugins.file_copy import open_regular_file
@@ -301,17 +302,19 @@ def plan_result(
     seconds: float,
     exportable: bool,
 ) -> LoadedWeights:
+    # The plan checked every value, so thousands of records skip pydantic's validation.
     tensors: dict[str, LoadedTensor] = {}
     for tensor in plan.tensors:
-        tensors[tensor.name] = LoadedTensor(
-            handle=None if tensor.allocation is None else handles[tensor.allocation],
-            offset_bytes=tensor.offset,
-            size_bytes=tensor.size_bytes,
-            dtype=tensor.dtype,
-            shape=tensor.shape,
-            file=tensor.file,
-            file_offset=tensor.file_offset,
-        )
+        values = {
+            "handle": None if tensor.allocation is None else handles[tensor.allocation],
+            "offset_bytes": tensor.offset,
+            "size_bytes": tensor.size_bytes,
+            "dtype": tensor.dtype,
+            "shape": tensor.shape,
+            "file": tensor.file,
+            "file_offset": tensor.file_offset,
+        }
+        tensors[tensor.name] = trusted(LoadedTensor, values)
     return LoadedWeights(
         device_id=device_id,
         tensors=tensors,

@@ -4,6 +4,7 @@ asked for)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -116,8 +117,11 @@ async def torch_tensors(
     # (a third of the cost of slicing and viewing the bytes per tensor).
     typed: dict[tuple[str, str], Any] = {}
     made: dict[str, Any] = {}
+    kinds: dict[str, Any] = {}
     for name, tensor in tensors.items():
-        kind = getattr(torch, _TORCH_DTYPES[tensor.dtype], None)
+        kind = kinds.get(tensor.dtype)
+        if kind is None:
+            kind = kinds[tensor.dtype] = getattr(torch, _TORCH_DTYPES[tensor.dtype], None)
         if kind is None:
             raise InteropError(f"tensor {name!r}: this torch has no dtype for {tensor.dtype}")
         if tensor.handle is None:  # no memory behind it
@@ -138,6 +142,7 @@ async def torch_tensors(
     return made
 
 
+@functools.lru_cache(maxsize=1024)  # a checkpoint repeats a few shapes hundreds of times
 def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Row-major strides, in elements, of `shape`."""
     strides = [1] * len(shape)
