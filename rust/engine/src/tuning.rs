@@ -38,7 +38,7 @@
 //! | `compute_min` | smallest device-to-device copy given to the compute shader |
 //! | `file_direct` | file copies through staging read with `O_DIRECT`: 0 never, 1 always (whatever the size), 2 when under half the range is in the page cache and it holds at least `direct_min` bytes |
 //! | `direct_min` | smallest file copy that may read with `O_DIRECT` |
-//! | `upload_family`, `download_family` | queue family of the upload / download queue instead of the transfer family (`rust/engine/examples/queue_probe.rs` measures each) |
+//! | `upload_family`, `download_family` | queue family of the upload / download queue instead of the default (the transfer family; for NVIDIA uploads the compute family without graphics, see `device.rs`); `rust/engine/examples/queue_probe.rs` measures each |
 //! | `hybrid` | discrete "auto": percent of a large write to a mapped allocation sent through the mapping while the rest goes through staging, both at once |
 //! | `diag` | measurement only, corrupts data: `nomemcpy` skips the staging memcpy, `nodma` skips the DMA |
 //! | `nt_min` | memcpys at least this large use non-temporal stores (0: never) |
