@@ -5,10 +5,11 @@ checkpoint or a bad selection fails with nothing to clean up.
 
 Packing. With `pack="file"` (the default) each file's selected tensors fill allocations of about
 `ALLOCATION_PIECE_BYTES` each, in file order, a new one starting at the tensor that would take the
-current one past that size (a larger tensor gets one of its own). Large allocations take the
-driver tens of milliseconds (an 8 GiB one 13-48 ms on an H100), and the loader makes the next
-allocation while the one before fills: so the first copy starts after a small allocation and the
-others cost no time. Selected tensors that are adjacent in the file form one *run*: one file range
+current one past that size (a larger tensor gets one of its own); the plan's first allocation
+holds at most `FIRST_ALLOCATION_BYTES`. Large allocations take the driver milliseconds (an
+exportable 1 GiB one 2-4 ms, 8 GiB 13 ms on an H100), and the loader makes the next allocation
+while the one before fills: so the first copy starts after a small allocation and the others
+cost almost no time. Selected tensors that are adjacent in the file form one *run*: one file range
 that lands on one range of an allocation, copied by one call. Between runs the unselected bytes
 are left out; each run starts at the next allocation offset that is congruent to its offset in
 the file's data section modulo `ALIGNMENT`, so every tensor keeps (up to 64 bytes) the alignment
@@ -37,6 +38,7 @@ from exo_gpu_plugins.weights.selection import LayerRange, Selection, make_select
 __all__ = [
     "ALIGNMENT",
     "ALLOCATION_PIECE_BYTES",
+    "FIRST_ALLOCATION_BYTES",
     "MAX_COPY_BYTES",
     "AllocationPlan",
     "CheckpointPlan",
@@ -53,6 +55,7 @@ Pack = Literal["file", "tensor"]
 
 ALIGNMENT = 64
 ALLOCATION_PIECE_BYTES = 1 << 30
+FIRST_ALLOCATION_BYTES = 128 << 20  # copied in ~3 ms at link rates, while the next is made
 MAX_COPY_BYTES = 1 << 30
 
 
@@ -209,6 +212,8 @@ def _pack_file(
     """The file's selected tensors into allocations of about ALLOCATION_PIECE_BYTES (of at most
     `limit`, the device's cap): a new one starts at the tensor that would not fit."""
     piece = ALLOCATION_PIECE_BYTES if limit is None else min(limit, ALLOCATION_PIECE_BYTES)
+    # Nothing overlaps the plan's first allocation: it is kept small.
+    first = min(piece, FIRST_ALLOCATION_BYTES)
     placed: dict[str, tuple[int, int]] = {}
     group: list[TensorEntry] = []
     cursor = 0
@@ -218,7 +223,7 @@ def _pack_file(
         if not size:
             continue
         pad = 0 if tensor.begin == last_end else (tensor.begin - file.data_start - cursor) % ALIGNMENT
-        if group and cursor + pad + size > piece:
+        if group and cursor + pad + size > (piece if allocations else first):
             _lay_out(file, group, allocations, placed)
             group, cursor = [], 0
             pad = (tensor.begin - file.data_start) % ALIGNMENT

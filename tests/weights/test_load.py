@@ -312,9 +312,15 @@ async def test_too_large_for_the_device(
     assert backend.live_handles() == []
 
 
-async def test_cancel_while_copying(sharded: Path, backend: GPUBackend[Any], device: str) -> None:
-    """Cancelled during its copies: each copy in flight (two: one per shard here) runs to its end
-    (it may be writing into the memory), then everything is freed and CancelledError comes out."""
+async def test_cancel_while_copying(
+    sharded: Path, backend: GPUBackend[Any], device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled during its copies: each copy in flight (two here: one per shard, of three) runs
+    to its end (it may be writing into the memory), the third is never started, then everything
+    is freed and CancelledError comes out."""
+    from exo_gpu_plugins.weights import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "_COPIES_IN_FLIGHT", 2)
     real = backend.copy_file_to_device  # type: ignore[attr-defined]
     started = asyncio.Event()
     release = asyncio.Event()
@@ -487,5 +493,27 @@ async def test_a_large_file_fills_allocations_of_about_a_piece_each(
         ["t6"],
     ]
     assert [h.size_bytes <= 8192 + 64 for h in loaded.handles] == [True, True, False, True, True]
+    await check_exact(backend, loaded)
+    await loaded.deallocate(backend)
+
+
+async def test_the_first_allocation_is_small(
+    tmp_path: Path, backend: GPUBackend[Any], device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan's first allocation holds at most FIRST_ALLOCATION_BYTES (nothing overlaps its
+    making); the following ones are pieces again, and so is the first of a second file."""
+    from exo_gpu_plugins.weights import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "ALLOCATION_PIECE_BYTES", 8192)
+    monkeypatch.setattr(plan_module, "FIRST_ALLOCATION_BYTES", 4096)
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    write_safetensors(first, [(f"a{i}", "U8", (3000,)) for i in range(4)])
+    write_safetensors(second, [(f"b{i}", "U8", (3000,)) for i in range(3)])
+    loaded = await load_weights(backend, device, [first, second])
+    groups: dict[str, list[str]] = {}
+    for name, tensor in loaded.tensors.items():
+        assert tensor.handle is not None
+        groups.setdefault(tensor.handle.handle_id, []).append(name)
+    assert [sorted(g) for g in groups.values()] == [["a0"], ["a1", "a2"], ["a3"], ["b0", "b1"], ["b2"]]
     await check_exact(backend, loaded)
     await loaded.deallocate(backend)
