@@ -213,3 +213,12 @@ def test_long_integer_is_named_by_its_length(tmp_path: Path) -> None:
     path = file_with(tmp_path / "long.safetensors", f'{{"{T}": {entry}}}', bytes(4))
     message = refused(path, lambda: read_header(path), repr(T), "100 digits")
     assert "9" * 30 not in message
+
+
+def test_a_long_digit_run_in_a_name_is_only_a_name(tmp_path: Path) -> None:
+    """A tensor name holding 30 digits makes the header take the careful integer path; the file
+    is still accepted, its sizes read exactly."""
+    name = "model.layers.0." + "7" * 30 + ".weight"
+    path = file_with(tmp_path / "name.safetensors", f'{{"{name}": {good_entry(0, 4)}}}', bytes(4))
+    (tensor,) = read_header(path).tensors
+    assert (tensor.name, tensor.shape, tensor.nbytes) == (name, (4,), 4)
