@@ -61,9 +61,9 @@ impl QueueLayout {
         t: &Tuning,
     ) -> QueueLayout {
         let copies = vk::QueueFlags::TRANSFER | vk::QueueFlags::COMPUTE | vk::QueueFlags::GRAPHICS;
-        let upload_family = t
-            .upload_family
-            .or_else(|| (vendor_id == NVIDIA).then(|| nvidia_upload_family(families))?);
+        let upload_family = t.upload_family.or_else(|| {
+            (vendor_id == NVIDIA).then(|| nvidia_upload_family(families, self.universal.0))?
+        });
         for (family, upload) in [(upload_family, true), (t.download_family, false)] {
             let Some(f) = family.filter(|f| {
                 families
@@ -104,18 +104,22 @@ impl QueueLayout {
 /// PCI vendor id of NVIDIA.
 const NVIDIA: u32 = 0x10de;
 
-/// The family NVIDIA uploads go to by default: the first with compute and without graphics. Its
-/// queues' DMA from host memory is faster than the transfer-only family's (H200, 2026-12-02:
-/// 50.3-50.5 GB/s against 48.5-48.9, `queue_probe`; H100, 2026-12-06: a file into device memory
-/// 47.0-48.3 GB/s against 45.9-47.2, `load_weights` 3-4 % faster), while an upload and a
-/// download at once lose ~2 % (H200). Weight loading is uploads.
-fn nvidia_upload_family(families: &[vk::QueueFamilyProperties]) -> Option<u32> {
+/// The family NVIDIA uploads go to by default: the first with compute and without graphics,
+/// other than the universal queue's. Its queues' DMA from host memory is faster than the
+/// transfer-only family's (H200 `queue_probe`, 2026-12-01: 50.8-50.9 GB/s against 49.1-49.2;
+/// H100, 2026-12-06: a file into device memory 47.0-48.3 GB/s against 45.9-47.2, `load_weights`
+/// 3-4 % faster). The cost: an upload there beside a download on the transfer family moves
+/// 54.8-54.9 GB/s in total against 58.6 with both on the transfer family (H200 `queue_probe`;
+/// `download_family=3`, its transfer + video family, gives 58.5). Weight loading is uploads.
+fn nvidia_upload_family(families: &[vk::QueueFamilyProperties], universal: u32) -> Option<u32> {
     families
         .iter()
-        .position(|p| {
+        .enumerate()
+        .position(|(f, p)| {
             p.queue_count > 0
                 && p.queue_flags.contains(vk::QueueFlags::COMPUTE)
                 && !p.queue_flags.contains(vk::QueueFlags::GRAPHICS)
+                && u32::try_from(f).is_ok_and(|f| f != universal)
         })
         .and_then(|f| u32::try_from(f).ok())
 }
@@ -476,7 +480,21 @@ mod tests {
             &Tuning::parse("upload_family=1").unwrap(),
         );
         assert_eq!(named, base);
-        // No compute family without graphics: nothing moves.
+        // No compute family without graphics but the universal one: nothing moves.
         assert_eq!(base.overridden(&families[..2], NVIDIA, &defaults), base);
+        // A device without graphics, its universal queue on the compute family: uploads stay.
+        let headless = [
+            family(vk::QueueFlags::TRANSFER, 2),
+            family(vk::QueueFlags::COMPUTE | vk::QueueFlags::TRANSFER, 8),
+        ];
+        let compute_universal = QueueLayout {
+            universal: (1, 0),
+            upload: (0, 0),
+            download: (0, 1),
+        };
+        assert_eq!(
+            compute_universal.overridden(&headless, NVIDIA, &defaults),
+            compute_universal
+        );
     }
 }

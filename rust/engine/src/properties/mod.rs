@@ -170,7 +170,8 @@ pub struct DeviceInfo {
     pub extensions: DeviceExtensions,
     /// `minImportedHostPointerAlignment`, when VK_EXT_external_memory_host is supported.
     pub min_imported_host_pointer_alignment: Option<u64>,
-    /// Queue family used for host<->device DMA (transfer-only when the device has one).
+    /// Queue family of host<->device DMA (transfer-only when the device has one); on NVIDIA,
+    /// uploads use a compute family instead (`device.rs`, `nvidia_upload_family`).
     pub transfer_queue_family: u32,
     /// Queue family (graphics/compute) used for device-side copies and fills: on discrete GPUs
     /// the copy engines behind a transfer-only family are far slower for VRAM-to-VRAM copies.
