@@ -54,7 +54,7 @@ async def load_weights(
 ) -> LoadedWeights:
     """Load the safetensors checkpoint at `paths` (a file, a folder, an index, or a list of them)
     onto `device_id`: the tensors of `layers` (exo's range; see `LayerRange`) for which `select`
-    is true, packed in file order into allocations of about 1 GiB, the first at most 128 MiB
+    is true, packed in file order into allocations of about 1 GiB, the first smaller
     (`pack="file"`; see `ALLOCATION_PIECE_BYTES`) or one per tensor (`pack="tensor"`).
     `exportable=True` makes every allocation exportable, so that `loaded.to_torch(backend)` can
     view the tensors on CUDA in place.

@@ -6,11 +6,12 @@ checkpoint or a bad selection fails with nothing to clean up.
 Packing. With `pack="file"` (the default) each file's selected tensors fill allocations of about
 `ALLOCATION_PIECE_BYTES` each, in file order, a new one starting at the tensor that would take the
 current one past that size (a larger tensor gets one of its own); the plan's first allocation
-holds at most `FIRST_ALLOCATION_BYTES`. Large allocations take the driver milliseconds (an
-exportable 1 GiB one 2-4 ms, 8 GiB 13 ms on an H100), and the loader makes the next allocation
-while the one before fills: so the first copy starts after a small allocation and the others
-cost almost no time. Selected tensors that are adjacent in the file form one *run*: one file range
-that lands on one range of an allocation, copied by one call. Between runs the unselected bytes
+holds at most `FIRST_ALLOCATION_BYTES` (unless its first tensor alone is larger). Large
+allocations take the driver milliseconds (an exportable 1 GiB one 2-4 ms, 8 GiB 13 ms on an
+H100), and the loader makes the next allocation while the one before fills: so the first copy
+starts after a small allocation and the others cost almost no time. Selected tensors that are
+adjacent in the file form one *run*: one file range that lands on one range of an allocation,
+copied by one call. Between runs the unselected bytes
 are left out; each run starts at the next allocation offset that is congruent to its offset in
 the file's data section modulo `ALIGNMENT`, so every tensor keeps (up to 64 bytes) the alignment
 it has in the file, at a cost of under 64 bytes per run. Where the device caps one allocation
@@ -212,7 +213,8 @@ def _pack_file(
     """The file's selected tensors into allocations of about ALLOCATION_PIECE_BYTES (of at most
     `limit`, the device's cap): a new one starts at the tensor that would not fit."""
     piece = ALLOCATION_PIECE_BYTES if limit is None else min(limit, ALLOCATION_PIECE_BYTES)
-    # Nothing overlaps the plan's first allocation: it is kept small.
+    # Nothing overlaps the making of a load's first allocation: it is kept small. (A plan that
+    # follows another, as placement's shared tensors do, keeps it small too: harmless.)
     first = min(piece, FIRST_ALLOCATION_BYTES)
     placed: dict[str, tuple[int, int]] = {}
     group: list[TensorEntry] = []
