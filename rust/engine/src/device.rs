@@ -62,7 +62,11 @@ impl QueueLayout {
     ) -> QueueLayout {
         let copies = vk::QueueFlags::TRANSFER | vk::QueueFlags::COMPUTE | vk::QueueFlags::GRAPHICS;
         let upload_family = t.upload_family.or_else(|| {
-            (vendor_id == NVIDIA).then(|| nvidia_upload_family(families, self.universal.0))?
+            if vendor_id == NVIDIA {
+                nvidia_upload_family(families, self.universal.0)
+            } else {
+                None
+            }
         });
         for (family, upload) in [(upload_family, true), (t.download_family, false)] {
             let Some(f) = family.filter(|f| {
@@ -112,16 +116,15 @@ const NVIDIA: u32 = 0x10de;
 /// 54.8-54.9 GB/s in total against 58.6 with both on the transfer family (H200 `queue_probe`;
 /// `download_family=3`, its transfer + video family, gives 58.5). Weight loading is uploads.
 fn nvidia_upload_family(families: &[vk::QueueFamilyProperties], universal: u32) -> Option<u32> {
-    families
-        .iter()
-        .enumerate()
-        .position(|(f, p)| {
-            p.queue_count > 0
+    (0u32..)
+        .zip(families)
+        .find(|&(f, p)| {
+            f != universal
+                && p.queue_count > 0
                 && p.queue_flags.contains(vk::QueueFlags::COMPUTE)
                 && !p.queue_flags.contains(vk::QueueFlags::GRAPHICS)
-                && u32::try_from(f).is_ok_and(|f| f != universal)
         })
-        .and_then(|f| u32::try_from(f).ok())
+        .map(|(f, _)| f)
 }
 
 /// A logical device with its health state. Everything built on it (queues, memory, rings) takes
