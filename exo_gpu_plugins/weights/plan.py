@@ -11,10 +11,10 @@ allocations take the driver milliseconds (an exportable 1 GiB one 2-4 ms, 8 GiB 
 H100), and the loader makes the next allocation while the one before fills: so the first copy
 starts after a small allocation and the others cost almost no time. Selected tensors that are
 adjacent in the file form one *run*: one file range that lands on one range of an allocation,
-copied by one call. Between runs the unselected bytes
-are left out; each run starts at the next allocation offset that is congruent to its offset in
-the file's data section modulo `ALIGNMENT`, so every tensor keeps (up to 64 bytes) the alignment
-it has in the file, at a cost of under 64 bytes per run. Where the device caps one allocation
+copied by one call. Between runs the unselected bytes are left out; each run starts at the next
+allocation offset that is congruent to its offset in the file's data section modulo `ALIGNMENT`,
+so every tensor keeps (up to 64 bytes) the alignment it has in the file, at a cost of under 64
+bytes per run. Where the device caps one allocation
 below that (`Capabilities.max_allocation_bytes`) the cap is the size; a tensor larger than the cap
 is refused with `OutOfMemoryError` at planning. With `pack="tensor"` each tensor has its own
 allocation, at offset 0. Zero-byte tensors take no memory and no allocation.
