@@ -62,6 +62,16 @@ async def check_exact(backend: GPUBackend[Any], loaded: LoadedWeights) -> None:
     assert {h.handle_id for h in loaded.handles} == set(by_handle)
 
 
+def tensors_by_allocation(loaded: LoadedWeights) -> list[list[str]]:
+    """The loaded tensors' names grouped by the allocation holding them, allocations in order of
+    their first tensor."""
+    groups: dict[str, list[str]] = {}
+    for name, tensor in loaded.tensors.items():
+        assert tensor.handle is not None
+        groups.setdefault(tensor.handle.handle_id, []).append(name)
+    return list(groups.values())
+
+
 @pytest.mark.parametrize("pack", ["file", "tensor"])
 @pytest.mark.parametrize("layers", [None, LayerRange(0, 2), LayerRange(2, 4), LayerRange(4, 6)], ids=str)
 async def test_byte_exact(
@@ -481,11 +491,8 @@ async def test_a_large_file_fills_allocations_of_about_a_piece_each(
     sizes = [3000, 3000, 3000, 20000, 100, 5000, 5000]
     write_safetensors(path, [(f"t{i}", "U8", (n,)) for i, n in enumerate(sizes)])
     loaded = await load_weights(backend, device, path)
-    groups: dict[str, list[str]] = {}
-    for name, tensor in loaded.tensors.items():
-        assert tensor.handle is not None
-        groups.setdefault(tensor.handle.handle_id, []).append(name)
-    assert sorted(sorted(g) for g in groups.values()) == [
+    groups = tensors_by_allocation(loaded)
+    assert sorted(sorted(g) for g in groups) == [
         ["t0", "t1"],
         ["t2"],
         ["t3"],
@@ -510,10 +517,7 @@ async def test_the_first_allocation_is_small(
     write_safetensors(first, [(f"a{i}", "U8", (3000,)) for i in range(4)])
     write_safetensors(second, [(f"b{i}", "U8", (3000,)) for i in range(3)])
     loaded = await load_weights(backend, device, [first, second])
-    groups: dict[str, list[str]] = {}
-    for name, tensor in loaded.tensors.items():
-        assert tensor.handle is not None
-        groups.setdefault(tensor.handle.handle_id, []).append(name)
-    assert [sorted(g) for g in groups.values()] == [["a0"], ["a1", "a2"], ["a3"], ["b0", "b1"], ["b2"]]
+    groups = tensors_by_allocation(loaded)
+    assert [sorted(g) for g in groups] == [["a0"], ["a1", "a2"], ["a3"], ["b0", "b1"], ["b2"]]
     await check_exact(backend, loaded)
     await loaded.deallocate(backend)
