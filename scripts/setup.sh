@@ -43,6 +43,21 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+case ",${EXTRAS:-}," in
+  *,interop-tests,*)
+    # torch's wheel and its CUDA libraries take about 5 GB installed and as much again as downloads
+    # while pip installs them (kept in pip's cache unless PIP_NO_CACHE_DIR=1): refuse up front with
+    # the numbers rather than fail half-way with "No space left on device".
+    if ! "$PY" -c 'import torch' 2>/dev/null; then
+      need_gib=9
+      free_gib=$(df -Pk "$VENV" | awk 'NR == 2 { print int($4 / 1048576) }')
+      if [ "${free_gib:-0}" -lt "$need_gib" ]; then
+        say "torch (for the DLPack tests) needs about $need_gib GiB free while installing; $VENV's file system has $free_gib GiB"
+        exit 1
+      fi
+    fi
+    ;;
+esac
 say "installing exo-gpu-plugins (editable) with dev tools${EXTRAS:+ and $EXTRAS}"
 "$PY" -m pip install -q --disable-pip-version-check -e ".[dev,testing${EXTRAS:+,$EXTRAS}]"
 # An older `make test` installed the example plugin here, where it became a user's backend.
