@@ -65,6 +65,9 @@ _TENSOR_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 # Shapes and offsets are 64-bit unsigned in the format (the reference parser's `usize`).
 _COUNT_LIMIT = 1 << 64
 _INT_ONLY = frozenset({int})
+# A product of this many sizes below 2**64 is cheap to form exactly; past it, the element count is
+# formed only up to the bytes on offer (200,000 dimensions would take minutes to multiply out).
+_FEW_DIMS = 8
 # An integer longer than this cannot be a size on any machine (2**64 has 20 digits); it is kept as
 # a `HugeInteger` rather than converted, which for thousands of digits would be Python's own
 # `ValueError` (its int conversion limit) or seconds of work.
@@ -327,7 +330,7 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     if type(shape) is not list or not _are_counts(shape):
         raise CheckpointError(
             f"{path}: tensor {name!r}: shape must be a list of integers from 0 to 2**64 - 1, "
-            f"got {shape!r}"
+            f"got {_shape_text(shape)}"
         )
     if type(offsets) is not list or len(offsets) != 2 or not _are_counts(offsets):
         raise CheckpointError(
@@ -337,7 +340,16 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     begin, end = offsets
     if begin > end or end > data_size:
         _refuse_offsets(name, path, begin, end, data_size)
-    bits *= math.prod(shape)
+    if len(shape) <= _FEW_DIMS:
+        bits *= math.prod(shape)
+    else:
+        count = _count_within(shape, (end - begin) * 8)
+        if count is None:
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: dtype {dtype} and shape {_shape_text(shape)} need more "
+                f"than the {end - begin} bytes its data_offsets [{begin}, {end}] hold"
+            )
+        bits *= count
     if bits % 8 or bits // 8 != end - begin:
         need = f"{bits // 8}" + (f".{bits % 8 * 125:03d}".rstrip("0") if bits % 8 else "")  # exact
         raise CheckpointError(
@@ -345,6 +357,25 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
             f"but data_offsets [{begin}, {end}] hold {end - begin}"
         )
     return TensorEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def _count_within(shape: list[int], limit: int) -> int | None:
+    """The product of `shape`, or None once it passes `limit` (a zero anywhere makes it 0)."""
+    if 0 in shape:
+        return 0
+    count = 1
+    for size in shape:
+        count *= size
+        if count > limit:
+            return None
+    return count
+
+
+def _shape_text(shape: object) -> str:
+    """A shape for a message: whole when short, else its first sizes and its length."""
+    if not isinstance(shape, list) or len(shape) <= _FEW_DIMS:
+        return repr(shape)
+    return f"[{', '.join(map(repr, shape[:4]))}, ...] of {len(shape)} dimensions"
 
 
 def _refuse_offsets(name: str, path: str, begin: int, end: int, data_size: int) -> NoReturn:

@@ -222,3 +222,24 @@ def test_a_long_digit_run_in_a_name_is_only_a_name(tmp_path: Path) -> None:
     path = file_with(tmp_path / "name.safetensors", f'{{"{name}": {good_entry(0, 4)}}}', bytes(4))
     (tensor,) = read_header(path).tensors
     assert (tensor.name, tensor.shape, tensor.nbytes) == (name, (4,), 4)
+
+
+@pytest.mark.parametrize("dims", [300, 200_000], ids=["product of 5,800 digits", "200,000 dims"])
+def test_a_shape_whose_product_no_machine_holds(dims: int, tmp_path: Path) -> None:
+    """Each dimension is a valid size, but their product is thousands of digits long (past
+    Python's str conversion limit) or would take minutes to multiply out: refused as needing
+    more bytes than the data section holds, quickly, without printing the product or the shape."""
+    shape = ", ".join([str(2**64 - 1)] * dims)
+    entry = f'{{"dtype": "U8", "shape": [{shape}], "data_offsets": [0, 4]}}'
+    path = file_with(tmp_path / "dims.safetensors", f'{{"{T}": {entry}}}', bytes(4))
+    message = refused(path, lambda: read_header(path), repr(T), f"{dims} dimensions", "more than")
+    assert message.count(str(2**64 - 1)) <= 4, "the message lists the whole shape"
+
+
+def test_a_zero_among_many_dims_is_an_empty_tensor(tmp_path: Path) -> None:
+    """A zero anywhere makes the product zero, however large the other dimensions."""
+    shape = ", ".join([str(2**64 - 1)] * 50 + ["0"])
+    entry = f'{{"dtype": "U8", "shape": [{shape}], "data_offsets": [0, 0]}}'
+    path = file_with(tmp_path / "zero.safetensors", f'{{"{T}": {entry}, "b": {good_entry()}}}', bytes(4))
+    tensors = {tensor.name: tensor for tensor in read_header(path).tensors}
+    assert tensors[T].nbytes == 0 and len(tensors[T].shape) == 51
