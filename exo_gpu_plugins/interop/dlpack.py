@@ -21,9 +21,11 @@ import enum
 import math
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
+from exo_gpu_plugins.dtypes import DTYPES
 from exo_gpu_plugins.errors import InteropError
 
 __all__ = ["DLPACK_DTYPES", "DeviceKind", "TensorView", "itemsize_of", "read_dlpack_bytes"]
@@ -36,26 +38,15 @@ class DeviceKind(enum.IntEnum):
     CUDA = 2
 
 
-# safetensors dtype -> (DLPack type code, bits). Sub-byte floats (F4, F6_*) and C64 have no
-# DLPack form a consumer takes for whole bytes: they are refused with the dtype named.
-DLPACK_DTYPES: dict[str, tuple[int, int]] = {
-    "BOOL": (6, 8),
-    "U8": (1, 8),
-    "I8": (0, 8),
-    "U16": (1, 16),
-    "I16": (0, 16),
-    "U32": (1, 32),
-    "I32": (0, 32),
-    "U64": (1, 64),
-    "I64": (0, 64),
-    "F16": (2, 16),
-    "BF16": (4, 16),
-    "F32": (2, 32),
-    "F64": (2, 64),
-    "F8_E4M3": (10, 8),  # kDLFloat8_e4m3fn: safetensors' F8_E4M3 is torch's float8_e4m3fn
-    "F8_E5M2": (12, 8),
-    "F8_E8M0": (14, 8),  # kDLFloat8_e8m0fnu
-}
+# safetensors dtype -> (DLPack type code, bits), for every dtype with a DLPack form (the sub-byte
+# floats have none: they are refused with the dtype named).
+DLPACK_DTYPES: Mapping[str, tuple[int, int]] = MappingProxyType(
+    {
+        name: (kind.dlpack_code, kind.bits)
+        for name, kind in DTYPES.items()
+        if kind.dlpack_code is not None
+    }
+)
 
 
 def itemsize_of(dtype: str) -> int:

@@ -19,11 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
 
+from exo_gpu_plugins.dtypes import DTYPES
 from exo_gpu_plugins.errors import CheckpointError
 from exo_gpu_plugins.file_copy import open_regular_file
 
 __all__ = [
-    "DTYPE_BITS",
     "MAX_HEADER_BYTES",
     "SafetensorsFile",
     "TensorEntry",
@@ -33,29 +33,6 @@ __all__ = [
     "read_header",
 ]
 
-# Bits per element of every dtype the format defines (safetensors' `Dtype`, sub-byte floats too).
-DTYPE_BITS: Mapping[str, int] = {
-    "BOOL": 8,
-    "F4": 4,
-    "F6_E2M3": 6,
-    "F6_E3M2": 6,
-    "U8": 8,
-    "I8": 8,
-    "F8_E5M2": 8,
-    "F8_E4M3": 8,
-    "F8_E8M0": 8,
-    "I16": 16,
-    "U16": 16,
-    "F16": 16,
-    "BF16": 16,
-    "I32": 32,
-    "U32": 32,
-    "F32": 32,
-    "C64": 64,
-    "F64": 64,
-    "I64": 64,
-    "U64": 64,
-}
 
 # The format's own limit: a longer header is refused rather than read into memory.
 MAX_HEADER_BYTES = 100_000_000
@@ -323,9 +300,9 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     except KeyError:
         missing = ", ".join(sorted(_TENSOR_KEYS - value.keys()))
         raise CheckpointError(f"{path}: tensor {name!r}: entry lacks {missing}") from None
-    bits = DTYPE_BITS.get(dtype) if type(dtype) is str else None
-    if bits is None:
-        known = ", ".join(DTYPE_BITS)
+    kind = DTYPES.get(dtype) if type(dtype) is str else None
+    if kind is None:
+        known = ", ".join(DTYPES)
         raise CheckpointError(f"{path}: tensor {name!r}: unknown dtype {dtype!r} (known: {known})")
     if type(shape) is not list or not _are_counts(shape):
         raise CheckpointError(
@@ -340,6 +317,7 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     begin, end = offsets
     if begin > end or end > data_size:
         _refuse_offsets(name, path, begin, end, data_size)
+    bits = kind.bits
     if len(shape) <= _FEW_DIMS:
         bits *= math.prod(shape)
     else:

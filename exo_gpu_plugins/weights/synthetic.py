@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from exo_gpu_plugins.dtypes import DTYPES
 from exo_gpu_plugins.weights.checkpoint import INDEX_NAME
-from exo_gpu_plugins.weights.format import DTYPE_BITS
 
 __all__ = ["LlamaShape", "TensorSpec", "tensor_bytes", "write_llama", "write_safetensors"]
 
@@ -86,7 +86,7 @@ class LlamaShape:
 
 
 def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
-    return math.prod(shape) * DTYPE_BITS[dtype] // 8
+    return math.prod(shape) * DTYPES[dtype].bits // 8
 
 
 def _pool(seed: int) -> bytes:
@@ -123,7 +123,7 @@ def write_safetensors(
     """Write a safetensors file holding `specs` (bytes from `tensor_bytes`); returns its size.
     Tensors are laid out as safetensors' own serializer does, larger elements first (then by
     name), so every tensor is aligned to its element size."""
-    ordered = sorted(specs, key=lambda spec: (-DTYPE_BITS[spec[1]], spec[0]))
+    ordered = sorted(specs, key=lambda spec: (-DTYPES[spec[1]].bits, spec[0]))
     header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
     position = 0
     for name, dtype, shape in ordered:

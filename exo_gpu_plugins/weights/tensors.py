@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from exo_gpu_plugins.dtypes import DTYPES
 from exo_gpu_plugins.errors import InteropError
 from exo_gpu_plugins.interop.dlpack import DeviceKind, TensorView, itemsize_of
 from exo_gpu_plugins.interop.views import ExportDevice, TensorRequest
@@ -71,28 +72,6 @@ async def tensor_views(
     return {name: views[name] for name in tensors}
 
 
-# safetensors dtype -> the name of torch's dtype (looked up when torch is imported: F8 types
-# and unsigned ints wider than 8 bits exist only in newer torch releases).
-_TORCH_DTYPES = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "U16": "uint16",
-    "I16": "int16",
-    "U32": "uint32",
-    "I32": "int32",
-    "U64": "uint64",
-    "I64": "int64",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "F32": "float32",
-    "F64": "float64",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "F8_E8M0": "float8_e8m0fnu",
-}
-
-
 async def torch_tensors(
     backend: GPUBackend[Any], tensors: Mapping[str, LoadedTensor], device: ExportDevice
 ) -> dict[str, Any]:
@@ -121,7 +100,7 @@ async def torch_tensors(
     for name, tensor in tensors.items():
         kind = kinds.get(tensor.dtype)
         if kind is None:
-            kind = kinds[tensor.dtype] = getattr(torch, _TORCH_DTYPES[tensor.dtype], None)
+            kind = kinds[tensor.dtype] = getattr(torch, DTYPES[tensor.dtype].torch_name or "", None)
         if kind is None:
             raise InteropError(f"tensor {name!r}: this torch has no dtype for {tensor.dtype}")
         if tensor.handle is None:  # no memory behind it
