@@ -1,14 +1,15 @@
-"""Element types: every dtype a safetensors file may name, with its width and what DLPack and
-torch call it. One table, so the checkpoint parser, the DLPack exporter and `to_torch` agree on
-which dtypes exist and which of them a consumer can take."""
+"""Element types and shapes: every dtype a safetensors file may name, with its width and what
+DLPack and torch call it (one table, so the checkpoint parser, the DLPack exporter and `to_torch`
+agree on which dtypes exist and which of them a consumer can take), and the two shape helpers
+they share."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import NamedTuple
 
-__all__ = ["DTYPES", "DType"]
+__all__ = ["DTYPES", "DType", "count_elements", "shape_text"]
 
 
 class DType(NamedTuple):
@@ -50,3 +51,23 @@ DTYPES: Mapping[str, DType] = MappingProxyType(
         "U64": DType(64, 1, "uint64"),
     }
 )
+
+
+def count_elements(shape: Sequence[int], limit: int) -> int | None:
+    """The product of `shape` (sizes >= 0), or None once it passes `limit`: formed only as far as
+    it matters, since a shape of 200,000 large sizes would take minutes to multiply out."""
+    if 0 in shape:
+        return 0
+    count = 1
+    for size in shape:
+        count *= size
+        if count > limit:
+            return None
+    return count
+
+
+def shape_text(shape: object, *, whole: int = 8) -> str:
+    """A shape for a message: whole up to `whole` sizes, else its first four and its length."""
+    if not isinstance(shape, (list, tuple)) or len(shape) <= whole:
+        return repr(list(shape) if isinstance(shape, tuple) else shape)
+    return f"[{', '.join(map(repr, shape[:4]))}, ...] of {len(shape)} dimensions"

@@ -19,16 +19,24 @@ from __future__ import annotations
 import ctypes
 import enum
 import math
+import operator
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from exo_gpu_plugins.dtypes import DTYPES
+from exo_gpu_plugins.dtypes import DTYPES, shape_text
 from exo_gpu_plugins.errors import InteropError
 
-__all__ = ["DLPACK_DTYPES", "DeviceKind", "TensorView", "itemsize_of", "read_dlpack_bytes"]
+__all__ = [
+    "DLPACK_DTYPES",
+    "DeviceKind",
+    "TensorView",
+    "checked_shape",
+    "itemsize_of",
+    "read_dlpack_bytes",
+]
 
 
 class DeviceKind(enum.IntEnum):
@@ -47,6 +55,35 @@ DLPACK_DTYPES: Mapping[str, tuple[int, int]] = MappingProxyType(
         if kind.dlpack_code is not None
     }
 )
+
+
+# DLPack's shape entries are int64_t: a size past this would reach the consumer wrapped around.
+_SIZE_LIMIT = 1 << 63
+
+
+def checked_shape(shape: object) -> tuple[int, ...]:
+    """`shape` as sizes DLPack can carry: ints (numpy's too, not bools) from 0 to 2**63 - 1;
+    `TypeError` or `ValueError` naming the entry otherwise."""
+    if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
+        raise TypeError(f"shape must be a sequence of ints, not {type(shape).__name__}")
+    dims = []
+    for position, entry in enumerate(shape):
+        if type(entry) is int:
+            size = entry
+        elif isinstance(entry, bool) or not hasattr(type(entry), "__index__"):
+            raise TypeError(
+                f"shape[{position}] must be an int, not {type(entry).__name__} "
+                f"(shape {shape_text(shape)})"
+            )
+        else:
+            size = operator.index(entry)
+        if not 0 <= size < _SIZE_LIMIT:
+            raise ValueError(
+                f"shape[{position}] must be from 0 to 2**63 - 1 (DLPack's int64), got {size} "
+                f"(shape {shape_text(shape)})"
+            )
+        dims.append(size)
+    return tuple(dims)
 
 
 def itemsize_of(dtype: str) -> int:
@@ -175,7 +212,7 @@ class TensorView:
         self._address = address
         self.byte_offset = byte_offset
         self.dtype = dtype
-        self.shape = tuple(int(n) for n in shape)
+        self.shape = checked_shape(shape)
         self.device = device
         self._owner = owner
         self.readonly = readonly

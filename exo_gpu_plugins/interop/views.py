@@ -3,14 +3,14 @@ choice of device, and the one CUDA import per allocation that all its views shar
 
 from __future__ import annotations
 
-import math
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
+from exo_gpu_plugins.dtypes import count_elements, shape_text
 from exo_gpu_plugins.errors import InteropError, OutOfBoundsError
-from exo_gpu_plugins.interop.dlpack import DeviceKind, TensorView, itemsize_of
+from exo_gpu_plugins.interop.dlpack import DeviceKind, TensorView, checked_shape, itemsize_of
 from exo_gpu_plugins.interop.memory import Retained
 from exo_gpu_plugins.interop.sharing import SharedMemory
 
@@ -54,19 +54,14 @@ def check_view(
             )
         dims: tuple[int, ...] = (rest // itemsize,)
     else:
-        if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
-            raise TypeError(f"shape must be a sequence of ints, not {type(shape).__name__}")
-        dims = tuple(shape)
-        for n in dims:
-            if type(n) is not int or n < 0:
-                raise ValueError(f"shape must hold ints >= 0, got {list(dims)}")
-    nbytes = math.prod(dims) * itemsize
-    if offset + nbytes > size:
+        dims = checked_shape(shape)
+    count = count_elements(dims, (size - offset) // itemsize)
+    if count is None:
         raise OutOfBoundsError(
-            f"{what}: {nbytes} bytes of {dtype}{list(dims)} at offset {offset} reach past the "
-            f"allocation's {size} bytes"
+            f"{what}: {dtype}{shape_text(dims)} at offset {offset} reaches past the allocation's "
+            f"{size} bytes"
         )
-    return dtype, dims, nbytes
+    return dtype, dims, count * itemsize
 
 
 def cpu_view(

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
 
-from exo_gpu_plugins.dtypes import DTYPES
+from exo_gpu_plugins.dtypes import DTYPES, count_elements, shape_text
 from exo_gpu_plugins.errors import CheckpointError
 from exo_gpu_plugins.file_copy import open_regular_file
 
@@ -307,7 +307,7 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     if type(shape) is not list or not _are_counts(shape):
         raise CheckpointError(
             f"{path}: tensor {name!r}: shape must be a list of integers from 0 to 2**64 - 1, "
-            f"got {_shape_text(shape)}"
+            f"got {shape_text(shape)}"
         )
     if type(offsets) is not list or len(offsets) != 2 or not _are_counts(offsets):
         raise CheckpointError(
@@ -321,10 +321,10 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     if len(shape) <= _FEW_DIMS:
         bits *= math.prod(shape)
     else:
-        count = _count_within(shape, (end - begin) * 8)
+        count = count_elements(shape, (end - begin) * 8)
         if count is None:
             raise CheckpointError(
-                f"{path}: tensor {name!r}: dtype {dtype} and shape {_shape_text(shape)} need more "
+                f"{path}: tensor {name!r}: dtype {dtype} and shape {shape_text(shape)} need more "
                 f"than the {end - begin} bytes its data_offsets [{begin}, {end}] hold"
             )
         bits *= count
@@ -335,25 +335,6 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
             f"but data_offsets [{begin}, {end}] hold {end - begin}"
         )
     return TensorEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
-
-
-def _count_within(shape: list[int], limit: int) -> int | None:
-    """The product of `shape`, or None once it passes `limit` (a zero anywhere makes it 0)."""
-    if 0 in shape:
-        return 0
-    count = 1
-    for size in shape:
-        count *= size
-        if count > limit:
-            return None
-    return count
-
-
-def _shape_text(shape: object) -> str:
-    """A shape for a message: whole when short, else its first sizes and its length."""
-    if not isinstance(shape, list) or len(shape) <= _FEW_DIMS:
-        return repr(shape)
-    return f"[{', '.join(map(repr, shape[:4]))}, ...] of {len(shape)} dimensions"
 
 
 def _refuse_offsets(name: str, path: str, begin: int, end: int, data_size: int) -> NoReturn:

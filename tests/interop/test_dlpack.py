@@ -13,7 +13,13 @@ import pytest
 
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import InteropError, OutOfBoundsError
-from exo_gpu_plugins.interop import DLPACK_DTYPES, TensorView, live_exports, read_dlpack_bytes
+from exo_gpu_plugins.interop import (
+    DLPACK_DTYPES,
+    DeviceKind,
+    TensorView,
+    live_exports,
+    read_dlpack_bytes,
+)
 from tests.interop.conftest import device_of, make_backend, require_cpu_views, require_torch
 
 PATTERN = bytes((i * 7 + 3) % 256 for i in range(4096))
@@ -101,7 +107,7 @@ async def test_bad_arguments(backend: GPUBackend[Any]) -> None:
         await backend.export_tensor(handle, dtype="F32", offset_bytes=2)
     with pytest.raises(TypeError):
         await backend.export_tensor(handle, dtype=5)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(ValueError, match=r"shape\[0\] must be from 0 to 2\*\*63 - 1"):
         await backend.export_tensor(handle, dtype="U8", shape=(-1,))
     with pytest.raises(ValueError, match="device"):
         await backend.export_tensor(handle, device="metal")  # type: ignore[arg-type]
@@ -111,6 +117,33 @@ async def test_bad_arguments(backend: GPUBackend[Any]) -> None:
         view.__dlpack__(copy=True)
     with pytest.raises(BufferError):
         view.__dlpack__(dl_device=(2, 0))
+
+
+async def test_shapes_dlpack_cannot_carry_are_refused(backend: GPUBackend[Any]) -> None:
+    """A size past int64 (DLPack's) is refused, not wrapped around, even where a zero elsewhere
+    makes the view empty; a shape of 20,000 huge sizes is refused at once, in a short message."""
+    handle = await backend.allocate(device_of(backend), 64)
+    for shape, position in (((0, 2**63), 1), ((0, 2**70), 1), ((2**63, 0), 0)):
+        with pytest.raises(ValueError, match=rf"shape\[{position}\] must be from 0 to 2\*\*63 - 1"):
+            await backend.export_tensor(handle, dtype="U8", shape=shape)
+    for shape in ((True, 4), (4.0,), ("4",), (None,)):
+        with pytest.raises(TypeError, match=r"shape\[0\] must be an int"):
+            await backend.export_tensor(handle, dtype="U8", shape=shape)  # type: ignore[arg-type]
+    with pytest.raises(OutOfBoundsError) as caught:
+        await backend.export_tensor(handle, dtype="U8", shape=[2**63 - 1] * 20_000)
+    assert "20000 dimensions" in str(caught.value) and len(str(caught.value)) < 300
+    with pytest.raises(ValueError, match="must be from 0"):
+        TensorView(
+            address=0, byte_offset=0, dtype="U8", shape=(-2,), device=(DeviceKind.CPU, 0), owner=None
+        )
+
+
+async def test_numpy_integers_are_sizes(backend: GPUBackend[Any]) -> None:
+    """A shape of numpy integers (as `array.shape` arithmetic gives) is taken like ints."""
+    handle = await _filled(backend, 64)
+    view = await backend.export_tensor(handle, dtype="U16", shape=(np.int64(4), np.uint8(8)))
+    assert view.shape == (4, 8) and all(type(n) is int for n in view.shape)
+    assert np.from_dlpack(view).tobytes() == PATTERN[:64]
 
 
 async def test_cuda_view_without_cuda_says_why(backend: GPUBackend[Any]) -> None:
