@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from exo_gpu_plugins.dtypes import DTYPES
 from exo_gpu_plugins.errors import InteropError
-from exo_gpu_plugins.interop.dlpack import DeviceKind, TensorView, itemsize_of
+from exo_gpu_plugins.interop.dlpack import DeviceKind, TensorView, checked_shape, itemsize_of
 from exo_gpu_plugins.interop.views import ExportDevice, TensorRequest
 from exo_gpu_plugins.models import MemoryHandle
 
@@ -37,12 +37,14 @@ class LoadedTensor(BaseModel):
     file_offset: int = Field(ge=0)
 
 
-def _check_dtypes(tensors: Mapping[str, LoadedTensor]) -> None:
-    """Every dtype has a DLPack form, before anything is exported; else the tensor is named."""
+def _check_exportable(tensors: Mapping[str, LoadedTensor]) -> None:
+    """Every dtype and shape has a DLPack form (safetensors allows sizes up to 2**64 - 1, DLPack
+    only to 2**63 - 1), before anything is exported; else the tensor is named."""
     for name, tensor in tensors.items():
         try:
             itemsize_of(tensor.dtype)
-        except InteropError as exc:
+            checked_shape(tensor.shape)
+        except (InteropError, ValueError) as exc:
             raise InteropError(f"tensor {name!r}: {exc}") from None
 
 
@@ -50,7 +52,7 @@ async def tensor_views(
     backend: GPUBackend[Any], tensors: Mapping[str, LoadedTensor], device: ExportDevice
 ) -> dict[str, TensorView]:
     """One view per tensor, by name; zero-byte tensors get an empty view of no memory."""
-    _check_dtypes(tensors)
+    _check_exportable(tensors)
     requests: list[TensorRequest] = []
     names: list[str] = []
     empty: list[str] = []
@@ -83,7 +85,7 @@ async def torch_tensors(
         from torch.utils.dlpack import from_dlpack
     except ImportError as exc:
         raise InteropError(f"to_torch needs torch, which cannot be imported: {exc}") from None
-    _check_dtypes(tensors)
+    _check_exportable(tensors)
     handles: dict[str, MemoryHandle] = {}
     for tensor in tensors.values():
         if tensor.handle is not None:
