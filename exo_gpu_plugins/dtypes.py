@@ -63,7 +63,7 @@ def count_elements(shape: Sequence[int], limit: int) -> int | None:
         count *= size
         if count > limit:
             return None
-    return count
+    return count if count <= limit else None  # the empty shape: one element
 
 
 def shape_text(shape: object, *, whole: int = 8) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from exo_gpu_plugins.dtypes import DTYPES, shape_text
+from exo_gpu_plugins.dtypes import DTYPES, count_elements, shape_text
 from exo_gpu_plugins.errors import InteropError
 
 __all__ = [
@@ -57,33 +57,46 @@ DLPACK_DTYPES: Mapping[str, tuple[int, int]] = MappingProxyType(
 )
 
 
-# DLPack's shape entries are int64_t: a size past this would reach the consumer wrapped around.
-_SIZE_LIMIT = 1 << 63
+# DLPack's shape and strides are int64_t: a size, or a stride, past this would reach the consumer
+# wrapped around (or overflow inside it).
+_INT64_END = 1 << 63
+_INT_ONLY = frozenset({int})
 
 
-def checked_shape(shape: object) -> tuple[int, ...]:
-    """`shape` as sizes DLPack can carry: ints (numpy's too, not bools) from 0 to 2**63 - 1;
-    `TypeError` or `ValueError` naming the entry otherwise."""
-    if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
+def checked_shape(shape: object, itemsize: int = 1) -> tuple[int, ...]:
+    """`shape` as sizes DLPack can carry: ints (numpy's too, not bools) from 0 to 2**63 - 1 whose
+    non-zero sizes span at most 2**63 - 1 bytes of `itemsize` elements (so every C-contiguous
+    stride fits int64, even in an empty tensor); `TypeError` or `ValueError` naming what is
+    wrong otherwise."""
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise TypeError(f"shape must be a sequence of ints, not {type(shape).__name__}")
-    dims = []
-    for position, entry in enumerate(shape):
-        if type(entry) is int:
-            size = entry
-        elif isinstance(entry, bool) or not hasattr(type(entry), "__index__"):
-            raise TypeError(
-                f"shape[{position}] must be an int, not {type(entry).__name__} "
-                f"(shape {shape_text(shape)})"
-            )
-        else:
-            size = operator.index(entry)
-        if not 0 <= size < _SIZE_LIMIT:
-            raise ValueError(
-                f"shape[{position}] must be from 0 to 2**63 - 1 (DLPack's int64), got {size} "
-                f"(shape {shape_text(shape)})"
-            )
-        dims.append(size)
-    return tuple(dims)
+    dims = tuple(shape)
+    if not (
+        _INT_ONLY.issuperset(map(type, dims))
+        and (not dims or (min(dims) >= 0 and max(dims) < _INT64_END))
+    ):
+        dims = tuple(_size(position, entry, dims) for position, entry in enumerate(dims))
+    if count_elements([n for n in dims if n], (_INT64_END - 1) // itemsize) is None:
+        raise ValueError(
+            f"shape {shape_text(dims)}: its sizes other than 0 span more than 2**63 - 1 bytes of "
+            f"{itemsize}-byte elements, past DLPack's int64 strides"
+        )
+    return dims
+
+
+def _size(position: int, entry: object, dims: tuple[object, ...]) -> int:
+    """One entry of a shape as a size, or the error naming it."""
+    if isinstance(entry, bool) or not hasattr(type(entry), "__index__"):
+        raise TypeError(
+            f"shape[{position}] must be an int, not {type(entry).__name__} (shape {shape_text(dims)})"
+        )
+    size = operator.index(entry)  # type: ignore[arg-type]
+    if not 0 <= size < _INT64_END:
+        raise ValueError(
+            f"shape[{position}] must be from 0 to 2**63 - 1 (DLPack's int64), got {size} "
+            f"(shape {shape_text(dims)})"
+        )
+    return size
 
 
 def itemsize_of(dtype: str) -> int:
@@ -208,11 +221,11 @@ class TensorView:
         owner: object,
         readonly: bool = False,
     ) -> None:
-        itemsize_of(dtype)
+        itemsize = itemsize_of(dtype)
         self._address = address
         self.byte_offset = byte_offset
         self.dtype = dtype
-        self.shape = checked_shape(shape)
+        self.shape = checked_shape(shape, itemsize)
         self.device = device
         self._owner = owner
         self.readonly = readonly

@@ -54,7 +54,7 @@ def check_view(
             )
         dims: tuple[int, ...] = (rest // itemsize,)
     else:
-        dims = checked_shape(shape)
+        dims = checked_shape(shape, itemsize)
     count = count_elements(dims, (size - offset) // itemsize)
     if count is None:
         raise OutOfBoundsError(

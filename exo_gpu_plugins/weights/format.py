@@ -45,6 +45,7 @@ _INT_ONLY = frozenset({int})
 # A product of this many sizes below 2**64 is cheap to form exactly; past it, the element count is
 # formed only up to the bytes on offer (200,000 dimensions would take minutes to multiply out).
 _FEW_DIMS = 8
+_BITS = {name: kind.bits for name, kind in DTYPES.items()}  # a plain dict: looked up per tensor
 # An integer longer than this cannot be a size on any machine (2**64 has 20 digits); it is kept as
 # a `HugeInteger` rather than converted, which for thousands of digits would be Python's own
 # `ValueError` (its int conversion limit) or seconds of work.
@@ -300,8 +301,8 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     except KeyError:
         missing = ", ".join(sorted(_TENSOR_KEYS - value.keys()))
         raise CheckpointError(f"{path}: tensor {name!r}: entry lacks {missing}") from None
-    kind = DTYPES.get(dtype) if type(dtype) is str else None
-    if kind is None:
+    bits = _BITS.get(dtype) if type(dtype) is str else None
+    if bits is None:
         known = ", ".join(DTYPES)
         raise CheckpointError(f"{path}: tensor {name!r}: unknown dtype {dtype!r} (known: {known})")
     if type(shape) is not list or not _are_counts(shape):
@@ -317,7 +318,6 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     begin, end = offsets
     if begin > end or end > data_size:
         _refuse_offsets(name, path, begin, end, data_size)
-    bits = kind.bits
     if len(shape) <= _FEW_DIMS:
         bits *= math.prod(shape)
     else:
@@ -331,7 +331,8 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     if bits % 8 or bits // 8 != end - begin:
         need = f"{bits // 8}" + (f".{bits % 8 * 125:03d}".rstrip("0") if bits % 8 else "")  # exact
         raise CheckpointError(
-            f"{path}: tensor {name!r}: dtype {dtype} and shape {shape} need {need} bytes, "
+            f"{path}: tensor {name!r}: dtype {dtype} and shape {shape_text(shape)} need {need} "
+            "bytes, "
             f"but data_offsets [{begin}, {end}] hold {end - begin}"
         )
     return TensorEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)

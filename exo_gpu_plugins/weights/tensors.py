@@ -42,8 +42,7 @@ def _check_exportable(tensors: Mapping[str, LoadedTensor]) -> None:
     only to 2**63 - 1), before anything is exported; else the tensor is named."""
     for name, tensor in tensors.items():
         try:
-            itemsize_of(tensor.dtype)
-            checked_shape(tensor.shape)
+            checked_shape(tensor.shape, itemsize_of(tensor.dtype))
         except (InteropError, ValueError) as exc:
             raise InteropError(f"tensor {name!r}: {exc}") from None
 

@@ -129,13 +129,47 @@ async def test_shapes_dlpack_cannot_carry_are_refused(backend: GPUBackend[Any]) 
     for shape in ((True, 4), (4.0,), ("4",), (None,)):
         with pytest.raises(TypeError, match=r"shape\[0\] must be an int"):
             await backend.export_tensor(handle, dtype="U8", shape=shape)  # type: ignore[arg-type]
-    with pytest.raises(OutOfBoundsError) as caught:
+    with pytest.raises(ValueError, match="int64 strides") as caught:
         await backend.export_tensor(handle, dtype="U8", shape=[2**63 - 1] * 20_000)
     assert "20000 dimensions" in str(caught.value) and len(str(caught.value)) < 300
+    with pytest.raises(OutOfBoundsError) as out_of_bounds:
+        await backend.export_tensor(handle, dtype="U8", shape=[1] * 19_999 + [65])
+    assert "20000 dimensions" in str(out_of_bounds.value) and len(str(out_of_bounds.value)) < 300
     with pytest.raises(ValueError, match="must be from 0"):
         TensorView(
             address=0, byte_offset=0, dtype="U8", shape=(-2,), device=(DeviceKind.CPU, 0), owner=None
         )
+
+
+async def test_a_scalar_view_must_fit_too(backend: GPUBackend[Any]) -> None:
+    """The empty shape is one element: refused where that element would reach past the end."""
+    require_cpu_views(backend)
+    handle = await backend.allocate(device_of(backend), 8)
+    for offset in (6, 8):
+        with pytest.raises(OutOfBoundsError):
+            await backend.export_tensor(handle, dtype="F32", shape=(), offset_bytes=offset)
+    view = await backend.export_tensor(handle, dtype="F32", shape=(), offset_bytes=4)
+    assert view.shape == () and np.from_dlpack(view).shape == ()
+
+
+async def test_an_empty_shape_whose_strides_overflow_is_refused(backend: GPUBackend[Any]) -> None:
+    """(0, 2**62, 4) holds no element, but its first stride is 2**64 bytes' worth: numpy refuses
+    it and torch overflows on it, so it never becomes a view."""
+    handle = await backend.allocate(device_of(backend), 64)
+    with pytest.raises(ValueError, match="int64 strides"):
+        await backend.export_tensor(handle, dtype="U8", shape=(0, 2**62, 4))
+    with pytest.raises(ValueError, match="int64 strides"):
+        await backend.export_tensor(handle, dtype="F32", shape=(0, 2**61))
+    require_cpu_views(backend)
+    view = await backend.export_tensor(handle, dtype="F32", shape=(0, 2**60))  # 2**62 bytes: fits
+    assert np.from_dlpack(view).shape == (0, 2**60)
+
+
+async def test_a_shape_of_many_dimensions(backend: GPUBackend[Any]) -> None:
+    """Twelve sizes of 2 view 4,096 bytes like any other shape (the checks' short path ends at 8)."""
+    handle = await _filled(backend)
+    view = await backend.export_tensor(handle, dtype="U8", shape=(2,) * 12)
+    assert np.from_dlpack(view).tobytes() == PATTERN
 
 
 async def test_numpy_integers_are_sizes(backend: GPUBackend[Any]) -> None:

@@ -97,15 +97,20 @@ async def test_a_dtype_without_dlpack_form_names_the_tensor(
 async def test_a_size_past_int64_names_the_tensor(backend: GPUBackend[Any], tmp_path: Path) -> None:
     """safetensors allows sizes up to 2**64 - 1, DLPack (and torch) only to 2**63 - 1: an empty
     tensor with such a size loads, and its views name it instead of handing out a wrapped size."""
-    path = tmp_path / "wide.safetensors"
-    write_safetensors(path, [("wide.weight", "F16", (0, 2**63)), ("fine.weight", "F16", (4,))])
-    loaded = await load_weights(backend, device_of(backend), path)
-    with pytest.raises(InteropError, match=r"'wide\.weight'.*2\*\*63 - 1"):
-        await loaded.views(backend)
-    require_torch()
-    with pytest.raises(InteropError, match=r"'wide\.weight'.*2\*\*63 - 1"):
-        await loaded.to_torch(backend)
-    await loaded.deallocate(backend)
+    cases = (
+        ("wide", (0, 2**63), r"2\*\*63 - 1"),
+        ("strided", (0, 2**62, 2), "int64 strides"),  # sizes fit int64, its strides do not
+    )
+    for name, shape, why in cases:
+        path = tmp_path / f"{name}.safetensors"
+        write_safetensors(path, [(f"{name}.weight", "F16", shape), ("fine.weight", "F16", (4,))])
+        loaded = await load_weights(backend, device_of(backend), path)
+        with pytest.raises(InteropError, match=rf"'{name}\.weight'.*{why}"):
+            await loaded.views(backend)
+        require_torch()
+        with pytest.raises(InteropError, match=rf"'{name}\.weight'.*{why}"):
+            await loaded.to_torch(backend)
+        await loaded.deallocate(backend)
 
 
 async def test_a_misaligned_tensor_is_named_not_viewed(backend: GPUBackend[Any], tmp_path: Path) -> None:

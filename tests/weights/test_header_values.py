@@ -243,3 +243,20 @@ def test_a_zero_among_many_dims_is_an_empty_tensor(tmp_path: Path) -> None:
     path = file_with(tmp_path / "zero.safetensors", f'{{"{T}": {entry}, "b": {good_entry()}}}', bytes(4))
     tensors = {tensor.name: tensor for tensor in read_header(path).tensors}
     assert tensors[T].nbytes == 0 and len(tensors[T].shape) == 51
+
+
+def test_many_dims_of_the_wrong_size_are_abbreviated(tmp_path: Path) -> None:
+    """200,000 dimensions of 1 hold one element, not the two bytes on offer: the exact-size
+    message names the tensor without listing the shape."""
+    shape = ", ".join(["1"] * 200_000)
+    entry = f'{{"dtype": "U8", "shape": [{shape}], "data_offsets": [0, 2]}}'
+    path = file_with(tmp_path / "ones.safetensors", f'{{"{T}": {entry}}}', bytes(2))
+    refused(path, lambda: read_header(path), repr(T), "need 1 bytes", "200000 dimensions")
+
+
+def test_many_dims_that_fit_are_read(tmp_path: Path) -> None:
+    shape = ", ".join(["2"] * 12)
+    entry = f'{{"dtype": "F4", "shape": [{shape}], "data_offsets": [0, 2048]}}'
+    path = file_with(tmp_path / "twelve.safetensors", f'{{"{T}": {entry}}}', bytes(2048))
+    (tensor,) = read_header(path).tensors
+    assert tensor.shape == (2,) * 12 and tensor.nbytes == 2048
