@@ -11,7 +11,6 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, final
 
-from exo_gpu_plugins import arguments
 from exo_gpu_plugins._handles import Live, new_handle
 from exo_gpu_plugins.errors import GPUError, InteropError
 from exo_gpu_plugins.hooks import BackendHooks, NativeT
@@ -77,9 +76,13 @@ class ExportMethods(BackendHooks[NativeT]):
                 if not isinstance(request, TensorRequest):
                     raise TypeError(f"requests must hold TensorRequest, not {type(request).__name__}")
                 entry = self._entry(request.handle, "handle")
-                offset = arguments.non_negative(request.offset_bytes, "offset_bytes")
-                size = entry.handle.size_bytes
-                dtype, dims, _ = check_view(request.dtype, request.shape, offset, size, "export_tensor")
+                dtype, dims, offset = check_view(
+                    request.dtype,
+                    request.shape,
+                    request.offset_bytes,
+                    entry.handle.size_bytes,
+                    "export_tensor",
+                )
                 checked.append((entry, dtype, dims, offset))
             if device not in ("auto", "cpu", "cuda"):
                 raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
@@ -95,6 +98,12 @@ class ExportMethods(BackendHooks[NativeT]):
             for position, (entry, dtype, dims, offset) in enumerate(checked):
                 # "auto": CUDA for exportable memory where the device exports there, else the CPU.
                 cuda = "cuda" in kinds[entry.device_index] and entry.exportable
+                if device == "cuda" and "cuda" not in kinds[entry.device_index]:
+                    raise InteropError(
+                        f"{self._device_ids[entry.device_index]} makes no CUDA views: its export "
+                        f"kinds are {', '.join(kinds[entry.device_index]) or 'none'} ('cuda' needs "
+                        "an NVIDIA device that the CUDA driver, libcuda.so.1, finds by UUID)"
+                    )
                 if device == "cuda" or (device == "auto" and cuda):
                     on_cuda.append((position, entry, dtype, dims, offset))
                     continue

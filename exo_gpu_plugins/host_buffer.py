@@ -62,12 +62,10 @@ class HostBuffer:
         tensor of `shape` (default: the rest, one dimension). The view keeps the memory alive,
         also after the buffer is released."""
         view = self.view
-        if type(offset_bytes) is not int or offset_bytes < 0:
-            raise ValueError(f"offset_bytes must be an int >= 0, got {offset_bytes!r}")
-        dtype, dims, _ = check_view(dtype, shape, offset_bytes, self.size_bytes, "as_tensor")
+        dtype, dims, offset = check_view(dtype, shape, offset_bytes, self.size_bytes, "as_tensor")
         return TensorView(
             address=buffer_address(view),
-            byte_offset=offset_bytes,
+            byte_offset=offset,
             dtype=dtype,
             shape=dims,
             device=(DeviceKind.CPU, 0),

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 from exo_gpu_plugins import file_copy
 from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.errors import InteropError, OutOfMemoryError
+from exo_gpu_plugins.errors import InteropError, InvalidHandleError, OutOfMemoryError
 from exo_gpu_plugins.host.system_memory import cpu_identity, read_ram
 from exo_gpu_plugins.interop.memory import Retained, buffer_address
 from exo_gpu_plugins.interop.sharing import SharedMemory
@@ -80,6 +80,12 @@ class _SharedMapping(mmap.mmap):
     more exports) until the allocation is freed; the mapping lives while anything views it."""
 
     fd: int
+
+
+# Held while an export duplicates `fd` and while a free retires it: without it, a free on another
+# thread could close the number between the check and the dup, and a new allocation reusing that
+# number would be exported in its place.
+_FD_LOCK = threading.Lock()
 
 
 def _shared_mapping(fd: int, size: int) -> _SharedMapping:
@@ -207,18 +213,24 @@ class HostBackend(GPUBackend[HostMemory]):
 
     def _free(self, native: HostMemory) -> None:
         _usage.add(-len(native))
-        if isinstance(native, _SharedMapping) and native.fd >= 0:
-            os.close(native.fd)  # views keep the mapping itself
-            native.fd = -1
+        if isinstance(native, _SharedMapping):
+            with _FD_LOCK:
+                fd, native.fd = native.fd, -1
+            if fd >= 0:
+                os.close(fd)  # views keep the mapping itself
 
     def _export_fd(self, native: HostMemory) -> SharedMemory:
-        if not isinstance(native, _SharedMapping) or native.fd < 0:
+        if not isinstance(native, _SharedMapping):
             raise InteropError(
                 "this host:0 allocation cannot be shared: allocate it with exportable=True"
             )
+        with _FD_LOCK:
+            if native.fd < 0:
+                raise InvalidHandleError("this host:0 allocation was freed while it was exported")
+            fd = os.dup(native.fd)
         size = len(native)
         return SharedMemory(
-            fd=os.dup(native.fd),
+            fd=fd,
             backend=self.name,
             handle_type="memfd",
             size_bytes=size,
@@ -228,8 +240,14 @@ class HostBackend(GPUBackend[HostMemory]):
     async def _import_fd(self, index: int, shared: SharedMemory) -> HostMemory:
         if shared.handle_type != "memfd":
             raise InteropError(f"host:0 opens memory shared as memfd, not {shared.handle_type}")
-        found = os.fstat(shared.fd).st_size
-        seals = fcntl.fcntl(shared.fd, fcntl.F_GET_SEALS) if hasattr(fcntl, "F_GET_SEALS") else 0
+        try:
+            found = os.fstat(shared.fd).st_size
+            seals = fcntl.fcntl(shared.fd, fcntl.F_GET_SEALS) if hasattr(fcntl, "F_GET_SEALS") else 0
+        except OSError as exc:
+            raise InteropError(
+                f"descriptor {shared.fd} is not a memfd that host:0 can open "
+                f"({exc.strerror or exc}): share memory exported by a host backend"
+            ) from None
         if seals & _SIZE_SEALS != _SIZE_SEALS:
             raise InteropError(
                 "the shared descriptor is not sealed at its size (F_SEAL_SHRINK|F_SEAL_GROW): "

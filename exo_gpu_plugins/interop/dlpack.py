@@ -253,12 +253,20 @@ class TensorView:
         """A DLPack capsule (versioned when the consumer asks for version >= 1). The memory is
         ready: every backend operation on it finished before the view was made, so the consumer's
         `stream` needs no wait."""
+        if copy is not None and type(copy) is not bool:
+            raise TypeError(f"copy must be True, False or None, not {copy!r}")
         if copy:
             raise BufferError("a TensorView is memory in place: it never copies (copy=True)")
-        if dl_device is not None and tuple(dl_device) != self.__dlpack_device__():
-            raise BufferError(
-                f"this view lives on DLPack device {self.__dlpack_device__()}, not {tuple(dl_device)}"
-            )
+        if dl_device is not None:
+            if not _is_pair(dl_device):
+                raise TypeError(f"dl_device must be a (device type, device id) pair, not {dl_device!r}")
+            if tuple(dl_device) != self.__dlpack_device__():
+                raise BufferError(
+                    f"this view lives on DLPack device {self.__dlpack_device__()}, not "
+                    f"{tuple(dl_device)}"
+                )
+        if max_version is not None and not _is_pair(max_version):
+            raise TypeError(f"max_version must be a (major, minor) pair, not {max_version!r}")
         versioned = max_version is not None and max_version[0] >= 1
         return self._capsule(versioned)
 
@@ -305,7 +313,14 @@ class TensorView:
 
     def __repr__(self) -> str:
         kind = self.device[0].name.lower()
-        return f"<TensorView {self.dtype}{list(self.shape)} on {kind}:{self.device[1]}>"
+        return f"<TensorView {self.dtype}{shape_text(self.shape)} on {kind}:{self.device[1]}>"
+
+
+def _is_pair(value: object) -> bool:
+    """A pair of ints, as DLPack's device and version arguments are."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return False
+    return all(hasattr(type(n), "__index__") and not isinstance(n, bool) for n in value)
 
 
 def read_dlpack_bytes(producer: object) -> bytes:

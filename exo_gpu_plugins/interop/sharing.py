@@ -11,6 +11,7 @@ while any process holds them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import stat
@@ -30,6 +31,7 @@ _HANDLE_TYPES: tuple[str, ...] = ("opaque-fd", "memfd")
 _MAGIC = b"EXOSHM1\0"
 _LENGTH = struct.Struct("!I")
 _MAX_DESCRIPTION = 64 * 1024
+_FD_END = 1 << 31  # descriptors are C ints
 
 
 @dataclass(eq=False)
@@ -54,8 +56,12 @@ class SharedMemory:
 
     def __post_init__(self) -> None:
         try:
+            if type(self.fd) is not int:
+                raise TypeError(f"fd must be an int (a file descriptor), not {type(self.fd).__name__}")
+            if not 0 <= self.fd < _FD_END:
+                raise InteropError(f"fd must be an open file descriptor (from 0), not {self.fd}")
             _check_description(self.description())
-        except InteropError:
+        except (InteropError, TypeError):
             self._closed = True  # refused: the descriptor stays the caller's
             raise
 
@@ -135,20 +141,20 @@ def _check_description(description: dict[str, Any]) -> None:
             return
         if type(value) is not int or value < minimum:
             raise InteropError(
-                f"shared memory field {name!r} must be an int >= {minimum}, not {value!r}"
+                f"shared memory field {name!r} must be an int >= {minimum}, not {_shown(value)}"
             )
 
     def text(name: str, optional: bool = False) -> None:
         value = description.get(name)
         if (value is None and optional) or isinstance(value, str):
             return
-        raise InteropError(f"shared memory field {name!r} must be a string, not {value!r}")
+        raise InteropError(f"shared memory field {name!r} must be a string, not {_shown(value)}")
 
     text("backend")
     if description.get("handle_type") not in _HANDLE_TYPES:
         raise InteropError(
             f"shared memory handle_type must be one of {', '.join(_HANDLE_TYPES)}, "
-            f"not {description.get('handle_type')!r}"
+            f"not {_shown(description.get('handle_type'))}"
         )
     integer("size_bytes", 1)
     integer("allocation_bytes", 1)
@@ -161,7 +167,9 @@ def _check_description(description: dict[str, Any]) -> None:
         text(name, optional=True)
         value = description.get(name)
         if value is not None and not _is_uuid_hex(value):
-            raise InteropError(f"shared memory field {name!r} must be 32 hex digits, not {value!r}")
+            raise InteropError(
+                f"shared memory field {name!r} must be 32 hex digits, not {_shown(value)}"
+            )
     integer("memory_type", 0, optional=True)
     integer("memory_flags", 0, optional=True)
     for name in ("memory_type", "memory_flags"):
@@ -171,6 +179,14 @@ def _check_description(description: dict[str, Any]) -> None:
         raise InteropError("shared memory field 'allocation_bytes' must fit 64 bits")
 
 
+def _shown(value: object) -> str:
+    """A received value for a message: a peer may send 60 KB of it, or an int too long to print."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
 def _is_uuid_hex(value: str) -> bool:
     return len(value) == 32 and all(c in "0123456789abcdefABCDEF" for c in value)
 
@@ -178,6 +194,9 @@ def _is_uuid_hex(value: str) -> bool:
 def send_shared(sock: socket.socket, shared: SharedMemory) -> None:
     """Send the descriptor (SCM_RIGHTS) and its description over a connected Unix socket. The
     caller still owns `shared` (close it once sent)."""
+    _check_socket(sock)
+    if not isinstance(shared, SharedMemory):
+        raise TypeError(f"shared must be a SharedMemory, not {type(shared).__name__}")
     if shared.closed:
         raise InteropError("this SharedMemory was closed; there is no descriptor to send")
     body = json.dumps(shared.description()).encode()
@@ -192,6 +211,7 @@ def receive_shared(sock: socket.socket) -> SharedMemory:
     """Receive one `SharedMemory` sent by `send_shared` (blocking, by the socket's timeout).
     A message without a descriptor, or with a malformed description, is an `InteropError`; any
     descriptor that came with it is closed."""
+    _check_socket(sock)
     first, fds, _flags, _address = socket.recv_fds(sock, 1, 4, getattr(socket, "MSG_CMSG_CLOEXEC", 0))
     try:
         if not first:
@@ -206,7 +226,7 @@ def receive_shared(sock: socket.socket) -> SharedMemory:
             raise InteropError(f"a shared-memory description of {length} bytes is too long")
         try:
             description = json.loads(_receive_exactly(sock, length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # not UTF-8 or JSON, or past int's digit limit
             raise InteropError(f"the shared-memory description is not JSON: {exc}") from None
         if not isinstance(description, dict) or set(description) != set(_FIELDS):
             raise InteropError(
@@ -231,6 +251,17 @@ _FIELDS = (
     "memory_type",
     "memory_flags",
 )
+
+
+def _check_socket(sock: object) -> None:
+    """A Unix stream socket: the message travels in parts, which datagrams would cut short."""
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"sock must be a connected Unix socket, not {type(sock).__name__}")
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise InteropError(
+            f"shared memory travels over a Unix stream socket (AF_UNIX, SOCK_STREAM), not "
+            f"{sock.family.name}/{sock.type.name}"
+        )
 
 
 def _receive_exactly(sock: socket.socket, count: int) -> bytes:

@@ -3,6 +3,7 @@ choice of device, and the one CUDA import per allocation that all its views shar
 
 from __future__ import annotations
 
+import operator
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -34,10 +35,20 @@ class TensorRequest(NamedTuple):
 
 
 def check_view(
-    dtype: object, shape: object, offset: int, size: int, what: str
+    dtype: object, shape: object, offset_bytes: object, size: int, what: str
 ) -> tuple[str, tuple[int, ...], int]:
-    """(dtype, shape, byte count) of a view at `offset` of an allocation of `size` bytes; the
-    shape defaults to the rest of the allocation, as one dimension."""
+    """(dtype, shape, offset) of a view at `offset_bytes` of an allocation of `size` bytes; the
+    shape defaults to the rest of the allocation, as one dimension. A wrong type is a
+    `TypeError`, a negative number or a bad size a `ValueError`, a view past the end an
+    `OutOfBoundsError`."""
+    if type(offset_bytes) is int:
+        offset = offset_bytes
+    elif isinstance(offset_bytes, bool) or not hasattr(type(offset_bytes), "__index__"):
+        raise TypeError(f"offset_bytes must be an int, not {type(offset_bytes).__name__}")
+    else:
+        offset = operator.index(offset_bytes)  # type: ignore[arg-type]
+    if offset < 0:
+        raise ValueError(f"offset_bytes must be >= 0, got {offset}")
     if not isinstance(dtype, str):
         raise TypeError(
             f"dtype must be a str (a safetensors dtype such as 'F16'), not {type(dtype).__name__}"
@@ -61,7 +72,7 @@ def check_view(
             f"{what}: {dtype}{shape_text(dims)} at offset {offset} reaches past the allocation's "
             f"{size} bytes"
         )
-    return dtype, dims, count * itemsize
+    return dtype, dims, offset
 
 
 def cpu_view(

@@ -183,9 +183,38 @@ async def test_numpy_integers_are_sizes(backend: GPUBackend[Any]) -> None:
 async def test_cuda_view_without_cuda_says_why(backend: GPUBackend[Any]) -> None:
     if "cuda" in backend.capabilities(device_of(backend)).export_kinds:
         pytest.skip("this device has CUDA: tests/interop/test_cuda.py covers it")
-    handle = await backend.allocate(device_of(backend), 64)
-    with pytest.raises(InteropError):
+    handle = await backend.allocate(device_of(backend), 64, exportable=True)
+    with pytest.raises(InteropError, match=rf"{device_of(backend)} makes no CUDA views"):
         await backend.export_tensor(handle, device="cuda")
+
+
+async def test_dlpack_arguments_of_the_wrong_kind(backend: GPUBackend[Any]) -> None:
+    """What a consumer passes to __dlpack__ is checked: TypeError for the wrong kind of value,
+    BufferError for a device or copy the view cannot give."""
+    require_cpu_views(backend)
+    view = await backend.export_tensor(await backend.allocate(device_of(backend), 64))
+    for kwargs in ({"max_version": ()}, {"max_version": 1}, {"dl_device": 5}, {"copy": "no"}):
+        with pytest.raises(TypeError, match=next(iter(kwargs))):
+            view.__dlpack__(**kwargs)
+    with pytest.raises(BufferError):
+        view.__dlpack__(dl_device=(2, 0))
+    view.__dlpack__(max_version=(1, 0), dl_device=(1, 0), copy=False)
+
+
+async def test_host_buffer_offsets_are_checked_like_exports(backend: GPUBackend[Any]) -> None:
+    buffer = await backend.register_host_buffer(device_of(backend), bytearray(PATTERN[:64]))
+    for offset, error in (("1", TypeError), (True, TypeError), (1.0, TypeError), (-1, ValueError)):
+        with pytest.raises(error, match="offset_bytes"):
+            buffer.as_tensor(offset_bytes=offset)  # type: ignore[arg-type]
+    with pytest.raises(OutOfBoundsError):
+        buffer.as_tensor(offset_bytes=65)
+    view = buffer.as_tensor(offset_bytes=np.int64(60))
+    assert view.byte_offset == 60 and read_dlpack_bytes(view) == PATTERN[60:64]
+    wide = TensorView(
+        address=0, byte_offset=0, dtype="U8", shape=[1] * 5000, device=(DeviceKind.CPU, 0), owner=None
+    )
+    assert len(repr(wide)) < 100
+    await backend.release_host_buffer(buffer)
 
 
 @pytest.mark.parametrize("ending", ["deallocate", "shutdown"])

@@ -286,3 +286,156 @@ async def test_host_refuses_an_unsealed_memfd() -> None:
             await backend.import_memory("host:0", shared)
     finally:
         await backend.shutdown()
+
+
+async def test_host_refuses_a_descriptor_that_is_no_memfd(tmp_path: Path) -> None:
+    """/dev/zero, /dev/null and a regular file of the right size are no memfd: refused with
+    InteropError naming the descriptor, not a bare OSError from the seal check."""
+    from tests.interop.conftest import make_backend
+
+    backend = make_backend("host")
+    await backend.initialize()
+    regular = tmp_path / "plain"
+    regular.write_bytes(bytes(4096))
+    try:
+        for path in ("/dev/zero", "/dev/null", str(regular)):
+            fd = os.open(path, os.O_RDWR)
+            shared = SharedMemory(
+                fd=fd, backend="host", handle_type="memfd", size_bytes=4096, allocation_bytes=4096
+            )
+            with shared, pytest.raises(InteropError, match=rf"descriptor {fd}|sealed"):
+                await backend.import_memory("host:0", shared)
+    finally:
+        await backend.shutdown()
+
+
+async def test_host_export_racing_a_free_exports_the_memory_it_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An export on one thread and a free of the same allocation on another: the export hands out
+    that allocation's memory (or InvalidHandleError), never an allocation made after the free that
+    reused the descriptor number. The exporting thread's dup is slowed to open the window."""
+    import asyncio
+    import threading
+    import time
+
+    from tests.interop.conftest import make_backend
+
+    backend = make_backend("host")
+    await backend.initialize()
+    real_dup = os.dup
+
+    def slow_dup(fd: int) -> int:
+        if threading.current_thread().name == "exporter":
+            time.sleep(0.3)
+        return real_dup(fd)
+
+    monkeypatch.setattr(os, "dup", slow_dup)
+    try:
+        victim = await backend.allocate("host:0", 4096, exportable=True)
+        await backend.copy_to_device(b"V" * 4096, victim)
+        result: dict[str, Any] = {}
+
+        def exporter() -> None:
+            async def run() -> None:
+                try:
+                    result["shared"] = await backend.export_memory(victim)
+                except Exception as exc:
+                    result["error"] = exc
+
+            asyncio.run(run())
+
+        thread = threading.Thread(target=exporter, name="exporter")
+        thread.start()
+        time.sleep(0.1)  # the exporter is inside the export, before its dup returns
+        await backend.deallocate(victim)
+        later = await backend.allocate("host:0", 4096, exportable=True)
+        await backend.copy_to_device(b"S" * 4096, later)
+        thread.join()
+        assert "error" not in result, result
+        with result["shared"] as shared:
+            opened = await backend.import_memory("host:0", shared)
+        assert await backend.copy_from_device(opened, 0, 8) == b"V" * 8
+    finally:
+        await backend.shutdown()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"size_bytes": ' + b"9" * 5000 + b"}", b"[" * 30_000],
+    ids=["5000-digit integer", "30000 nested arrays"],
+)
+def test_descriptions_past_jsons_limits_are_refused(body: bytes) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    left, right = socket.socketpair()
+    with left, right:
+        read_end, write_end = os.pipe()
+        frame = b"EXOSHM1\0" + len(body).to_bytes(4, "big") + body
+        socket.send_fds(left, [frame[:1]], [read_end])
+        left.sendall(frame[1:])
+        os.close(read_end)
+        os.close(write_end)
+        with pytest.raises(InteropError, match="not JSON"):
+            receive_shared(right)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_only_unix_stream_sockets_carry_shared_memory(backend: GPUBackend[Any]) -> None:
+    """A datagram socket would cut the message into parts that never join (receive_shared would
+    wait forever): refused on both ends; something that is no socket is a TypeError."""
+    with await _shared(backend) as shared:
+        for kind in (socket.SOCK_SEQPACKET, socket.SOCK_DGRAM):
+            left, right = socket.socketpair(socket.AF_UNIX, kind)
+            with left, right:
+                with pytest.raises(InteropError, match="SOCK_STREAM"):
+                    send_shared(left, shared)
+                with pytest.raises(InteropError, match="SOCK_STREAM"):
+                    receive_shared(right)
+        with pytest.raises(TypeError, match="sock"):
+            send_shared(5, shared)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="sock"):
+            receive_shared(5)  # type: ignore[arg-type]
+        left, right = socket.socketpair()
+        with left, right, pytest.raises(TypeError, match="SharedMemory"):
+            send_shared(left, 5)  # type: ignore[arg-type]
+
+
+def test_a_shared_memory_needs_a_descriptor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A descriptor that is no int, or no descriptor number, is refused when the SharedMemory is
+    made, and nothing complains later when it is collected."""
+    import gc
+    import sys
+
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    fields: dict[str, Any] = {
+        "backend": "host",
+        "handle_type": "memfd",
+        "size_bytes": 16,
+        "allocation_bytes": 16,
+    }
+    for fd, error in (("x", TypeError), (None, TypeError), (True, TypeError), (-1, InteropError)):
+        with pytest.raises(error, match="fd must be"):
+            SharedMemory(fd=fd, **fields)
+    with pytest.raises(InteropError, match="fd must be"):
+        SharedMemory(fd=2**70, **fields)
+    gc.collect()
+    assert unraisable == []
+
+
+def test_long_received_values_are_cut_short_in_messages() -> None:
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    try:
+        with pytest.raises(InteropError) as caught:
+            SharedMemory(
+                fd=read_end,
+                backend="host",
+                handle_type="memfd",
+                size_bytes=16,
+                allocation_bytes=16,
+                device_uuid="ab" * 30_000,
+            )
+        assert "device_uuid" in str(caught.value) and len(str(caught.value)) < 300
+    finally:
+        os.close(read_end)
