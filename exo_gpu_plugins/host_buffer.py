@@ -63,14 +63,8 @@ class HostBuffer:
         also after the buffer is released."""
         view = self.view
         dtype, dims, offset = check_view(dtype, shape, offset_bytes, self.size_bytes, "as_tensor")
-        return TensorView(
-            address=buffer_address(view),
-            byte_offset=offset,
-            dtype=dtype,
-            shape=dims,
-            device=(DeviceKind.CPU, 0),
-            owner=view,
-            readonly=view.readonly,
+        return TensorView.checked(
+            buffer_address(view), offset, dtype, dims, (DeviceKind.CPU, 0), view, view.readonly
         )
 
     def __dlpack__(self, **kwargs: Any) -> object:

@@ -61,6 +61,7 @@ DLPACK_DTYPES: Mapping[str, tuple[int, int]] = MappingProxyType(
 # wrapped around (or overflow inside it).
 _INT64_END = 1 << 63
 _INT_ONLY = frozenset({int})
+_FEW_DIMS = 8  # a product of this many sizes below 2**63 is cheap to form exactly
 
 
 def checked_shape(shape: object, itemsize: int = 1) -> tuple[int, ...]:
@@ -68,15 +69,22 @@ def checked_shape(shape: object, itemsize: int = 1) -> tuple[int, ...]:
     non-zero sizes span at most 2**63 - 1 bytes of `itemsize` elements (so every C-contiguous
     stride fits int64, even in an empty tensor); `TypeError` or `ValueError` naming what is
     wrong otherwise."""
-    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+    if type(shape) is tuple:
+        dims: tuple[Any, ...] = shape
+    elif isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise TypeError(f"shape must be a sequence of ints, not {type(shape).__name__}")
-    dims = tuple(shape)
+    else:
+        dims = tuple(shape)
     if not (
         _INT_ONLY.issuperset(map(type, dims))
         and (not dims or (min(dims) >= 0 and max(dims) < _INT64_END))
     ):
         dims = tuple(_size(position, entry, dims) for position, entry in enumerate(dims))
-    if count_elements([n for n in dims if n], (_INT64_END - 1) // itemsize) is None:
+    if len(dims) <= _FEW_DIMS and 0 not in dims:  # the usual shape: a short product, in C
+        fits = math.prod(dims) * itemsize < _INT64_END
+    else:
+        fits = count_elements([n for n in dims if n], (_INT64_END - 1) // itemsize) is not None
+    if not fits:
         raise ValueError(
             f"shape {shape_text(dims)}: its sizes other than 0 span more than 2**63 - 1 bytes of "
             f"{itemsize}-byte elements, past DLPack's int64 strides"
@@ -229,6 +237,29 @@ class TensorView:
         self.device = device
         self._owner = owner
         self.readonly = readonly
+
+    @classmethod
+    def checked(
+        cls,
+        address: int,
+        byte_offset: int,
+        dtype: str,
+        shape: tuple[int, ...],
+        device: tuple[DeviceKind, int],
+        owner: object,
+        readonly: bool = False,
+    ) -> TensorView:
+        """A view of a dtype and shape that `check_view` (or `checked_shape`) has passed, made
+        without checking them again: a checkpoint's hundreds of views are made at once."""
+        view = cls.__new__(cls)
+        view._address = address
+        view.byte_offset = byte_offset
+        view.dtype = dtype
+        view.shape = shape
+        view.device = device
+        view._owner = owner
+        view.readonly = readonly
+        return view
 
     @property
     def nbytes(self) -> int:

@@ -85,14 +85,14 @@ def cpu_view(
             "in place: view it on CUDA (device='cuda', allocated with exportable=True) or copy it "
             "with copy_from_device"
         )
-    return TensorView(
-        address=retained.host_address,
-        byte_offset=offset,
-        dtype=dtype,
-        shape=shape,
-        device=(DeviceKind.CPU, 0),
-        owner=retained.owner,
-        readonly=retained.readonly,
+    return TensorView.checked(
+        retained.host_address,
+        offset,
+        dtype,
+        shape,
+        (DeviceKind.CPU, 0),
+        retained.owner,
+        retained.readonly,
     )
 
 
@@ -156,11 +156,6 @@ class CudaImports:
         mapping = self._mapping(handle_id, share, retain)
         with self._lock:
             self._prepared.pop(handle_id, None)  # the views hold it from now on
-        return TensorView(
-            address=mapping.pointer,
-            byte_offset=offset,
-            dtype=dtype,
-            shape=shape,
-            device=(DeviceKind.CUDA, mapping.ordinal),
-            owner=mapping,
+        return TensorView.checked(
+            mapping.pointer, offset, dtype, shape, (DeviceKind.CUDA, mapping.ordinal), mapping
         )

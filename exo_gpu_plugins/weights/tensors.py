@@ -38,11 +38,17 @@ class LoadedTensor(BaseModel):
 
 
 def _check_exportable(tensors: Mapping[str, LoadedTensor]) -> None:
-    """Every dtype and shape has a DLPack form (safetensors allows sizes up to 2**64 - 1, DLPack
-    only to 2**63 - 1), before anything is exported; else the tensor is named."""
+    """Every dtype and shape has a DLPack form, before anything is exported; else the tensor is
+    named. A tensor with bytes has a shape DLPack can carry (its sizes multiply to a file's
+    bytes); an empty one may not (safetensors allows sizes up to 2**64 - 1, DLPack to 2**63 - 1)."""
+    itemsizes: dict[str, int] = {}
     for name, tensor in tensors.items():
         try:
-            checked_shape(tensor.shape, itemsize_of(tensor.dtype))
+            itemsize = itemsizes.get(tensor.dtype)
+            if itemsize is None:
+                itemsize = itemsizes[tensor.dtype] = itemsize_of(tensor.dtype)
+            if not tensor.size_bytes:
+                checked_shape(tensor.shape, itemsize)
         except (InteropError, ValueError) as exc:
             raise InteropError(f"tensor {name!r}: {exc}") from None
 
