@@ -193,6 +193,11 @@ async def test_memory_of_another_device_is_refused() -> None:
             bad_type = dataclasses.replace(shared, fd=os.dup(shared.fd), memory_type=999)
             with bad_type, pytest.raises(InteropError, match="memory type"):
                 await backend.import_memory(device_of(backend), bad_type)
+            # A dedicated import is the exporter's buffer exactly: a smaller claim is refused,
+            # and the message names the size claimed beside the buffer's.
+            small = dataclasses.replace(shared, fd=os.dup(shared.fd), size_bytes=1)
+            with small, pytest.raises(InteropError, match="claimed as 1 bytes"):
+                await backend.import_memory(device_of(backend), small)
     finally:
         await backend.shutdown()
 

@@ -182,7 +182,15 @@ pub(crate) fn new_imported(
 ) -> Result<Allocation> {
     let buffer_size = export_buffer_size(size)?;
     let ctx = &dev.ctx;
-    let memory = ExternalMemory::import(ctx.raw(), &ctx.mem, fd, buffer_size, info)?;
+    let memory = ExternalMemory::import(ctx.raw(), &ctx.mem, fd, buffer_size, info).map_err(
+        |e| match e {
+            // The sizes a refusal names are the buffer's: say which size the sender claimed.
+            EngineError::Interop(why) => {
+                EngineError::Interop(format!("shared memory claimed as {size} bytes: {why}"))
+            }
+            other => other,
+        },
+    )?;
     Ok(counted(dev, memory.view(), Backing::External(memory), size))
 }
 
