@@ -4,6 +4,7 @@ import behind `kDLCUDA` views. docs/interop.md says how to use them and the rule
 
 from __future__ import annotations
 
+from exo_gpu_plugins.errors import InteropError
 from exo_gpu_plugins.interop.dlpack import (
     DLPACK_DTYPES,
     DeviceKind,
@@ -19,6 +20,7 @@ __all__ = [
     "DLPACK_DTYPES",
     "EXPORT_KINDS",
     "DeviceKind",
+    "InteropError",
     "Retained",
     "SharedMemory",
     "TensorRequest",

@@ -112,6 +112,10 @@ def itemsize_of(dtype: str) -> int:
     found = DLPACK_DTYPES.get(dtype)
     if found is None:
         known = ", ".join(DLPACK_DTYPES)
+        if dtype not in DTYPES:
+            raise InteropError(
+                f"dtype {dtype!r} is not a safetensors dtype name (they are upper case: {known})"
+            )
         raise InteropError(f"dtype {dtype!r} has no DLPack form a consumer can take (known: {known})")
     return found[1] // 8
 

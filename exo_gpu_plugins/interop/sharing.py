@@ -192,8 +192,9 @@ def _is_uuid_hex(value: str) -> bool:
 
 
 def send_shared(sock: socket.socket, shared: SharedMemory) -> None:
-    """Send the descriptor (SCM_RIGHTS) and its description over a connected Unix socket. The
-    caller still owns `shared` (close it once sent)."""
+    """Send the descriptor (SCM_RIGHTS) and its description over a connected Unix stream socket,
+    blocking until sent (from async code: `await asyncio.to_thread(send_shared, sock, shared)`).
+    The caller still owns `shared` (close it once sent)."""
     _check_socket(sock)
     if not isinstance(shared, SharedMemory):
         raise TypeError(f"shared must be a SharedMemory, not {type(shared).__name__}")
@@ -208,7 +209,8 @@ def send_shared(sock: socket.socket, shared: SharedMemory) -> None:
 
 
 def receive_shared(sock: socket.socket) -> SharedMemory:
-    """Receive one `SharedMemory` sent by `send_shared` (blocking, by the socket's timeout).
+    """Receive one `SharedMemory` sent by `send_shared`, blocking until it arrives or the
+    socket's timeout passes (from async code: `await asyncio.to_thread(receive_shared, sock)`).
     A message without a descriptor, or with a malformed description, is an `InteropError`; any
     descriptor that came with it is closed."""
     _check_socket(sock)
@@ -261,6 +263,12 @@ def _check_socket(sock: object) -> None:
         raise InteropError(
             f"shared memory travels over a Unix stream socket (AF_UNIX, SOCK_STREAM), not "
             f"{sock.family.name}/{sock.type.name}"
+        )
+    if sock.gettimeout() == 0.0:
+        raise InteropError(
+            "send_shared and receive_shared block until the message has passed, so they need a "
+            "blocking socket (or one with a timeout), not a non-blocking one: from async code, "
+            "call them through asyncio.to_thread"
         )
 
 

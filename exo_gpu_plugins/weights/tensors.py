@@ -117,7 +117,8 @@ async def torch_tensors(
         if start % itemsize:  # a misaligned tensor cannot be a view of other elements
             raise InteropError(
                 f"tensor {name!r} ({tensor.dtype}) at offset {start} is not aligned to its "
-                f"{itemsize}-byte elements, so torch cannot view it in place"
+                f"{itemsize}-byte elements, so torch cannot view it in place "
+                "(LoadedWeights.read gives its bytes)"
             )
         key = (tensor.handle.handle_id, tensor.dtype)
         elements = typed.get(key)

@@ -90,11 +90,19 @@ async def test_every_dtype_reaches_torch(backend: GPUBackend[Any], dtype: str) -
     assert tensor.view(torch.uint8).numpy().tobytes() == PATTERN[:64]
 
 
-@pytest.mark.parametrize("dtype", ["F4", "F6_E2M3", "Q8"])
+@pytest.mark.parametrize("dtype", ["F4", "F6_E2M3", "Q8", "bf16"])
 async def test_dtype_without_dlpack_form_is_named(backend: GPUBackend[Any], dtype: str) -> None:
     handle = await backend.allocate(device_of(backend), 64)
-    with pytest.raises(InteropError, match=dtype):
+    why = "no DLPack form" if dtype.startswith("F") else "not a safetensors dtype name"
+    with pytest.raises(InteropError, match=rf"{dtype}.*{why}"):
         await backend.export_tensor(handle, dtype=dtype)
+
+
+def test_interop_error_is_where_users_look() -> None:
+    import exo_gpu_plugins
+    import exo_gpu_plugins.interop
+
+    assert exo_gpu_plugins.InteropError is exo_gpu_plugins.interop.InteropError is InteropError
 
 
 async def test_bad_arguments(backend: GPUBackend[Any]) -> None:

@@ -396,6 +396,11 @@ async def test_only_unix_stream_sockets_carry_shared_memory(backend: GPUBackend[
                     send_shared(left, shared)
                 with pytest.raises(InteropError, match="SOCK_STREAM"):
                     receive_shared(right)
+        left, right = socket.socketpair()
+        with left, right:
+            right.setblocking(False)  # what asyncio hands out: recv would raise BlockingIOError
+            with pytest.raises(InteropError, match=r"asyncio\.to_thread"):
+                receive_shared(right)
         with pytest.raises(TypeError, match="sock"):
             send_shared(5, shared)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="sock"):
