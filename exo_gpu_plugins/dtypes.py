@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import NamedTuple
 
+from exo_gpu_plugins.quoting import quoted
+
 __all__ = ["DTYPES", "DType", "count_elements", "shape_text"]
 
 
@@ -68,6 +70,8 @@ def count_elements(shape: Sequence[int], limit: int) -> int | None:
 
 def shape_text(shape: object, *, whole: int = 8) -> str:
     """A shape for a message: whole up to `whole` sizes, else its first four and its length."""
-    if not isinstance(shape, (list, tuple)) or len(shape) <= whole:
-        return repr(list(shape) if isinstance(shape, tuple) else shape)
-    return f"[{', '.join(map(repr, shape[:4]))}, ...] of {len(shape)} dimensions"
+    if not isinstance(shape, (list, tuple)):
+        return quoted(shape)
+    if len(shape) <= whole:
+        return repr(list(shape))
+    return f"[{', '.join(map(quoted, shape[:4]))}, ...] of {len(shape)} dimensions"

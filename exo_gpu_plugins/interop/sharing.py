@@ -11,7 +11,6 @@ while any process holds them.
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import stat
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exo_gpu_plugins.errors import InteropError
+from exo_gpu_plugins.quoting import quoted
 
 __all__ = ["HandleType", "SharedMemory", "receive_shared", "send_shared"]
 
@@ -141,20 +141,20 @@ def _check_description(description: dict[str, Any]) -> None:
             return
         if type(value) is not int or value < minimum:
             raise InteropError(
-                f"shared memory field {name!r} must be an int >= {minimum}, not {_shown(value)}"
+                f"shared memory field {name!r} must be an int >= {minimum}, not {quoted(value)}"
             )
 
     def text(name: str, optional: bool = False) -> None:
         value = description.get(name)
         if (value is None and optional) or isinstance(value, str):
             return
-        raise InteropError(f"shared memory field {name!r} must be a string, not {_shown(value)}")
+        raise InteropError(f"shared memory field {name!r} must be a string, not {quoted(value)}")
 
     text("backend")
     if description.get("handle_type") not in _HANDLE_TYPES:
         raise InteropError(
             f"shared memory handle_type must be one of {', '.join(_HANDLE_TYPES)}, "
-            f"not {_shown(description.get('handle_type'))}"
+            f"not {quoted(description.get('handle_type'))}"
         )
     integer("size_bytes", 1)
     integer("allocation_bytes", 1)
@@ -168,7 +168,7 @@ def _check_description(description: dict[str, Any]) -> None:
         value = description.get(name)
         if value is not None and not _is_uuid_hex(value):
             raise InteropError(
-                f"shared memory field {name!r} must be 32 hex digits, not {_shown(value)}"
+                f"shared memory field {name!r} must be 32 hex digits, not {quoted(value)}"
             )
     integer("memory_type", 0, optional=True)
     integer("memory_flags", 0, optional=True)
@@ -177,14 +177,6 @@ def _check_description(description: dict[str, Any]) -> None:
             raise InteropError(f"shared memory field {name!r} must fit 32 bits, not {description[name]}")
     if description["allocation_bytes"] >= 1 << 64:
         raise InteropError("shared memory field 'allocation_bytes' must fit 64 bits")
-
-
-def _shown(value: object) -> str:
-    """A received value for a message: a peer may send 60 KB of it, or an int too long to print."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
-        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _is_uuid_hex(value: str) -> bool:

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, NoReturn
 from exo_gpu_plugins.dtypes import DTYPES, count_elements, shape_text
 from exo_gpu_plugins.errors import CheckpointError
 from exo_gpu_plugins.file_copy import open_regular_file
+from exo_gpu_plugins.quoting import quoted
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -304,7 +305,7 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     bits = _BITS.get(dtype) if type(dtype) is str else None
     if bits is None:
         known = ", ".join(DTYPES)
-        raise CheckpointError(f"{path}: tensor {name!r}: unknown dtype {dtype!r} (known: {known})")
+        raise CheckpointError(f"{path}: tensor {name!r}: unknown dtype {quoted(dtype)} (known: {known})")
     if type(shape) is not list or not _are_counts(shape):
         raise CheckpointError(
             f"{path}: tensor {name!r}: shape must be a list of integers from 0 to 2**64 - 1, "
@@ -313,7 +314,7 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     if type(offsets) is not list or len(offsets) != 2 or not _are_counts(offsets):
         raise CheckpointError(
             f"{path}: tensor {name!r}: data_offsets must be two integers from 0 to 2**64 - 1, "
-            f"got {offsets!r}"
+            f"got {quoted(offsets)}"
         )
     begin, end = offsets
     if begin > end or end > data_size:

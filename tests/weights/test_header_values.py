@@ -260,3 +260,18 @@ def test_many_dims_that_fit_are_read(tmp_path: Path) -> None:
     path = file_with(tmp_path / "twelve.safetensors", f'{{"{T}": {entry}}}', bytes(2048))
     (tensor,) = read_header(path).tensors
     assert tensor.shape == (2,) * 12 and tensor.nbytes == 2048
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        '{"dtype": "U8", "shape": "%s", "data_offsets": [0, 4]}',
+        '{"dtype": "U8", "shape": [4], "data_offsets": "%s"}',
+        '{"dtype": "%s", "shape": [4], "data_offsets": [0, 4]}',
+    ],
+    ids=["shape", "data_offsets", "dtype"],
+)
+def test_a_long_wrong_value_is_quoted_short(entry: str, tmp_path: Path) -> None:
+    """A 100 kB string where a shape, offsets or a dtype belong is quoted by its start and length."""
+    path = file_with(tmp_path / "long.safetensors", f'{{"{T}": {entry % ("x" * 100_000)}}}', bytes(4))
+    refused(path, lambda: read_header(path), repr(T), "100002 characters")
