@@ -6,23 +6,13 @@ Wrong types raise `TypeError`, negative numbers `ValueError`, ranges past the en
 
 from __future__ import annotations
 
-import operator
-
 from exo_gpu_plugins.errors import OutOfBoundsError, OutOfMemoryError
 from exo_gpu_plugins.host_buffer import HostBuffer
+from exo_gpu_plugins.integers import integer
 
-__all__ = ["allocation_size", "check_range", "integer", "non_negative", "readable_view", "writable_view"]
+__all__ = ["allocation_size", "check_range", "non_negative", "readable_view", "writable_view"]
 
 _MAX_ALLOCATION = (1 << 63) - 1  # no device or host holds more
-
-
-def integer(value: object, name: str) -> int:
-    """`value` as an int; bools, floats, None and strings are refused with `TypeError`."""
-    if type(value) is int:
-        return value
-    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return operator.index(value)  # type: ignore[arg-type]
 
 
 def flag(value: object, name: str) -> bool:

@@ -5,13 +5,14 @@ they share."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import NamedTuple
 
 from exo_gpu_plugins.quoting import quoted
 
-__all__ = ["DTYPES", "DType", "count_elements", "shape_text"]
+__all__ = ["DTYPES", "FEW_DIMS", "DType", "are_sizes", "count_elements", "shape_text"]
 
 
 class DType(NamedTuple):
@@ -55,17 +56,34 @@ DTYPES: Mapping[str, DType] = MappingProxyType(
 )
 
 
+# A product of this many sizes (each below 2**64) is cheap to form exactly, in C.
+FEW_DIMS = 8
+_INT_ONLY = frozenset({int})
+
+
+def are_sizes(values: Sequence[object], end: int) -> bool:
+    """Every value a plain int (not a bool) from 0 to `end` - 1; checked by C loops, since a
+    checkpoint holds thousands of shapes."""
+    return _INT_ONLY.issuperset(map(type, values)) and (
+        not values or (min(values) >= 0 and max(values) < end)  # type: ignore[type-var, operator]
+    )
+
+
 def count_elements(shape: Sequence[int], limit: int) -> int | None:
-    """The product of `shape` (sizes >= 0), or None once it passes `limit`: formed only as far as
-    it matters, since a shape of 200,000 large sizes would take minutes to multiply out."""
+    """The product of `shape` (sizes >= 0), or None when it passes `limit`: a short shape's is
+    formed at once, a long one's only as far as it matters (200,000 large sizes would take
+    minutes to multiply out)."""
     if 0 in shape:
         return 0
+    if len(shape) <= FEW_DIMS:
+        product = math.prod(shape)
+        return product if product <= limit else None
     count = 1
     for size in shape:
         count *= size
         if count > limit:
             return None
-    return count if count <= limit else None  # the empty shape: one element
+    return count
 
 
 def shape_text(shape: object, *, whole: int = 8) -> str:

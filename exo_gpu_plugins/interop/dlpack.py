@@ -19,15 +19,15 @@ from __future__ import annotations
 import ctypes
 import enum
 import math
-import operator
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from exo_gpu_plugins.dtypes import DTYPES, count_elements, shape_text
+from exo_gpu_plugins.dtypes import DTYPES, are_sizes, count_elements, shape_text
 from exo_gpu_plugins.errors import InteropError
+from exo_gpu_plugins.integers import integer
 
 __all__ = [
     "DLPACK_DTYPES",
@@ -60,8 +60,6 @@ DLPACK_DTYPES: Mapping[str, tuple[int, int]] = MappingProxyType(
 # DLPack's shape and strides are int64_t: a size, or a stride, past this would reach the consumer
 # wrapped around (or overflow inside it).
 _INT64_END = 1 << 63
-_INT_ONLY = frozenset({int})
-_FEW_DIMS = 8  # a product of this many sizes below 2**63 is cheap to form exactly
 
 
 def checked_shape(shape: object, itemsize: int = 1) -> tuple[int, ...]:
@@ -75,16 +73,10 @@ def checked_shape(shape: object, itemsize: int = 1) -> tuple[int, ...]:
         raise TypeError(f"shape must be a sequence of ints, not {type(shape).__name__}")
     else:
         dims = tuple(shape)
-    if not (
-        _INT_ONLY.issuperset(map(type, dims))
-        and (not dims or (min(dims) >= 0 and max(dims) < _INT64_END))
-    ):
+    if not are_sizes(dims, _INT64_END):
         dims = tuple(_size(position, entry, dims) for position, entry in enumerate(dims))
-    if len(dims) <= _FEW_DIMS and 0 not in dims:  # the usual shape: a short product, in C
-        fits = math.prod(dims) * itemsize < _INT64_END
-    else:
-        fits = count_elements([n for n in dims if n], (_INT64_END - 1) // itemsize) is not None
-    if not fits:
+    spanned = dims if 0 not in dims else [n for n in dims if n]
+    if count_elements(spanned, (_INT64_END - 1) // itemsize) is None:
         raise ValueError(
             f"shape {shape_text(dims)}: its sizes other than 0 span more than 2**63 - 1 bytes of "
             f"{itemsize}-byte elements, past DLPack's int64 strides"
@@ -94,11 +86,7 @@ def checked_shape(shape: object, itemsize: int = 1) -> tuple[int, ...]:
 
 def _size(position: int, entry: object, dims: tuple[object, ...]) -> int:
     """One entry of a shape as a size, or the error naming it."""
-    if isinstance(entry, bool) or not hasattr(type(entry), "__index__"):
-        raise TypeError(
-            f"shape[{position}] must be an int, not {type(entry).__name__} (shape {shape_text(dims)})"
-        )
-    size = operator.index(entry)  # type: ignore[arg-type]
+    size = integer(entry, f"shape[{position}]")
     if not 0 <= size < _INT64_END:
         raise ValueError(
             f"shape[{position}] must be from 0 to 2**63 - 1 (DLPack's int64), got {size} "
@@ -233,14 +221,8 @@ class TensorView:
         owner: object,
         readonly: bool = False,
     ) -> None:
-        itemsize = itemsize_of(dtype)
-        self._address = address
-        self.byte_offset = byte_offset
-        self.dtype = dtype
-        self.shape = checked_shape(shape, itemsize)
-        self.device = device
-        self._owner = owner
-        self.readonly = readonly
+        shape = checked_shape(shape, itemsize_of(dtype))
+        self._fill(address, byte_offset, dtype, shape, device, owner, readonly)
 
     @classmethod
     def checked(
@@ -256,14 +238,26 @@ class TensorView:
         """A view of a dtype and shape that `check_view` (or `checked_shape`) has passed, made
         without checking them again: a checkpoint's hundreds of views are made at once."""
         view = cls.__new__(cls)
-        view._address = address
-        view.byte_offset = byte_offset
-        view.dtype = dtype
-        view.shape = shape
-        view.device = device
-        view._owner = owner
-        view.readonly = readonly
+        view._fill(address, byte_offset, dtype, shape, device, owner, readonly)
         return view
+
+    def _fill(
+        self,
+        address: int,
+        byte_offset: int,
+        dtype: str,
+        shape: tuple[int, ...],
+        device: tuple[DeviceKind, int],
+        owner: object,
+        readonly: bool,
+    ) -> None:
+        self._address = address
+        self.byte_offset = byte_offset
+        self.dtype = dtype
+        self.shape = shape
+        self.device = device
+        self._owner = owner
+        self.readonly = readonly
 
     @property
     def nbytes(self) -> int:

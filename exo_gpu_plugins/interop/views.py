@@ -3,7 +3,6 @@ choice of device, and the one CUDA import per allocation that all its views shar
 
 from __future__ import annotations
 
-import operator
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from exo_gpu_plugins.dtypes import count_elements, shape_text
 from exo_gpu_plugins.errors import InteropError, OutOfBoundsError
+from exo_gpu_plugins.integers import integer
 from exo_gpu_plugins.interop.dlpack import DeviceKind, TensorView, checked_shape, itemsize_of
 from exo_gpu_plugins.interop.memory import Retained
 from exo_gpu_plugins.interop.sharing import SharedMemory
@@ -41,12 +41,7 @@ def check_view(
     shape defaults to the rest of the allocation, as one dimension. A wrong type is a
     `TypeError`, a negative number or a bad size a `ValueError`, a view past the end an
     `OutOfBoundsError`."""
-    if type(offset_bytes) is int:
-        offset = offset_bytes
-    elif isinstance(offset_bytes, bool) or not hasattr(type(offset_bytes), "__index__"):
-        raise TypeError(f"offset_bytes must be an int, not {type(offset_bytes).__name__}")
-    else:
-        offset = operator.index(offset_bytes)  # type: ignore[arg-type]
+    offset = integer(offset_bytes, "offset_bytes")
     if offset < 0:
         raise ValueError(f"offset_bytes must be >= 0, got {offset}")
     if not isinstance(dtype, str):

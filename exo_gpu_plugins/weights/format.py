@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
 
-from exo_gpu_plugins.dtypes import DTYPES, count_elements, shape_text
+from exo_gpu_plugins.dtypes import DTYPES, FEW_DIMS, are_sizes, count_elements, shape_text
 from exo_gpu_plugins.errors import CheckpointError
 from exo_gpu_plugins.file_copy import open_regular_file
 from exo_gpu_plugins.quoting import quoted
@@ -42,10 +42,6 @@ _PREFIX = 8
 _TENSOR_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 # Shapes and offsets are 64-bit unsigned in the format (the reference parser's `usize`).
 _COUNT_LIMIT = 1 << 64
-_INT_ONLY = frozenset({int})
-# A product of this many sizes below 2**64 is cheap to form exactly; past it, the element count is
-# formed only up to the bytes on offer (200,000 dimensions would take minutes to multiply out).
-_FEW_DIMS = 8
 _BITS = {name: kind.bits for name, kind in DTYPES.items()}  # a plain dict: looked up per tensor
 # An integer longer than this cannot be a size on any machine (2**64 has 20 digits); it is kept as
 # a `HugeInteger` rather than converted, which for thousands of digits would be Python's own
@@ -306,12 +302,12 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     if bits is None:
         known = ", ".join(DTYPES)
         raise CheckpointError(f"{path}: tensor {name!r}: unknown dtype {quoted(dtype)} (known: {known})")
-    if type(shape) is not list or not _are_counts(shape):
+    if type(shape) is not list or not are_sizes(shape, _COUNT_LIMIT):
         raise CheckpointError(
             f"{path}: tensor {name!r}: shape must be a list of integers from 0 to 2**64 - 1, "
             f"got {shape_text(shape)}"
         )
-    if type(offsets) is not list or len(offsets) != 2 or not _are_counts(offsets):
+    if type(offsets) is not list or len(offsets) != 2 or not are_sizes(offsets, _COUNT_LIMIT):
         raise CheckpointError(
             f"{path}: tensor {name!r}: data_offsets must be two integers from 0 to 2**64 - 1, "
             f"got {quoted(offsets)}"
@@ -319,7 +315,7 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
     begin, end = offsets
     if begin > end or end > data_size:
         _refuse_offsets(name, path, begin, end, data_size)
-    if len(shape) <= _FEW_DIMS:
+    if len(shape) <= FEW_DIMS:  # exact, for the message below
         bits *= math.prod(shape)
     else:
         count = count_elements(shape, (end - begin) * 8)
@@ -333,8 +329,7 @@ def _tensor(name: str, value: object, path: str, data_start: int, data_size: int
         need = f"{bits // 8}" + (f".{bits % 8 * 125:03d}".rstrip("0") if bits % 8 else "")  # exact
         raise CheckpointError(
             f"{path}: tensor {name!r}: dtype {dtype} and shape {shape_text(shape)} need {need} "
-            "bytes, "
-            f"but data_offsets [{begin}, {end}] hold {end - begin}"
+            f"bytes, but data_offsets [{begin}, {end}] hold {end - begin}"
         )
     return TensorEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
 
@@ -346,14 +341,6 @@ def _refuse_offsets(name: str, path: str, begin: int, end: int, data_size: int) 
     raise CheckpointError(
         f"{where}: data_offsets [{begin}, {end}] reach past the {data_size}-byte data section "
         "(file truncated?)"
-    )
-
-
-def _are_counts(values: list[Any]) -> bool:
-    """Every value a JSON integer (not a bool) from 0 to 2**64 - 1; checked by C loops, since a
-    header holds thousands of them."""
-    return _INT_ONLY.issuperset(map(type, values)) and (
-        not values or (min(values) >= 0 and max(values) < _COUNT_LIMIT)
     )
 
 

@@ -41,7 +41,7 @@ def _check_exportable(tensors: Mapping[str, LoadedTensor]) -> None:
     """Every dtype and shape has a DLPack form, before anything is exported; else the tensor is
     named. A tensor with bytes has a shape DLPack can carry (its sizes multiply to a file's
     bytes); an empty one may not (safetensors allows sizes up to 2**64 - 1, DLPack to 2**63 - 1)."""
-    itemsizes: dict[str, int] = {}
+    itemsizes: dict[str, int] = {}  # a few dtypes, hundreds of tensors
     for name, tensor in tensors.items():
         try:
             itemsize = itemsizes.get(tensor.dtype)
