@@ -25,7 +25,12 @@ from typing import Any, NamedTuple, Protocol
 
 from exo_gpu_plugins._trusted import trusted
 from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.errors import BackendClosedError, CheckpointError, InvalidHandleError
+from exo_gpu_plugins.errors import (
+    BackendClosedError,
+    CheckpointError,
+    InvalidHandleError,
+    OutOfMemoryError,
+)
 from exo_gpu_plugins.file_copy import open_regular_file
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.weights.checkpoint import PathsArg
@@ -139,7 +144,7 @@ async def fill_plan(
         if allocations:
             pending.append(start_allocation(backend, device_id, allocations[0], exportable))
         for number, allocation in enumerate(allocations):
-            handles.append(await asyncio.shield(pending[0]))
+            handles.append(await _allocated(pending[0], plan, number))
             pending.clear()
             if exportable:
                 preparing.append(asyncio.ensure_future(backend.prepare_export(handles[-1])))
@@ -184,6 +189,23 @@ async def fill_plan(
 # the transfer pipeline never drains between steps (three: 1-2 % faster than two on an H100,
 # 2026-12-06; four no faster).
 _COPIES_IN_FLIGHT = 3
+
+
+async def _allocated(
+    pending: asyncio.Future[MemoryHandle], plan: CheckpointPlan, number: int
+) -> MemoryHandle:
+    """The allocation being made (shielded: a cancellation leaves it to the clean-up); a full
+    device is reported naming the file and how much of the load it stopped."""
+    try:
+        return await asyncio.shield(pending)
+    except OutOfMemoryError as exc:
+        allocation = plan.allocations[number]
+        made = sum(a.size_bytes for a in plan.allocations[:number])
+        raise OutOfMemoryError(
+            f"{allocation.file}: allocation {number + 1} of {len(plan.allocations)} "
+            f"({allocation.size_bytes} bytes) failed after {made} of the load's "
+            f"{plan.allocated_bytes} bytes were allocated (all freed again): {exc}"
+        ) from exc
 
 
 class _Copy(NamedTuple):

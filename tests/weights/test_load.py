@@ -291,9 +291,18 @@ async def test_allocation_failure_frees(sharded: Path, backend: GPUBackend[Any],
         return await real(device_id, size, zeroed=zeroed)
 
     backend.allocate = allocate  # type: ignore[method-assign]
-    with pytest.raises(OutOfMemoryError):
+    plan = plan_checkpoint(sharded, pack="tensor")
+    with pytest.raises(OutOfMemoryError) as failed:
         await load_weights(backend, device, sharded, pack="tensor")
     assert made == 5
+    # The message names the file whose allocation failed and how far the load had come.
+    fifth = plan.allocations[4]
+    made_bytes = sum(a.size_bytes for a in plan.allocations[:4])
+    assert str(failed.value).startswith(
+        f"{fifth.file}: allocation 5 of {len(plan.allocations)} ({fifth.size_bytes} bytes) failed "
+        f"after {made_bytes} of the load's {plan.allocated_bytes} bytes were allocated"
+    )
+    assert str(failed.value).endswith(": device full")
     assert backend.live_handles() == []
 
 
