@@ -95,6 +95,7 @@ class DeviceState:
     memory: MemoryReport
     usage: DeviceUsage
     telemetry: Telemetry
+    export_kinds: tuple[str, ...]  # how its memory leaves the backend (Capabilities.export_kinds)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,6 +211,7 @@ async def device_state(backend: GPUBackend[Any], device_id: str) -> DeviceState:
         memory=report,
         usage=device_usage(device, report),
         telemetry=await read_telemetry(backend, device_id),
+        export_kinds=tuple(backend.capabilities(device_id).export_kinds),
     )
 
 

@@ -87,6 +87,16 @@ def test_devices_table_and_json() -> None:
     rows = json.loads(text)
     assert rows[0]["device_id"] == "host:0" and rows[0]["total_bytes"] > 0
     assert {"uuid", "memory_source", "default", "available_bytes"} <= set(rows[0])
+    # Which devices can hand memory to torch or another process, without `info` for each.
+    assert rows[0]["export_kinds"] == ["cpu", "fd"]
+    header, _, row = text_table(run("devices", "--backend", "host")[1])
+    assert header[-1] == "exports" and row[-1] == "cpu, fd"
+
+
+def text_table(text: str) -> tuple[list[str], str, list[str]]:
+    """The header, rule and first row of a table `run` printed, split at runs of 2+ spaces."""
+    header, rule, first = text.splitlines()[:3]
+    return re.split(r"\s{2,}", header.strip()), rule, re.split(r"\s{2,}", first.strip())
 
 
 def test_info_shows_every_section() -> None:

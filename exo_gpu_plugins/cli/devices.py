@@ -45,6 +45,7 @@ async def cmd_devices(args: argparse.Namespace, screen: Screen) -> int:
                     "device_used_bytes": state.usage.device_used_bytes,
                     "device_used_source": state.usage.device_used_source,
                     "device_used_note": state.usage.device_used_note,
+                    "export_kinds": list(state.export_kinds),
                     "default": state.device.device_id.partition(":")[0] == default,
                 }
                 for state in states
@@ -61,6 +62,7 @@ async def cmd_devices(args: argparse.Namespace, screen: Screen) -> int:
             Column("used", "right"),
             Column("available", "right"),
             Column("units", "right"),
+            Column("exports"),
         ],
         [
             [
@@ -72,12 +74,18 @@ async def cmd_devices(args: argparse.Namespace, screen: Screen) -> int:
                 format_bytes(s.usage.device_used_bytes),
                 format_bytes(s.memory.available_bytes),
                 s.device.compute_units,
+                ", ".join(s.export_kinds) or "-",
             ]
             for s in states
         ],
     )
     source = "--backend" if args.backend else config.requested_backend().source
     screen.line(f"\n* default backend ({source}): {default}")
+    if any(s.export_kinds for s in states):
+        screen.line(
+            "exports: cpu = viewed in place from the CPU, fd = shared with other processes, "
+            "cuda = viewed as CUDA memory (docs/interop.md)"
+        )
     for state in states:
         if state.usage.device_used_note:
             screen.line(f"{state.device.device_id}: {state.usage.device_used_note}")
