@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, final
 
 from exo_gpu_plugins._handles import Live, new_handle
-from exo_gpu_plugins.errors import GPUError, InteropError
+from exo_gpu_plugins.errors import GPUError, InteropError, InvalidHandleError
 from exo_gpu_plugins.hooks import BackendHooks, NativeT
 from exo_gpu_plugins.interop.dlpack import TensorView
 from exo_gpu_plugins.interop.memory import Retained
@@ -92,6 +92,12 @@ class ExportMethods(BackendHooks[NativeT]):
                 if index not in kinds:
                     kinds[index] = self._capabilities(index).export_kinds
                     await self._synchronize(index)
+            for entry, *_ in checked:  # a deallocate may have run while the device was awaited
+                if self._live.get(entry.handle.handle_id) is not entry:
+                    raise InvalidHandleError(
+                        f"handle {entry.handle.handle_id!r} was freed (deallocate or shutdown) "
+                        "while its view waited for the device's work"
+                    )
             views: list[TensorView | None] = [None] * len(checked)
             retained: dict[str, Retained] = {}
             on_cuda: list[tuple[int, Live[NativeT], str, tuple[int, ...], int]] = []

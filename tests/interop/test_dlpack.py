@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.errors import InteropError, OutOfBoundsError
+from exo_gpu_plugins.errors import InteropError, InvalidHandleError, OutOfBoundsError
 from exo_gpu_plugins.interop import (
     DLPACK_DTYPES,
     DeviceKind,
@@ -248,6 +248,26 @@ async def test_memory_outlives_free_and_shutdown_while_viewed(backend_name: str,
     assert tensor.numpy().tobytes() == PATTERN
     array[0] = 7  # still writable memory, not a dangling mapping
     assert tensor.view(torch.uint8)[0].item() == 7
+
+
+async def test_a_free_while_a_view_waits_for_the_device(
+    backend: GPUBackend[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deallocate that runs while export_tensor awaits the device's work: the export is refused
+    naming the handle, on every backend alike (the host backend used to hand out a view of the
+    freed allocation; Vulkan said "unknown or freed allocation 1")."""
+    handle = await backend.allocate(device_of(backend), 4096, exportable=True)
+    waited = backend._synchronize
+
+    async def freeing(index: int) -> None:
+        await waited(index)
+        await backend.deallocate(handle)
+
+    monkeypatch.setattr(backend, "_synchronize", freeing)
+    message = f"handle '{handle.handle_id}' was freed .* while its view waited for the device's work"
+    with pytest.raises(InvalidHandleError, match=message):
+        await backend.export_tensor(handle, device="auto")
+    assert backend.live_handles() == []
 
 
 async def test_host_buffer_views(backend: GPUBackend[Any]) -> None:
