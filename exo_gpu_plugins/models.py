@@ -179,7 +179,8 @@ class MemoryReport(BaseModel):
     - `total_bytes`: the device's memory (its device-local heaps);
     - `used_bytes`: what this process holds there;
     - `available_bytes`: what a new allocation can still get;
-    - `reserved_bytes`: the rest, held by other processes, the driver and the OS.
+    - `reserved_bytes`: the rest, held by other processes, the driver and the OS (and, where
+      the driver reports no per-process usage, this process's staging, pools and rounding).
     The four always add up: total = used + available + reserved. `source` names where the figures
     came from (e.g. `VK_EXT_memory_budget`, `heap-size-minus-own`, `os`).
     It is also a read-only mapping of those four figures, as the dict of exo's fork was.
