@@ -27,7 +27,7 @@ from typing import Any
 
 from exo_gpu_plugins.dtypes import DTYPES, are_sizes, count_elements, shape_text
 from exo_gpu_plugins.errors import InteropError
-from exo_gpu_plugins.integers import integer
+from exo_gpu_plugins.integers import integer, is_integer
 
 __all__ = [
     "DLPACK_DTYPES",
@@ -349,7 +349,7 @@ def _is_pair(value: object) -> bool:
     """A pair of ints, as DLPack's device and version arguments are."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         return False
-    return all(hasattr(type(n), "__index__") and not isinstance(n, bool) for n in value)
+    return all(map(is_integer, value))
 
 
 def read_dlpack_bytes(producer: object) -> bytes:
