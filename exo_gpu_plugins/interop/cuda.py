@@ -185,6 +185,7 @@ class CudaMapping:
         self.ordinal = ordinal
         self.size_bytes = shared.size_bytes
         self._owner: object | None = owner
+        self._dying = False
         self._memory = ctypes.c_void_p()
         self._pointer = ctypes.c_uint64()
         device = ctypes.c_int()
@@ -247,9 +248,16 @@ class CudaMapping:
             driver.primary_release(self._device)
             self._owner = None
 
+    @property
+    def closing(self) -> bool:
+        """Whether it is closed, or handed to the reaper because its last reference went (a
+        weak reference still returns it until the reaper lets go): no new view may use it."""
+        return self._dying or self._context is None
+
     def __del__(self) -> None:
         # The last view went, maybe on the event loop's thread or inside a consumer's deleter:
         # the close (which waits for the CUDA context's work) runs on the reaper thread.
+        self._dying = True
         with contextlib.suppress(Exception):
             _reap(self)
 

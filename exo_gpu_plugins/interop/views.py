@@ -108,7 +108,7 @@ class CudaImports:
 
         with self._lock:
             found = self._prepared.get(handle_id) or self._mappings.get(handle_id)
-        if found is not None:
+        if found is not None and not found.closing:
             return found
         with share() as shared:
             mapping = import_into_cuda(shared, retain().owner)

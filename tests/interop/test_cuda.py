@@ -7,6 +7,7 @@ skip, unless EXO_GPU_REQUIRE_CUDA=1, which makes that a failure."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import subprocess
@@ -239,3 +240,18 @@ async def test_a_misaligned_cuda_view_is_refused(vulkan: GPUBackend[Any]) -> Non
     handle = await vulkan.allocate(device_of(vulkan), 4096, exportable=True)
     with pytest.raises(InteropError, match="aligned"):
         await vulkan.export_tensor(handle, dtype="F32", offset_bytes=2, shape=(4,), device="cuda")
+
+
+async def test_a_view_made_as_the_last_one_goes_gets_a_live_import(vulkan: GPUBackend[Any]) -> None:
+    # The last view's import is closed by the reaper thread, but a weak reference still finds it
+    # until then: a new view must import again, not take the import being closed.
+    torch = require_torch()
+    handle = await vulkan.allocate(device_of(vulkan), len(PATTERN), exportable=True)
+    await vulkan.copy_to_device(PATTERN, handle)
+    expected = torch.frombuffer(bytearray(PATTERN), dtype=torch.uint8)
+    tensor = torch.from_dlpack(await vulkan.export_tensor(handle, device="cuda"))
+    for _ in range(20):
+        del tensor  # the last view: its import goes to the reaper
+        tensor = torch.from_dlpack(await vulkan.export_tensor(handle, device="cuda"))
+        await asyncio.sleep(0.02)  # the reaper closes the old import meanwhile
+        assert torch.equal(tensor.cpu(), expected), "a view uses an import that was closed"
