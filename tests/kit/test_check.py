@@ -129,4 +129,6 @@ def test_missing_dependencies_are_status_2(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "hypothesis", None)
     err = io.StringIO()
     assert run_check("host", err=err) == 2
-    assert "pip install -e '.[testing]' in an exo-gpu-plugins checkout" in err.getvalue()
+    # The advice fits the install: a checkout's editable one, or a wheel's (the GPU machine's).
+    assert kit_check._install_advice() in err.getvalue()
+    assert "needs pytest, hypothesis and numpy: pip install" in err.getvalue()
