@@ -6,6 +6,7 @@ docs/interop.md. A part of `GPUBackend`, kept apart so that backend.py reads as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from exo_gpu_plugins.interop.memory import Retained
 from exo_gpu_plugins.interop.sharing import SharedMemory
 from exo_gpu_plugins.interop.views import CudaImports, ExportDevice, TensorRequest, check_view, cpu_view
 from exo_gpu_plugins.models import MemoryHandle
+from exo_gpu_plugins.page_cache import is_cached
 
 if TYPE_CHECKING:
     from exo_gpu_plugins._gate import Gate
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["ExportMethods"]
 
 log = logging.getLogger(__name__)
+
+# File copies at least this large into CUDA-imported memory go through CUDA (one ring slot:
+# below it, the thread hop and the device synchronize outweigh the faster link).
+CUDA_COPY_MIN_BYTES = 8 << 20
 
 
 class ExportMethods(BackendHooks[NativeT]):
@@ -139,11 +145,47 @@ class ExportMethods(BackendHooks[NativeT]):
             made.append((position, view))
         return made
 
+    async def _copy_file_on_cuda(
+        self, entry: Live[NativeT], offset: int, fd: int, start: int, size: int
+    ) -> bool:
+        """Fill exportable memory that CUDA has imported (ahead of its views, as the weights
+        loader asks, or for a view still alive) on CUDA's copy engine, when the file range is in
+        the page cache: faster than Vulkan's DMA on NVIDIA (interop/cuda_copy.py). False when not
+        taken; the backend's own path copies then."""
+        if not entry.exportable or size < CUDA_COPY_MIN_BYTES:
+            return False
+        mapping = self._cuda_imports.held(entry.handle.handle_id)
+        if mapping is None or not is_cached(fd, start, size):
+            return False
+        copier = await asyncio.to_thread(
+            self._cuda_imports.copier, mapping.ordinal, self._read_file_into
+        )
+        if copier is None:
+            return False
+        # The device's earlier work on this memory (its zeroing, say) ends before CUDA writes.
+        await self._synchronize(entry.device_index)
+        copy = asyncio.ensure_future(
+            asyncio.to_thread(copier.copy, fd, start, size, mapping.pointer + offset)
+        )
+        try:
+            await asyncio.shield(copy)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped: it reads the caller's file and writes the memory, so
+            # the cancellation leaves (and the gate lets shutdown go on) only once it ended.
+            while not copy.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([copy])
+            if not copy.cancelled():
+                copy.exception()  # seen: the cancellation is what leaves
+            raise
+        return True
+
     @final
     async def prepare_export(self, handle: MemoryHandle) -> None:
         """Do now, without waiting for the device, what a later CUDA view of this exportable
-        allocation needs first (importing it into CUDA), so that the view is quick: the weights
-        loader calls it while its copies still fill the allocation. Nothing happens where the
+        allocation needs first (importing it into CUDA), so that the view is quick, and so that
+        file copies into it run on CUDA's copy engine: the weights loader calls it before the
+        copies of an allocation (or beside them, when all are small). Nothing happens where the
         device has no "cuda" export kind; a failure is left for the view to report."""
         with self._gate:
             entry = self._entry(handle, "handle")

@@ -55,6 +55,7 @@ HOOK_KINDS: dict[str, bool] = {
     "_import_fd": True,
     "_export_fd": False,
     "_retain": False,
+    "_read_file_into": False,
 }
 
 # Hooks of earlier versions that no longer exist: the version that had them, and what replaced them
@@ -169,6 +170,13 @@ class BackendHooks(abc.ABC, Generic[NativeT]):
         writes each with `_write`; backends with a faster path override it."""
         write = functools.partial(self._write, native)
         await file_copy.pipelined_copy(write, offset, fd, file_offset, size)
+
+    def _read_file_into(self, fd: int, file_offset: int, out: memoryview) -> None:
+        """Fill `out` from the open file `fd` at `file_offset`, blocking (it runs in a worker
+        thread): the reads of the CUDA copy path (docs/interop.md). The default is one `preadv`
+        loop; a backend that reads in parallel without the GIL overrides it. A short read or an
+        I/O error is `FileReadError`."""
+        file_copy.read_exact(fd, out, file_offset)
 
     async def _allocate_host(self, index: int, size: int) -> tuple[memoryview, object | None]:
         """Host memory for copies with device `index`: (a writable view of zeroed memory, the

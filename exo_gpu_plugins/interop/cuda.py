@@ -23,7 +23,14 @@ from typing import Any
 from exo_gpu_plugins.errors import InteropError
 from exo_gpu_plugins.interop.sharing import SharedMemory
 
-__all__ = ["CudaMapping", "cuda_ordinal", "cuda_unavailable_reason", "import_into_cuda"]
+__all__ = [
+    "CudaMapping",
+    "cuda_ordinal",
+    "cuda_unavailable_reason",
+    "import_into_cuda",
+    "retain_primary_context",
+    "usable_driver",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,32 @@ class _Driver:
         self.destroy_memory = bind("cuDestroyExternalMemory")
         self.mem_free = bind("cuMemFree_v2", "cuMemFree")
         self.error_name = bind("cuGetErrorName")
+        # The copy engine's path (interop/cuda_copy.py): pinned host slots, a stream, events.
+        self.host_alloc = bind("cuMemHostAlloc")
+        self.host_free = bind("cuMemFreeHost")
+        self.stream_create = bind("cuStreamCreate")
+        self.stream_destroy = bind("cuStreamDestroy_v2", "cuStreamDestroy")
+        self.stream_synchronize = bind("cuStreamSynchronize")
+        self.event_create = bind("cuEventCreate")
+        self.event_record = bind("cuEventRecord")
+        self.event_synchronize = bind("cuEventSynchronize")
+        self.event_destroy = bind("cuEventDestroy_v2", "cuEventDestroy")
+        self.copy_to_device_async = bind("cuMemcpyHtoDAsync_v2")  # v1 takes 32-bit addresses
+        self.host_alloc.argtypes = (ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_uint)
+        self.host_free.argtypes = (ctypes.c_void_p,)
+        self.stream_create.argtypes = (ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint)
+        self.stream_destroy.argtypes = (ctypes.c_void_p,)
+        self.stream_synchronize.argtypes = (ctypes.c_void_p,)
+        self.event_create.argtypes = (ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint)
+        self.event_record.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
+        self.event_synchronize.argtypes = (ctypes.c_void_p,)
+        self.event_destroy.argtypes = (ctypes.c_void_p,)
+        self.copy_to_device_async.argtypes = (
+            ctypes.c_uint64,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_void_p,
+        )
         self.mapped_buffer.argtypes = (
             ctypes.POINTER(ctypes.c_uint64),
             ctypes.c_void_p,
@@ -146,11 +179,22 @@ def cuda_unavailable_reason() -> str | None:
     return found if isinstance(found, str) else None
 
 
-def _usable() -> _Driver:
+def usable_driver() -> _Driver:
+    """The initialised driver; `InteropError` saying why there is none."""
     found = _driver()
     if isinstance(found, str):
         raise InteropError(found)
     return found
+
+
+def retain_primary_context(driver: _Driver, ordinal: int) -> tuple[ctypes.c_int, ctypes.c_void_p]:
+    """(device, its primary context), retained: the context torch and CuPy use, so what is made
+    in it is theirs to use. Release with `driver.primary_release(device)`."""
+    device = ctypes.c_int()
+    driver.check(driver.device_get(ctypes.byref(device), ordinal), "cuDeviceGet")
+    context = ctypes.c_void_p()
+    driver.check(driver.primary_retain(ctypes.byref(context), device), "cuDevicePrimaryCtxRetain")
+    return device, context
 
 
 @functools.lru_cache(maxsize=64)
@@ -180,7 +224,7 @@ class CudaMapping:
 
     def __init__(self, shared: SharedMemory, ordinal: int, owner: object) -> None:
         _start_reaper()
-        driver = _usable()
+        driver = usable_driver()
         self._driver = driver
         self.ordinal = ordinal
         self.size_bytes = shared.size_bytes
@@ -188,11 +232,7 @@ class CudaMapping:
         self._dying = False
         self._memory = ctypes.c_void_p()
         self._pointer = ctypes.c_uint64()
-        device = ctypes.c_int()
-        driver.check(driver.device_get(ctypes.byref(device), ordinal), "cuDeviceGet")
-        self._device = device
-        context = ctypes.c_void_p()
-        driver.check(driver.primary_retain(ctypes.byref(context), device), "cuDevicePrimaryCtxRetain")
+        self._device, context = retain_primary_context(driver, ordinal)
         self._context: ctypes.c_void_p | None = context
         try:
             self._import(shared)

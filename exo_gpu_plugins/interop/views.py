@@ -3,6 +3,7 @@ choice of device, and the one CUDA import per allocation that all its views shar
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -17,8 +18,11 @@ from exo_gpu_plugins.interop.sharing import SharedMemory
 
 __all__ = ["CudaImports", "ExportDevice", "TensorRequest", "check_view", "cpu_view"]
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from exo_gpu_plugins.interop.cuda import CudaMapping
+    from exo_gpu_plugins.interop.cuda_copy import CudaFileCopier, Reader
     from exo_gpu_plugins.models import MemoryHandle
 
 ExportDevice = Literal["auto", "cpu", "cuda"]
@@ -100,15 +104,17 @@ class CudaImports:
         self._mappings: weakref.WeakValueDictionary[str, CudaMapping] = weakref.WeakValueDictionary()
         self._prepared: dict[str, CudaMapping] = {}
         self._lock = threading.Lock()
+        self._copiers: dict[int, CudaFileCopier | None] = {}  # per CUDA device; None: failed
+        self._copiers_lock = threading.Lock()
+        self._closed = False
 
     def _mapping(
         self, handle_id: str, share: Callable[[], SharedMemory], retain: Callable[[], Retained]
     ) -> CudaMapping:
         from exo_gpu_plugins.interop.cuda import import_into_cuda
 
-        with self._lock:
-            found = self._prepared.get(handle_id) or self._mappings.get(handle_id)
-        if found is not None and not found.closing:
+        found = self.held(handle_id)
+        if found is not None:
             return found
         with share() as shared:
             mapping = import_into_cuda(shared, retain().owner)
@@ -123,6 +129,40 @@ class CudaImports:
         mapping = self._mapping(handle_id, share, retain)
         with self._lock:
             self._prepared[handle_id] = mapping
+
+    def held(self, handle_id: str) -> CudaMapping | None:
+        """The allocation's CUDA import, made ahead or by a view still alive (None: none, or
+        one whose last view went and which is being closed)."""
+        with self._lock:
+            found = self._prepared.get(handle_id) or self._mappings.get(handle_id)
+        return None if found is None or found.closing else found
+
+    def copier(self, ordinal: int, read: Reader) -> CudaFileCopier | None:
+        """The file copier of CUDA device `ordinal`, made on first use with `read` as its
+        reader (blocking: pinning its ring takes milliseconds); None once its making failed
+        (logged once: the copies keep the backend's own path) or after `close()`."""
+        from exo_gpu_plugins.interop.cuda_copy import CudaFileCopier
+
+        with self._copiers_lock:
+            if self._closed:
+                return None
+            if ordinal not in self._copiers:
+                try:
+                    self._copiers[ordinal] = CudaFileCopier(ordinal, read)
+                except InteropError as exc:
+                    log.warning("CUDA device %d: copies keep the backend's own path: %s", ordinal, exc)
+                    self._copiers[ordinal] = None
+            return self._copiers[ordinal]
+
+    def close(self) -> None:
+        """At shutdown: drop every held import, close the copiers (each waits for its copies)."""
+        self.forget()
+        with self._copiers_lock:
+            self._closed = True
+            copiers = [copier for copier in self._copiers.values() if copier is not None]
+            self._copiers.clear()
+        for copier in copiers:
+            copier.close()
 
     def forget(self, handle_id: str | None = None) -> None:
         """Drop the held import of an allocation that was freed (all of them: None); views

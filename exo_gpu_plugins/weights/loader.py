@@ -4,8 +4,9 @@ The plan is made (every header checked) before the first allocation. Then each p
 as one `backend.copy_file_to_device` call, three at a time (so the transfer pipeline does not drain
 between them), the next allocation being made while the current one fills, so the bytes go from
 the file to the device by whatever path the backend has (the Vulkan engine reads in parallel
-straight into staging or pinned memory) and never become Python objects. An allocation that the
-copies overwrite whole is not zeroed first.
+straight into staging or pinned memory; exportable memory that CUDA imported is filled by CUDA's
+copy engine) and never become Python objects. An allocation that the copies overwrite whole is not
+zeroed first.
 
 Whatever ends the load early (a bad file, a full device, a failing progress callback, the task
 being cancelled) frees every allocation the load made before the exception leaves. A copy that
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
+from exo_gpu_plugins._exports import CUDA_COPY_MIN_BYTES
 from exo_gpu_plugins._trusted import trusted
 from exo_gpu_plugins.backend import GPUBackend
 from exo_gpu_plugins.errors import (
@@ -134,8 +136,9 @@ async def fill_plan(
     handles: list[MemoryHandle] = []
     pending: list[asyncio.Future[MemoryHandle]] = []  # the allocation being made, if any
     copies: collections.deque[_Copy] = collections.deque()  # in flight, oldest first
-    # Exportable memory is imported into CUDA (where the device exports there) while the copies
-    # fill it, so that `to_torch` afterwards only makes views.
+    # Exportable memory is imported into CUDA (where the device exports there), so that
+    # `to_torch` afterwards only makes views: before its copies where one is large enough for
+    # CUDA's copy engine (`start_allocation`), else while they run.
     preparing: list[asyncio.Future[None]] = []
     loaded = False
     interrupted = False  # a cancellation arrived while the clean-up waited
@@ -146,7 +149,7 @@ async def fill_plan(
         for number, allocation in enumerate(allocations):
             handles.append(await _allocated(pending[0], plan, number))
             pending.clear()
-            if exportable:
+            if exportable and not _imported_first(allocation):
                 preparing.append(asyncio.ensure_future(backend.prepare_export(handles[-1])))
             if number + 1 < len(allocations):  # the next allocation is made while this one fills
                 pending.append(start_allocation(backend, device_id, allocations[number + 1], exportable))
@@ -219,11 +222,34 @@ def start_allocation(
 ) -> asyncio.Future[MemoryHandle]:
     """Start making the allocation; memory the copies overwrite whole is not zeroed first."""
     zeroed = not allocation.fills_whole
+    if exportable and _imported_first(allocation):
+        return asyncio.ensure_future(_imported(backend, device_id, allocation.size_bytes, zeroed))
     if exportable:
         return asyncio.ensure_future(
             backend.allocate(device_id, allocation.size_bytes, zeroed=zeroed, exportable=True)
         )
     return asyncio.ensure_future(backend.allocate(device_id, allocation.size_bytes, zeroed=zeroed))
+
+
+def _imported_first(allocation: AllocationPlan) -> bool:
+    """Whether an exportable allocation is imported into CUDA before its copies start: where
+    one of them is large enough to then run on CUDA's copy engine (docs/interop.md)."""
+    return any(step.size >= CUDA_COPY_MIN_BYTES for step in allocation.steps)
+
+
+async def _imported(backend: GPUBackend[Any], device_id: str, size: int, zeroed: bool) -> MemoryHandle:
+    """An exportable allocation, imported into CUDA (`prepare_export`; nothing where the device
+    has no CUDA) before it is returned. The next allocation is made and imported while the
+    current one fills, so only the first import is waited for."""
+    handle = await backend.allocate(device_id, size, zeroed=zeroed, exportable=True)
+    try:
+        await backend.prepare_export(handle)
+    except BackendClosedError:
+        log.debug("%s: the backend shut down before its CUDA import", handle.handle_id)
+    except BaseException:
+        await free_handles(backend, [handle], interrupted=False)
+        raise
+    return handle
 
 
 async def _finish_oldest(copies: collections.deque[_Copy], report: StepReport) -> None:

@@ -62,3 +62,22 @@ def require_torch() -> Any:
             pytest.fail(f"torch is required for the interop tests (make test installs it): {exc}")
         pytest.skip(f"torch is not installed: {exc}")
     return torch
+
+
+@pytest.fixture
+async def vulkan() -> AsyncIterator[GPUBackend[Any]]:
+    """The Vulkan backend, where its device exports memory to CUDA (the GPU machine); else a
+    skip, unless EXO_GPU_REQUIRE_CUDA=1, which makes that a failure."""
+    backend = make_backend("vulkan")
+    await backend.initialize()
+    kinds = backend.capabilities(device_of(backend)).export_kinds
+    if "cuda" not in kinds:
+        from exo_gpu_plugins.interop.cuda import cuda_unavailable_reason
+
+        reason = cuda_unavailable_reason() or f"{device_of(backend)} has no CUDA twin ({kinds})"
+        await backend.shutdown()
+        if os.environ.get("EXO_GPU_REQUIRE_CUDA") == "1":
+            pytest.fail(f"EXO_GPU_REQUIRE_CUDA=1 but CUDA cannot import Vulkan memory: {reason}")
+        pytest.skip(reason)
+    yield backend
+    await backend.shutdown()

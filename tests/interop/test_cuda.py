@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +24,6 @@ from exo_gpu_plugins.interop import live_exports
 from exo_gpu_plugins.weights import load_weights
 from exo_gpu_plugins.weights.synthetic import LlamaShape, write_llama
 from tests.interop.conftest import device_of, make_backend, require_torch
-
-
-@pytest.fixture
-async def vulkan() -> AsyncIterator[GPUBackend[Any]]:
-    backend = make_backend("vulkan")
-    await backend.initialize()
-    kinds = backend.capabilities(device_of(backend)).export_kinds
-    if "cuda" not in kinds:
-        from exo_gpu_plugins.interop.cuda import cuda_unavailable_reason
-
-        reason = cuda_unavailable_reason() or f"{device_of(backend)} has no CUDA twin ({kinds})"
-        await backend.shutdown()
-        if os.environ.get("EXO_GPU_REQUIRE_CUDA") == "1":
-            pytest.fail(f"EXO_GPU_REQUIRE_CUDA=1 but CUDA cannot import Vulkan memory: {reason}")
-        pytest.skip(reason)
-    yield backend
-    await backend.shutdown()
-
 
 PATTERN = bytes((i * 13 + 1) % 256 for i in range(1 << 20))
 

@@ -82,3 +82,37 @@ def test_file_copy_path_is_byte_exact(tune: str, direct: bool, tmp_path: Path) -
     # Staged: the file copy, then the read back.
     expected = ["direct", str(size if direct else 0), "staged", str(2 * size)]
     assert lines[1].split() == expected, done.stdout
+
+
+async def test_the_engine_reads_a_file_into_caller_memory(tmp_path: Path) -> None:
+    # `_read_file_into`, the CUDA copy path's reader: the engine's parallel preads, exact at odd
+    # offsets, refusing a file that ends early, a read-only buffer and a bad descriptor.
+    from exo_gpu_vulkan.backend import VulkanBackend
+
+    from exo_gpu_plugins.errors import FileReadError
+
+    data = os.urandom((24 << 20) + 4099)
+    path = tmp_path / "bytes"
+    path.write_bytes(data)
+    backend = VulkanBackend()
+    await backend.initialize()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset, size in ((0, len(data)), (4097, 16 << 20), (len(data) - 5, 5), (12_345, 0)):
+            out = bytearray(size + 2)
+            backend._read_file_into(fd, offset, memoryview(out)[1 : size + 1])
+            assert out[1 : size + 1] == data[offset : offset + size], (offset, size)
+            assert out[0] == 0 and out[-1] == 0, "bytes outside the view were written"
+        with pytest.raises(FileReadError, match="short read"):
+            backend._read_file_into(fd, len(data) - 10, memoryview(bytearray(20)))
+        with pytest.raises((TypeError, ValueError, BufferError)):
+            backend._read_file_into(fd, 0, memoryview(bytes(16)))
+        with pytest.raises(ValueError, match="file descriptor"):
+            backend._read_file_into(-1, 0, memoryview(bytearray(16)))
+        unused = os.open(path, os.O_RDONLY)
+        os.close(unused)  # a descriptor that is not open
+        with pytest.raises(FileReadError, match="Bad file descriptor"):
+            backend._read_file_into(unused, 0, memoryview(bytearray(16)))
+    finally:
+        os.close(fd)
+        await backend.shutdown()

@@ -530,3 +530,19 @@ async def test_the_first_allocation_is_small(
     assert [sorted(g) for g in groups] == [["a0"], ["a1", "a2"], ["a3"], ["b0", "b1"], ["b2"]]
     await check_exact(backend, loaded)
     await loaded.deallocate(backend)
+
+
+async def test_a_failing_import_frees_its_allocation(
+    tmp_path: Path, backend: GPUBackend[Any], device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An exportable allocation with a copy large enough for CUDA's copy engine is imported
+    # before its copies; when that raises, the allocation is freed with the rest.
+    path = write_llama(tmp_path, LlamaShape.for_size(64 << 20))
+
+    async def failing(handle: object) -> None:
+        raise RuntimeError("the import failed")
+
+    monkeypatch.setattr(backend, "prepare_export", failing)
+    with pytest.raises(RuntimeError, match="the import failed"):
+        await load_weights(backend, device, path, exportable=True)
+    assert backend.live_handles() == []

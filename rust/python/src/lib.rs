@@ -305,6 +305,20 @@ impl PyEngine {
         })
     }
 
+    /// Fill the writable buffer `dst` from file descriptor `fd` (borrowed) at `file_offset`
+    /// by the engine's parallel preads (GIL released).
+    fn read_file_into(
+        &self,
+        py: Python<'_>,
+        fd: i32,
+        file_offset: &Bound<'_, PyAny>,
+        dst: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        guarded(py, || {
+            transfers::file_into_buffer(py, &self.engine, fd, file_offset, dst)
+        })
+    }
+
     fn read<'py>(
         &self,
         py: Python<'py>,

@@ -41,6 +41,29 @@ pub(crate) fn buffer_transfer(
     r.map_err(|e| to_pyerr(py, Op::Transfer, e))
 }
 
+/// `read_file_into`: file bytes into the writable buffer `dst`, exported while the engine's
+/// threads read (GIL released).
+pub(crate) fn file_into_buffer(
+    py: Python<'_>,
+    engine: &Engine,
+    fd: i32,
+    file_offset: &Bound<'_, PyAny>,
+    dst: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let file_offset = uint(file_offset, "file_offset")?;
+    let mut slot = BufferSlot::new();
+    let guard = BufferGuard::acquire(&mut slot, dst, true, "dst")?;
+    let bytes = guard.bytes();
+    let r = py.detach(move || {
+        // SAFETY: `guard` keeps the exported buffer, acquired writable, alive until after this
+        // returns; only this call's reads write it.
+        let out = unsafe { bytes.as_mut_slice() };
+        engine.read_file_into(fd, file_offset, out)
+    });
+    guard.release_unless_in_flight(&r);
+    r.map_err(|e| to_pyerr(py, Op::Transfer, e))
+}
+
 /// `read`: a new bytes object of `size` bytes of `alloc` at `offset`, filled once by the engine.
 pub(crate) fn read_new_bytes<'py>(
     py: Python<'py>,

@@ -218,7 +218,8 @@ impl Engine {
                 .is_none_or(|end| end > i64::MAX as u64)
             {
                 return Err(EngineError::OutOfBounds(format!(
-                    "write_from_file: file offset {file_offset} + size {size} exceeds the                      largest file offset ({})",
+                    "write_from_file: file offset {file_offset} + size {size} exceeds the \
+                     largest file offset ({})",
                     i64::MAX
                 )));
             }
@@ -236,6 +237,27 @@ impl Engine {
                 let _ = (fd, file_offset);
                 Err(EngineError::Unavailable(
                     "write_from_file needs pread (Unix)".into(),
+                ))
+            }
+        })
+    }
+
+    /// Fill `out` from file descriptor `fd` (borrowed, never closed) at `file_offset` by the
+    /// parallel `pread`s of the engine's file copies, into the caller's memory: the CUDA copy
+    /// path's pinned ring reads at the rate the engine's own loads do (Python threads read
+    /// slower, under the GIL). A short read or an I/O error is `FileRead`.
+    pub fn read_file_into(&self, fd: i32, file_offset: u64, out: &mut [u8]) -> Result<()> {
+        self.call(|_| {
+            #[cfg(unix)]
+            {
+                crate::file_read::FileSource::open(fd, file_offset, out.len() as u64, false)?
+                    .read_into(out, file_offset)
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = (fd, file_offset, out);
+                Err(EngineError::Unavailable(
+                    "read_file_into needs pread (Unix)".into(),
                 ))
             }
         })
