@@ -6,13 +6,13 @@ docs/interop.md. A part of `GPUBackend`, kept apart so that backend.py reads as 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, final
 
 from exo_gpu_plugins._handles import Live, new_handle
+from exo_gpu_plugins.config import env_choice
 from exo_gpu_plugins.errors import GPUError, InteropError, InvalidHandleError
 from exo_gpu_plugins.hooks import BackendHooks, NativeT
 from exo_gpu_plugins.interop.dlpack import TensorView
@@ -21,6 +21,7 @@ from exo_gpu_plugins.interop.sharing import SharedMemory
 from exo_gpu_plugins.interop.views import CudaImports, ExportDevice, TensorRequest, check_view, cpu_view
 from exo_gpu_plugins.models import MemoryHandle
 from exo_gpu_plugins.page_cache import is_cached
+from exo_gpu_plugins.threads import to_the_end
 
 if TYPE_CHECKING:
     from exo_gpu_plugins._gate import Gate
@@ -29,9 +30,11 @@ __all__ = ["ExportMethods"]
 
 log = logging.getLogger(__name__)
 
-# File copies at least this large into CUDA-imported memory go through CUDA (one ring slot:
-# below it, the thread hop and the device synchronize outweigh the faster link).
+# File copies at least this large into CUDA-imported memory go through CUDA (below it, the thread
+# hop and the device synchronize outweigh the faster link).
 CUDA_COPY_MIN_BYTES = 8 << 20
+# "off" keeps every file copy on the backend's own path (docs/configuration.md).
+ENV_CUDA_COPY = "EXO_GPU_CUDA_COPY"
 
 
 class ExportMethods(BackendHooks[NativeT]):
@@ -154,30 +157,19 @@ class ExportMethods(BackendHooks[NativeT]):
         taken; the backend's own path copies then."""
         if not entry.exportable or size < CUDA_COPY_MIN_BYTES:
             return False
+        if env_choice(ENV_CUDA_COPY, ("on", "off"), "on") == "off":
+            return False
         mapping = self._cuda_imports.held(entry.handle.handle_id)
         if mapping is None or not is_cached(fd, start, size):
             return False
-        copier = await asyncio.to_thread(
-            self._cuda_imports.copier, mapping.ordinal, self._read_file_into
-        )
+        copier = self._cuda_imports.made_copier(mapping.ordinal)
+        if copier is None:
+            copier = await to_the_end(self._cuda_imports.copier, mapping.ordinal, self._read_file_into)
         if copier is None:
             return False
         # The device's earlier work on this memory (its zeroing, say) ends before CUDA writes.
         await self._synchronize(entry.device_index)
-        copy = asyncio.ensure_future(
-            asyncio.to_thread(copier.copy, fd, start, size, mapping.pointer + offset)
-        )
-        try:
-            await asyncio.shield(copy)
-        except asyncio.CancelledError:
-            # A thread cannot be stopped: it reads the caller's file and writes the memory, so
-            # the cancellation leaves (and the gate lets shutdown go on) only once it ended.
-            while not copy.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([copy])
-            if not copy.cancelled():
-                copy.exception()  # seen: the cancellation is what leaves
-            raise
+        await to_the_end(copier.copy, fd, start, size, mapping.pointer + offset)
         return True
 
     @final
@@ -193,7 +185,7 @@ class ExportMethods(BackendHooks[NativeT]):
                 return
             key = entry.handle.handle_id
             try:
-                await asyncio.to_thread(
+                await to_the_end(
                     self._cuda_imports.prepare,
                     key,
                     functools.partial(self._export_fd, entry.native),
@@ -201,9 +193,9 @@ class ExportMethods(BackendHooks[NativeT]):
                 )
             except (GPUError, OSError, ValueError) as exc:
                 log.debug("preparing the CUDA import of %s failed: %s", key, exc)
-                return
-            if key not in self._live:  # freed (or shut down) while the import ran
-                self._cuda_imports.forget(key)
+            finally:
+                if key not in self._live:  # freed (or shut down) while the import ran
+                    self._cuda_imports.forget(key)
 
     @final
     async def export_memory(self, handle: MemoryHandle) -> SharedMemory:

@@ -171,8 +171,10 @@ class GPUBackend(HostBufferMethods[NativeT], ExportMethods[NativeT]):
                     self._release_host(host.native)
                 except Exception:
                     log.exception("backend %s: releasing a host buffer at shutdown failed", self.name)
-            self._close()
-            self._cuda_imports.close()
+            try:
+                self._close()
+            finally:
+                self._cuda_imports.close()  # the copiers' pinned rings, the held imports
             log.debug(
                 "backend %s closed; freed %d allocation(s), %d host buffer(s)",
                 self.name,

@@ -137,6 +137,11 @@ class CudaImports:
             found = self._prepared.get(handle_id) or self._mappings.get(handle_id)
         return None if found is None or found.closing else found
 
+    def made_copier(self, ordinal: int) -> CudaFileCopier | None:
+        """The copier of CUDA device `ordinal` if it was made already (no waiting)."""
+        with self._copiers_lock:
+            return None if self._closed else self._copiers.get(ordinal)
+
     def copier(self, ordinal: int, read: Reader) -> CudaFileCopier | None:
         """The file copier of CUDA device `ordinal`, made on first use with `read` as its
         reader (blocking: pinning its ring takes milliseconds); None once its making failed
@@ -149,7 +154,7 @@ class CudaImports:
             if ordinal not in self._copiers:
                 try:
                     self._copiers[ordinal] = CudaFileCopier(ordinal, read)
-                except InteropError as exc:
+                except Exception as exc:  # any failure leaves the backend's own path
                     log.warning("CUDA device %d: copies keep the backend's own path: %s", ordinal, exc)
                     self._copiers[ordinal] = None
             return self._copiers[ordinal]
