@@ -74,6 +74,8 @@ def test_a_file_mincore_cannot_tell_about_is_unknown(tmp_path: Path) -> None:
             try:
                 os.setresuid(65534, 65534, 65534)
                 os.write(write, repr(cached_fraction(fd, 0, 8 << 20)).encode())
+            except PermissionError:
+                os.write(write, b"no setuid")
             finally:
                 os._exit(0)
         os.close(write)
@@ -83,4 +85,6 @@ def test_a_file_mincore_cannot_tell_about_is_unknown(tmp_path: Path) -> None:
         os.close(fd)
         os.close(read)
     assert status == 0
+    if answer == "no setuid":
+        pytest.skip("this root cannot change its user (no CAP_SETUID)")
     assert answer == "None"

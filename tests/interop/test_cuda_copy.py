@@ -16,13 +16,13 @@ import pytest
 
 from exo_gpu_plugins._exports import CUDA_COPY_MIN_BYTES
 from exo_gpu_plugins.backend import GPUBackend
-from exo_gpu_plugins.errors import FileReadError, InteropError
+from exo_gpu_plugins.errors import ConfigError, FileReadError, InteropError
 from exo_gpu_plugins.interop.cuda_copy import SLOT_BYTES, CudaFileCopier
 from exo_gpu_plugins.page_cache import cached_fraction
 from exo_gpu_plugins.weights import load_weights
 from exo_gpu_plugins.weights.plan import plan_checkpoint
 from exo_gpu_plugins.weights.synthetic import LlamaShape, write_llama
-from tests.interop.conftest import device_of, require_torch
+from tests.interop.conftest import device_of, make_backend, require_torch
 
 
 def cuda_copied(backend: GPUBackend[Any]) -> int:
@@ -183,3 +183,28 @@ async def test_a_copier_that_cannot_be_made_leaves_the_vulkan_path(
     assert caplog.text.count("copies keep the backend's own path") == 1, caplog.text
     assert list(vulkan._cuda_imports._copiers.values()) == [None]
     assert await vulkan.copy_from_device(handle) == data
+
+
+@pytest.mark.parametrize("value", ["off", "bogus"])
+async def test_the_cuda_copy_setting_is_strict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # Runs on any device that makes exportable memory (lavapipe too): "off" copies the usual
+    # way, a value that is neither on nor off is refused, naming the variable.
+    backend = make_backend("vulkan")
+    await backend.initialize()
+    try:
+        device = device_of(backend)
+        if "fd" not in backend.capabilities(device).export_kinds:
+            pytest.skip(f"{device} makes no exportable memory")
+        data = pattern_file(tmp_path / "bytes", SLOT_BYTES)
+        handle = await backend.allocate(device, SLOT_BYTES, exportable=True)
+        monkeypatch.setenv("EXO_GPU_CUDA_COPY", value)
+        if value == "off":
+            await backend.copy_file_to_device(tmp_path / "bytes", handle)
+            assert await backend.copy_from_device(handle) == data
+        else:
+            with pytest.raises(ConfigError, match="EXO_GPU_CUDA_COPY='bogus'"):
+                await backend.copy_file_to_device(tmp_path / "bytes", handle)
+    finally:
+        await backend.shutdown()

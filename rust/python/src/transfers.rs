@@ -56,7 +56,7 @@ pub(crate) fn file_into_buffer(
     let bytes = guard.bytes();
     let r = py.detach(move || {
         // SAFETY: `guard` keeps the exported buffer, acquired writable, alive until after this
-        // returns; only this call's reads write it.
+        // returns; as for `read_into`, the caller does not touch it meanwhile.
         let out = unsafe { bytes.as_mut_slice() };
         engine.read_file_into(fd, file_offset, out)
     });

@@ -128,6 +128,10 @@ class Engine:
         """src: any C-contiguous buffer (bytes, bytearray, memoryview, numpy array, ...)."""
     def read_into(self, alloc: int, offset: int, dst: object) -> None:
         """dst: a writable C-contiguous buffer; reads len(dst) bytes (in bytes)."""
+    def read_file_into(self, fd: int, file_offset: int, dst: object) -> None:
+        """Fill the writable C-contiguous buffer `dst` from descriptor `fd` (borrowed) at
+        `file_offset` by the engine's parallel preads (GIL released); a short read or I/O error
+        -> FileReadError."""
     def write_from_file(self, alloc: int, offset: int, fd: int, file_offset: int, size: int) -> None:
         """Fill `size` bytes of `alloc` at `offset` from file descriptor `fd` (borrowed, never
         closed) at `file_offset`: parallel preads straight into the upload ring's slots (or the
