@@ -174,6 +174,34 @@ class FileCopyContract(KitBase):
             "(a short read taken for a complete one?)"
         )
 
+    @clause("file copy")
+    def test_file_reader_hook(self, tmp_path: Path) -> None:
+        """`_read_file_into`, the reads that feed CUDA's copy engine (docs/interop.md): exact
+        bytes at any offset, into exactly the buffer given."""
+        path, data = self.source_file(tmp_path, 3 * MiB + 7, seed=59)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for offset, size in ((0, len(data)), (5, 4096), (len(data) - 1, 1), (77, 0)):
+                out = bytearray(size + 2)
+                self.backend._read_file_into(fd, offset, memoryview(out)[1 : size + 1])
+                assert bytes(out[1 : size + 1]) == data[offset : offset + size], (
+                    f"_read_file_into of {size} bytes at file offset {offset} read other bytes"
+                )
+                assert out[0] == 0 and out[-1] == 0, "_read_file_into wrote outside its buffer"
+        finally:
+            os.close(fd)
+
+    @clause("file copy errors")
+    def test_file_reader_hook_at_the_end(self, tmp_path: Path) -> None:
+        """`_read_file_into` past the end of the file is a `FileReadError`, not a short fill."""
+        path, _ = self.source_file(tmp_path, seed=60)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(FileReadError):
+                self.backend._read_file_into(fd, FILE_BYTES - 3, memoryview(bytearray(8)))
+        finally:
+            os.close(fd)
+
     @clause("file copy errors")
     def test_unreadable_sources(self, tmp_path: Path) -> None:
         handle, model = self.filled(seed=56)
