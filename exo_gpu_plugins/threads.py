@@ -9,7 +9,6 @@ freed), so `to_the_end` waits for the thread itself, through a future only it co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -24,9 +23,7 @@ async def to_the_end(call: Callable[..., T], *args: object) -> T:
     loop = asyncio.get_running_loop()
     ended: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if ended.done():
-            return
+    def settle(result: T | None, error: BaseException | None) -> None:  # once, by the thread
         if error is not None:
             ended.set_exception(error)
         else:
@@ -46,11 +43,8 @@ async def to_the_end(call: Callable[..., T], *args: object) -> T:
         try:
             await asyncio.shield(ended)
         except asyncio.CancelledError:
-            if ended.done() and not ended.cancelled():
-                break
             cancelled = True
     if cancelled:
-        with contextlib.suppress(BaseException):
-            ended.result()  # seen: the cancellation is what leaves
+        ended.exception()  # seen: the cancellation is what leaves
         raise asyncio.CancelledError
     return ended.result()
