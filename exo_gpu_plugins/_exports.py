@@ -162,8 +162,8 @@ class ExportMethods(BackendHooks[NativeT]):
         mapping = self._cuda_imports.held(entry.handle.handle_id)
         if mapping is None or not is_cached(fd, start, size):
             return False
-        copier = self._cuda_imports.made_copier(mapping.ordinal)
-        if copier is None:
+        tried, copier = self._cuda_imports.made_copier(mapping.ordinal)
+        if not tried:  # the first copy makes it, off the event loop (pinning takes milliseconds)
             copier = await to_the_end(self._cuda_imports.copier, mapping.ordinal, self._read_file_into)
         if copier is None:
             return False

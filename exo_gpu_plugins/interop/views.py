@@ -137,10 +137,13 @@ class CudaImports:
             found = self._prepared.get(handle_id) or self._mappings.get(handle_id)
         return None if found is None or found.closing else found
 
-    def made_copier(self, ordinal: int) -> CudaFileCopier | None:
-        """The copier of CUDA device `ordinal` if it was made already (no waiting)."""
+    def made_copier(self, ordinal: int) -> tuple[bool, CudaFileCopier | None]:
+        """Without waiting: whether making the copier of CUDA device `ordinal` was tried (or
+        the imports are closed), and the copier (None: not made, its making failed, or closed)."""
         with self._copiers_lock:
-            return None if self._closed else self._copiers.get(ordinal)
+            if self._closed:
+                return True, None
+            return ordinal in self._copiers, self._copiers.get(ordinal)
 
     def copier(self, ordinal: int, read: Reader) -> CudaFileCopier | None:
         """The file copier of CUDA device `ordinal`, made on first use with `read` as its
