@@ -144,15 +144,24 @@ async def fill_plan(
     interrupted = False  # a cancellation arrived while the clean-up waited
     try:
         tensors_before = 0
+        # Which allocations are imported into CUDA before their copies (exportable ones only).
+        first = [exportable and _imported_first(allocation) for allocation in allocations]
         if allocations:
-            pending.append(start_allocation(backend, device_id, allocations[0], exportable))
+            pending.append(
+                start_allocation(backend, device_id, allocations[0], exportable, import_first=first[0])
+            )
         for number, allocation in enumerate(allocations):
             handles.append(await _allocated(pending[0], plan, number))
             pending.clear()
-            if exportable and not _imported_first(allocation):
+            if exportable and not first[number]:
                 preparing.append(asyncio.ensure_future(backend.prepare_export(handles[-1])))
             if number + 1 < len(allocations):  # the next allocation is made while this one fills
-                pending.append(start_allocation(backend, device_id, allocations[number + 1], exportable))
+                following = allocations[number + 1]
+                pending.append(
+                    start_allocation(
+                        backend, device_id, following, exportable, import_first=first[number + 1]
+                    )
+                )
             if number == 0:
                 report.step(0, 0)
             source = descriptors[allocation.file]
@@ -218,11 +227,17 @@ class _Copy(NamedTuple):
 
 
 def start_allocation(
-    backend: GPUBackend[Any], device_id: str, allocation: AllocationPlan, exportable: bool
+    backend: GPUBackend[Any],
+    device_id: str,
+    allocation: AllocationPlan,
+    exportable: bool,
+    *,
+    import_first: bool = False,
 ) -> asyncio.Future[MemoryHandle]:
-    """Start making the allocation; memory the copies overwrite whole is not zeroed first."""
+    """Start making the allocation; memory the copies overwrite whole is not zeroed first.
+    `import_first`: an exportable allocation is imported into CUDA before it is returned."""
     zeroed = not allocation.fills_whole
-    if exportable and _imported_first(allocation):
+    if exportable and import_first:
         return asyncio.ensure_future(_imported(backend, device_id, allocation.size_bytes, zeroed))
     if exportable:
         return asyncio.ensure_future(

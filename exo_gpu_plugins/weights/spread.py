@@ -272,6 +272,7 @@ async def _deliver_shared(
     try:
         for number, device in enumerate(placement.devices):
             for allocation in device.shared.allocations:
+                # Filled from host buffers, not files: imported into CUDA beside the copies.
                 future = start_allocation(backends[number], device.device_id, allocation, exportable)
                 making = (number, future)
                 handles[number].append(await asyncio.shield(future))
