@@ -208,3 +208,34 @@ async def test_the_cuda_copy_setting_is_strict(
                 await backend.copy_file_to_device(tmp_path / "bytes", handle)
     finally:
         await backend.shutdown()
+
+
+def test_the_copier_is_tried_once_per_device(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Runs everywhere (no CUDA needed): a copier whose making fails is tried once, and from then
+    # on `made_copier` says so without waiting, so copies keep the backend's path at no cost.
+    from exo_gpu_plugins.interop import cuda_copy
+    from exo_gpu_plugins.interop.views import CudaImports
+
+    made: list[int] = []
+
+    class Refused:
+        def __init__(self, ordinal: int, read: Any) -> None:
+            made.append(ordinal)
+            raise InteropError("cuMemHostAlloc failed: CUDA_ERROR_OUT_OF_MEMORY")
+
+    monkeypatch.setattr(cuda_copy, "CudaFileCopier", Refused)
+    imports = CudaImports()
+    assert imports.made_copier(0) == (False, None)
+    with caplog.at_level(logging.WARNING):
+        assert imports.copier(0, lambda fd, offset, out: None) is None
+        assert imports.copier(0, lambda fd, offset, out: None) is None
+    assert made == [0]
+    assert caplog.text.count("copies keep the backend's own path") == 1, caplog.text
+    assert imports.made_copier(0) == (True, None)
+    assert imports.made_copier(1) == (False, None)  # another device is still to be tried
+    imports.close()
+    assert imports.made_copier(1) == (True, None)  # closed: nothing is made any more
+    assert imports.copier(1, lambda fd, offset, out: None) is None
+    assert made == [0]
