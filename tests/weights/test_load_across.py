@@ -96,6 +96,32 @@ async def test_split_by_memory_byte_exact_on_both(tied: Path, pairs: Pairs) -> N
     assert live(pairs) == []
 
 
+@pytest.mark.parametrize("threshold", [1, 1 << 62], ids=["imported-first", "imported-beside"])
+async def test_exportable_every_allocation_prepared_once(
+    tied: Path, pairs: Pairs, monkeypatch: pytest.MonkeyPatch, threshold: int
+) -> None:
+    # Each exportable allocation, own or shared (the tied embedding), is handed to
+    # prepare_export (the CUDA import) exactly once, whichever side of its copies that falls on.
+    from exo_gpu_plugins.weights import loader
+
+    monkeypatch.setattr(loader, "CUDA_COPY_MIN_BYTES", threshold)
+    prepared: list[str] = []
+    for backend, _ in pairs:
+        original = backend.prepare_export
+
+        async def counted(handle: Any, original: Any = original) -> None:
+            prepared.append(handle.handle_id)
+            await original(handle)
+
+        monkeypatch.setattr(backend, "prepare_export", counted)
+    placed = await load_across(pairs, tied, exportable=True)
+    await check_exact(pairs, placed)
+    handles = [h.handle_id for loaded in placed.weights.values() for h in loaded.handles]
+    assert sorted(prepared) == sorted(handles)
+    await placed.deallocate(pairs)
+    assert live(pairs) == []
+
+
 def test_memory_rule_follows_the_rooms(tied: Path) -> None:
     """Three times the memory, about three times the layers (the ends' extras included)."""
     rooms = [DeviceRoom("a:0", 1 << 30), DeviceRoom("b:0", 3 << 30)]
