@@ -159,17 +159,17 @@ class ExportMethods(BackendHooks[NativeT]):
             return False
         if env_choice(ENV_CUDA_COPY, ("on", "off"), "on") == "off":
             return False
-        mapping = self._cuda_imports.held(entry.handle.handle_id)
-        if mapping is None or not is_cached(fd, start, size):
+        use = self._cuda_imports.held(entry.handle.handle_id)
+        if use is None or not is_cached(fd, start, size):
             return False
-        tried, copier = self._cuda_imports.made_copier(mapping.ordinal)
+        tried, copier = self._cuda_imports.made_copier(use.ordinal)
         if not tried:  # the first copy makes it, off the event loop (pinning takes milliseconds)
-            copier = await to_the_end(self._cuda_imports.copier, mapping.ordinal, self._read_file_into)
+            copier = await to_the_end(self._cuda_imports.copier, use.ordinal, self._read_file_into)
         if copier is None:
             return False
         # The device's earlier work on this memory (its zeroing, say) ends before CUDA writes.
         await self._synchronize(entry.device_index)
-        await to_the_end(copier.copy, fd, start, size, mapping.pointer + offset)
+        await to_the_end(copier.copy, fd, start, size, use.pointer + offset)
         return True
 
     @final

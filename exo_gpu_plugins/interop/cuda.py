@@ -11,13 +11,13 @@ in its primary context, the one torch and CuPy use.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import ctypes
 import functools
 import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from exo_gpu_plugins.errors import InteropError
@@ -28,6 +28,7 @@ __all__ = [
     "cuda_ordinal",
     "cuda_unavailable_reason",
     "import_into_cuda",
+    "release_later",
     "retain_primary_context",
     "usable_driver",
 ]
@@ -219,17 +220,18 @@ def cuda_ordinal(device_uuid: bytes) -> int | None:
 
 class CudaMapping:
     """Shared memory imported into CUDA and mapped as one device pointer. It holds `owner` (the
-    exporting backend's retained memory) until it is closed: by `close()`, or when the last view
-    of it goes. Closing waits for the context's work, so no kernel still reads what is freed."""
+    exporting backend's retained memory) until `close()`, which waits for the context's work
+    first, so no kernel still reads what is freed. Who closes it, and when, is its user's
+    business (views.CudaImports counts the uses); a mapping nobody closed is freed with the
+    process."""
 
     def __init__(self, shared: SharedMemory, ordinal: int, owner: object) -> None:
-        _start_reaper()
+        _start_releaser()
         driver = usable_driver()
         self._driver = driver
         self.ordinal = ordinal
         self.size_bytes = shared.size_bytes
         self._owner: object | None = owner
-        self._dying = False
         self._memory = ctypes.c_void_p()
         self._pointer = ctypes.c_uint64()
         self._device, context = retain_primary_context(driver, ordinal)
@@ -267,6 +269,10 @@ class CudaMapping:
         """The device address of the memory's first byte."""
         return int(self._pointer.value)
 
+    @property
+    def closed(self) -> bool:
+        return self._context is None
+
     def close(self) -> None:
         """Free the mapping and the imported memory, then let the exporter's memory go
         (idempotent). Waits for the context's work first."""
@@ -288,72 +294,63 @@ class CudaMapping:
             driver.primary_release(self._device)
             self._owner = None
 
-    @property
-    def closing(self) -> bool:
-        """Whether it is closed, or handed to the reaper because its last reference went (a
-        weak reference still returns it until the reaper lets go): no new view may use it."""
-        return self._dying or self._context is None
 
-    def __del__(self) -> None:
-        # The last view went, maybe on the event loop's thread or inside a consumer's deleter:
-        # the close (which waits for the CUDA context's work) runs on the reaper thread.
-        self._dying = True
-        with contextlib.suppress(Exception):
-            _reap(self)
-
-
-_reaper_queue: queue.SimpleQueue[CudaMapping | None] = queue.SimpleQueue()
-_reaper_lock = threading.Lock()
-_reapers: list[threading.Thread] = []  # the one reaper thread, once started
-_exiting = [False]  # set at interpreter exit, once the reaper has stopped
-# How long the exit waits for the reaper's closes (each waits for its CUDA context's work).
+_release_queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+_releaser_lock = threading.Lock()
+_releasers: list[threading.Thread] = []  # the one release thread, once started
+_exiting = [False]  # set at interpreter exit, once the release thread has stopped
+# How long the exit waits for the queued releases (each close waits for its CUDA context's work).
 _EXIT_WAIT_S = 30.0
 
 
-def _start_reaper() -> None:
-    """Start the reaper thread (once), from ordinary code: a `__del__` may run during garbage
-    collection or interpreter exit, where starting a thread or taking a lock is unsafe."""
-    with _reaper_lock:
-        if _reapers or _exiting[0]:
+def _start_releaser() -> None:
+    """Start the release thread (once), from ordinary code: `release_later` may be called from
+    a `__del__` during garbage collection or interpreter exit, where starting a thread or
+    taking a lock is unsafe."""
+    with _releaser_lock:
+        if _releasers or _exiting[0]:
             return
-        thread = threading.Thread(target=_reap_forever, name="exo-gpu-cuda-reaper", daemon=True)
+        thread = threading.Thread(target=_release_forever, name="exo-gpu-cuda-release", daemon=True)
         thread.start()
-        _reapers.append(thread)
+        _releasers.append(thread)
 
 
-def _reap(mapping: CudaMapping) -> None:
-    """Hand `mapping` to the reaper to close (resurrecting it until then); no lock, so safe
-    from `__del__`. Once the interpreter is exiting nothing is closed: the process's end frees
-    what its drivers hold."""
+def release_later(work: Callable[[], object]) -> None:
+    """Run `work` (a release: it may take locks and wait for a CUDA context) on the release
+    thread, in the order given. Takes no lock, so a `__del__` may call it, on whatever thread
+    (the event loop's, a consumer's deleter). Once the interpreter is exiting nothing runs: the
+    process's end frees what its drivers hold."""
     if not _exiting[0]:
-        _reaper_queue.put(mapping)  # SimpleQueue.put is reentrant
+        _release_queue.put(work)  # SimpleQueue.put is reentrant
 
 
-def _reap_forever() -> None:
+def _release_forever() -> None:
     while True:
-        mapping = _reaper_queue.get()
-        if mapping is None:
+        work = _release_queue.get()
+        if work is None:
             return
-        with contextlib.suppress(Exception):
-            mapping.close()
-        del mapping
+        try:
+            work()
+        except Exception:  # one failed release must not stop the others
+            log.exception("a CUDA release failed")
+        del work
 
 
-def _stop_reaper() -> None:
-    """At exit, let the reaper finish the closes it was given, then stop it. A daemon thread
-    still inside the CUDA driver while the interpreter finalizes kills the process (SIGSEGV,
-    seen on an H100 when a process exits right after its last tensor goes)."""
-    with _reaper_lock:
+def _stop_releaser() -> None:
+    """At exit, let the release thread finish the releases it was given, then stop it. A daemon
+    thread still inside the CUDA driver while the interpreter finalizes kills the process
+    (SIGSEGV, seen on an H100 when a process exits right after its last tensor goes)."""
+    with _releaser_lock:
         _exiting[0] = True
-        threads = list(_reapers)
+        threads = list(_releasers)
     for thread in threads:
-        _reaper_queue.put(None)
+        _release_queue.put(None)
         thread.join(_EXIT_WAIT_S)
         if thread.is_alive():
             log.warning("CUDA imports still closing after %.0f s at exit", _EXIT_WAIT_S)
 
 
-atexit.register(_stop_reaper)  # at import: registering during exit may never run
+atexit.register(_stop_releaser)  # at import: registering during exit may never run
 
 
 def import_into_cuda(shared: SharedMemory, owner: object) -> CudaMapping:

@@ -3,10 +3,11 @@ choice of device, and the one CUDA import per allocation that all its views shar
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from exo_gpu_plugins.dtypes import count_elements, shape_text
@@ -16,7 +17,7 @@ from exo_gpu_plugins.interop.dlpack import DeviceKind, TensorView, checked_shape
 from exo_gpu_plugins.interop.memory import Retained
 from exo_gpu_plugins.interop.sharing import SharedMemory
 
-__all__ = ["CudaImports", "ExportDevice", "TensorRequest", "check_view", "cpu_view"]
+__all__ = ["CudaImports", "CudaUse", "ExportDevice", "TensorRequest", "check_view", "cpu_view"]
 
 log = logging.getLogger(__name__)
 
@@ -95,47 +96,122 @@ def cpu_view(
     )
 
 
+class CudaUse:
+    """One use of an allocation's CUDA import: a view's (the owner its tensors and capsules
+    hold) or a file copy's. When it goes, its release is queued for the CUDA release thread;
+    the import closes there once it has no use left and no `prepare` holds it. Counting uses
+    under a lock, rather than finding imports by weak reference, means a view made while the
+    last one goes always gets an import that stays open."""
+
+    __slots__ = ("_imports", "handle_id", "mapping")
+
+    def __init__(self, imports: CudaImports, handle_id: str, mapping: CudaMapping) -> None:
+        self._imports = imports
+        self.handle_id = handle_id
+        self.mapping = mapping
+
+    @property
+    def ordinal(self) -> int:
+        return self.mapping.ordinal
+
+    @property
+    def pointer(self) -> int:
+        return self.mapping.pointer
+
+    def __del__(self) -> None:
+        # Maybe inside a consumer's deleter or a garbage collection: only a queue put here.
+        release_later = self._imports.release_later
+        if release_later is not None:
+            release_later(functools.partial(self._imports.release, self.handle_id, self.mapping))
+
+
+@dataclass
+class _Import:
+    mapping: CudaMapping
+    uses: int = 0  # the CudaUse objects alive or not yet released
+    prepared: bool = False  # held by `prepare` until a view takes it or the memory is freed
+
+
 class CudaImports:
-    """One CUDA import per allocation, shared by all its views and dropped with the last. An
-    import made ahead of its views (`prepare`) is held until a view takes it or the allocation
-    is freed (`forget`)."""
+    """One CUDA import per allocation, shared by all its uses (views, file copies) and closed
+    on the CUDA release thread once the last goes. An import made ahead of its views
+    (`prepare`) is held until a view takes it or the allocation is freed (`forget`)."""
 
     def __init__(self) -> None:
-        self._mappings: weakref.WeakValueDictionary[str, CudaMapping] = weakref.WeakValueDictionary()
-        self._prepared: dict[str, CudaMapping] = {}
+        self._imports: dict[str, _Import] = {}
         self._lock = threading.Lock()
         self._copiers: dict[int, CudaFileCopier | None] = {}  # per CUDA device; None: failed
         self._copiers_lock = threading.Lock()
         self._closed = False
+        # Set with the first import (importing the CUDA module starts its release thread).
+        self.release_later: Callable[[Callable[[], object]], None] | None = None
 
-    def _mapping(
-        self, handle_id: str, share: Callable[[], SharedMemory], retain: Callable[[], Retained]
-    ) -> CudaMapping:
-        from exo_gpu_plugins.interop.cuda import import_into_cuda
-
-        found = self.held(handle_id)
-        if found is not None:
-            return found
-        with share() as shared:
-            mapping = import_into_cuda(shared, retain().owner)
+    def _import(
+        self,
+        handle_id: str,
+        share: Callable[[], SharedMemory],
+        retain: Callable[[], Retained],
+        holder: Literal["prepare", "view"],
+    ) -> CudaUse | None:
+        """Count `holder` on the allocation's import, made now if there is none (blocking):
+        a view gets a new use (and from then on the views hold the import), `prepare` none."""
         with self._lock:
-            self._mappings[handle_id] = mapping
-        return mapping
+            entry = self._imports.get(handle_id)
+            if entry is not None:
+                return self._count(entry, handle_id, holder)
+        from exo_gpu_plugins.interop.cuda import import_into_cuda, release_later
+
+        self.release_later = release_later
+        with share() as shared:
+            mapping: CudaMapping | None = import_into_cuda(shared, retain().owner)
+        assert mapping is not None
+        with self._lock:
+            entry = self._imports.get(handle_id)
+            if entry is None:  # else another thread's import won the race: ours is closed
+                entry = self._imports[handle_id] = _Import(mapping)
+                mapping = None
+            use = self._count(entry, handle_id, holder)
+        if mapping is not None:
+            release_later(mapping.close)
+        return use
+
+    def _count(
+        self, entry: _Import, handle_id: str, holder: Literal["prepare", "view", "copy"]
+    ) -> CudaUse | None:
+        """(Under the lock.) Count `holder` on `entry`: a view or a copy gets a new use."""
+        if holder == "prepare":
+            entry.prepared = True
+            return None
+        if holder == "view":
+            entry.prepared = False  # the views hold it from now on
+        entry.uses += 1
+        return CudaUse(self, handle_id, entry.mapping)
 
     def prepare(
         self, handle_id: str, share: Callable[[], SharedMemory], retain: Callable[[], Retained]
     ) -> None:
         """Import now (blocking: call it from a worker thread) and hold the import."""
-        mapping = self._mapping(handle_id, share, retain)
-        with self._lock:
-            self._prepared[handle_id] = mapping
+        self._import(handle_id, share, retain, "prepare")
 
-    def held(self, handle_id: str) -> CudaMapping | None:
-        """The allocation's CUDA import, made ahead or by a view still alive (None: none, or
-        one whose last view went and which is being closed)."""
+    def held(self, handle_id: str) -> CudaUse | None:
+        """A new use of the allocation's CUDA import, made ahead or by a view still alive
+        (None: there is none), for a file copy into it."""
         with self._lock:
-            found = self._prepared.get(handle_id) or self._mappings.get(handle_id)
-        return None if found is None or found.closing else found
+            entry = self._imports.get(handle_id)
+            return None if entry is None else self._count(entry, handle_id, "copy")
+
+    def release(self, handle_id: str, mapping: CudaMapping) -> None:
+        """A use of `mapping` went (on the release thread): close it if it was the last and no
+        `prepare` holds it."""
+        with self._lock:
+            entry = self._imports.get(handle_id)
+            if entry is None or entry.mapping is not mapping:
+                return
+            entry.uses -= 1
+            if entry.uses or entry.prepared:
+                return
+            del self._imports[handle_id]
+        mapping.close()
 
     def made_copier(self, ordinal: int) -> tuple[bool, CudaFileCopier | None]:
         """Without waiting: whether making the copier of CUDA device `ordinal` was tried (or
@@ -174,12 +250,19 @@ class CudaImports:
 
     def forget(self, handle_id: str | None = None) -> None:
         """Drop the held import of an allocation that was freed (all of them: None); views
-        already made keep theirs."""
+        already made keep theirs. An import nothing uses any more closes on the release
+        thread (closing waits for the CUDA context's work)."""
+        unused = []
         with self._lock:
-            if handle_id is None:
-                self._prepared.clear()
-            else:
-                self._prepared.pop(handle_id, None)
+            for key, entry in list(self._imports.items()):
+                if handle_id is None or key == handle_id:
+                    entry.prepared = False
+                    if not entry.uses:
+                        del self._imports[key]
+                        unused.append(entry.mapping)
+        for mapping in unused:
+            if self.release_later is not None:
+                self.release_later(mapping.close)
 
     def view(
         self,
@@ -196,9 +279,6 @@ class CudaImports:
                 f"a {dtype} view at offset {offset} would not be aligned to its {itemsize}-byte "
                 "elements, which CUDA kernels require (a misaligned access poisons the CUDA context)"
             )
-        mapping = self._mapping(handle_id, share, retain)
-        with self._lock:
-            self._prepared.pop(handle_id, None)  # the views hold it from now on
-        return TensorView.checked(
-            mapping.pointer, offset, dtype, shape, (DeviceKind.CUDA, mapping.ordinal), mapping
-        )
+        use = self._import(handle_id, share, retain, "view")
+        assert use is not None
+        return TensorView.checked(use.pointer, offset, dtype, shape, (DeviceKind.CUDA, use.ordinal), use)

@@ -68,7 +68,7 @@ async def test_a_large_allocation_of_odd_size_is_a_cuda_tensor_to_its_last_byte(
 
 
 # A process that exits right after its last tensor goes (the CUDA import is then being closed on
-# the reaper thread while the interpreter exits: this died with SIGSEGV before the reaper was
+# the release thread while the interpreter exits: this died with SIGSEGV before that thread was
 # stopped at exit), or with a tensor still alive (whose import must not start a close then).
 EXIT_RIGHT_AFTER = textwrap.dedent(
     """
@@ -224,15 +224,15 @@ async def test_a_misaligned_cuda_view_is_refused(vulkan: GPUBackend[Any]) -> Non
 
 
 async def test_a_view_made_as_the_last_one_goes_gets_a_live_import(vulkan: GPUBackend[Any]) -> None:
-    # The last view's import is closed by the reaper thread, but a weak reference still finds it
-    # until then: a new view must import again, not take the import being closed.
+    # The last view's import is closed on the release thread: a view made before that release
+    # runs keeps the import open; one made after it imports again. Never a closed import.
     torch = require_torch()
     handle = await vulkan.allocate(device_of(vulkan), len(PATTERN), exportable=True)
     await vulkan.copy_to_device(PATTERN, handle)
     expected = torch.frombuffer(bytearray(PATTERN), dtype=torch.uint8)
     tensor = torch.from_dlpack(await vulkan.export_tensor(handle, device="cuda"))
     for _ in range(20):
-        del tensor  # the last view: its import goes to the reaper
+        del tensor  # the last view: its release is queued
         tensor = torch.from_dlpack(await vulkan.export_tensor(handle, device="cuda"))
-        await asyncio.sleep(0.02)  # the reaper closes the old import meanwhile
+        await asyncio.sleep(0.02)  # the queued release runs meanwhile
         assert torch.equal(tensor.cpu(), expected), "a view uses an import that was closed"
