@@ -5,7 +5,6 @@ docs/interop.md. A part of `GPUBackend`, kept apart so that backend.py reads as 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Sequence
@@ -128,7 +127,7 @@ class ExportMethods(BackendHooks[NativeT]):
                 device_id = self._device_ids[entry.device_index]
                 views[position] = cpu_view(retained[key], device_id, dtype, dims, offset)
             if on_cuda:  # imports take a while: off the event loop, all in one hop
-                for position, view in await asyncio.to_thread(self._cuda_views, on_cuda):
+                for position, view in await to_the_end(self._cuda_views, on_cuda):
                     views[position] = view
             return [view for view in views if view is not None]
 

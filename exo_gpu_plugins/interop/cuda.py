@@ -298,7 +298,7 @@ class CudaMapping:
 _release_queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
 _releaser_lock = threading.Lock()
 _releasers: list[threading.Thread] = []  # the one release thread, once started
-_exiting = [False]  # set at interpreter exit, once the release thread has stopped
+_exiting = [False]  # set at interpreter exit: nothing is queued from then on
 # How long the exit waits for the queued releases (each close waits for its CUDA context's work).
 _EXIT_WAIT_S = 30.0
 
@@ -317,7 +317,8 @@ def _start_releaser() -> None:
 
 def release_later(work: Callable[[], object]) -> None:
     """Run `work` (a release: it may take locks and wait for a CUDA context) on the release
-    thread, in the order given. Takes no lock, so a `__del__` may call it, on whatever thread
+    thread, in the order given: a close waits for its context's work, so a long kernel delays
+    the releases queued behind it. Takes no lock, so a `__del__` may call it, on whatever thread
     (the event loop's, a consumer's deleter). Once the interpreter is exiting nothing runs: the
     process's end frees what its drivers hold."""
     if not _exiting[0]:

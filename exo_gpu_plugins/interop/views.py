@@ -122,7 +122,7 @@ class CudaUse:
         # Maybe inside a consumer's deleter or a garbage collection: only a queue put here.
         release_later = self._imports.release_later
         if release_later is not None:
-            release_later(functools.partial(self._imports.release, self.handle_id, self.mapping))
+            release_later(functools.partial(self._imports.release, self.handle_id))
 
 
 @dataclass
@@ -143,7 +143,7 @@ class CudaImports:
         self._copiers: dict[int, CudaFileCopier | None] = {}  # per CUDA device; None: failed
         self._copiers_lock = threading.Lock()
         self._closed = False
-        # Set with the first import (importing the CUDA module starts its release thread).
+        # cuda.release_later, set with the first import (whose mapping starts the release thread).
         self.release_later: Callable[[Callable[[], object]], None] | None = None
 
     def _import(
@@ -200,13 +200,12 @@ class CudaImports:
             entry = self._imports.get(handle_id)
             return None if entry is None else self._count(entry, handle_id, "copy")
 
-    def release(self, handle_id: str, mapping: CudaMapping) -> None:
-        """A use of `mapping` went (on the release thread): close it if it was the last and no
-        `prepare` holds it."""
+    def release(self, handle_id: str) -> None:
+        """A use of the allocation's import went (on the release thread): close the import if
+        it was the last and no `prepare` holds it. (An entry outlives its uses, so it is there.)"""
         with self._lock:
-            entry = self._imports.get(handle_id)
-            if entry is None or entry.mapping is not mapping:
-                return
+            entry = self._imports[handle_id]
+            mapping = entry.mapping
             entry.uses -= 1
             if entry.uses or entry.prepared:
                 return

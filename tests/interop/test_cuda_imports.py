@@ -200,3 +200,56 @@ def test_views_made_and_dropped_on_many_threads_never_see_a_closed_import(
     assert imported, "no import was made"
     assert all(mapping.closes == 1 for mapping in imported)
     assert imports.held("h") is None
+
+
+def test_a_file_copy_into_a_prepared_import_leaves_it_held(imported: list[FakeMapping]) -> None:
+    # The loader prepares an allocation, then copies into it piece by piece: each copy's use
+    # goes before the next starts, and the import must stay for the next and for the views.
+    imports = CudaImports()
+    imports.prepare("h", share, retain)
+    for _ in range(3):
+        copy = imports.held("h")
+        assert copy is not None
+        del copy
+        drain()
+    assert not imported[0].closed
+    assert imports.held("h") is not None
+
+
+def test_forgetting_one_allocation_leaves_the_others_held(imported: list[FakeMapping]) -> None:
+    imports = CudaImports()
+    imports.prepare("a", share, retain)
+    imports.prepare("b", share, retain)
+    imports.forget("b")
+    drain()
+    assert [mapping.closed for mapping in imported] == [False, True]
+    assert imports.held("a") is not None
+
+
+def test_a_close_that_fails_stops_no_later_release(
+    imported: list[FakeMapping], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def close_failing(self: FakeMapping) -> None:
+        self.closes += 1
+        if self.closes == 1 and self is imported[0]:
+            raise RuntimeError("the CUDA driver refused")
+
+    monkeypatch.setattr(FakeMapping, "close", close_failing)
+    imports = CudaImports()
+    first = view(imports, "a")
+    second = view(imports, "b")
+    del first
+    drain()
+    del second
+    drain()
+    assert [mapping.closes for mapping in imported] == [1, 1]
+    assert "a CUDA release failed" in caplog.text
+
+
+def test_nothing_is_queued_once_the_interpreter_exits(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[str] = []
+    monkeypatch.setattr(cuda, "_exiting", [True])
+    cuda.release_later(lambda: ran.append("ran"))
+    monkeypatch.setattr(cuda, "_exiting", [False])
+    drain()
+    assert ran == []
