@@ -253,8 +253,9 @@ class CudaImports:
         thread (closing waits for the CUDA context's work)."""
         unused = []
         with self._lock:
-            for key, entry in list(self._imports.items()):
-                if handle_id is None or key == handle_id:
+            for key in list(self._imports) if handle_id is None else [handle_id]:
+                entry = self._imports.get(key)
+                if entry is not None:
                     entry.prepared = False
                     if not entry.uses:
                         del self._imports[key]
