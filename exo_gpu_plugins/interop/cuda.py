@@ -269,10 +269,6 @@ class CudaMapping:
         """The device address of the memory's first byte."""
         return int(self._pointer.value)
 
-    @property
-    def closed(self) -> bool:
-        return self._context is None
-
     def close(self) -> None:
         """Free the mapping and the imported memory, then let the exporter's memory go
         (idempotent). Waits for the context's work first."""

@@ -163,15 +163,14 @@ class CudaImports:
 
         self.release_later = release_later
         with share() as shared:
-            mapping: CudaMapping | None = import_into_cuda(shared, retain().owner)
-        assert mapping is not None
+            mapping = import_into_cuda(shared, retain().owner)
         with self._lock:
             entry = self._imports.get(handle_id)
-            if entry is None:  # else another thread's import won the race: ours is closed
+            lost = entry is not None  # another thread's import won the race: ours is closed
+            if entry is None:
                 entry = self._imports[handle_id] = _Import(mapping)
-                mapping = None
             use = self._count(entry, handle_id, holder)
-        if mapping is not None:
+        if lost:
             release_later(mapping.close)
         return use
 
